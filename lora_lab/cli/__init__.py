@@ -1,0 +1,39 @@
+"""The ``lora-lab`` command: one verb per step of the data flow, thin over the core library.
+
+A user mistake exits 1 with a one-line ``lora-lab: error: ...`` message; a usage mistake exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from ..errors import LoraLabError
+from . import dataset_cmds, misc_cmds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lora-lab", description="Prepare image datasets, caption them and train LoRA adapters.")
+    parser.add_argument("--workspace", metavar="DIR",
+                        help="workspace root (default: $LORA_LAB_HOME, /workspace/lora-lab or ~/lora-lab)")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    dataset_cmds.register(sub)
+    misc_cmds.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except LoraLabError as e:
+        print(f"lora-lab: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lora-lab: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,120 @@
+"""Caption text and the bulk operations on it.
+
+A caption is either free text or comma-separated tags (booru style); the tag operations split
+on commas. Each operation is a pure function of one caption, described by a dict such as
+``{"op": "replace", "old": "dog", "new": "cat"}`` so that the CLI, REST and panels share them.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from ..errors import LoraLabError
+
+
+def split_tags(caption: str) -> list[str]:
+    """Tags of a caption: comma-separated, whitespace collapsed, empties dropped."""
+    return [t for t in (" ".join(p.split()) for p in caption.split(",")) if t]
+
+
+def join_tags(tags: list[str]) -> str:
+    return ", ".join(tags)
+
+
+def _dedupe(tags: list[str]) -> list[str]:
+    return list(dict.fromkeys(tags))
+
+
+def prefix(caption: str, text: str) -> str:
+    """Put ``text`` (a trigger word) first, once: moved to the front if it is already a tag."""
+    tags = split_tags(caption)
+    return join_tags([text] + [t for t in tags if t != text])
+
+
+def replace(caption: str, old: str, new: str) -> str:
+    return caption.replace(old, new)
+
+
+def regex_replace(caption: str, pattern: str, new: str) -> str:
+    return re.sub(pattern, new, caption)
+
+
+def add_tags(caption: str, tags: list[str]) -> str:
+    return join_tags(_dedupe(split_tags(caption) + tags))
+
+
+def remove_tags(caption: str, tags: list[str]) -> str:
+    drop = set(tags)
+    return join_tags([t for t in split_tags(caption) if t not in drop])
+
+
+def dedupe_tags(caption: str) -> str:
+    return join_tags(_dedupe(split_tags(caption)))
+
+
+def normalize(caption: str) -> str:
+    """Tags separated by ', ', no empty tags, no doubled whitespace."""
+    return join_tags(split_tags(caption))
+
+
+# op name -> (function, the parameters it takes)
+OPS: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
+    "prefix": (prefix, ("text",)),
+    "replace": (replace, ("old", "new")),
+    "regex": (regex_replace, ("pattern", "new")),
+    "add_tags": (add_tags, ("tags",)),
+    "remove_tags": (remove_tags, ("tags",)),
+    "dedupe": (dedupe_tags, ()),
+    "normalize": (normalize, ()),
+}
+
+
+def check_ops(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Validate operation dicts before any caption is touched; return them normalised."""
+    if not ops:
+        raise LoraLabError("no caption operation given")
+    checked = []
+    for op in ops:
+        name = op.get("op") if isinstance(op, dict) else None
+        if name not in OPS:
+            raise LoraLabError(f"unknown caption operation {name!r}; known: {', '.join(OPS)}")
+        params = OPS[name][1]
+        missing = [p for p in params if p not in op]
+        if missing:
+            raise LoraLabError(f"caption operation {name!r} needs {', '.join(missing)}")
+        clean = {"op": name, **{p: op[p] for p in params}}
+        if "tags" in clean:
+            tags = clean["tags"]
+            tags = split_tags(tags) if isinstance(tags, str) else [str(t).strip() for t in tags]
+            if not tags:
+                raise LoraLabError(f"caption operation {name!r} needs at least one tag")
+            clean["tags"] = tags
+        for p in ("text", "old", "new", "pattern"):
+            if p in clean and not isinstance(clean[p], str):
+                raise LoraLabError(f"caption operation {name!r}: {p} must be text")
+        if name == "prefix" and not clean["text"].strip():
+            raise LoraLabError("caption operation 'prefix' needs a non-empty text")
+        if name in ("replace",) and not clean["old"]:
+            raise LoraLabError("caption operation 'replace' needs a non-empty old text")
+        if name == "regex":
+            try:
+                re.compile(clean["pattern"])
+            except re.error as e:
+                raise LoraLabError(f"invalid regular expression {clean['pattern']!r}: {e}") from None
+        checked.append(clean)
+    return checked
+
+
+def apply_ops(caption: str, ops: list[dict[str, Any]]) -> str:
+    """Apply checked operations in order."""
+    for op in ops:
+        fn, params = OPS[op["op"]]
+        caption = fn(caption, *(op[p] for p in params))
+    return caption
+
+
+def describe(ops: list[dict[str, Any]]) -> str:
+    """A short human label for a list of operations, for the journal and reports."""
+    return "; ".join(
+        op["op"] + "".join(f" {op[p]!r}" for p in OPS[op["op"]][1]) for op in ops
+    )

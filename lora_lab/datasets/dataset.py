@@ -1,0 +1,280 @@
+"""A dataset: a folder of images with ``.txt`` caption sidecars, and its index beside them.
+
+    workspace/datasets/NAME/
+        photo1.jpg  photo1.txt  ...
+        .lora_lab/index.sqlite  .lora_lab/journal/  .lora_lab/thumbs/
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import atomic
+from ..errors import Conflict, LoraLabError, NotFound
+from ..workspace import Workspace, check_name
+from . import captions as caption_ops
+from . import workers
+from .images import EXTENSIONS, hamming_pairs
+from .index import Index
+from .journal import Journal
+
+META = ".lora_lab"
+NEAR_DUP_BITS = 5  # dHash distance at or below which two images count as near-duplicates
+
+
+def etag(caption: str | None) -> str:
+    """A tag for a caption's current text, for If-Match style writes (``"none"``: no caption)."""
+    if caption is None:
+        return "none"
+    return hashlib.sha1(caption.encode("utf-8")).hexdigest()[:16]
+
+
+def read_caption(path: Path) -> str:
+    """A caption file's text (UTF-8, BOM and surrounding whitespace dropped)."""
+    try:
+        return path.read_bytes().decode("utf-8-sig").strip()
+    except UnicodeDecodeError as e:
+        raise LoraLabError(f"caption {path.name} is not UTF-8 ({e.reason} at byte {e.start}); "
+                           "save it as UTF-8") from None
+
+
+@dataclass
+class Page:
+    items: list[dict[str, Any]]
+    total: int
+    offset: int
+    limit: int
+
+
+class Dataset:
+    """Open an existing dataset with :meth:`open`, make a new one with :meth:`create`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.name = path.name
+        self.meta_dir = path / META
+        self.meta_dir.mkdir(exist_ok=True)
+        self.index = Index(self.meta_dir / "index.sqlite")
+        self.journal = Journal(self.meta_dir / "journal")
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.name!r}, {self.index.count()} images)"
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, name: str, workspace: Workspace | None = None) -> "Dataset":
+        path = _dataset_path(name, workspace)
+        if not path.is_dir():
+            raise NotFound(f"dataset {name!r} does not exist (see `lora-lab dataset list`)")
+        ds = cls(path)
+        ds.sync_if_changed()
+        return ds
+
+    @classmethod
+    def create(cls, name: str, workspace: Workspace | None = None) -> "Dataset":
+        path = _dataset_path(name, workspace)
+        if path.exists():
+            raise Conflict(f"dataset {name!r} already exists; use another name, or --add to add images to it")
+        path.mkdir(parents=True)
+        return cls(path)
+
+    def delete(self) -> None:
+        self.index.close()
+        shutil.rmtree(self.path)
+
+    # -- files -----------------------------------------------------------------------------------
+    def image_path(self, file: str) -> Path:
+        """The path of image ``file``; refuses names that are not a plain file in this dataset."""
+        if not isinstance(file, str) or not file or file != Path(file).name or file.startswith("."):
+            raise LoraLabError(f"invalid image name {file!r}: give a file name in the dataset")
+        path = self.path / file
+        if path.suffix.lower() not in EXTENSIONS or not path.is_file():
+            raise NotFound(f"image {file!r} is not in dataset {self.name!r}")
+        if path.resolve().parent != self.path.resolve():
+            raise LoraLabError(f"image {file!r} points outside dataset {self.name!r}; refused")
+        return path
+
+    def caption_path(self, file: str) -> Path:
+        return self.image_path(file).with_suffix(".txt")
+
+    # -- listing ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.index.count()
+
+    def images(self, offset: int = 0, limit: int = 100, q: str | None = None,
+               captioned: bool | None = None) -> Page:
+        """A page of image records in file order, filtered by text in name/caption."""
+        if offset < 0 or not 1 <= limit <= 1000:
+            raise LoraLabError("offset must be >= 0 and limit between 1 and 1000")
+        rows, total = self.index.page(offset, limit, q, captioned)
+        return Page(rows, total, offset, limit)
+
+    def image(self, file: str) -> dict[str, Any]:
+        self.image_path(file)
+        row = self.index.get(file)
+        if row is None:
+            self.sync()
+            row = self.index.get(file)
+        return row
+
+    def select(self, files: list[str] | None = None, q: str | None = None) -> list[str]:
+        """The files an operation applies to: the named ones, those matching ``q``, or all."""
+        if files:
+            for f in files:
+                self.image_path(f)
+            return list(dict.fromkeys(files))
+        return self.index.files(q)
+
+    # -- captions --------------------------------------------------------------------------------
+    def caption(self, file: str) -> str | None:
+        """The caption on disk (``None`` when the image has no ``.txt``)."""
+        path = self.caption_path(file)
+        return read_caption(path) if path.exists() else None
+
+    def set_caption(self, file: str, text: str, if_match: str | None = None) -> str:
+        """Write one caption atomically; with ``if_match``, only over the version it names.
+
+        Returns the new caption's etag.
+        """
+        before = self.caption(file)
+        if if_match is not None and if_match != etag(before):
+            raise Conflict(f"caption of {file!r} changed since you read it; reload and edit again")
+        text = text.strip()
+        if text != before:
+            self._write_captions(f"set {file}", {file: (before, text)})
+        return etag(text)
+
+    def edit(self, ops: list[dict[str, Any]], files: list[str] | None = None,
+             q: str | None = None) -> dict[str, Any]:
+        """Apply bulk caption operations to a selection (default: every image), as one undo step."""
+        ops = caption_ops.check_ops(ops)
+        selected = self.select(files, q)
+        changes = {}
+        for f in selected:
+            before = self.caption(f)
+            after = caption_ops.apply_ops(before or "", ops)
+            if after != (before or ""):
+                changes[f] = (before, after)
+        label = caption_ops.describe(ops)
+        if changes:
+            self._write_captions(label, changes)
+        return {"operation": label, "selected": len(selected), "changed": len(changes)}
+
+    def undo(self) -> dict[str, Any]:
+        """Revert the newest caption edit exactly, unless a caption it touched changed since."""
+        last = self.journal.last()
+        if last is None:
+            raise LoraLabError(f"nothing to undo in dataset {self.name!r}")
+        entry_path, entry = last
+        changed_since = [f for f, _, after in entry["changes"] if self._caption_or_none(f) != after]
+        if changed_since:
+            shown = ", ".join(changed_since[:3]) + (" ..." if len(changed_since) > 3 else "")
+            raise Conflict(f"cannot undo {entry['label']!r}: {len(changed_since)} caption(s) changed "
+                           f"since ({shown}); nothing was reverted")
+        for f, before, _ in entry["changes"]:
+            self._write_caption_file(f, before)
+        entry_path.unlink()
+        self._mark_synced()
+        return {"undone": entry["label"], "restored": len(entry["changes"])}
+
+    def _caption_or_none(self, file: str) -> str | None:
+        try:
+            return self.caption(file)
+        except NotFound:
+            return None
+
+    def _write_captions(self, label: str, changes: dict[str, tuple[str | None, str]]) -> None:
+        # The journal entry goes first: a crash mid-way leaves an entry whose undo is refused
+        # for the captions not yet written, never a change that cannot be undone.
+        self.journal.record(label, [(f, b, a) for f, (b, a) in changes.items()])
+        for f, (_, after) in changes.items():
+            self._write_caption_file(f, after)
+        self._mark_synced()
+
+    def _write_caption_file(self, file: str, text: str | None) -> None:
+        path = self.caption_path(file)
+        if text is None:
+            path.unlink(missing_ok=True)
+            self.index.set_caption(file, None, None)
+        else:
+            atomic.write_text(path, text)
+            self.index.set_caption(file, text, path.stat().st_mtime_ns)
+
+    # -- index -----------------------------------------------------------------------------------
+    def _dir_mtime(self) -> str:
+        return str(self.path.stat().st_mtime_ns)
+
+    def _mark_synced(self) -> None:
+        self.index.set_meta("dir_mtime_ns", self._dir_mtime())
+
+    def sync_if_changed(self) -> None:
+        """Re-sync when files were added, removed or renamed behind our back (folder mtime)."""
+        if self.index.meta("dir_mtime_ns") != self._dir_mtime():
+            self.sync()
+
+    def sync(self) -> dict[str, int]:
+        """Bring the index in line with the files: new, changed and removed images and captions."""
+        on_disk = {}
+        with os.scandir(self.path) as it:
+            for e in it:
+                if (not e.name.startswith(".") and Path(e.name).suffix.lower() in EXTENSIONS
+                        and e.is_file(follow_symlinks=False)):
+                    on_disk[e.name] = e.stat().st_mtime_ns
+        rows = {r["file"]: r for r in self.index.all()}
+        gone = [f for f in rows if f not in on_disk]
+        stale = sorted(f for f, m in on_disk.items() if f not in rows or rows[f]["mtime_ns"] != m)
+        self.index.delete(gone)
+        new_rows = []
+        for f, info in zip(stale, workers.run_all(workers.file_tasks([self.path / f for f in stale]))):
+            if not isinstance(info, str):  # an unreadable file stays out of the index
+                new_rows.append({"file": f, **info.__dict__, "mtime_ns": on_disk[f]})
+        self.add_rows(new_rows)
+        recaptioned = self._sync_captions()
+        self._mark_synced()
+        return {"added": len(new_rows), "removed": len(gone), "captions": recaptioned}
+
+    def _sync_captions(self) -> int:
+        updated = 0
+        for row in self.index.all():
+            txt = self.path / Path(row["file"]).with_suffix(".txt")
+            mtime = txt.stat().st_mtime_ns if txt.is_file() else None
+            if mtime != row["caption_mtime_ns"]:
+                try:
+                    text = read_caption(txt) if mtime is not None else None
+                except LoraLabError:
+                    text = None  # not UTF-8: shown as uncaptioned, the file is left as it is
+                self.index.set_caption(row["file"], text, mtime)
+                updated += 1
+        return updated
+
+    def add_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Index new image rows, flagging near-duplicates of earlier images."""
+        existing = [(r["file"], r["phash"]) for r in self.index.all() if r["file"] not in
+                    {n["file"] for n in rows}]
+        names = [f for f, _ in existing] + [r["file"] for r in rows]
+        hashes = [h for _, h in existing] + [r["phash"] for r in rows]
+        for i, j in hamming_pairs(hashes, len(existing), NEAR_DUP_BITS):
+            row = rows[j - len(existing)]
+            row.setdefault("near_dup_of", names[i])
+        self.index.upsert(rows)
+
+
+def _dataset_path(name: str, workspace: Workspace | None) -> Path:
+    ws = workspace or Workspace()
+    return ws.resolve(check_name(name), ws.datasets)
+
+
+def list_datasets(workspace: Workspace | None = None) -> list[dict[str, Any]]:
+    """Every dataset in the workspace with its image and caption counts."""
+    ws = workspace or Workspace()
+    out = []
+    for path in sorted(p for p in ws.datasets.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        ds = Dataset.open(path.name, ws)
+        captioned = ds.index.page(0, 1, captioned=True)[1]
+        out.append({"name": ds.name, "images": len(ds), "captioned": captioned})
+        ds.index.close()
+    return out

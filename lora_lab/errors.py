@@ -1,0 +1,17 @@
+"""The one exception type for mistakes a user can make and fix.
+
+Its message is shown as-is by the CLI, the REST handlers and the panels, so it says what was
+wrong and what to do, in one line.
+"""
+
+
+class LoraLabError(Exception):
+    """A user-facing error: bad input, a missing file, a name that is taken."""
+
+
+class NotFound(LoraLabError):
+    """The named dataset, image or job does not exist."""
+
+
+class Conflict(LoraLabError):
+    """The request clashes with what exists (a taken name, a newer edit)."""
