@@ -12,6 +12,7 @@ from pathlib import Path
 from .errors import LoraLabError
 
 FOLDERS = ("datasets", "jobs", "models", "loras", "exports")
+POD_VOLUME = Path("/workspace")  # VastAI and RunPod images mount their persistent disk here
 
 # Dataset and job names become folder names: letters, digits, space, dot, dash, underscore;
 # no leading dot (hidden) and no separators.
@@ -23,8 +24,8 @@ def default_root() -> Path:
     env = os.environ.get("LORA_LAB_HOME")
     if env:
         return Path(env).expanduser()
-    if Path("/workspace").is_dir():
-        return Path("/workspace/lora-lab")
+    if POD_VOLUME.is_dir():
+        return POD_VOLUME / "lora-lab"
     return Path.home() / "lora-lab"
 
 

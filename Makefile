@@ -1,0 +1,46 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO := $(CURDIR)/demo-workspace
+LL := $(BIN)/lora-lab --workspace $(DEMO)
+# Portable llama.cpp build; on a CUDA pod: make CMAKE_ARGS="-DGGML_CUDA=on" ...
+CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: here pip takes the local CPU wheel, not a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	# llama.cpp compiles from source (~10 min on 2 cores, once: pip caches the wheel).
+	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/python -m pip install -q llama-cpp-python==0.3.36
+	$(BIN)/python -m pip install -q -e ".[caption,test]"
+	touch $@
+
+demo: $(STAMP)
+	rm -rf $(DEMO)
+	$(LL) tiny $(DEMO)/models/tiny
+	$(LL) dataset ingest $(DEMO)/models/tiny/samples --name demo
+	$(LL) dataset show demo
+	$(LL) dataset edit demo --prefix lolab --normalize
+	$(LL) dataset export demo --trigger lolab --repeats 10
+	$(LL) dataset export demo --trigger lolab --repeats 10 --format zip
+	$(LL) calc --dataset demo --repeats 10 --epochs 4 --batch 2
+	@echo
+	@echo "Demo outputs:"
+	@echo "  dataset:       $(DEMO)/datasets/demo"
+	@echo "  kohya export:  $(DEMO)/exports/demo-kohya  (with dataset.toml for sd-scripts)"
+	@echo "  zip export:    $(DEMO)/exports/demo-zip.zip"
+	@echo "  tiny models:   $(DEMO)/models/tiny"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	sh bench/run_all.sh
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,73 @@
+"""Shared fixtures: a fresh workspace per test, sample images, and the CLI run in-process."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lora_lab import Workspace
+from lora_lab.cli import main
+from lora_lab.tiny.samples import write_samples
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch) -> Workspace:
+    root = tmp_path / "ws"
+    monkeypatch.setenv("LORA_LAB_HOME", str(root))
+    return Workspace(root)
+
+
+@pytest.fixture
+def samples(tmp_path) -> Path:
+    return write_samples(tmp_path / "samples")
+
+
+class CLI:
+    def __init__(self, capsys):
+        self.capsys = capsys
+
+    def __call__(self, *argv: str, ok: bool = True) -> tuple[int, str, str]:
+        rc = main([str(a) for a in argv])
+        out, err = self.capsys.readouterr()
+        if ok:
+            assert rc == 0, f"lora-lab {' '.join(map(str, argv))} failed ({rc}): {err}"
+        return rc, out, err
+
+    def fails(self, *argv: str) -> str:
+        """Run a command that must fail with one clear line; return that line."""
+        rc, out, err = self(*argv, ok=False)
+        assert rc == 1, (rc, out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("lora-lab: error: "), err
+        return lines[0]
+
+
+@pytest.fixture
+def cli(ws, capsys) -> CLI:
+    return CLI(capsys)
+
+
+def jpeg_bytes(size=(64, 48), seed=0, quality=90) -> bytes:
+    """A deterministic JPEG of random blocks over noise: each seed gives a distinct image."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    px = rng.integers(0, 40, (h, w, 3), dtype=np.uint8)
+    for _ in range(6):
+        x, y = rng.integers(0, w), rng.integers(0, h)
+        px[y:y + h // 3, x:x + w // 3] += rng.integers(0, 200, 3, dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(px).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under root with its sha256: to prove a tree was left untouched."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
