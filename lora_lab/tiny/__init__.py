@@ -1,0 +1,51 @@
+"""Tiny random-weight models, fabricated offline in seconds, for tests, the demo and binder.
+
+Nothing is downloaded: SD1.5- and SDXL-shaped diffusers pipelines are built from configs, a
+Qwen2.5-VL-shaped caption model pair is written as GGUF, and sample images are drawn. The heavy
+libraries are imported only inside ``fabricate``, so importing this package stays cheap.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def fabricate(
+    out_dir: str | Path,
+    *,
+    sd15: bool = True,
+    sdxl: bool = True,
+    caption: bool = True,
+    samples: bool = True,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write the tiny models into ``out_dir``; the same seed (and library versions) writes the same bytes.
+
+    - ``sd15/``, ``sdxl/``: diffusers pipelines (safetensors) that
+      ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline.from_pretrained(dir)`` load;
+    - ``caption/tiny-qwen25vl.gguf`` + ``caption/tiny-qwen25vl-mmproj.gguf``: a Qwen2.5-VL text
+      model and mmproj that llama-cpp-python's ``Qwen25VLChatHandler`` loads;
+    - ``samples/``: a few drawn images, some with caption sidecars.
+
+    Returns the paths written, under the keys "sd15", "sdxl", "caption_model",
+    "caption_mmproj" and "samples".
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    if sd15 or sdxl:
+        from lora_lab.tiny import diffusion
+
+        if sd15:
+            written["sd15"] = diffusion.write_sd15(out / "sd15", seed)
+        if sdxl:
+            written["sdxl"] = diffusion.write_sdxl(out / "sdxl", seed)
+    if caption:
+        from lora_lab.tiny import gguf_models
+
+        model, mmproj = gguf_models.write_caption_pair(out / "caption", seed)
+        written["caption_model"], written["caption_mmproj"] = model, mmproj
+    if samples:
+        from lora_lab.tiny.samples import write_samples
+
+        written["samples"] = write_samples(out / "samples")
+    return written
