@@ -253,8 +253,8 @@ class Dataset:
 
     def add_rows(self, rows: list[dict[str, Any]]) -> None:
         """Index new image rows, flagging near-duplicates of earlier images."""
-        existing = [(r["file"], r["phash"]) for r in self.index.all() if r["file"] not in
-                    {n["file"] for n in rows}]
+        incoming = {r["file"] for r in rows}
+        existing = [(r["file"], r["phash"]) for r in self.index.all() if r["file"] not in incoming]
         names = [f for f, _ in existing] + [r["file"] for r in rows]
         hashes = [h for _, h in existing] + [r["phash"] for r in rows]
         for i, j in hamming_pairs(hashes, len(existing), NEAR_DUP_BITS):
@@ -272,8 +272,11 @@ def list_datasets(workspace: Workspace | None = None) -> list[dict[str, Any]]:
     """Every dataset in the workspace with its image and caption counts."""
     ws = workspace or Workspace()
     out = []
-    for path in sorted(p for p in ws.datasets.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        ds = Dataset.open(path.name, ws)
+    for path in sorted(p for p in ws.datasets.iterdir() if p.is_dir()):
+        try:
+            ds = Dataset.open(path.name, ws)
+        except LoraLabError:  # a folder made by hand whose name is not a dataset name
+            continue
         captioned = ds.index.page(0, 1, captioned=True)[1]
         out.append({"name": ds.name, "images": len(ds), "captioned": captioned})
         ds.index.close()
