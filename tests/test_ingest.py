@@ -6,6 +6,8 @@ import json
 import os
 import stat
 import struct
+import subprocess
+import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -280,3 +282,15 @@ def test_parallel_ingest_matches_serial(ws, tmp_path):
     serial = ingest(src, "ser", workspace=ws, processes=1)
     assert parallel.added == serial.added and parallel.skipped == serial.skipped
     assert len(parallel.added) == 39
+
+
+def test_ingest_from_a_script_on_stdin(ws, tmp_path):
+    """Pool workers cannot re-import a ``__main__`` read from stdin: ingest must still work."""
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(30):
+        (src / f"{i}.jpg").write_bytes(jpeg_bytes(seed=i))
+    script = (f"from lora_lab import Workspace\nfrom lora_lab.datasets import ingest\n"
+              f"print(len(ingest({str(src)!r}, 'stdin', workspace=Workspace({str(ws.root)!r})).added))\n")
+    done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "30", done.stderr

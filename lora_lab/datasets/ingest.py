@@ -264,7 +264,7 @@ def _place_images(ds: Dataset, listing: _Listing, results: list[ImageInfo | str]
         seen[info.sha256] = file
         caption = _import_caption(listing, listing.captions.get(_stem_key(member.source)), target,
                                   limits, report)
-        rows.append({"file": file, **asdict(info), "mtime_ns": target.stat().st_mtime_ns})
+        rows.append({"file": file, **info.__dict__, "mtime_ns": target.stat().st_mtime_ns})
         report.added.append({"file": file, "source": member.source, "caption": caption})
     return rows
 

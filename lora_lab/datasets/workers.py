@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import zipfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -63,13 +64,19 @@ def run(task: Task) -> ImageInfo | str:
 def parallel_map(fn: Callable[[T], R], items: list[T], processes: int | None = None) -> list[R]:
     """``[fn(x) for x in items]`` on every core for big batches; ``fn`` must be importable."""
     processes = processes or os.cpu_count() or 1
-    if len(items) < SERIAL_BELOW or processes == 1:
+    if len(items) < SERIAL_BELOW or processes == 1 or not _main_is_importable():
         return [fn(x) for x in items]
     chunk = max(1, min(64, len(items) // (processes * 8)))
     # forkserver, not fork: ingest also runs inside the threaded Jupyter server.
     ctx = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(max_workers=processes, mp_context=ctx) as pool:
         return list(pool.map(fn, items, chunksize=chunk))
+
+
+def _main_is_importable() -> bool:
+    """Pool workers re-import ``__main__`` from its file; a script read from stdin has none."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or os.path.exists(main_file)
 
 
 def run_all(tasks: list[Task], processes: int | None = None) -> list[ImageInfo | str]:
