@@ -1,4 +1,9 @@
-"""Captioning: engines (llama-cpp-python, OpenAI-compatible servers), prompts, batches."""
-from .base import CaptionError, Captioner, prepare_image
+"""Captioning: engines (llama-cpp-python, OpenAI-compatible servers), prompts, batches.
 
-__all__ = ["CaptionError", "Captioner", "prepare_image"]
+Engines load their libraries lazily: ``lora_lab.captioning.llama.LlamaCaptioner`` and
+``lora_lab.captioning.openai_server.OpenAIServerCaptioner``.
+"""
+from .base import CaptionError, Captioner, prepare_image
+from .batch import CaptionSettings, caption_dataset
+
+__all__ = ["CaptionError", "CaptionSettings", "Captioner", "caption_dataset", "prepare_image"]

@@ -9,7 +9,7 @@ import sys
 from typing import Sequence
 
 from ..errors import LoraLabError
-from . import dataset_cmds, misc_cmds
+from . import caption_cmds, dataset_cmds, misc_cmds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="workspace root (default: $LORA_LAB_HOME, /workspace/lora-lab or ~/lora-lab)")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     dataset_cmds.register(sub)
+    caption_cmds.register(sub)
     misc_cmds.register(sub)
     return parser
 

@@ -20,7 +20,7 @@ from . import captions as caption_ops
 from . import workers
 from .images import EXTENSIONS, hamming_pairs
 from .index import Index
-from .journal import Journal
+from .journal import Entry, Journal
 
 META = ".lora_lab"
 NEAR_DUP_BITS = 5  # dHash distance at or below which two images count as near-duplicates
@@ -170,16 +170,26 @@ class Dataset:
         if last is None:
             raise LoraLabError(f"nothing to undo in dataset {self.name!r}")
         entry_path, entry = last
-        changed_since = [f for f, _, after in entry["changes"] if self._caption_or_none(f) != after]
+        # "before" still on disk: that change never landed (a batch killed mid-way), fine.
+        changed_since = [f for f, before, after in entry["changes"]
+                         if self._caption_or_none(f) not in (before, after)]
         if changed_since:
             shown = ", ".join(changed_since[:3]) + (" ..." if len(changed_since) > 3 else "")
             raise Conflict(f"cannot undo {entry['label']!r}: {len(changed_since)} caption(s) changed "
                            f"since ({shown}); nothing was reverted")
-        for f, before, _ in entry["changes"]:
+        for f, before, _ in reversed(entry["changes"]):
             self._write_caption_file(f, before)
         entry_path.unlink()
         self._mark_synced()
         return {"undone": entry["label"], "restored": len(entry["changes"])}
+
+    def write_caption(self, entry: Entry, file: str, before: str | None, after: str,
+                      source: dict[str, str]) -> None:
+        """One caption of a batch: journaled first, then written atomically, with its source
+        (the model and prompt that made it) recorded in the index."""
+        entry.add([(file, before, after)])
+        self._write_caption_file(file, after, source)
+        self._mark_synced()
 
     def _caption_or_none(self, file: str) -> str | None:
         try:
@@ -195,14 +205,15 @@ class Dataset:
             self._write_caption_file(f, after)
         self._mark_synced()
 
-    def _write_caption_file(self, file: str, text: str | None) -> None:
+    def _write_caption_file(self, file: str, text: str | None,
+                            source: dict[str, str] | None = None) -> None:
         path = self.caption_path(file)
         if text is None:
             path.unlink(missing_ok=True)
             self.index.set_caption(file, None, None)
         else:
             atomic.write_text(path, text)
-            self.index.set_caption(file, text, path.stat().st_mtime_ns)
+            self.index.set_caption(file, text, path.stat().st_mtime_ns, source)
 
     # -- index -----------------------------------------------------------------------------------
     def _dir_mtime(self) -> str:

@@ -22,14 +22,17 @@ CREATE TABLE IF NOT EXISTS images (
     mtime_ns INTEGER NOT NULL,
     caption TEXT,
     caption_mtime_ns INTEGER,
-    near_dup_of TEXT
+    near_dup_of TEXT,
+    caption_model TEXT,  -- what made the caption, when a caption batch did
+    caption_prompt TEXT
 );
 CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
 COLUMNS = ("file", "width", "height", "format", "orientation", "bytes", "sha256", "phash",
-           "mtime_ns", "caption", "caption_mtime_ns", "near_dup_of")
+           "mtime_ns", "caption", "caption_mtime_ns", "near_dup_of", "caption_model",
+           "caption_prompt")
 
 
 class Index:
@@ -58,9 +61,14 @@ class Index:
             self.db.execute("BEGIN")
             self.db.executemany("DELETE FROM images WHERE file = ?", ((f,) for f in files))
 
-    def set_caption(self, file: str, caption: str | None, mtime_ns: int | None) -> None:
-        self.db.execute("UPDATE images SET caption = ?, caption_mtime_ns = ? WHERE file = ?",
-                        (caption, mtime_ns, file))
+    def set_caption(self, file: str, caption: str | None, mtime_ns: int | None,
+                    source: dict[str, str] | None = None) -> None:
+        """Cache a caption; ``source`` names the model and prompt that made it (none: by hand)."""
+        source = source or {}
+        self.db.execute(
+            "UPDATE images SET caption = ?, caption_mtime_ns = ?, caption_model = ?, "
+            "caption_prompt = ? WHERE file = ?",
+            (caption, mtime_ns, source.get("model"), source.get("prompt"), file))
 
     def get(self, file: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM images WHERE file = ?", (file,)).fetchone()

@@ -1,20 +1,38 @@
-"""The undo journal: one JSON file per caption edit, holding every caption before and after.
+"""The undo journal: one JSONL file per caption edit, holding every caption before and after.
 
-Undo restores the "before" texts of the newest entry, but only where the caption still reads
-as the entry left it; a caption changed since is never overwritten (the undo is refused).
+An entry is a header line (label, time, and for caption batches a key and a final ``done``
+line) and one ``[file, before, after]`` line per caption. Lines are appended and flushed
+before the caption they describe is written, so a batch killed mid-way leaves an entry that
+both undo and a restarted batch can read; a torn last line is ignored.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from .. import atomic
-
 KEEP = 200  # entries kept; older ones are pruned
 
 Change = tuple[str, "str | None", "str | None"]  # file, caption before, caption after (None: no .txt)
+
+
+class Entry:
+    """An open journal entry that changes are appended to."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def add(self, changes: list[Change]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(list(c), ensure_ascii=False) + "\n" for c in changes)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def finish(self) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"done": True}) + "\n")
 
 
 class Journal:
@@ -23,26 +41,53 @@ class Journal:
         folder.mkdir(parents=True, exist_ok=True)
 
     def _entries(self) -> list[Path]:
-        return sorted(self.folder.glob("*.json"))
+        return sorted(self.folder.glob("*.jsonl"))
 
-    def record(self, label: str, changes: list[Change]) -> None:
+    def begin(self, label: str, key: str | None = None) -> Entry:
         entries = self._entries()
         seq = int(entries[-1].stem) + 1 if entries else 1
-        entry = {"label": label, "time": time.time(), "changes": [list(c) for c in changes]}
-        atomic.write_text(self.folder / f"{seq:08d}.json", json.dumps(entry, ensure_ascii=False))
+        path = self.folder / f"{seq:08d}.jsonl"
+        header = {"label": label, "time": time.time(), "key": key}
+        path.write_text(json.dumps(header, ensure_ascii=False) + "\n", encoding="utf-8")
         for old in entries[: max(0, len(entries) + 1 - KEEP)]:
             old.unlink(missing_ok=True)
+        return Entry(path)
+
+    def record(self, label: str, changes: list[Change]) -> None:
+        entry = self.begin(label)
+        entry.add(changes)
+        entry.finish()
 
     def last(self) -> tuple[Path, dict[str, Any]] | None:
         entries = self._entries()
-        if not entries:
-            return None
-        return entries[-1], json.loads(entries[-1].read_text(encoding="utf-8"))
+        return (entries[-1], read_entry(entries[-1])) if entries else None
+
+    def unfinished(self, key: str) -> tuple[Entry, dict[str, Any]] | None:
+        """The newest entry, if it is an unfinished batch with this key (to resume it)."""
+        last = self.last()
+        if last and last[1]["key"] == key and not last[1]["done"]:
+            return Entry(last[0]), last[1]
+        return None
 
     def history(self) -> list[dict[str, Any]]:
         """Newest first: label, time and how many captions each entry changed."""
         out = []
         for path in reversed(self._entries()):
-            entry = json.loads(path.read_text(encoding="utf-8"))
+            entry = read_entry(path)
             out.append({"label": entry["label"], "time": entry["time"], "changed": len(entry["changes"])})
         return out
+
+
+def read_entry(path: Path) -> dict[str, Any]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    entry = {**json.loads(lines[0]), "changes": [], "done": False}
+    for line in lines[1:]:
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:  # torn by a kill mid-write: that change never happened
+            break
+        if isinstance(item, dict):
+            entry["done"] = True
+        else:
+            entry["changes"].append(item)
+    return entry

@@ -1,0 +1,201 @@
+"""Caption a whole dataset (or a selection): skip what is done, survive anything, resume exactly.
+
+The next images are read and resized on a background thread while the model generates, so the
+pipeline around the model costs next to nothing. A batch is one undo-journal entry: each caption
+is journaled, then written atomically, so a batch killed at any point and started again with the
+same settings continues where it stopped — no caption lost, duplicated or half-written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from ..datasets import Dataset
+from ..errors import LoraLabError, NotFound
+from . import prompts
+from .base import CaptionError, Captioner, prepare_image
+
+MODES = ("skip", "overwrite", "append", "prepend")
+PREFETCH = 4  # images prepared ahead of the model
+
+
+@dataclass(frozen=True)
+class CaptionSettings:
+    prompt: str  # a template: {trigger}, {filename}, {existing}
+    trigger: str = ""
+    mode: str = "skip"
+    max_words: int | None = None
+    style: str = "sentence"  # or "tags": how answers are cleaned up
+
+
+@dataclass
+class BatchReport:
+    dataset: str
+    model: str
+    selected: int = 0
+    captioned: int = 0
+    already_done: int = 0  # captioned before (skip mode) or by the run this one resumes
+    failed: list[dict[str, str]] = field(default_factory=list)  # file, error
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Item:
+    file: str
+    existing: str | None
+    image: bytes | None = None
+    error: str | None = None
+
+
+def caption_dataset(ds: Dataset, captioner: Captioner, settings: CaptionSettings, *,
+                    files: list[str] | None = None,
+                    on_event: Callable[[dict[str, Any]], None] | None = None) -> BatchReport:
+    """Caption the selected images (default all); per-image failures are reported, not raised."""
+    prompts.check_template(settings.prompt)
+    if settings.mode not in MODES:
+        raise LoraLabError(f"unknown caption mode {settings.mode!r}; use one of {', '.join(MODES)}")
+    selected = ds.select(files)
+    if not selected:
+        raise LoraLabError(f"dataset {ds.name!r} has no images to caption")
+    report = BatchReport(ds.name, captioner.name, selected=len(selected))
+    entry, done = _open_entry(ds, captioner, settings, selected)
+    todo = [f for f in selected if f not in done]
+    report.already_done = len(done)
+    started = time.monotonic()
+    emit = on_event or (lambda event: None)
+    items = _prefetch(_prepare(ds, todo, settings.mode), PREFETCH)
+    for n, (item, answer) in enumerate(_generate(captioner, items, settings), start=1):
+        if item.error is None and isinstance(answer, str):
+            _store(ds, entry, item, answer, settings, captioner.name, report)
+        elif item.error != "skip":
+            report.failed.append({"file": item.file, "error": item.error or str(answer)})
+        else:
+            report.already_done += 1
+        emit(_progress(report, n, len(todo), started, item.file))
+    entry.finish()
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+def _open_entry(ds: Dataset, captioner: Captioner, settings: CaptionSettings, selected: list[str]):
+    """The journal entry of this batch: the unfinished one of an identical earlier run, or new."""
+    key = hashlib.sha1(json.dumps([captioner.name, asdict(settings), selected]).encode()).hexdigest()
+    unfinished = ds.journal.unfinished(key)
+    if unfinished is None:
+        label = f"caption {len(selected)} images ({settings.mode}) with {captioner.name}"
+        return ds.journal.begin(label, key), set()
+    entry, data = unfinished
+    landed = {f for f, _, after in data["changes"] if _current(ds, f) == after}
+    return entry, landed
+
+
+def _current(ds: Dataset, file: str) -> str | None:
+    try:
+        return ds.caption(file)
+    except (NotFound, LoraLabError):
+        return None
+
+
+def _prepare(ds: Dataset, files: list[str], mode: str) -> Iterator[_Item]:
+    for f in files:
+        if not ds.path.is_dir():
+            raise LoraLabError(f"dataset folder {ds.path} disappeared mid-batch; the captions "
+                               "written before are kept")
+        try:
+            existing = ds.caption(f)
+            if mode == "skip" and existing:
+                yield _Item(f, existing, error="skip")
+                continue
+            yield _Item(f, existing, prepare_image(ds.image_path(f)))
+        except (LoraLabError, OSError) as e:
+            yield _Item(f, None, error=str(e))
+
+
+def _generate(captioner: Captioner, items: Iterable[_Item], settings: CaptionSettings):
+    """(item, raw answer or CaptionError) per item; several in flight when the engine can."""
+    def prompt(item: _Item) -> str:
+        return prompts.render_prompt(settings.prompt, trigger=settings.trigger, filename=item.file,
+                                     existing=item.existing or "")
+
+    caption_many = getattr(captioner, "caption_many", None)
+    if caption_many is None:
+        for item in items:
+            if item.error is not None:
+                yield item, None
+                continue
+            try:
+                yield item, captioner.caption(item.image, prompt(item))
+            except CaptionError as e:
+                yield item, e
+        return
+    waiting: list[_Item] = []  # items with nothing to send, reported with the next result
+
+    def work() -> Iterator[tuple[_Item, bytes, str]]:
+        for item in items:
+            if item.error is None:
+                yield item, item.image, prompt(item)
+            else:
+                waiting.append(item)
+
+    for item, answer in caption_many(work()):
+        yield from _drain(waiting)
+        yield item, answer
+    yield from _drain(waiting)
+
+
+def _drain(waiting: list[_Item]) -> Iterator[tuple[_Item, None]]:
+    while waiting:
+        yield waiting.pop(0), None
+
+
+def _store(ds: Dataset, entry, item: _Item, answer: str, settings: CaptionSettings, model: str,
+           report: BatchReport) -> None:
+    new = prompts.clean_caption(answer, trigger=settings.trigger, max_words=settings.max_words,
+                                style=settings.style)
+    if not new:
+        report.failed.append({"file": item.file, "error": "the model returned an empty caption"})
+        return
+    after = prompts.merge_caption(item.existing, new, settings.mode)
+    if not ds.path.is_dir():
+        raise LoraLabError(f"dataset folder {ds.path} disappeared mid-batch; the captions "
+                           "written before are kept")
+    ds.write_caption(entry, item.file, item.existing, after, {"model": model, "prompt": settings.prompt})
+    report.captioned += 1
+
+
+def _progress(report: BatchReport, n: int, total: int, started: float, file: str) -> dict[str, Any]:
+    elapsed = max(time.monotonic() - started, 1e-9)
+    rate = n / elapsed
+    return {"type": "progress", "step": n, "total": total, "file": file,
+            "captioned": report.captioned, "failed": len(report.failed),
+            "images_per_s": round(rate, 3), "eta_s": round((total - n) / rate, 1)}
+
+
+_END = object()
+
+
+def _prefetch(items: Iterator[_Item], depth: int) -> Iterator[_Item]:
+    """Run ``items`` on a background thread, ``depth`` ahead; its exceptions surface here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+
+    def produce() -> None:
+        try:
+            for item in items:
+                q.put(item)
+            q.put(_END)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+
+    threading.Thread(target=produce, daemon=True, name="caption-prefetch").start()
+    while (item := q.get()) is not _END:
+        if isinstance(item, BaseException):
+            raise item
+        yield item

@@ -1,0 +1,150 @@
+"""Captioning a dataset on the tiny GGUF model: modes, resume, and the batch's bad inputs."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from lora_lab.captioning.batch import CaptionSettings, caption_dataset
+from lora_lab.captioning.llama import LlamaCaptioner
+from lora_lab.datasets import Dataset
+from lora_lab.errors import LoraLabError
+from lora_lab.tiny import fabricate
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return fabricate(tmp_path_factory.mktemp("tiny"), sd15=False, sdxl=False)
+
+
+@pytest.fixture(scope="module")
+def model(tiny):
+    c = LlamaCaptioner(tiny["caption_model"], tiny["caption_mmproj"], max_tokens=8)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def ds(cli, ws, tiny) -> Dataset:
+    cli("dataset", "ingest", tiny["samples"], "--name", "shapes")
+    return Dataset.open("shapes", ws)
+
+
+def captions(ds):
+    return {r["file"]: ds.caption(r["file"]) for r in ds.index.all()}
+
+
+class Interrupting:
+    """The real tiny model, interrupted (as by Ctrl-C) after ``n`` captions."""
+
+    def __init__(self, model, n):
+        self.model, self.n, self.name = model, n, model.name
+
+    def caption(self, image, prompt):
+        if self.n == 0:
+            raise KeyboardInterrupt
+        self.n -= 1
+        return self.model.caption(image, prompt)
+
+
+def test_cli_captions_only_uncaptioned_by_default(cli, ds, tiny):
+    before = captions(ds)
+    out = json.loads(cli("caption", "shapes", "--model", tiny["caption_model"], "--mmproj",
+                         tiny["caption_mmproj"], "--trigger", "sks", "--max-tokens", "8",
+                         "--json")[1])
+    assert (out["captioned"], out["already_done"], out["failed"]) == (3, 5, [])
+    after = captions(ds)
+    for f, text in before.items():
+        assert after[f] == text if text else after[f].startswith("sks, ")
+    row = ds.image("purple_square.jpg")
+    assert row["caption_model"] == out["model"] and "{trigger}" in row["caption_prompt"]
+    job = ds.path.parent.parent / "jobs" / out["job"]
+    assert json.loads((job / "status.json").read_text())["state"] == "succeeded"
+    events = [json.loads(line) for line in (job / "events.jsonl").read_text().splitlines()]
+    assert [e["type"] for e in events] == ["progress"] * 8 + ["done"]
+
+
+@pytest.mark.parametrize("mode", ["overwrite", "append", "prepend"])
+def test_modes(ds, model, mode):
+    before = captions(ds)
+    caption_dataset(ds, model, CaptionSettings("Describe.", mode=mode))
+    for f, text in captions(ds).items():
+        old = before[f]
+        if mode == "overwrite" or not old:
+            assert text and text != old
+        elif mode == "append":
+            assert text.startswith(old) and len(text) > len(old)
+        else:
+            assert text.endswith(old) and len(text) > len(old)
+    ds.undo()  # the whole batch is one undo step
+    assert captions(ds) == before
+
+
+def test_interrupted_batch_resumes_without_duplicating(ds, model):
+    before = captions(ds)
+    settings = CaptionSettings("Describe.", mode="append")
+    with pytest.raises(KeyboardInterrupt):
+        caption_dataset(ds, Interrupting(model, 3), settings)
+    half = captions(ds)
+    assert sum(half[f] != before[f] for f in before) == 3
+    report = caption_dataset(ds, model, settings)
+    assert (report.already_done, report.captioned) == (3, 5)
+    final = captions(ds)
+    for f, old in before.items():
+        if half[f] != old:
+            assert final[f] == half[f]  # done before the interruption: not appended twice
+        assert final[f].startswith(old or "") and final[f] != old
+    entry = ds.journal.last()[1]
+    assert len(entry["changes"]) == 8 and entry["done"]
+
+
+def test_a_broken_image_mid_batch_is_reported_and_the_rest_go_on(ds, model):
+    (ds.path / "purple_square.jpg").write_bytes(b"broken after ingest")
+    report = caption_dataset(ds, model, CaptionSettings("Describe.", mode="overwrite"))
+    assert [f["file"] for f in report.failed] == ["purple_square.jpg"]
+    assert "cannot read" in report.failed[0]["error"] and report.captioned == 7
+
+
+class Boilerplate(Interrupting):
+    """The real model, whose answer is replaced by an opener that cleans up to nothing."""
+
+    def caption(self, image, prompt):
+        self.model.caption(image, prompt)
+        return "The image shows"
+
+
+def test_an_empty_answer_is_a_failure_not_an_empty_caption(ds, model):
+    before = captions(ds)
+    report = caption_dataset(ds, Boilerplate(model, 0), CaptionSettings("Describe.", mode="overwrite"))
+    assert {f["error"] for f in report.failed} == {"the model returned an empty caption"}
+    assert captions(ds) == before
+
+
+class Vanishing(Interrupting):
+    """The real model; the dataset folder is deleted while it captions the second image."""
+
+    def __init__(self, model, ds):
+        super().__init__(model, 0)
+        self.ds, self.calls = ds, 0
+
+    def caption(self, image, prompt):
+        self.calls += 1
+        if self.calls == 2:
+            shutil.rmtree(self.ds.path)
+        return self.model.caption(image, prompt)
+
+
+def test_dataset_folder_disappearing_mid_batch(ds, model):
+    with pytest.raises(LoraLabError, match="disappeared mid-batch"):
+        caption_dataset(ds, Vanishing(model, ds), CaptionSettings("Describe.", mode="overwrite"))
+
+
+def test_empty_dataset_and_bad_settings(cli, ds, model, tiny):
+    with pytest.raises(LoraLabError, match="unknown caption mode"):
+        caption_dataset(ds, model, CaptionSettings("Describe.", mode="sideways"))
+    assert "bad placeholder {name}" in cli.fails("caption", "shapes", "--prompt", "a {name}")
+    for f in ds.path.glob("[!.]*"):
+        f.unlink()
+    assert "no images to caption" in cli.fails(
+        "caption", "shapes", "--model", tiny["caption_model"], "--mmproj", tiny["caption_mmproj"])
