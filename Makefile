@@ -25,13 +25,17 @@ demo: $(STAMP)
 	$(LL) tiny $(DEMO)/models/tiny
 	$(LL) dataset ingest $(DEMO)/models/tiny/samples --name demo
 	$(LL) dataset show demo
+	# random-weight tiny model: the captions are gibberish, the road is real
+	$(LL) caption demo --model $(DEMO)/models/tiny/caption/tiny-qwen25vl.gguf \
+	    --mmproj $(DEMO)/models/tiny/caption/tiny-qwen25vl-mmproj.gguf --trigger lolab --max-tokens 16
 	$(LL) dataset edit demo --prefix lolab --normalize
 	$(LL) dataset export demo --trigger lolab --repeats 10
 	$(LL) dataset export demo --trigger lolab --repeats 10 --format zip
 	$(LL) calc --dataset demo --repeats 10 --epochs 4 --batch 2
 	@echo
 	@echo "Demo outputs:"
-	@echo "  dataset:       $(DEMO)/datasets/demo"
+	@echo "  dataset:       $(DEMO)/datasets/demo  (captions beside the images)"
+	@echo "  caption job:   $(DEMO)/jobs/  (status.json, events.jsonl)"
 	@echo "  kohya export:  $(DEMO)/exports/demo-kohya  (with dataset.toml for sd-scripts)"
 	@echo "  zip export:    $(DEMO)/exports/demo-zip.zip"
 	@echo "  tiny models:   $(DEMO)/models/tiny"
