@@ -71,3 +71,21 @@ def tree_digest(root: Path) -> dict[str, str]:
     """Every file under root with its sha256: to prove a tree was left untouched."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def tiny_caption(tmp_path_factory) -> dict[str, Path]:
+    """The tiny Qwen2.5-VL GGUF pair and the sample images (no diffusion pipelines)."""
+    from lora_lab.tiny import fabricate
+
+    return fabricate(tmp_path_factory.mktemp("tiny"), sd15=False, sdxl=False)
+
+
+@pytest.fixture(scope="session")
+def caption_model(tiny_caption):
+    """The tiny caption model, loaded once for the session."""
+    from lora_lab.captioning.llama import LlamaCaptioner
+
+    model = LlamaCaptioner(tiny_caption["caption_model"], tiny_caption["caption_mmproj"], max_tokens=8)
+    yield model
+    model.close()

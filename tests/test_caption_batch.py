@@ -10,24 +10,11 @@ from lora_lab.captioning.batch import CaptionSettings, caption_dataset
 from lora_lab.captioning.llama import LlamaCaptioner
 from lora_lab.datasets import Dataset
 from lora_lab.errors import LoraLabError
-from lora_lab.tiny import fabricate
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return fabricate(tmp_path_factory.mktemp("tiny"), sd15=False, sdxl=False)
-
-
-@pytest.fixture(scope="module")
-def model(tiny):
-    c = LlamaCaptioner(tiny["caption_model"], tiny["caption_mmproj"], max_tokens=8)
-    yield c
-    c.close()
 
 
 @pytest.fixture
-def ds(cli, ws, tiny) -> Dataset:
-    cli("dataset", "ingest", tiny["samples"], "--name", "shapes")
+def ds(cli, ws, tiny_caption) -> Dataset:
+    cli("dataset", "ingest", tiny_caption["samples"], "--name", "shapes")
     return Dataset.open("shapes", ws)
 
 
@@ -38,20 +25,20 @@ def captions(ds):
 class Interrupting:
     """The real tiny model, interrupted (as by Ctrl-C) after ``n`` captions."""
 
-    def __init__(self, model, n):
-        self.model, self.n, self.name = model, n, model.name
+    def __init__(self, caption_model, n):
+        self.caption_model, self.n, self.name = caption_model, n, caption_model.name
 
     def caption(self, image, prompt):
         if self.n == 0:
             raise KeyboardInterrupt
         self.n -= 1
-        return self.model.caption(image, prompt)
+        return self.caption_model.caption(image, prompt)
 
 
-def test_cli_captions_only_uncaptioned_by_default(cli, ds, tiny):
+def test_cli_captions_only_uncaptioned_by_default(cli, ds, tiny_caption):
     before = captions(ds)
-    out = json.loads(cli("caption", "shapes", "--model", tiny["caption_model"], "--mmproj",
-                         tiny["caption_mmproj"], "--trigger", "sks", "--max-tokens", "8",
+    out = json.loads(cli("caption", "shapes", "--model", tiny_caption["caption_model"], "--mmproj",
+                         tiny_caption["caption_mmproj"], "--trigger", "sks", "--max-tokens", "8",
                          "--json")[1])
     assert (out["captioned"], out["already_done"], out["failed"]) == (3, 5, [])
     after = captions(ds)
@@ -66,9 +53,9 @@ def test_cli_captions_only_uncaptioned_by_default(cli, ds, tiny):
 
 
 @pytest.mark.parametrize("mode", ["overwrite", "append", "prepend"])
-def test_modes(ds, model, mode):
+def test_modes(ds, caption_model, mode):
     before = captions(ds)
-    caption_dataset(ds, model, CaptionSettings("Describe.", mode=mode))
+    caption_dataset(ds, caption_model, CaptionSettings("Describe.", mode=mode))
     for f, text in captions(ds).items():
         old = before[f]
         if mode == "overwrite" or not old:
@@ -81,14 +68,14 @@ def test_modes(ds, model, mode):
     assert captions(ds) == before
 
 
-def test_interrupted_batch_resumes_without_duplicating(ds, model):
+def test_interrupted_batch_resumes_without_duplicating(ds, caption_model):
     before = captions(ds)
     settings = CaptionSettings("Describe.", mode="append")
     with pytest.raises(KeyboardInterrupt):
-        caption_dataset(ds, Interrupting(model, 3), settings)
+        caption_dataset(ds, Interrupting(caption_model, 3), settings)
     half = captions(ds)
     assert sum(half[f] != before[f] for f in before) == 3
-    report = caption_dataset(ds, model, settings)
+    report = caption_dataset(ds, caption_model, settings)
     assert (report.already_done, report.captioned) == (3, 5)
     final = captions(ds)
     for f, old in before.items():
@@ -99,9 +86,9 @@ def test_interrupted_batch_resumes_without_duplicating(ds, model):
     assert len(entry["changes"]) == 8 and entry["done"]
 
 
-def test_a_broken_image_mid_batch_is_reported_and_the_rest_go_on(ds, model):
+def test_a_broken_image_mid_batch_is_reported_and_the_rest_go_on(ds, caption_model):
     (ds.path / "purple_square.jpg").write_bytes(b"broken after ingest")
-    report = caption_dataset(ds, model, CaptionSettings("Describe.", mode="overwrite"))
+    report = caption_dataset(ds, caption_model, CaptionSettings("Describe.", mode="overwrite"))
     assert [f["file"] for f in report.failed] == ["purple_square.jpg"]
     assert "cannot read" in report.failed[0]["error"] and report.captioned == 7
 
@@ -110,13 +97,14 @@ class Boilerplate(Interrupting):
     """The real model, whose answer is replaced by an opener that cleans up to nothing."""
 
     def caption(self, image, prompt):
-        self.model.caption(image, prompt)
+        self.caption_model.caption(image, prompt)
         return "The image shows"
 
 
-def test_an_empty_answer_is_a_failure_not_an_empty_caption(ds, model):
+def test_an_empty_answer_is_a_failure_not_an_empty_caption(ds, caption_model):
     before = captions(ds)
-    report = caption_dataset(ds, Boilerplate(model, 0), CaptionSettings("Describe.", mode="overwrite"))
+    settings = CaptionSettings("Describe.", mode="overwrite")
+    report = caption_dataset(ds, Boilerplate(caption_model, 0), settings)
     assert {f["error"] for f in report.failed} == {"the model returned an empty caption"}
     assert captions(ds) == before
 
@@ -124,27 +112,29 @@ def test_an_empty_answer_is_a_failure_not_an_empty_caption(ds, model):
 class Vanishing(Interrupting):
     """The real model; the dataset folder is deleted while it captions the second image."""
 
-    def __init__(self, model, ds):
-        super().__init__(model, 0)
+    def __init__(self, caption_model, ds):
+        super().__init__(caption_model, 0)
         self.ds, self.calls = ds, 0
 
     def caption(self, image, prompt):
         self.calls += 1
         if self.calls == 2:
             shutil.rmtree(self.ds.path)
-        return self.model.caption(image, prompt)
+        return self.caption_model.caption(image, prompt)
 
 
-def test_dataset_folder_disappearing_mid_batch(ds, model):
+def test_dataset_folder_disappearing_mid_batch(ds, caption_model):
     with pytest.raises(LoraLabError, match="disappeared mid-batch"):
-        caption_dataset(ds, Vanishing(model, ds), CaptionSettings("Describe.", mode="overwrite"))
+        caption_dataset(ds, Vanishing(caption_model, ds),
+                        CaptionSettings("Describe.", mode="overwrite"))
 
 
-def test_empty_dataset_and_bad_settings(cli, ds, model, tiny):
+def test_empty_dataset_and_bad_settings(cli, ds, caption_model, tiny_caption):
     with pytest.raises(LoraLabError, match="unknown caption mode"):
-        caption_dataset(ds, model, CaptionSettings("Describe.", mode="sideways"))
+        caption_dataset(ds, caption_model, CaptionSettings("Describe.", mode="sideways"))
     assert "bad placeholder {name}" in cli.fails("caption", "shapes", "--prompt", "a {name}")
     for f in ds.path.glob("[!.]*"):
         f.unlink()
     assert "no images to caption" in cli.fails(
-        "caption", "shapes", "--model", tiny["caption_model"], "--mmproj", tiny["caption_mmproj"])
+        "caption", "shapes", "--model", tiny_caption["caption_model"],
+        "--mmproj", tiny_caption["caption_mmproj"])

@@ -10,45 +10,33 @@ from PIL import Image
 from lora_lab.captioning import CaptionError, prepare_image
 from lora_lab.captioning.base import MAX_CAPTION_PIXELS
 from lora_lab.captioning.llama import LlamaCaptioner, model_paths
-from lora_lab.tiny import fabricate, gguf_models
+from lora_lab.tiny import gguf_models
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Path]:
-    return fabricate(tmp_path_factory.mktemp("tiny"), sd15=False, sdxl=False)
-
-
-@pytest.fixture(scope="module")
-def captioner(tiny):
-    c = LlamaCaptioner(tiny["caption_model"], tiny["caption_mmproj"], max_tokens=12)
-    yield c
-    c.close()
-
-
-def test_captions_every_sample_format_quietly(captioner, tiny, capfd):
-    for path in sorted(tiny["samples"].glob("*.*")):
+def test_captions_every_sample_format_quietly(caption_model, tiny_caption, capfd):
+    for path in sorted(tiny_caption["samples"].glob("*.*")):
         if path.suffix != ".txt":  # webp too: it is re-encoded, llama.cpp cannot read webp
-            assert captioner.caption(prepare_image(path), "Describe the image.").strip()
+            assert caption_model.caption(prepare_image(path), "Describe the image.").strip()
     out, err = capfd.readouterr()
     assert err == ""  # llama.cpp's ~35 lines per caption go to logging, not stderr
-    assert captioner.name == "tiny-qwen25vl.gguf + tiny-qwen25vl-mmproj.gguf"
+    assert caption_model.name == "tiny-qwen25vl.gguf + tiny-qwen25vl-mmproj.gguf"
 
 
-def test_generic_mtmd_handler(tiny):
-    c = LlamaCaptioner(tiny["caption_model"], tiny["caption_mmproj"], handler="mtmd", max_tokens=4)
-    assert c.caption_file(tiny["samples"] / "red_circle.jpg", "Describe.")
+def test_generic_mtmd_handler(tiny_caption):
+    c = LlamaCaptioner(tiny_caption["caption_model"], tiny_caption["caption_mmproj"], handler="mtmd", max_tokens=4)
+    assert c.caption_file(tiny_caption["samples"] / "red_circle.jpg", "Describe.")
     c.close()
     with pytest.raises(CaptionError, match="closed"):
-        c.caption_file(tiny["samples"] / "red_circle.jpg", "Describe.")
+        c.caption_file(tiny_caption["samples"] / "red_circle.jpg", "Describe.")
 
 
-def test_enormous_image_is_capped_before_encoding(captioner, tmp_path):
+def test_enormous_image_is_capped_before_encoding(caption_model, tmp_path):
     big = tmp_path / "big.jpg"
     Image.new("RGB", (6000, 4000), "orange").save(big)
     prepared = prepare_image(big)
     with Image.open(io.BytesIO(prepared)) as im:
         assert im.width * im.height <= MAX_CAPTION_PIXELS and abs(im.width / im.height - 1.5) < 0.01
-    assert captioner.caption(prepared, "Describe.")
+    assert caption_model.caption(prepared, "Describe.")
 
 
 def test_exif_rotation_is_applied(tmp_path):
@@ -77,8 +65,8 @@ def test_paths_from_arguments_env_or_workspace(monkeypatch, ws):
     assert mmproj.parent == ws.models / "caption" and mmproj.name.startswith("mmproj-")
 
 
-def _bad_files(tiny, tmp: Path) -> dict[str, Path]:
-    model = Path(tiny["caption_model"])
+def _bad_files(tiny_caption, tmp: Path) -> dict[str, Path]:
+    model = Path(tiny_caption["caption_model"])
     (tmp / "empty.gguf").write_bytes(b"")
     (tmp / "text.gguf").write_text("hello, not a model")
     (tmp / "truncated.gguf").write_bytes(model.read_bytes()[: model.stat().st_size // 2])
@@ -92,26 +80,26 @@ def _bad_files(tiny, tmp: Path) -> dict[str, Path]:
 @pytest.mark.parametrize("kind, message", [
     ("missing", "file not found"), ("empty", "is empty"), ("not GGUF", "not a GGUF file"),
     ("truncated", "truncated or damaged"), ("folder", "is not a file")])
-def test_bad_model_files_are_named_with_their_cause(tiny, tmp_path, role, kind, message):
-    bad = _bad_files(tiny, tmp_path)[kind]
-    args = {"model": tiny["caption_model"], "mmproj": tiny["caption_mmproj"], role: bad}
+def test_bad_model_files_are_named_with_their_cause(tiny_caption, tmp_path, role, kind, message):
+    bad = _bad_files(tiny_caption, tmp_path)[kind]
+    args = {"model": tiny_caption["caption_model"], "mmproj": tiny_caption["caption_mmproj"], role: bad}
     with pytest.raises(CaptionError, match=message) as err:
         LlamaCaptioner(args["model"], args["mmproj"])
     assert str(bad) in str(err.value)
 
 
-def test_swapped_model_and_mmproj(tiny):
+def test_swapped_model_and_mmproj(tiny_caption):
     with pytest.raises(CaptionError, match="is a vision projector"):
-        LlamaCaptioner(tiny["caption_mmproj"], tiny["caption_model"])
+        LlamaCaptioner(tiny_caption["caption_mmproj"], tiny_caption["caption_model"])
 
 
-def test_mismatched_mmproj_fails_at_load_not_mid_batch(tiny, tmp_path, monkeypatch):
+def test_mismatched_mmproj_fails_at_load_not_mid_batch(tiny_caption, tmp_path, monkeypatch):
     monkeypatch.setattr(gguf_models, "_N_EMBD_TEXT", 32)  # projects to 32 dims; the model has 64
     other = gguf_models.write_mmproj(tmp_path / "other-mmproj.gguf")
     with pytest.raises(CaptionError, match="does not work with model"):
-        LlamaCaptioner(tiny["caption_model"], other)
+        LlamaCaptioner(tiny_caption["caption_model"], other)
 
 
-def test_unknown_handler(tiny):
+def test_unknown_handler(tiny_caption):
     with pytest.raises(CaptionError, match="unknown caption handler"):
-        LlamaCaptioner(tiny["caption_model"], tiny["caption_mmproj"], handler="blip")
+        LlamaCaptioner(tiny_caption["caption_model"], tiny_caption["caption_mmproj"], handler="blip")
