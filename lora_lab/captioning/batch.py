@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from ..datasets import Dataset
-from ..errors import LoraLabError, NotFound
+from ..errors import LoraLabError
 from . import prompts
 from .base import CaptionError, Captioner, prepare_image
 
@@ -93,15 +93,8 @@ def _open_entry(ds: Dataset, captioner: Captioner, settings: CaptionSettings, se
         label = f"caption {len(selected)} images ({settings.mode}) with {captioner.name}"
         return ds.journal.begin(label, key), set()
     entry, data = unfinished
-    landed = {f for f, _, after in data["changes"] if _current(ds, f) == after}
+    landed = {f for f, _, after in data["changes"] if ds.caption_or_none(f) == after}
     return entry, landed
-
-
-def _current(ds: Dataset, file: str) -> str | None:
-    try:
-        return ds.caption(file)
-    except (NotFound, LoraLabError):
-        return None
 
 
 def _prepare(ds: Dataset, files: list[str], mode: str) -> Iterator[_Item]:

@@ -172,7 +172,7 @@ class Dataset:
         entry_path, entry = last
         # "before" still on disk: that change never landed (a batch killed mid-way), fine.
         changed_since = [f for f, before, after in entry["changes"]
-                         if self._caption_or_none(f) not in (before, after)]
+                         if self.caption_or_none(f) not in (before, after)]
         if changed_since:
             shown = ", ".join(changed_since[:3]) + (" ..." if len(changed_since) > 3 else "")
             raise Conflict(f"cannot undo {entry['label']!r}: {len(changed_since)} caption(s) changed "
@@ -191,7 +191,8 @@ class Dataset:
         self._write_caption_file(file, after, source)
         self._mark_synced()
 
-    def _caption_or_none(self, file: str) -> str | None:
+    def caption_or_none(self, file: str) -> str | None:
+        """The caption, or ``None`` when the image (or its caption) is not there."""
         try:
             return self.caption(file)
         except NotFound:
