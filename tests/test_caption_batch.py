@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+from conftest import jpeg_bytes
 
 from lora_lab.captioning.batch import CaptionSettings, caption_dataset
 from lora_lab.captioning.llama import LlamaCaptioner
@@ -88,9 +95,25 @@ def test_interrupted_batch_resumes_without_duplicating(ds, caption_model):
 
 def test_a_broken_image_mid_batch_is_reported_and_the_rest_go_on(ds, caption_model):
     (ds.path / "purple_square.jpg").write_bytes(b"broken after ingest")
-    report = caption_dataset(ds, caption_model, CaptionSettings("Describe.", mode="overwrite"))
+    events = []
+    report = caption_dataset(ds, caption_model, CaptionSettings("Describe.", mode="overwrite"),
+                             on_event=events.append)
     assert [f["file"] for f in report.failed] == ["purple_square.jpg"]
     assert "cannot read" in report.failed[0]["error"] and report.captioned == 7
+    [log] = [e for e in events if e["type"] == "log"]
+    assert log["level"] == "warning" and log["file"] == "purple_square.jpg"
+    assert log["message"].startswith("purple_square.jpg: cannot read")
+    assert [e["step"] for e in events if e["type"] == "progress"] == list(range(1, 9))
+
+
+def test_which_model_and_prompt_made_a_caption_survives_a_reindex(cli, ws, ds, caption_model):
+    caption_dataset(ds, caption_model, CaptionSettings("Describe {filename}.", mode="overwrite"))
+    (ds.path / "red_circle.txt").write_text("edited by hand")
+    cli("dataset", "reindex", "shapes")
+    ds = Dataset.open("shapes", ws)
+    sources = {r["file"]: (r["caption_model"], r["caption_prompt"]) for r in ds.index.all()}
+    assert sources.pop("red_circle.jpg") == (None, None)
+    assert set(sources.values()) == {(caption_model.name, "Describe {filename}.")}
 
 
 class Boilerplate(Interrupting):
@@ -132,9 +155,59 @@ def test_dataset_folder_disappearing_mid_batch(ds, caption_model):
 def test_empty_dataset_and_bad_settings(cli, ds, caption_model, tiny_caption):
     with pytest.raises(LoraLabError, match="unknown caption mode"):
         caption_dataset(ds, caption_model, CaptionSettings("Describe.", mode="sideways"))
+    # both refused before any model is loaded (the default model files do not exist)
     assert "bad placeholder {name}" in cli.fails("caption", "shapes", "--prompt", "a {name}")
+    assert "empty without a value for {trigger}" in cli.fails("caption", "shapes",
+                                                              "--prompt", "Caption {trigger}.")
     for f in ds.path.glob("[!.]*"):
         f.unlink()
     assert "no images to caption" in cli.fails(
         "caption", "shapes", "--model", tiny_caption["caption_model"],
         "--mmproj", tiny_caption["caption_mmproj"])
+
+
+def test_caption_killed_with_sigkill_resumes_with_nothing_lost_or_doubled(cli, ws, tmp_path,
+                                                                          tiny_caption):
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(40):
+        (src / f"img{i:02d}.jpg").write_bytes(jpeg_bytes((96, 96), seed=i))
+        (src / f"img{i:02d}.txt").write_text(f"orig{i:02d}")
+    cli("dataset", "ingest", src, "--name", "many")
+    argv = [str(Path(sys.executable).parent / "lora-lab"), "caption", "many", "--mode", "append",
+            "--model", str(tiny_caption["caption_model"]), "--mmproj",
+            str(tiny_caption["caption_mmproj"]), "--max-tokens", "48", "--json"]
+    env = {**os.environ, "LORA_LAB_HOME": str(ws.root)}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        events = _wait_for_events(ws, proc, at_least=5)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    ds = Dataset.open("many", ws)
+    assert 0 < len(ds.journal.last()[1]["changes"]) < 40, "killed too late to test a resume"
+    assert events and events[-1]["type"] == "progress"
+
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["already_done"] + report["captioned"] == 40 and report["failed"] == []
+    entry = ds.journal.last()[1]
+    assert entry["done"] and sorted(f for f, _, _ in entry["changes"]) == sorted(
+        f"img{i:02d}.jpg" for i in range(40))
+    for file, before, after in entry["changes"]:
+        assert before == f"orig{file[3:5]}"  # appended once, to the original caption
+        assert after.startswith(before + ", ") and ds.caption(file) == after
+    assert not [p for p in ds.path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def _wait_for_events(ws, proc, at_least: int) -> list[dict]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        for job in Path(ws.root, "jobs").glob("*/events.jsonl"):
+            lines = job.read_text().splitlines()
+            if len(lines) >= at_least:
+                return [json.loads(line) for line in lines[:-1]]  # the last may be torn
+        time.sleep(0.01)
+    raise AssertionError("the caption job made no progress")

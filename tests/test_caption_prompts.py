@@ -332,12 +332,25 @@ def test_bad_clean_up_options(kwargs, message):
     ("sks, 1girl, solo", "sks, red dress, smile", "append", "sks, 1girl, solo, red dress, smile"),
     ("sks, 1girl, solo", "sks, red dress, smile", "prepend", "sks, red dress, smile, 1girl, solo"),
     ("sks, a woman on a beach.", "sks, a woman in a red dress.", "append",
-     "sks, a woman on a beach. a woman in a red dress."),
-    ("A woman on a beach.", "sks, a red dress.", "append", "A woman on a beach. sks, a red dress."),
+     "sks, a woman on a beach. A woman in a red dress."),
     ("sks", "sks", "append", "sks, sks"),  # nothing but the trigger: nothing to drop it from
 ])
 def test_merge_modes(existing, new, mode, expected):
     assert merge_caption(existing, new, mode) == expected
+
+
+@pytest.mark.parametrize("existing, new, mode, expected", [
+    # the trigger moves to the front, once, wherever it was
+    ("A woman on a beach.", "sks, a red dress.", "append", "sks, a woman on a beach. A red dress."),
+    ("1girl, solo", "sks, red dress", "append", "sks, 1girl, solo, red dress"),
+    ("1girl, sks, solo", "sks, red dress", "prepend", "sks, red dress, 1girl, solo"),
+    ("sks, 1girl", "sks woman in red.", "prepend", "sks, woman in red. 1girl"),
+    ("sks", "sks, red dress", "append", "sks, red dress"),
+    ("sks", "sks", "append", "sks"),
+    ("a cat", "sks, a dog", "overwrite", "sks, a dog"),
+])
+def test_merge_puts_the_trigger_first_once(existing, new, mode, expected):
+    assert merge_caption(existing, new, mode, trigger="sks") == expected
 
 
 def test_every_mode_is_tested_and_an_unknown_one_is_refused():

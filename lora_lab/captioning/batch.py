@@ -52,16 +52,18 @@ class _Item:
     file: str
     existing: str | None
     image: bytes | None = None
+    prompt: str = ""
     error: str | None = None
 
 
 def caption_dataset(ds: Dataset, captioner: Captioner, settings: CaptionSettings, *,
                     files: list[str] | None = None,
                     on_event: Callable[[dict[str, Any]], None] | None = None) -> BatchReport:
-    """Caption the selected images (default all); per-image failures are reported, not raised."""
-    prompts.check_template(settings.prompt)
-    if settings.mode not in MODES:
-        raise LoraLabError(f"unknown caption mode {settings.mode!r}; use one of {', '.join(MODES)}")
+    """Caption the selected images (default all); per-image failures are reported, not raised.
+
+    ``on_event`` gets a ``progress`` event per image and a ``log`` event per failed image.
+    """
+    check_settings(settings)
     selected = ds.select(files)
     if not selected:
         raise LoraLabError(f"dataset {ds.name!r} has no images to caption")
@@ -71,18 +73,31 @@ def caption_dataset(ds: Dataset, captioner: Captioner, settings: CaptionSettings
     report.already_done = len(done)
     started = time.monotonic()
     emit = on_event or (lambda event: None)
-    items = _prefetch(_prepare(ds, todo, settings.mode), PREFETCH)
-    for n, (item, answer) in enumerate(_generate(captioner, items, settings), start=1):
+    items = _prefetch(_prepare(ds, todo, settings), PREFETCH)
+    for n, (item, answer) in enumerate(_generate(captioner, items), start=1):
+        failures = len(report.failed)
         if item.error is None and isinstance(answer, str):
             _store(ds, entry, item, answer, settings, captioner.name, report)
         elif item.error != "skip":
             report.failed.append({"file": item.file, "error": item.error or str(answer)})
         else:
             report.already_done += 1
+        if len(report.failed) > failures:
+            emit({"type": "log", "level": "warning", **report.failed[-1],
+                  "message": f"{item.file}: {report.failed[-1]['error']}"})
         emit(_progress(report, n, len(todo), started, item.file))
     entry.finish()
     report.seconds = round(time.monotonic() - started, 3)
     return report
+
+
+def check_settings(settings: CaptionSettings) -> None:
+    """Refuse bad settings up front, before a model is loaded for minutes."""
+    if settings.mode not in MODES:
+        raise LoraLabError(f"unknown caption mode {settings.mode!r}; use one of {', '.join(MODES)}")
+    # Rendered with every per-image value filled: a template that is only {trigger} and no
+    # trigger fails here, not at every image.
+    prompts.render_prompt(settings.prompt, trigger=settings.trigger, filename="x", existing="x")
 
 
 def _open_entry(ds: Dataset, captioner: Captioner, settings: CaptionSettings, selected: list[str]):
@@ -97,27 +112,25 @@ def _open_entry(ds: Dataset, captioner: Captioner, settings: CaptionSettings, se
     return entry, landed
 
 
-def _prepare(ds: Dataset, files: list[str], mode: str) -> Iterator[_Item]:
+def _prepare(ds: Dataset, files: list[str], settings: CaptionSettings) -> Iterator[_Item]:
     for f in files:
         if not ds.path.is_dir():
             raise LoraLabError(f"dataset folder {ds.path} disappeared mid-batch; the captions "
                                "written before are kept")
         try:
             existing = ds.caption(f)
-            if mode == "skip" and existing:
+            if settings.mode == "skip" and existing:
                 yield _Item(f, existing, error="skip")
                 continue
-            yield _Item(f, existing, prepare_image(ds.image_path(f)))
+            prompt = prompts.render_prompt(settings.prompt, trigger=settings.trigger, filename=f,
+                                           existing=existing or "")
+            yield _Item(f, existing, prepare_image(ds.image_path(f)), prompt)
         except (LoraLabError, OSError) as e:
             yield _Item(f, None, error=str(e))
 
 
-def _generate(captioner: Captioner, items: Iterable[_Item], settings: CaptionSettings):
+def _generate(captioner: Captioner, items: Iterable[_Item]):
     """(item, raw answer or CaptionError) per item; several in flight when the engine can."""
-    def prompt(item: _Item) -> str:
-        return prompts.render_prompt(settings.prompt, trigger=settings.trigger, filename=item.file,
-                                     existing=item.existing or "")
-
     caption_many = getattr(captioner, "caption_many", None)
     if caption_many is None:
         for item in items:
@@ -125,7 +138,7 @@ def _generate(captioner: Captioner, items: Iterable[_Item], settings: CaptionSet
                 yield item, None
                 continue
             try:
-                yield item, captioner.caption(item.image, prompt(item))
+                yield item, captioner.caption(item.image, item.prompt)
             except CaptionError as e:
                 yield item, e
         return
@@ -134,7 +147,7 @@ def _generate(captioner: Captioner, items: Iterable[_Item], settings: CaptionSet
     def work() -> Iterator[tuple[_Item, bytes, str]]:
         for item in items:
             if item.error is None:
-                yield item, item.image, prompt(item)
+                yield item, item.image, item.prompt
             else:
                 waiting.append(item)
 
@@ -156,7 +169,7 @@ def _store(ds: Dataset, entry, item: _Item, answer: str, settings: CaptionSettin
     if not new:
         report.failed.append({"file": item.file, "error": "the model returned an empty caption"})
         return
-    after = prompts.merge_caption(item.existing, new, settings.mode)
+    after = prompts.merge_caption(item.existing, new, settings.mode, settings.trigger)
     if not ds.path.is_dir():
         raise LoraLabError(f"dataset folder {ds.path} disappeared mid-batch; the captions "
                            "written before are kept")

@@ -317,11 +317,12 @@ def clean_caption(text: str, *, trigger: str = "", max_words: int | None = None,
     return _clean_sentence(" ".join(lines), trigger, max_words)
 
 
-def merge_caption(existing: str | None, new: str, mode: str) -> str | None:
+def merge_caption(existing: str | None, new: str, mode: str, trigger: str = "") -> str | None:
     """The caption to write for batch ``mode``, or None when there is nothing to do.
 
     ``skip`` keeps a non-empty caption, ``overwrite`` replaces it, ``append``/``prepend``
-    join the two with ", "; a first tag both start with (the trigger word) is kept once.
+    join the two with ", " (or a space after a sentence). The ``trigger`` ends up once, first,
+    wherever it was; without one, a first tag both start with is kept once.
     """
     if mode not in MODES:
         raise LoraLabError(f"unknown caption mode {mode!r}; modes: {', '.join(MODES)}")
@@ -331,7 +332,22 @@ def merge_caption(existing: str | None, new: str, mode: str) -> str | None:
     if mode == "overwrite" or not existing:
         return new
     first, second = (existing, new) if mode == "append" else (new, existing)
-    head, _, rest = second.partition(",")
-    if rest.strip() and head.strip() == first.partition(",")[0].strip():
-        second = rest.strip()
-    return first + (" " if first.endswith((".", "!", "?")) else ", ") + second
+    trigger = trigger.strip()
+    if trigger:
+        first, second = (_split_trigger(part, trigger)[1] for part in (first, second))
+    else:
+        head, _, rest = second.partition(",")
+        if rest.strip() and head.strip() == first.partition(",")[0].strip():
+            second = rest.strip()
+    merged = _join(first, second)
+    if not trigger:
+        return merged
+    return f"{trigger}, " + _TITLE_WORD.sub(lambda m: m[0].lower(), merged) if merged else trigger
+
+
+def _join(first: str, second: str) -> str:
+    if not (first and second):
+        return first or second
+    if first.endswith((".", "!", "?")):
+        return f"{first} {second[0].upper()}{second[1:]}"
+    return f"{first}, {second}"

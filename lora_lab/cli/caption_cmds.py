@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
-from ..captioning.batch import MODES, CaptionSettings, caption_dataset
+from ..captioning.batch import MODES, CaptionSettings, caption_dataset, check_settings
 from ..datasets import Dataset
 from ..errors import LoraLabError
 from ..jobs import JobRecord
@@ -56,10 +57,10 @@ def cmd_caption(args: argparse.Namespace) -> None:
     template = prompts.resolve_prompt(args.preset, args.prompt)
     settings = CaptionSettings(template, args.trigger, args.mode, args.max_words,
                                "tags" if args.preset == "tags" else "sentence")
-    prompts.check_template(settings.prompt)  # before loading a model for minutes
+    check_settings(settings)
     job = JobRecord.create("caption", {"dataset": ds.name, **vars(settings),
                                        "server": args.server, "files": args.files}, ws)
-    job.set_status("running", phase="loading model")
+    job.set_status("running", phase="loading model", pid=os.getpid())
     try:
         captioner = _captioner(args)
         job.set_status("running", phase="captioning", model=captioner.name)
@@ -85,6 +86,8 @@ def cmd_caption(args: argparse.Namespace) -> None:
 
 def _on_progress(job: JobRecord, event: dict[str, Any], quiet: bool) -> None:
     job.event(event)
+    if event["type"] != "progress":
+        return
     if event["step"] % 10 == 0 or event["step"] == event["total"]:
         job.set_status("running", phase="captioning", progress=event["step"] / event["total"])
     if not quiet:

@@ -3,10 +3,12 @@
     workspace/datasets/NAME/
         photo1.jpg  photo1.txt  ...
         .lora_lab/index.sqlite  .lora_lab/journal/  .lora_lab/thumbs/
+        .lora_lab/caption_sources.jsonl   (which model and prompt wrote each caption)
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -60,6 +62,9 @@ class Dataset:
         self.meta_dir.mkdir(exist_ok=True)
         self.index = Index(self.meta_dir / "index.sqlite")
         self.journal = Journal(self.meta_dir / "journal")
+        # The index is a cache; where a caption came from cannot be read back from the .txt
+        # files, so it is kept here too, for a rebuilt index.
+        self.sources_path = self.meta_dir / "caption_sources.jsonl"
 
     def __repr__(self) -> str:
         return f"Dataset({self.name!r}, {self.index.count()} images)"
@@ -189,6 +194,9 @@ class Dataset:
         (the model and prompt that made it) recorded in the index."""
         entry.add([(file, before, after)])
         self._write_caption_file(file, after, source)
+        with open(self.sources_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"file": file, "etag": etag(after.strip()), **source},
+                               ensure_ascii=False) + "\n")
         self._mark_synced()
 
     def caption_or_none(self, file: str) -> str | None:
@@ -249,8 +257,23 @@ class Dataset:
         self._mark_synced()
         return {"added": len(new_rows), "removed": len(gone), "captions": recaptioned}
 
+    def _caption_sources(self) -> dict[str, dict[str, str]]:
+        """file -> the source of its last batch caption (a torn last line is ignored)."""
+        sources = {}
+        try:
+            lines = self.sources_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return {}
+        for line in lines:
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            sources[item.pop("file")] = item
+        return sources
+
     def _sync_captions(self) -> int:
-        updated = 0
+        updated, sources = 0, None
         for row in self.index.all():
             txt = self.path / Path(row["file"]).with_suffix(".txt")
             mtime = txt.stat().st_mtime_ns if txt.is_file() else None
@@ -259,7 +282,11 @@ class Dataset:
                     text = read_caption(txt) if mtime is not None else None
                 except LoraLabError:
                     text = None  # not UTF-8: shown as uncaptioned, the file is left as it is
-                self.index.set_caption(row["file"], text, mtime)
+                sources = self._caption_sources() if sources is None else sources
+                source = sources.get(row["file"], {})
+                # The batch's source holds while the text is what the batch wrote.
+                self.index.set_caption(row["file"], text, mtime,
+                                       source if source.get("etag") == etag(text) else None)
                 updated += 1
         return updated
 
