@@ -1,6 +1,7 @@
 """Captioning: engines (llama-cpp-python, OpenAI-compatible servers), prompts, batches.
 
-Engines load their libraries lazily: ``lora_lab.captioning.llama.LlamaCaptioner`` and
+Engines load their libraries lazily: ``lora_lab.captioning.llama.LlamaCaptioner``, its resident
+child-process form ``lora_lab.captioning.worker.CaptionWorker``, and
 ``lora_lab.captioning.openai_server.OpenAIServerCaptioner``.
 """
 from .base import CaptionError, Captioner, prepare_image

@@ -47,6 +47,11 @@ def model_paths(model: str | os.PathLike | None = None, mmproj: str | os.PathLik
             pick(mmproj, "LORA_LAB_CAPTION_MMPROJ", DEFAULT_MMPROJ))
 
 
+def model_name(model_path: Path, mmproj_path: Path) -> str:
+    """How captions made with this pair are labelled in the dataset index."""
+    return f"{model_path.name} + {mmproj_path.name}"
+
+
 def check_gguf(path: Path, role: str) -> str:
     """Refuse a missing, empty, non-GGUF or truncated file; return its architecture."""
     hint = "set --model/--mmproj or $LORA_LAB_CAPTION_MODEL/$LORA_LAB_CAPTION_MMPROJ"
@@ -85,7 +90,7 @@ class LlamaCaptioner:
                                "pass it as the mmproj and the language model as the model")
         if check_gguf(self.mmproj_path, "mmproj") != "clip":
             raise CaptionError(f"mmproj {self.mmproj_path} is not a vision projector (mmproj) GGUF")
-        self.name = f"{self.model_path.name} + {self.mmproj_path.name}"
+        self.name = model_name(self.model_path, self.mmproj_path)
         self.max_tokens, self.temperature, self.seed = max_tokens, temperature, seed
         self._lock = threading.Lock()
         self._llm = self._load(handler, n_ctx, gpu)
