@@ -9,7 +9,7 @@ import sys
 from typing import Sequence
 
 from ..errors import LoraLabError
-from . import caption_cmds, dataset_cmds, misc_cmds
+from . import caption_cmds, dataset_cmds, misc_cmds, train_cmds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     dataset_cmds.register(sub)
     caption_cmds.register(sub)
+    train_cmds.register(sub)
     misc_cmds.register(sub)
     return parser
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -10,7 +9,7 @@ from ..captioning.batch import MODES, CaptionSettings, caption_dataset, check_se
 from ..datasets import Dataset
 from ..errors import LoraLabError
 from ..jobs import JobRecord
-from .output import add_json_flag, emit, workspace
+from .output import add_json_flag, emit, progress_bar, workspace
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,7 +59,7 @@ def cmd_caption(args: argparse.Namespace) -> None:
     check_settings(settings)
     job = JobRecord.create("caption", {"dataset": ds.name, **vars(settings),
                                        "server": args.server, "files": args.files}, ws)
-    job.set_status("running", phase="loading model", pid=os.getpid())
+    job.set_status("running", phase="loading model")
     try:
         captioner = _captioner(args)
         job.set_status("running", phase="captioning", model=captioner.name)
@@ -91,8 +90,5 @@ def _on_progress(job: JobRecord, event: dict[str, Any], quiet: bool) -> None:
     if event["step"] % 10 == 0 or event["step"] == event["total"]:
         job.set_status("running", phase="captioning", progress=event["step"] / event["total"])
     if not quiet:
-        width = 30
-        filled = int(width * event["step"] / event["total"])
-        print(f"\r[{'#' * filled}{'.' * (width - filled)}] {event['step']}/{event['total']} "
-              f"{event['images_per_s']:.2f} img/s  ETA {event['eta_s']:.0f} s  ",
-              end="", file=sys.stderr, flush=True)
+        progress_bar(event["step"], event["total"],
+                     f"{event['images_per_s']:.2f} img/s  ETA {event['eta_s']:.0f} s")

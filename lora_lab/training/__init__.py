@@ -1,0 +1,1 @@
+"""Training: the typed config, the trainer and what it writes."""

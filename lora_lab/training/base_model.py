@@ -1,0 +1,140 @@
+"""The base model a LoRA is trained on: a diffusers folder, a single-file checkpoint, or a Hub id.
+
+The family (SD1.5 or SDXL) is read from the files before anything heavy is loaded, so a bad
+path or an unsupported model fails in a second, not after minutes of loading.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import LoraLabError
+
+FAMILIES = ("sd15", "sdxl")
+SINGLE_FILE = (".safetensors", ".ckpt")
+# The Hub repos whose configs describe a single-file checkpoint's architecture.
+SINGLE_FILE_CONFIGS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                       "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
+
+
+@dataclass
+class BaseModel:
+    family: str
+    pipeline: Any  # StableDiffusionPipeline or StableDiffusionXLPipeline
+    name: str  # as kohya's ss_sd_model_name records it
+
+    @property
+    def unet(self):
+        return self.pipeline.unet
+
+    @property
+    def vae(self):
+        return self.pipeline.vae
+
+    @property
+    def text_encoders(self) -> list:
+        return [te for te in (self.pipeline.text_encoder,
+                              getattr(self.pipeline, "text_encoder_2", None)) if te is not None]
+
+    @property
+    def tokenizers(self) -> list:
+        return [t for t in (self.pipeline.tokenizer,
+                            getattr(self.pipeline, "tokenizer_2", None)) if t is not None]
+
+
+def detect_family(base: str) -> str:
+    """``sd15`` or ``sdxl`` from a diffusers folder's model_index.json, a checkpoint's keys, or
+    (for a Hub id) its name."""
+    path = Path(base).expanduser()
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise LoraLabError(f"model.base: {path} is a folder but not a diffusers model "
+                               "(no model_index.json)")
+        try:
+            name = json.loads(index.read_text())["_class_name"]
+        except (ValueError, KeyError) as e:
+            raise LoraLabError(f"model.base: {index} is damaged ({e})") from None
+        return _family_of_class(name, path)
+    if path.suffix.lower() in SINGLE_FILE or path.exists() or base.startswith((".", "/", "~")):
+        return _family_of_checkpoint(path)
+    if base.count("/") == 1:  # a Hub id: only its name can tell before downloading
+        return "sdxl" if "xl" in base.lower() else "sd15"
+    raise LoraLabError(f"model.base: {base!r} is not a diffusers folder, a .safetensors/.ckpt "
+                       "file, or a Hub id like org/name")
+
+
+def _family_of_class(name: str, where: Path) -> str:
+    if name == "StableDiffusionXLPipeline":
+        return "sdxl"
+    if name == "StableDiffusionPipeline":
+        return "sd15"
+    raise LoraLabError(f"model.base: {where} is a {name}; lora_lab trains SD1.5 and SDXL")
+
+
+def _family_of_checkpoint(path: Path) -> str:
+    if not path.is_file():
+        raise LoraLabError(f"model.base: {path} does not exist")
+    if path.suffix.lower() != ".safetensors":
+        raise LoraLabError(f"model.base: {path.name}: only .safetensors checkpoints are read "
+                           "(a .ckpt can run code when loaded; convert it first)")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = list(f.keys())
+    except Exception as e:
+        raise LoraLabError(f"model.base: {path} is not a readable .safetensors file ({e})") from None
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.") for k in keys):
+        return "sd15"
+    raise LoraLabError(f"model.base: {path.name} is not an SD1.5 or SDXL checkpoint "
+                       "(a LoRA or another architecture?)")
+
+
+def load_base_model(base: str, family: str, vae: str = "") -> BaseModel:
+    """Load the pipeline (fp32, on the CPU; the trainer moves and casts what it needs)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()  # ours is the only progress bar
+    transformers_logging.disable_progress_bar()
+
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    path = Path(base).expanduser()
+    extra: dict[str, Any] = {}
+    if vae:
+        extra["vae"] = _load_vae(vae)
+    if family == "sd15":
+        extra.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        if path.is_dir():
+            pipe = cls.from_pretrained(path, **extra)
+        elif path.is_file():
+            pipe = cls.from_single_file(str(path), config=SINGLE_FILE_CONFIGS[family], **extra)
+        else:
+            pipe = cls.from_pretrained(base, **extra)
+    except (OSError, ValueError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = (" (offline: the Hub is not reachable; single-file checkpoints need their "
+                "config from the Hub cache, or use a diffusers folder)" if offline else "")
+        raise LoraLabError(f"model.base: cannot load {base}: {str(e).splitlines()[0]}{hint}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return BaseModel(family, pipe, path.name if path.exists() else base)
+
+
+def _load_vae(vae: str):
+    from diffusers import AutoencoderKL
+
+    path = Path(vae).expanduser()
+    try:
+        if path.is_file():
+            return AutoencoderKL.from_single_file(str(path))
+        return AutoencoderKL.from_pretrained(str(path) if path.exists() else vae)
+    except (OSError, ValueError) as e:
+        raise LoraLabError(f"model.vae: cannot load {vae}: {str(e).splitlines()[0]}") from None

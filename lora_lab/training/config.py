@@ -1,0 +1,421 @@
+"""TrainConfig: one typed training configuration, read from and written to TOML.
+
+One table per concern, like kohya / ai-toolkit configs: [model], [dataset], [network], [train],
+[save], [sample]. Each field declares its type (a ``Literal`` for choices) and its limits once;
+the validator reports every problem at once, naming the dotted field, the value and what is
+allowed. A 0 means "pick for me": ``resolved(family)`` fills it in. Whether files and datasets
+exist is the trainer's business, not checked here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import math
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import tomllib
+
+import tomli_w
+
+from ..atomic import write_text
+from ..buckets import FAMILIES
+from ..errors import LoraLabError
+
+
+class ConfigError(LoraLabError):
+    """A training config that cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a value must satisfy beyond its type."""
+    lo: float | None = None     # inclusive lower bound
+    above: float | None = None  # exclusive lower bound (lr > 0)
+    hi: float | None = None     # inclusive upper bound
+    zero: bool = False          # 0 is allowed besides the range: "auto", "off", "same as ..."
+    multiple: int = 0           # a non-zero value must be a multiple of this
+    pattern: str = ""           # a string must fullmatch this ...
+    what: str = ""              # ... which reads as this
+    nonempty: bool = False
+
+    def bounds(self) -> str:
+        if self.above is not None:
+            text = f"> {self.above}" + (f" and ≤ {self.hi}" if self.hi is not None else "")
+        elif self.lo is not None:
+            text = f"{self.lo}..{self.hi}" if self.hi is not None else f"≥ {self.lo}"
+        else:
+            return ""
+        text += f", a multiple of {self.multiple}" if self.multiple else ""
+        return f"0 or {text}" if self.zero else text
+
+    def check(self, v: Any) -> str | None:
+        """The problem with ``v`` (already of the field's type), or None."""
+        if isinstance(v, str):
+            if self.nonempty and not v:
+                return "must not be empty"
+            if self.pattern and not re.fullmatch(self.pattern, v):
+                return f"{_show(v)} is not {self.what}"
+        elif isinstance(v, (int, float)) and not (self.zero and v == 0):
+            if ((self.lo is not None and v < self.lo) or (self.above is not None and v <= self.above)
+                    or (self.hi is not None and v > self.hi)):
+                return f"{_show(v)} is out of range (must be {self.bounds()})"
+            if self.multiple and v % self.multiple:
+                return f"{_show(v)} is not a multiple of {self.multiple}"
+        return None
+
+
+def _f(default: Any = dataclasses.MISSING, doc: str = "", **rule: Any) -> Any:
+    """A field with its one-line doc (the starter config's comment) and its Rule."""
+    return field(default=default, metadata={"doc": doc, "rule": Rule(**rule)})
+
+
+_SIDE = dict(zero=True, lo=64, hi=4096, multiple=64)  # a pixel size; 0 = the family's
+_SAMPLE_SIDE = dict(zero=True, lo=64, hi=4096, multiple=8)
+_SEED = dict(lo=0, hi=2**32 - 1)
+_SHARE = dict(lo=0, hi=1)  # a probability or a fraction
+_SUFFIX = dict(pattern=r"\.[A-Za-z0-9_-]{1,15}", what="a file extension like .txt")
+_STEM = dict(pattern=r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,98}[A-Za-z0-9_-])?",
+             what="a safe file name (up to 100 letters, digits, '-', '_' or '.', no '.' at either end)")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    base: str = _f(doc="a diffusers folder, a .safetensors/.ckpt file or a Hub id (org/name)", nonempty=True)
+    family: Literal["auto", "sd15", "sdxl"] = _f("auto", "model family; auto detects it from the model")
+    vae: str = _f("", "a VAE to use instead of the base model's own (empty = its own)")
+    prediction: Literal["auto", "epsilon", "v_prediction"] = _f("auto", "auto = as the model says")
+
+
+@dataclass(frozen=True)
+class DatasetSection:
+    source: str = _f(doc="a dataset name or a folder (kohya N_name subfolders repeat N times)", nonempty=True)
+    repeats: int = _f(1, "times each image is seen per epoch", lo=1, hi=10_000)
+    resolution: int = _f(0, "training resolution; 0 = the family's (512 sd15, 1024 sdxl)", **_SIDE)
+    min_bucket: int = _f(0, "smallest bucket side; 0 = the family's", **_SIDE)
+    max_bucket: int = _f(0, "largest bucket side; 0 = the family's", **_SIDE)
+    bucket_step: Literal[8, 16, 32, 64] = _f(64, "bucket sides are multiples of this")
+    cache_latents: bool = _f(True, "encode the images once, before training (faster)")
+    flip: bool = _f(False, "random horizontal flips (not for asymmetric subjects or text)")
+    trigger: str = _f("", "word put in front of every caption that lacks it")
+    shuffle_tags: bool = _f(False, "shuffle comma-separated tags every step")
+    keep_tokens: int = _f(0, "leading tags kept in place when shuffling", lo=0)
+    caption_dropout: float = _f(0.0, "chance of training an image with an empty caption", **_SHARE)
+    tag_dropout: float = _f(0.0, "chance of dropping each tag", **_SHARE)
+    caption_extension: str = _f(".txt", "caption files beside the images end with this", **_SUFFIX)
+
+
+@dataclass(frozen=True)
+class NetworkSection:
+    rank: int = _f(16, "LoRA rank: bigger learns more detail and makes a bigger file", lo=1, hi=1024)
+    alpha: float = _f(0.0, "LoRA alpha, scales the update by alpha/rank; 0 = rank", lo=0)
+    dropout: float = _f(0.0, "dropout inside the LoRA layers", **_SHARE)
+    targets: Literal["attn", "attn_mlp", "locon"] = _f("attn", "attention, + feed-forward, + convolutions")
+    conv_rank: int = _f(0, "rank of the convolution adapters (locon only); 0 = rank", lo=0, hi=1024)
+    dora: bool = _f(False, "DoRA: learn magnitude and direction apart (slower, often better)")
+    train_text_encoder: bool = _f(False, "adapt the text encoder(s) too")
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    batch_size: int = _f(1, "images per step", lo=1, hi=256)
+    grad_accum: int = _f(1, "steps whose gradients add up before an update", lo=1, hi=256)
+    epochs: int = _f(10, "passes over the dataset (with repeats)", lo=1)
+    max_steps: int = _f(0, "stop after this many updates; 0 = from epochs, else it wins", lo=0)
+    lr: float = _f(1e-4, "learning rate (prodigy wants 1.0)", above=0, hi=1)
+    text_encoder_lr: float = _f(0.0, "text encoder learning rate; 0 = lr", lo=0, hi=1)
+    scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                       "polynomial"] = _f("constant", "how the learning rate changes over training")
+    warmup_steps: int = _f(0, "updates over which the learning rate ramps up from 0", lo=0)
+    optimizer: Literal["adamw", "adamw8bit", "prodigy"] = _f("adamw", "adamw8bit saves memory")
+    weight_decay: float = _f(1e-2, "pulls weights toward 0 each update", **_SHARE)
+    max_grad_norm: float = _f(1.0, "clip gradients to this norm; 0 = no clipping", lo=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = _f("no", "compute dtype; bf16 on recent GPUs")
+    gradient_checkpointing: bool = _f(False, "recompute activations: less memory, about 30% slower")
+    seed: int = _f(0, "random seed for noise, shuffling and dropout", **_SEED)
+    noise_offset: float = _f(0.0, "offset noise, helps very dark or bright images (0.05-0.1)", **_SHARE)
+    min_snr_gamma: float = _f(0.0, "Min-SNR loss weighting; 0 = off, 5 is typical", zero=True, lo=1, hi=20)
+
+
+@dataclass(frozen=True)
+class SaveSection:
+    name: str = _f("lora", "file name of the LoRA, without extension", **_STEM)
+    format: Literal["kohya", "diffusers"] = _f("kohya", "kohya for ComfyUI/A1111/Forge")
+    every_n_steps: int = _f(0, "also save every this many updates; 0 = only at the end", lo=0)
+    keep_last: int = _f(3, "intermediate saves kept; older ones are deleted", lo=1)
+    output_dir: str = _f("", "where LoRAs go; empty = the workspace's loras/")
+    comment: str = _f("", "note stored in the file's metadata")
+
+
+@dataclass(frozen=True)
+class SampleSection:
+    every_n_steps: int = _f(0, "render sample images every this many updates; 0 = off", lo=0)
+    prompts: tuple[str, ...] = _f((), "sample prompts, one image each")
+    negative: str = _f("", "negative prompt for the samples")
+    seed: int = _f(0, "seed for the samples, the same each time so they compare", **_SEED)
+    steps: int = _f(20, "denoising steps per sample", lo=1, hi=150)
+    guidance: float = _f(7.0, "classifier-free guidance scale", lo=0, hi=30)
+    width: int = _f(0, "sample width; 0 = dataset.resolution", **_SAMPLE_SIDE)
+    height: int = _f(0, "sample height; 0 = dataset.resolution", **_SAMPLE_SIDE)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run's settings; build one with from_dict / load, not by hand."""
+    model: ModelSection
+    dataset: DatasetSection
+    network: NetworkSection = field(default_factory=NetworkSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    save: SaveSection = field(default_factory=SaveSection)
+    sample: SampleSection = field(default_factory=SampleSection)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Validate ``d`` (as TOML parses it); raise ConfigError listing every problem."""
+        return _validate(d)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainConfig:
+        """Read and validate a TOML file; every problem line starts with the path."""
+        p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"{p}: is a directory, not a TOML config file")
+        try:
+            data = p.read_bytes()
+            d = tomllib.loads(data.decode("utf-8-sig"))  # tolerate the BOM Windows editors add
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: no such file (`lora-lab train --init` writes a starter)") from None
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read it ({e.strerror})") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start});"
+                              " save it as UTF-8") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: invalid TOML: {e}") from None
+        try:
+            return _validate(d)
+        except ConfigError as e:
+            raise ConfigError([f"{p}: {line}" for line in e.problems]) from None
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain TOML-ready data; ``from_dict(cfg.to_dict()) == cfg``."""
+        return {name: {f.name: _plain(getattr(getattr(self, name), f.name)) for f in fields(section)}
+                for name, section in _SECTIONS.items()}
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Validate, then write TOML atomically (creating the folder); return the path.
+
+        Not named ``save``: that is the [save] table's attribute.
+        """
+        self.validate()
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        write_text(p, "# lora_lab training config\n" + tomli_w.dumps(self.to_dict()))
+        return p
+
+    def validate(self) -> TrainConfig:
+        """Check a config built or changed in Python (dataclasses.replace); return it validated."""
+        return _validate(self.to_dict())
+
+    def apply_overrides(self, items: list[str]) -> TrainConfig:
+        """Apply CLI ``TABLE.KEY=VALUE`` strings; VALUE is a TOML value, else a bare string."""
+        d, problems = self.to_dict(), []
+        for item in items:
+            key, eq, text = item.partition("=")
+            table, _, name = key.strip().partition(".")
+            if eq and table and not name and table not in _SECTIONS:  # lr=1e-4: say which table holds it
+                problems.append(_unknown(None, table, text))
+            elif not (eq and name):
+                problems.append(f"{item!r}: an override is TABLE.KEY=VALUE, e.g. train.lr=1e-4")
+            else:
+                value = _parse_value(text.strip())
+                if _HINTS.get(table, {}).get(name) == tuple[str, ...] and isinstance(value, str):
+                    value = [value]  # sample.prompts="a cat" means one prompt
+                target = d.setdefault(table, {})
+                if isinstance(target, dict):
+                    target[name] = value
+        if problems:
+            raise ConfigError(problems)
+        return _validate(d)
+
+    def resolved(self, family: str) -> TrainConfig:
+        """A copy for ``family`` with every "0 = pick for me" filled in, validated again. Default
+        buckets widen to take in a user-set resolution; max_steps stays 0 (it needs the dataset)."""
+        if family not in FAMILIES:
+            raise ConfigError(f"model.family: {family!r} is not one of {', '.join(FAMILIES)}")
+        if self.model.family not in ("auto", family):
+            raise ConfigError(f"model.family: {self.model.family!r} does not match the model being"
+                              f" trained ({family}); set it to {family!r} or 'auto'")
+        default_res, min_side, max_side = FAMILIES[family]
+        res, rank, fam = self.dataset.resolution or default_res, self.network.rank, f"the {family} default"
+        fills = {"dataset.resolution": (res, fam), "dataset.min_bucket": (min(min_side, res), fam),
+                 "dataset.max_bucket": (max(max_side, res), fam),
+                 "network.alpha": (float(rank), "same as network.rank"),
+                 "network.conv_rank": (rank, "same as network.rank"),
+                 "train.text_encoder_lr": (self.train.lr, "same as train.lr"),
+                 "sample.width": (res, "same as dataset.resolution"),
+                 "sample.height": (res, "same as dataset.resolution")}
+        d, notes = self.to_dict(), {}
+        for dotted, (value, note) in fills.items():
+            table, key = dotted.split(".")
+            if d[table][key] == 0:
+                d[table][key], notes[dotted] = value, note
+        d["model"]["family"] = family
+        return _validate(d, notes)
+
+
+_SECTIONS: dict[str, type] = get_type_hints(TrainConfig)
+_HINTS: dict[str, dict[str, Any]] = {name: get_type_hints(cls) for name, cls in _SECTIONS.items()}
+_TYPES: dict[Any, tuple[str, Any]] = {  # type -> (its name in messages, its test); a bool is no int
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    str: ("a string", lambda v: isinstance(v, str)),
+    tuple[str, ...]: ("a list of strings",
+                      lambda v: isinstance(v, (list, tuple)) and all(isinstance(s, str) for s in v)),
+}
+
+
+def _show(v: Any) -> str:
+    """A value as the user wrote it, shortened."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    s = repr(v) if isinstance(v, (str, list)) else str(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _type_problem(hint: Any, v: Any) -> str | None:
+    if get_origin(hint) is Literal:
+        choices = get_args(hint)
+        if isinstance(v, bool) or type(v) is not type(choices[0]) or v not in choices:
+            return f"{_show(v)} is not one of {', '.join(map(str, choices))}"
+        return None
+    what, test = _TYPES[hint]
+    if not test(v):
+        return f"{_show(v)} is not {what}"
+    return f"{_show(v)} is not a finite number" if hint is float and not math.isfinite(v) else None
+
+
+def _unknown(table: str | None, key: str, value: Any) -> str:
+    """The line for a key no section has, with the likeliest key the user meant."""
+    if table is not None:
+        guess = [f"{table}.{g}" for g in difflib.get_close_matches(key, _HINTS[table], n=1)]
+        what, dotted = "unknown key", f"{table}.{key}"
+    elif isinstance(value, dict):
+        guess, what, dotted = difflib.get_close_matches(key, _SECTIONS, n=1), "unknown table", key
+    else:
+        guess, what, dotted = [], "unknown key", key
+    if not guess:  # maybe the right key in the wrong table: [train] rank = 8
+        leaves = {f"{t}.{k}": k for t, hints in _HINTS.items() for k in hints if t != table}
+        close = difflib.get_close_matches(key, set(leaves.values()), n=1)
+        guess = [dk for dk, k in leaves.items() if close and k == close[0]][:1]
+    if guess:
+        return f"{dotted}: {what} (did you mean {guess[0]}?)"
+    return f"{dotted}: {what}" + (" (keys belong in a table such as [train])" if table is None else "")
+
+
+def _parse_value(text: str) -> Any:
+    """A CLI override's value: TOML if it parses as one value, else the text itself."""
+    if "\n" in text:
+        return text
+    try:
+        v = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+    # 2024-01-01 parses as a TOML date; no field takes one, so it was meant as text
+    return text if isinstance(v, (datetime.date, datetime.time)) else v
+
+
+def _validate(d: Any, notes: dict[str, str] | None = None) -> TrainConfig:
+    """Build a TrainConfig from TOML data, or raise ConfigError with every problem in it."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a training config is a set of tables ([model], [dataset], ...), not {_show(d)}")
+    problems: list[str] = [_unknown(None, k, v) for k, v in d.items() if k not in _SECTIONS]
+    bad: set[str] = set()  # fields with their own problem: cross-field checks skip them
+    values: dict[str, dict[str, Any]] = {}
+    for name, cls in _SECTIONS.items():
+        raw = d.get(name, {})
+        values[name] = kwargs = {}
+        if not isinstance(raw, dict):
+            problems.append(f"{name}: {_show(raw)} is not a table (write it as [{name}])")
+            raw = {}
+            bad.update(f"{name}.{f.name}" for f in fields(cls))
+        problems += [_unknown(name, k, v) for k, v in raw.items() if k not in _HINTS[name]]
+        for f in fields(cls):
+            dotted, hint = f"{name}.{f.name}", _HINTS[name][f.name]
+            kwargs[f.name] = "" if f.default is dataclasses.MISSING else f.default
+            if f.name not in raw:
+                if f.default is dataclasses.MISSING and dotted not in bad:
+                    problems.append(f"{dotted}: required")
+                    bad.add(dotted)
+                continue
+            v = raw[f.name]
+            problem = _type_problem(hint, v) or f.metadata["rule"].check(v)
+            if problem:
+                problems.append(f"{dotted}: {problem}")
+                bad.add(dotted)
+            else:  # stored as declared (1 -> 1.0, list -> tuple) so round trips compare equal
+                kwargs[f.name] = float(v) if hint is float else tuple(v) if isinstance(v, list) else v
+    problems += _cross_checks(values, bad, notes or {})
+    if problems:
+        raise ConfigError(problems)
+    return TrainConfig(**{name: cls(**values[name]) for name, cls in _SECTIONS.items()})
+
+
+def _cross_checks(v: dict[str, dict[str, Any]], bad: set[str], notes: dict[str, str]) -> list[str]:
+    """Rules between fields, checked only where each field on its own is fine."""
+    out: list[str] = []
+
+    def ok(*names: str) -> bool:  # a field with its own problem was reported already
+        return not bad.intersection(names)
+
+    def show(dotted: str) -> str:
+        table, key = dotted.split(".")
+        note = notes.get(dotted)
+        return f"{dotted} ({v[table][key]}{', ' + note if note else ''})"
+
+    ds, tr, sm = v["dataset"], v["train"], v["sample"]
+    res, lo, hi = ds["resolution"], ds["min_bucket"], ds["max_bucket"]
+    if lo and res and lo > res and ok("dataset.min_bucket", "dataset.resolution"):
+        out.append(f"dataset.min_bucket: {lo} is larger than {show('dataset.resolution')}")
+    if hi and res and hi < res and ok("dataset.max_bucket", "dataset.resolution"):
+        out.append(f"dataset.max_bucket: {hi} is smaller than {show('dataset.resolution')}")
+    if lo and hi and lo > hi and not res and ok("dataset.min_bucket", "dataset.max_bucket"):
+        out.append(f"dataset.min_bucket: {lo} is larger than {show('dataset.max_bucket')}")
+    if 0 < tr["max_steps"] < tr["warmup_steps"] and ok("train.warmup_steps", "train.max_steps"):
+        out.append(f"train.warmup_steps: {tr['warmup_steps']} is more than {show('train.max_steps')}")
+    if sm["every_n_steps"] and not sm["prompts"] and ok("sample.every_n_steps", "sample.prompts"):
+        out.append("sample.prompts: at least one prompt is needed when sample.every_n_steps is set"
+                   " (or set sample.every_n_steps = 0)")
+    return out
+
+
+def default_toml(base: str, source: str) -> str:
+    """A starter config: every key at its default, with a comment on what it does and allows."""
+    given = {"model": {"base": base}, "dataset": {"source": source}}
+    lines = ["# lora_lab training config. Keys left out take the defaults shown here;",
+             "# a 0 means \"pick for me\" (from the model family or a related key)."]
+    for name, cls in _SECTIONS.items():
+        lines += ["", f"[{name}]"]
+        for f in fields(cls):
+            hint = _HINTS[name][f.name]
+            allowed = (", ".join(map(str, get_args(hint))) if get_origin(hint) is Literal
+                       else f.metadata["rule"].bounds())
+            lines.append(f"# {f.metadata['doc']}" + (f" [{allowed}]" if allowed else ""))
+            value = given.get(name, {}).get(f.name, f.default)
+            lines.append(tomli_w.dumps({f.name: _plain(value)}).rstrip("\n"))
+    text = "\n".join(lines) + "\n"
+    _validate(tomllib.loads(text))  # the starter must itself be a valid config
+    return text

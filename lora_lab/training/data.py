@@ -1,0 +1,188 @@
+"""Training data: which images, in which buckets, in which order, with which captions.
+
+Every random choice (epoch order, flips, caption shuffling and dropout) is drawn from a fresh
+generator seeded by ``(seed, what, epoch, index)``, never from a global stream, so step N of
+a resumed run sees exactly the batch an uninterrupted run saw.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from ..buckets import assign_bucket, make_buckets
+from ..datasets import Dataset
+from ..datasets.captions import join_tags, prefix, split_tags
+from ..datasets.dataset import read_caption
+from ..datasets.images import EXTENSIONS
+from ..errors import LoraLabError, NotFound
+from ..workspace import Workspace
+
+_KOHYA_DIR = re.compile(r"^(\d+)_(.+)$")  # "10_sks woman": 10 repeats
+
+
+@dataclass(frozen=True)
+class TrainImage:
+    path: Path
+    caption: str
+    width: int  # as displayed (EXIF orientation applied)
+    height: int
+    sha256: str
+    repeats: int
+    folder: str  # the folder it came from, as kohya's ss_dataset_dirs names it
+
+
+def seeded(seed: int, *key: object) -> random.Random:
+    """A generator for one decision, seeded by a stable hash (Python's ``hash`` is salted)."""
+    return random.Random(zlib.crc32(repr((seed, *key)).encode()))
+
+
+def gather_images(source: str, repeats: int = 1, caption_extension: str = ".txt",
+                  workspace: Workspace | None = None) -> list[TrainImage]:
+    """The images of a lora_lab dataset (by name) or of a folder; a folder whose subfolders
+    are named ``N_name`` is read kohya-style, N being that subfolder's repeats."""
+    ws = workspace or Workspace()
+    path = Path(source).expanduser()
+    if "/" not in source and not path.is_dir():
+        try:
+            return _from_dataset(Dataset.open(source, ws), repeats)
+        except NotFound:
+            raise LoraLabError(f"dataset.source: {source!r} is neither a dataset in "
+                               f"{ws.datasets} nor a folder") from None
+    if not path.is_dir():
+        raise LoraLabError(f"dataset.source: folder {path} does not exist")
+    subdirs = sorted(d for d in path.iterdir() if d.is_dir() and _KOHYA_DIR.match(d.name))
+    if subdirs:
+        images = [img for d in subdirs
+                  for img in _from_folder(d, int(_KOHYA_DIR.match(d.name)[1]), caption_extension)]
+    else:
+        images = _from_folder(path, repeats, caption_extension)
+    if not images:
+        raise LoraLabError(f"dataset.source: no images in {path}")
+    return images
+
+
+def _from_dataset(ds: Dataset, repeats: int) -> list[TrainImage]:
+    ds.sync_if_changed()
+    rows = ds.index.all()
+    if not rows:
+        raise LoraLabError(f"dataset {ds.name!r} has no images")
+    return [TrainImage(ds.path / r["file"], r["caption"] or "", r["width"], r["height"],
+                       r["sha256"], repeats, ds.name) for r in rows]
+
+
+def _from_folder(folder: Path, repeats: int, caption_extension: str) -> list[TrainImage]:
+    from ..datasets import workers
+
+    paths = sorted(p for p in folder.iterdir()
+                   if p.suffix.lower() in EXTENSIONS and p.is_file() and not p.name.startswith("."))
+    images = []
+    for p, info in zip(paths, workers.run_all(workers.file_tasks(paths))):
+        if isinstance(info, str):
+            raise LoraLabError(f"cannot train on {p}: {info}")
+        txt = p.with_suffix(caption_extension)
+        caption = read_caption(txt) if txt.is_file() else ""
+        images.append(TrainImage(p, caption, info.width, info.height, info.sha256, repeats,
+                                 folder.name))
+    return images
+
+
+def assign_buckets(images: list[TrainImage], resolution: int, min_side: int, max_side: int,
+                   step: int = 64) -> list[tuple[int, int]]:
+    """Each image's (width, height) bucket: the closest aspect ratio within the pixel budget."""
+    buckets = make_buckets(resolution, min_side, max_side, step)
+    return [assign_bucket(img.width, img.height, buckets) for img in images]
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: int  # index into the image list
+    flip: bool
+    caption: str
+
+
+class BatchPlan:
+    """The batches of every epoch: each image ``repeats`` times, batches never mixing buckets,
+    bucket order and batch order shuffled per epoch; padded (by wrapping) to a multiple of
+    ``world`` so that every data-parallel rank runs the same number of batches."""
+
+    def __init__(self, images: list[TrainImage], buckets: list[tuple[int, int]], batch_size: int,
+                 seed: int, world: int = 1):
+        self.images, self.buckets, self.batch_size = images, buckets, batch_size
+        self.seed, self.world = seed, world
+        by_bucket: dict[tuple[int, int], int] = {}
+        for img, bucket in zip(images, buckets):
+            by_bucket[bucket] = by_bucket.get(bucket, 0) + img.repeats
+        n = sum(math.ceil(count / batch_size) for count in by_bucket.values())
+        self.batches_per_epoch = math.ceil(n / world) * world
+
+    def samples(self, index: int, rules: "CaptionRules") -> list[Sample]:
+        """Micro-batch ``index`` (counted from the start of training, over all ranks)."""
+        epoch, k = divmod(index, self.batches_per_epoch)
+        batches, slots = self._epoch(epoch)
+        return [rules.sample(self.images, i, self.seed, epoch, slot)
+                for i, slot in zip(batches[k], slots[k])]
+
+    @lru_cache(maxsize=2)
+    def _epoch(self, epoch: int) -> tuple[list[list[int]], list[list[int]]]:
+        """The epoch's batches (image indices), and for each use of an image its slot: how
+        often that image appeared before in the epoch (a repeat gets a fresh augmentation)."""
+        rng = seeded(self.seed, "order", epoch)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (img, bucket) in enumerate(zip(self.images, self.buckets)):
+            groups.setdefault(bucket, []).extend([i] * img.repeats)
+        batches = []
+        for bucket in sorted(groups):
+            members = groups[bucket]
+            rng.shuffle(members)
+            batches += [members[k:k + self.batch_size] for k in range(0, len(members), self.batch_size)]
+        rng.shuffle(batches)
+        batches = (batches * self.world)[:self.batches_per_epoch]
+        seen: dict[int, int] = {}
+        slots = []
+        for batch in batches:
+            slots.append([seen.get(i, 0) for i in batch])
+            for i in batch:
+                seen[i] = seen.get(i, 0) + 1
+        return batches, slots
+
+
+@dataclass(frozen=True)
+class CaptionRules:
+    trigger: str = ""
+    shuffle_tags: bool = False
+    keep_tokens: int = 0
+    caption_dropout: float = 0.0
+    tag_dropout: float = 0.0
+    flip: bool = False
+
+    @property
+    def randomised(self) -> bool:
+        """Whether one image's caption can differ between steps (then text cannot be cached)."""
+        return self.shuffle_tags or self.caption_dropout > 0 or self.tag_dropout > 0
+
+    def sample(self, images: list[TrainImage], image: int, seed: int, epoch: int,
+               slot: int) -> Sample:
+        """Image ``image``'s flip and caption for its ``slot``-th use in ``epoch``."""
+        rng = seeded(seed, "aug", epoch, image, slot)
+        flip = self.flip and rng.random() < 0.5
+        return Sample(image, flip, self.caption(images[image].caption, rng))
+
+    def caption(self, text: str, rng: random.Random) -> str:
+        if self.trigger:
+            text = prefix(text, self.trigger) if text else self.trigger
+        if self.caption_dropout and rng.random() < self.caption_dropout:
+            return ""
+        if not (self.shuffle_tags or self.tag_dropout):
+            return text
+        tags = split_tags(text)
+        keep, rest = tags[:self.keep_tokens], tags[self.keep_tokens:]
+        if self.tag_dropout:
+            rest = [t for t in rest if rng.random() >= self.tag_dropout]
+        if self.shuffle_tags:
+            rng.shuffle(rest)
+        return join_tags(keep + rest)

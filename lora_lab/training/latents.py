@@ -1,0 +1,105 @@
+"""Images to VAE latents, cached on disk.
+
+The cache holds each image's latent *distribution* (mean and log-variance), not a sample, so
+a cached run draws the same fresh VAE noise per step as an uncached one. A cache file is named
+by a hash of the image's bytes, its bucket, its flip and the VAE's weights: a changed image,
+resolution or VAE misses the cache instead of training on stale latents.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .data import TrainImage
+
+
+def fit(width: int, height: int, bucket: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The size an image is scaled to so that it covers ``bucket``, and the (top, left) of
+    the centred crop to the bucket (SDXL is conditioned on it)."""
+    scale = max(bucket[0] / width, bucket[1] / height)
+    size = (max(bucket[0], round(width * scale)), max(bucket[1], round(height * scale)))
+    return size, ((size[1] - bucket[1]) // 2, (size[0] - bucket[0]) // 2)
+
+
+def load_pixels(image: TrainImage, bucket: tuple[int, int], flip: bool) -> torch.Tensor:
+    """The image upright, scaled to cover ``bucket`` and centre-cropped to it, in [-1, 1], CHW."""
+    width, height = bucket
+    with Image.open(image.path) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+    size, (top, left) = fit(im.width, im.height, bucket)
+    im = im.resize(size, Image.Resampling.LANCZOS)
+    im = im.crop((left, top, left + width, top + height))
+    if flip:
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def vae_fingerprint(vae: torch.nn.Module) -> str:
+    """A hash of the VAE's weights (the encoder half is what makes latents)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(vae.encoder.state_dict().items()) + sorted(
+            vae.quant_conv.state_dict().items() if vae.quant_conv is not None else []):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class LatentEncoder:
+    """Latent distributions for (image, bucket, flip); cached under ``cache_dir`` when given."""
+
+    def __init__(self, vae: torch.nn.Module, cache_dir: Path | None = None):
+        self.vae = vae
+        self.cache_dir = cache_dir
+        self.fingerprint = vae_fingerprint(vae) if cache_dir else ""
+        self.hits = self.misses = 0
+
+    def _path(self, image: TrainImage, bucket: tuple[int, int], flip: bool) -> Path:
+        key = hashlib.sha256(f"{image.sha256}|{bucket}|{flip}|{self.fingerprint}".encode())
+        name = key.hexdigest()[:32]
+        return self.cache_dir / name[:2] / f"{name}.pt"
+
+    def params(self, image: TrainImage, bucket: tuple[int, int], flip: bool) -> torch.Tensor:
+        """Mean and log-variance, stacked on the channel axis (8 channels for SD)."""
+        if self.cache_dir is None:
+            return self.encode(image, bucket, flip)
+        path = self._path(image, bucket, flip)
+        try:
+            params = torch.load(path, weights_only=True)
+            self.hits += 1
+            return params
+        except (FileNotFoundError, RuntimeError, EOFError):  # missing, or torn by a kill
+            self.misses += 1
+        params = self.encode(image, bucket, flip)
+        _save_atomic(params, path)
+        return params
+
+    @torch.no_grad()
+    def encode(self, image: TrainImage, bucket: tuple[int, int], flip: bool) -> torch.Tensor:
+        pixels = load_pixels(image, bucket, flip)[None].to(self.vae.device, self.vae.dtype)
+        return self.vae.encode(pixels).latent_dist.parameters[0].float().cpu()
+
+
+def sample_latents(params: torch.Tensor, generator: torch.Generator, scaling: float,
+                   shift: float | None = None) -> torch.Tensor:
+    """A VAE latent drawn from cached distribution parameters, scaled for the UNet."""
+    mean, logvar = params.chunk(2, dim=1)
+    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+    latents = mean + std * torch.randn(mean.shape, generator=generator).to(mean)
+    return (latents - (shift or 0.0)) * scaling
+
+
+def _save_atomic(tensor: torch.Tensor, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(tensor.contiguous(), f)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,491 @@
+"""The LoRA training loop on diffusers + peft + accelerate, for SD1.5 and SDXL.
+
+One code path runs on a CPU, one GPU or several (``accelerate launch``). Phases, progress,
+checkpoints and samples are reported as events in the job directory. Every random draw
+comes from a generator seeded by (seed, what, micro-batch), so a run resumed from a checkpoint
+ends with the same weights as one never interrupted.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .. import atomic
+from ..errors import LoraLabError
+from ..jobs import JobRecord
+from ..workspace import Workspace
+from . import checkpoints
+from .base_model import BaseModel, detect_family, load_base_model
+from .config import TrainConfig
+from ..datasets.captions import split_tags
+from .data import BatchPlan, CaptionRules, TrainImage, assign_buckets, gather_images
+from .latents import LatentEncoder, fit, sample_latents
+
+UNET_TARGETS = {
+    "attn": ["to_q", "to_k", "to_v", "to_out.0"],
+    "attn_mlp": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"],
+}
+CONV_TARGETS = ["conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv"]
+TE_TARGETS = {"attn": ["q_proj", "k_proj", "v_proj", "out_proj"],
+              "attn_mlp": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]}
+OPTIMIZER_PACKAGES = {"adamw8bit": "bitsandbytes", "prodigy": "prodigyopt"}
+
+
+def stable_seed(*key: object) -> int:
+    return zlib.crc32(repr(key).encode())
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    steps: int
+    seconds: float
+    loss: float
+
+
+class Trainer:
+    """One training run into a job directory; :meth:`run` does it all."""
+
+    def __init__(self, config: TrainConfig, job: JobRecord, workspace: Workspace | None = None,
+                 on_event: Callable[[dict[str, Any]], None] | None = None):
+        self.ws = workspace or Workspace()
+        self.job = job
+        self.on_event = on_event or (lambda e: None)
+        self.phase("validating")
+        self.family = detect_family(config.model.base) if config.model.family == "auto" \
+            else config.model.family
+        self.cfg = config.resolved(self.family)
+        self._check_environment()
+        from accelerate import Accelerator
+
+        self.acc = Accelerator(cpu=not torch.cuda.is_available(),
+                               mixed_precision=self.cfg.train.mixed_precision)
+        self.main = self.acc.is_main_process
+
+    # -- reporting -------------------------------------------------------------------------------
+    def emit(self, event: dict[str, Any]) -> None:
+        if self.main:
+            self.job.event(event)
+            self.on_event(event)
+
+    def phase(self, name: str, **fields: Any) -> None:
+        if getattr(self, "main", True):
+            self.job.set_status("running", phase=name, **fields)
+            self.on_event({"type": "phase", "phase": name})
+
+    # -- setup -----------------------------------------------------------------------------------
+    def _check_environment(self) -> None:
+        t = self.cfg.train
+        package = OPTIMIZER_PACKAGES.get(t.optimizer)
+        if package and importlib.util.find_spec(package) is None:
+            raise LoraLabError(f"train.optimizer: {t.optimizer} needs the {package} package "
+                               f"(pip install {package}); or use adamw")
+        if t.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise LoraLabError("train.mixed_precision: fp16 needs a CUDA GPU; use no or bf16")
+
+    def load_data(self) -> None:
+        self.phase("loading dataset")
+        d = self.cfg.dataset
+        self.images: list[TrainImage] = gather_images(d.source, d.repeats, d.caption_extension, self.ws)
+        self.buckets = assign_buckets(self.images, d.resolution, d.min_bucket, d.max_bucket,
+                                      d.bucket_step)
+        self.rules = CaptionRules(d.trigger, d.shuffle_tags, d.keep_tokens, d.caption_dropout,
+                                  d.tag_dropout, d.flip)
+        t = self.cfg.train
+        world = self.acc.num_processes
+        self.plan = BatchPlan(self.images, self.buckets, t.batch_size, t.seed, world)
+        self.steps_per_epoch = math.ceil(self.plan.batches_per_epoch / (world * t.grad_accum))
+        self.total = t.max_steps or t.epochs * self.steps_per_epoch
+        self.emit({"type": "log", "level": "info", "message":
+                   f"{len(self.images)} images in {len(set(self.buckets))} buckets, "
+                   f"{self.plan.batches_per_epoch} batches an epoch, {self.total} steps"})
+
+    def load_model(self) -> None:
+        self.phase("preparing model")
+        m, n = self.cfg.model, self.cfg.network
+        self.base: BaseModel = load_base_model(m.base, self.family, m.vae)
+        pipe = self.base.pipeline
+        from diffusers import DDPMScheduler
+
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.prediction = (self.noise_scheduler.config.prediction_type if m.prediction == "auto"
+                           else m.prediction)
+        for module in (self.base.unet, self.base.vae, *self.base.text_encoders):
+            module.requires_grad_(False)
+        torch.manual_seed(self.cfg.train.seed)  # adapter initialisation
+        self.base.unet.add_adapter(self._lora_config(UNET_TARGETS[_base_targets(n.targets)],
+                                                     conv=n.targets == "locon"))
+        trained = [self.base.unet]
+        if n.train_text_encoder:
+            for te in self.base.text_encoders:
+                te.add_adapter(self._lora_config(TE_TARGETS[_base_targets(n.targets)]))
+                trained.append(te)
+        self.trained = trained
+        if self.cfg.train.gradient_checkpointing:
+            self.base.unet.enable_gradient_checkpointing()
+            for te in trained[1:]:
+                te.gradient_checkpointing_enable()
+        self._place_modules()
+        self.optimizer = self._optimizer()
+        from diffusers.optimization import get_scheduler
+
+        t = self.cfg.train
+        self.lr_scheduler = get_scheduler(t.scheduler, self.optimizer, num_warmup_steps=t.warmup_steps,
+                                          num_training_steps=self.total)
+        # The LR scheduler is not prepared: a prepared one steps once per rank per update.
+        *self.models, self.optimizer = self.acc.prepare(*trained, self.optimizer)
+
+    def _lora_config(self, targets: list[str], conv: bool = False):
+        from peft import LoraConfig
+
+        n = self.cfg.network
+        pattern = {}
+        if conv:
+            targets = targets + CONV_TARGETS
+            pattern = {name: n.conv_rank for name in CONV_TARGETS}
+        return LoraConfig(r=n.rank, lora_alpha=n.alpha, lora_dropout=n.dropout, use_dora=n.dora,
+                          target_modules=targets, rank_pattern=pattern,
+                          alpha_pattern={k: n.conv_rank * n.alpha / n.rank for k in pattern})
+
+    def _place_modules(self) -> None:
+        device = self.acc.device
+        if device.type != "cuda":
+            return  # loaded on the CPU, in fp32
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.cfg.train.mixed_precision)
+        for module in (self.base.unet, *self.base.text_encoders):
+            module.to(device, dtype=dtype)
+        self.base.vae.to(device)  # fp32: the SDXL VAE overflows in fp16
+        if dtype is not None:
+            for module in self.trained:  # frozen weights in half precision, adapters in fp32
+                for p in module.parameters():
+                    if p.requires_grad:
+                        p.data = p.data.float()
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        groups = [{"params": [p for p in self.base.unet.parameters() if p.requires_grad], "lr": t.lr}]
+        for te in self.trained[1:]:
+            groups.append({"params": [p for p in te.parameters() if p.requires_grad],
+                           "lr": t.text_encoder_lr})
+        if t.optimizer == "adamw8bit":
+            import bitsandbytes
+
+            return bitsandbytes.optim.AdamW8bit(groups, lr=t.lr, weight_decay=t.weight_decay)
+        if t.optimizer == "prodigy":
+            import prodigyopt
+
+            return prodigyopt.Prodigy(groups, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+
+    # -- caching ---------------------------------------------------------------------------------
+    def cache(self) -> None:
+        self.phase("caching")
+        d = self.cfg.dataset
+        cache_dir = self.ws.root / "cache" / "latents" if d.cache_latents else None
+        self.latents = LatentEncoder(self.base.vae, cache_dir)
+        if cache_dir is not None:
+            flips = (False, True) if d.flip else (False,)
+            rank, world = self.acc.process_index, self.acc.num_processes
+            for i in range(rank, len(self.images), world):
+                for flip in flips:
+                    self.latents.params(self.images[i], self.buckets[i], flip)
+            self.acc.wait_for_everyone()
+        self.text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None
+        if not self.cfg.network.train_text_encoder and not self.rules.randomised:
+            captions = {self.rules.caption(img.caption, None) for img in self.images}
+            with torch.no_grad():
+                self.text_cache = {c: self._encode_text([c]) for c in sorted(captions)}
+
+    # -- the step --------------------------------------------------------------------------------
+    def _encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.text_cache is not None:
+            parts = [self.text_cache[c] for c in captions]
+            pooled = parts[0][1]
+            return (torch.cat([p[0] for p in parts]),
+                    torch.cat([p[1] for p in parts]) if pooled is not None else None)
+        hidden, pooled = [], None
+        for tokenizer, te in zip(self.base.tokenizers, self.base.text_encoders):
+            ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids.to(self.acc.device)
+            if self.family == "sd15":
+                return te(ids)[0], None
+            out = te(ids, output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+            pooled = out[0]  # the projected pooled output of the second encoder
+        return torch.cat(hidden, dim=-1), pooled
+
+    def micro_batch_loss(self, m: int) -> torch.Tensor:
+        """The loss of micro-batch ``m`` (counted over all ranks from the start)."""
+        samples = self.plan.samples(m, self.rules)
+        bucket = self.buckets[samples[0].image]
+        g = torch.Generator().manual_seed(stable_seed(self.cfg.train.seed, "noise", m))
+        vae = self.base.vae.config
+        params = torch.stack([self.latents.params(self.images[s.image], bucket, s.flip)
+                              for s in samples])
+        latents = sample_latents(params, g, vae.scaling_factor, getattr(vae, "shift_factor", None))
+        noise = torch.randn(latents.shape, generator=g)
+        if self.cfg.train.noise_offset:
+            noise += self.cfg.train.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=g)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(samples),),
+                          generator=g)
+        device, dtype = self.acc.device, self.base.unet.dtype
+        latents, noise, t = latents.to(device), noise.to(device), t.to(device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        target = noise if self.prediction == "epsilon" else \
+            self.noise_scheduler.get_velocity(latents, noise, t)
+        hidden, pooled = self._encode_text([s.caption for s in samples])
+        extra = {}
+        if self.family == "sdxl":
+            extra["added_cond_kwargs"] = {"text_embeds": pooled.to(device, dtype),
+                                          "time_ids": self._time_ids(samples, bucket).to(device, dtype)}
+        pred = self.models[0](noisy.to(dtype), t, hidden.to(dtype), return_dict=False, **extra)[0]
+        loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return (loss * self._snr_weights(t)).mean()
+
+    def _time_ids(self, samples, bucket: tuple[int, int]) -> torch.Tensor:
+        rows = []
+        for s in samples:
+            img = self.images[s.image]
+            _, (top, left) = fit(img.width, img.height, bucket)
+            rows.append([img.height, img.width, top, left, bucket[1], bucket[0]])
+        return torch.tensor(rows, dtype=torch.float32)
+
+    def _snr_weights(self, t: torch.Tensor) -> torch.Tensor:
+        gamma = self.cfg.train.min_snr_gamma
+        if not gamma:
+            return torch.ones_like(t, dtype=torch.float32)
+        alphas = self.noise_scheduler.alphas_cumprod.to(t.device)[t]
+        snr = alphas / (1 - alphas)
+        clipped = torch.clamp(snr, max=gamma)
+        return (clipped / (snr + 1) if self.prediction == "v_prediction" else clipped / snr).float()
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> TrainResult:
+        self.load_data()
+        self.load_model()
+        self.cache()
+        step = self._resume() if resume else 0
+        self.phase("training", total=self.total)
+        t = self.cfg.train
+        world, rank = self.acc.num_processes, self.acc.process_index
+        started, first_step, loss = time.monotonic(), step, float("nan")
+        self._status_time = 0.0
+        for model in self.models:
+            model.train()
+        while step < self.total:
+            total_loss = 0.0
+            for a in range(t.grad_accum):
+                m = (step * t.grad_accum + a) * world + rank
+                micro = self.micro_batch_loss(m) / t.grad_accum
+                self.acc.backward(micro)
+                total_loss += micro.detach()
+            if t.max_grad_norm:
+                self.acc.clip_grad_norm_(self._trainable(), t.max_grad_norm)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss = self.acc.reduce(torch.as_tensor(total_loss, device=self.acc.device), "mean").item()
+            self._progress(step, loss, started, first_step)
+            self._after_step(step)
+        return self._export(step, loss, time.monotonic() - started)
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _progress(self, step: int, loss: float, started: float, first_step: int) -> None:
+        now = time.monotonic()
+        rate = (step - first_step) / max(now - started, 1e-9)
+        memory = (torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0) / 2**20
+        if self.main and (now - self._status_time > 1 or step == self.total):
+            self._status_time = now  # status.json at most once a second; events every step
+            self.job.set_status("running", phase="training", progress=round(step / self.total, 4))
+        self.emit({"type": "progress", "step": step, "total": self.total, "loss": round(loss, 6),
+                   "lr": self.lr_scheduler.get_last_lr()[0], "it_s": round(rate, 3),
+                   "eta_s": round((self.total - step) / rate, 1) if rate else None,
+                   "epoch": math.ceil(step / self.steps_per_epoch), "memory_mb": round(memory)})
+
+    def _after_step(self, step: int) -> None:
+        s, every = self.cfg.sample, self.cfg.save.every_n_steps
+        if every and step % every == 0 and step < self.total:
+            self._checkpoint(step)
+        if s.every_n_steps and step % s.every_n_steps == 0:
+            self._samples(step)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _checkpoint(self, step: int) -> None:
+        root = self.job.path / "checkpoints"
+        tmp = root / f"step-{step:06d}.tmp"
+        if self.main:
+            checkpoints.staging(root, step)
+        self.acc.wait_for_everyone()
+        torch.save(torch.get_rng_state(), tmp / f"rng-{self.acc.process_index}.pt")
+        if self.main:
+            torch.save({"adapters": self._adapter_state(), "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.lr_scheduler.state_dict()}, tmp / "training.pt")
+            self._save_lora(tmp / "lora.safetensors", step)
+        self.acc.wait_for_everyone()
+        if self.main:
+            final = checkpoints.commit(tmp, {"step": step, "config": self._fingerprint()},
+                                       self.cfg.save.keep_last)
+            self.emit({"type": "checkpoint", "step": step,
+                       "path": str(final.relative_to(self.job.path))})
+
+    def _adapter_state(self) -> list[dict[str, torch.Tensor]]:
+        return [{k: v.detach().clone() for k, v in self.acc.unwrap_model(m).named_parameters()
+                 if v.requires_grad} for m in self.models]
+
+    def _resume(self) -> int:
+        found = checkpoints.latest(self.job.path / "checkpoints")
+        if found is None:
+            return 0
+        path, state = found
+        if state["config"] != self._fingerprint():
+            raise LoraLabError(f"cannot resume from {path.name}: the training settings changed "
+                               "since it was saved (only [sample] and save.every_n_steps/"
+                               "keep_last may change)")
+        saved = torch.load(path / "training.pt", weights_only=False)
+        with torch.no_grad():
+            for model, adapters in zip(self.models, saved["adapters"]):
+                params = dict(self.acc.unwrap_model(model).named_parameters())
+                for name, value in adapters.items():
+                    params[name].copy_(value)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.lr_scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(torch.load(path / f"rng-{self.acc.process_index}.pt"))
+        self.emit({"type": "log", "level": "info", "message": f"resumed from {path.name}"})
+        return state["step"]
+
+    def _fingerprint(self) -> str:
+        d = self.cfg.to_dict()
+        d.pop("sample")
+        for key in ("every_n_steps", "keep_last"):
+            d["save"].pop(key)
+        return f"{stable_seed(d, self.acc.num_processes, torch.get_num_threads()):08x}"
+
+    # -- samples and export ----------------------------------------------------------------------
+    def _samples(self, step: int) -> None:
+        if self.main:
+            self.phase("sampling")
+            s = self.cfg.sample
+            folder = self.job.path / "samples"
+            folder.mkdir(exist_ok=True)
+            for model in self.models:
+                model.eval()
+            for i, prompt in enumerate(s.prompts):
+                g = torch.Generator().manual_seed(s.seed + i)
+                with torch.no_grad():
+                    image = self.base.pipeline(prompt, negative_prompt=s.negative or None,
+                                               num_inference_steps=s.steps, guidance_scale=s.guidance,
+                                               width=s.width, height=s.height, generator=g).images[0]
+                path = folder / f"step-{step:06d}-{i}.png"
+                atomic.write_bytes(path, _png(image))
+                self.emit({"type": "sample", "step": step, "prompt": prompt,
+                           "path": str(path.relative_to(self.job.path))})
+            for model in self.models:
+                model.train()
+            self.phase("training", total=self.total)
+        self.acc.wait_for_everyone()
+
+    def _save_lora(self, path: Path, step: int) -> Path:
+        from .lora_file import save_lora, ss_metadata
+
+        unet, *tes = [self.acc.unwrap_model(m) for m in self.models]
+        tes = tes or [None] * len(self.base.text_encoders)
+        return save_lora(path, unet, tes, family=self.family, fmt=self.cfg.save.format,
+                         metadata=ss_metadata(self._facts(step)))
+
+    def _facts(self, step: int) -> dict[str, Any]:
+        """What kohya's ss_* metadata records about this run."""
+        c, t, n = self.cfg, self.cfg.train, self.cfg.network
+        tags: dict[str, dict[str, int]] = {}
+        dirs: dict[str, dict[str, int]] = {}
+        for img in self.images:
+            d = dirs.setdefault(f"{img.repeats}_{img.folder}", {"n_repeats": img.repeats, "img_count": 0})
+            d["img_count"] += 1
+            freq = tags.setdefault(f"{img.repeats}_{img.folder}", {})
+            for tag in split_tags(img.caption):
+                freq[tag] = freq.get(tag, 0) + 1
+        locon = n.targets == "locon"
+        return {
+            "family": self.family, "network_dim": n.rank, "network_alpha": n.alpha,
+            "conv_dim": n.conv_rank if locon else 0, "conv_alpha": n.conv_rank * n.alpha / n.rank,
+            "dora": n.dora, "resolution": c.dataset.resolution, "tag_frequency": tags,
+            "dataset_dirs": dirs, "training_started_at": self.job.status().get("started_at"),
+            "training_finished_at": time.time(), "sd_model_name": self.base.name,
+            "steps": step, "epoch": math.ceil(step / self.steps_per_epoch),
+            "num_epochs": math.ceil(self.total / self.steps_per_epoch), "max_train_steps": self.total,
+            "learning_rate": t.lr, "unet_lr": t.lr,
+            "text_encoder_lr": t.text_encoder_lr if n.train_text_encoder else 0,
+            "seed": t.seed, "batch_size_per_device": t.batch_size,
+            "gradient_accumulation_steps": t.grad_accum, "optimizer": t.optimizer,
+            "lr_scheduler": t.scheduler, "lr_warmup_steps": t.warmup_steps,
+            "noise_offset": t.noise_offset, "min_snr_gamma": t.min_snr_gamma,
+            "mixed_precision": t.mixed_precision, "max_grad_norm": t.max_grad_norm,
+            "gradient_checkpointing": t.gradient_checkpointing,
+            "num_train_images": sum(i.repeats for i in self.images),
+            "network_dropout": n.dropout, "caption_dropout_rate": c.dataset.caption_dropout,
+            "training_comment": c.save.comment, "output_name": c.save.name,
+            "trigger_phrase": c.dataset.trigger or None, "session_id": self.job.id,
+        }
+
+    def _export(self, step: int, loss: float, seconds: float) -> TrainResult:
+        self.acc.wait_for_everyone()
+        out_dir = Path(self.cfg.save.output_dir).expanduser() if self.cfg.save.output_dir else self.ws.loras
+        output = out_dir / f"{self.cfg.save.name}.safetensors"
+        if self.main:
+            self.phase("exporting")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self._save_lora(output, step)
+        self.acc.wait_for_everyone()
+        return TrainResult(output, step, round(seconds, 3), loss)
+
+
+def train(config: TrainConfig, job: JobRecord | None = None, *, resume: bool = False,
+          workspace: Workspace | None = None,
+          on_event: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Run a training job to its end, recording it in ``job`` (a new one by default).
+
+    Under ``accelerate launch`` every rank calls this with the same job; rank 0 reports.
+    """
+    ws = workspace or Workspace()
+    job = job or JobRecord.create("train", {"config": config.to_dict()}, ws)
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
+        job.set_status("running", phase="validating", started_at=time.time())
+    try:
+        result = Trainer(config, job, ws, on_event).run(resume)
+    except BaseException as e:
+        if main:
+            message = str(e) or type(e).__name__
+            state = "failed" if isinstance(e, Exception) else "interrupted"
+            job.event({"type": "failed", "error": message})
+            job.set_status(state, error=message)
+        raise
+    if main:
+        done = {"output": str(result.output), "steps": result.steps, "seconds": result.seconds,
+                "loss": result.loss}
+        job.event({"type": "done", **done})
+        job.set_status("succeeded", phase="done", progress=1.0, **done)
+    return result
+
+
+def _base_targets(targets: str) -> str:
+    return "attn" if targets == "attn" else "attn_mlp"
+
+
+def _png(image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
