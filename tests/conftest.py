@@ -89,3 +89,11 @@ def caption_model(tiny_caption):
     model = LlamaCaptioner(tiny_caption["caption_model"], tiny_caption["caption_mmproj"], max_tokens=8)
     yield model
     model.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """The tiny SD1.5 and SDXL pipelines and the sample images (no caption model)."""
+    from lora_lab.tiny import fabricate
+
+    return fabricate(tmp_path_factory.mktemp("tiny-diffusion"), caption=False)

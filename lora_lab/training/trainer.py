@@ -10,6 +10,9 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import shutil
+import signal
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -78,8 +81,10 @@ class Trainer:
             self.on_event(event)
 
     def phase(self, name: str, **fields: Any) -> None:
-        if getattr(self, "main", True):
+        """Enter a phase: in status.json for whoever polls, and as an event for the record."""
+        if getattr(self, "main", os.environ.get("RANK", "0") == "0"):
             self.job.set_status("running", phase=name, **fields)
+            self.job.event({"type": "phase", "phase": name})
             self.on_event({"type": "phase", "phase": name})
 
     # -- setup -----------------------------------------------------------------------------------
@@ -100,6 +105,12 @@ class Trainer:
                                       d.bucket_step)
         self.rules = CaptionRules(d.trigger, d.shuffle_tags, d.keep_tokens, d.caption_dropout,
                                   d.tag_dropout, d.flip)
+        uncaptioned = [img.path.name for img in self.images if not img.caption]
+        if uncaptioned and not d.trigger:
+            raise LoraLabError(
+                f"{len(uncaptioned)} of {len(self.images)} images have no caption (e.g. "
+                f"{', '.join(uncaptioned[:3])}); caption them (lora-lab caption) or set "
+                "dataset.trigger to train them on the trigger word alone")
         t = self.cfg.train
         world = self.acc.num_processes
         self.plan = BatchPlan(self.images, self.buckets, t.batch_size, t.seed, world)
@@ -114,6 +125,7 @@ class Trainer:
         m, n = self.cfg.model, self.cfg.network
         self.base: BaseModel = load_base_model(m.base, self.family, m.vae)
         pipe = self.base.pipeline
+        self._check_sizes()
         from diffusers import DDPMScheduler
 
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -143,6 +155,23 @@ class Trainer:
                                           num_training_steps=self.total)
         # The LR scheduler is not prepared: a prepared one steps once per rank per update.
         *self.models, self.optimizer = self.acc.prepare(*trained, self.optimizer)
+
+    def _check_sizes(self) -> None:
+        """Every bucket must fit the model: at least half its native size (below that SD
+        models make noise), and latents the UNet can halve at each of its down blocks."""
+        unet, scale = self.base.unet.config, self.base.pipeline.vae_scale_factor
+        native = unet.sample_size * scale
+        factor = scale * 2 ** (len(unet.down_block_types) - 1)
+        d = self.cfg.dataset
+        if d.resolution < native // 2:
+            raise LoraLabError(f"dataset.resolution: {d.resolution} is below this model's minimum "
+                               f"{native // 2} (half its native {native} px)")
+        for w, h in sorted(set(self.buckets)):
+            if w % factor or h % factor or min(w, h) < native // 2:
+                raise LoraLabError(
+                    f"bucket {w}x{h} does not fit this model: sides must be multiples of "
+                    f"{factor} and at least {native // 2}; raise dataset.min_bucket or "
+                    f"set dataset.bucket_step to {factor}")
 
     def _lora_config(self, targets: list[str], conv: bool = False):
         from peft import LoraConfig
@@ -270,34 +299,53 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> TrainResult:
+        saved = self._read_checkpoint() if resume else None  # a bad one fails before the work
         self.load_data()
         self.load_model()
         self.cache()
-        step = self._resume() if resume else 0
+        step = self._apply_checkpoint(*saved) if saved else 0
         self.phase("training", total=self.total)
-        t = self.cfg.train
-        world, rank = self.acc.num_processes, self.acc.process_index
         started, first_step, loss = time.monotonic(), step, float("nan")
         self._status_time = 0.0
         for model in self.models:
             model.train()
-        while step < self.total:
-            total_loss = 0.0
-            for a in range(t.grad_accum):
-                m = (step * t.grad_accum + a) * world + rank
-                micro = self.micro_batch_loss(m) / t.grad_accum
-                self.acc.backward(micro)
-                total_loss += micro.detach()
-            if t.max_grad_norm:
-                self.acc.clip_grad_norm_(self._trainable(), t.max_grad_norm)
-            self.optimizer.step()
-            self.lr_scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            step += 1
-            loss = self.acc.reduce(torch.as_tensor(total_loss, device=self.acc.device), "mean").item()
-            self._progress(step, loss, started, first_step)
-            self._after_step(step)
+        with _StopOnSigint() as stop:
+            while step < self.total:
+                loss, stopping = self._update(step, stop.requested)
+                step += 1
+                self._progress(step, loss, started, first_step)
+                if stopping:
+                    self._checkpoint(step)
+                    raise KeyboardInterrupt(f"interrupted at step {step}; resume to continue")
+                self._after_step(step)
         return self._export(step, loss, time.monotonic() - started)
+
+    def _update(self, step: int, stop_requested: bool) -> tuple[float, bool]:
+        """One optimizer step; (its loss, whether any rank was asked to stop)."""
+        t = self.cfg.train
+        world, rank = self.acc.num_processes, self.acc.process_index
+        total = torch.zeros((), device=self.acc.device)
+        for a in range(t.grad_accum):
+            micro = self.micro_batch_loss((step * t.grad_accum + a) * world + rank) / t.grad_accum
+            self.acc.backward(micro)
+            total += micro.detach()
+        # one all-reduce carries the loss and every rank's Ctrl-C, so all ranks stop together
+        shared = self.acc.reduce(torch.stack([total, torch.tensor(float(stop_requested),
+                                                                  device=total.device)]), "sum")
+        loss = shared[0].item() / world
+        if not math.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            last = checkpoints.latest(self.job.path / "checkpoints")
+            kept = f"the last good checkpoint is {last[0].name}" if last else "no checkpoint was saved"
+            raise LoraLabError(f"the loss became {loss} at step {step + 1}, so training stopped "
+                               f"before that update; {kept}. Lower train.lr, or check the base "
+                               "model and mixed precision")
+        if t.max_grad_norm:
+            self.acc.clip_grad_norm_(self._trainable(), t.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, shared[1].item() > 0
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -325,18 +373,26 @@ class Trainer:
     def _checkpoint(self, step: int) -> None:
         root = self.job.path / "checkpoints"
         tmp = root / f"step-{step:06d}.tmp"
+        try:
+            if self.main:
+                checkpoints.staging(root, step)
+            self.acc.wait_for_everyone()
+            torch.save(torch.get_rng_state(), tmp / f"rng-{self.acc.process_index}.pt")
+            if self.main:
+                torch.save({"adapters": self._adapter_state(), "optimizer": self.optimizer.state_dict(),
+                            "scheduler": self.lr_scheduler.state_dict()}, tmp / "training.pt")
+                self._save_lora(tmp / "lora.safetensors", step)
+            self.acc.wait_for_everyone()
+            if self.main:
+                final = checkpoints.commit(tmp, {"step": step, "family": self.family,
+                                                 "config": self._fingerprint()},
+                                           self.cfg.save.keep_last)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            last = checkpoints.latest(root)
+            kept = f"{last[0].name} is intact" if last else "there is no earlier one"
+            raise LoraLabError(f"could not save the checkpoint at step {step} ({e}); {kept}") from None
         if self.main:
-            checkpoints.staging(root, step)
-        self.acc.wait_for_everyone()
-        torch.save(torch.get_rng_state(), tmp / f"rng-{self.acc.process_index}.pt")
-        if self.main:
-            torch.save({"adapters": self._adapter_state(), "optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.lr_scheduler.state_dict()}, tmp / "training.pt")
-            self._save_lora(tmp / "lora.safetensors", step)
-        self.acc.wait_for_everyone()
-        if self.main:
-            final = checkpoints.commit(tmp, {"step": step, "config": self._fingerprint()},
-                                       self.cfg.save.keep_last)
             self.emit({"type": "checkpoint", "step": step,
                        "path": str(final.relative_to(self.job.path))})
 
@@ -344,16 +400,27 @@ class Trainer:
         return [{k: v.detach().clone() for k, v in self.acc.unwrap_model(m).named_parameters()
                  if v.requires_grad} for m in self.models]
 
-    def _resume(self) -> int:
+    def _read_checkpoint(self) -> tuple[Path, dict[str, Any], dict[str, Any]] | None:
         found = checkpoints.latest(self.job.path / "checkpoints")
         if found is None:
-            return 0
+            return None
         path, state = found
+        if state.get("family") != self.family:
+            raise LoraLabError(f"cannot resume from {path.name}: it trained a "
+                               f"{state.get('family')} model, the config names a {self.family} one")
         if state["config"] != self._fingerprint():
             raise LoraLabError(f"cannot resume from {path.name}: the training settings changed "
                                "since it was saved (only [sample] and save.every_n_steps/"
-                               "keep_last may change)")
-        saved = torch.load(path / "training.pt", weights_only=False)
+                               "keep_last may change, and the process and thread counts must match)")
+        try:
+            saved = torch.load(path / "training.pt", weights_only=True)
+            saved["rng"] = torch.load(path / f"rng-{self.acc.process_index}.pt", weights_only=True)
+        except Exception as e:  # torch raises many types for a damaged file
+            raise LoraLabError(f"checkpoint {path} is damaged ({str(e).splitlines()[0]}); "
+                               "delete that folder to resume from the one before it") from None
+        return path, state, saved
+
+    def _apply_checkpoint(self, path: Path, state: dict[str, Any], saved: dict[str, Any]) -> int:
         with torch.no_grad():
             for model, adapters in zip(self.models, saved["adapters"]):
                 params = dict(self.acc.unwrap_model(model).named_parameters())
@@ -361,7 +428,7 @@ class Trainer:
                     params[name].copy_(value)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.lr_scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(torch.load(path / f"rng-{self.acc.process_index}.pt"))
+        torch.set_rng_state(saved["rng"])
         self.emit({"type": "log", "level": "info", "message": f"resumed from {path.name}"})
         return state["step"]
 
@@ -401,8 +468,12 @@ class Trainer:
 
         unet, *tes = [self.acc.unwrap_model(m) for m in self.models]
         tes = tes or [None] * len(self.base.text_encoders)
+        # Saved in the training precision, as kohya does: fp32 files reproduce the trained
+        # model exactly; mixed-precision runs give the usual fp16/bf16 files.
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.cfg.train.mixed_precision,
+                                                                     torch.float32)
         return save_lora(path, unet, tes, family=self.family, fmt=self.cfg.save.format,
-                         metadata=ss_metadata(self._facts(step)))
+                         metadata=ss_metadata(self._facts(step)), dtype=dtype)
 
     def _facts(self, step: int) -> dict[str, Any]:
         """What kohya's ss_* metadata records about this run."""
@@ -477,6 +548,27 @@ def train(config: TrainConfig, job: JobRecord | None = None, *, resume: bool = F
         job.event({"type": "done", **done})
         job.set_status("succeeded", phase="done", progress=1.0, **done)
     return result
+
+
+class _StopOnSigint:
+    """Ctrl-C sets a flag the loop reads between steps, so a checkpoint is never taken
+    mid-update; a second Ctrl-C interrupts at once."""
+
+    def __enter__(self) -> "_StopOnSigint":
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _base_targets(targets: str) -> str:
