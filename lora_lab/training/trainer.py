@@ -29,6 +29,7 @@ from ..workspace import Workspace
 from . import checkpoints
 from .base_model import BaseModel, detect_family, load_base_model
 from .config import TrainConfig
+from ..buckets import make_buckets
 from ..datasets.captions import split_tags
 from .data import BatchPlan, CaptionRules, TrainImage, assign_buckets, gather_images
 from .latents import LatentEncoder, fit, sample_latents
@@ -166,7 +167,7 @@ class Trainer:
         if d.resolution < native // 2:
             raise LoraLabError(f"dataset.resolution: {d.resolution} is below this model's minimum "
                                f"{native // 2} (half its native {native} px)")
-        for w, h in sorted(set(self.buckets)):
+        for w, h in make_buckets(d.resolution, d.min_bucket, d.max_bucket, d.bucket_step):
             if w % factor or h % factor or min(w, h) < native // 2:
                 raise LoraLabError(
                     f"bucket {w}x{h} does not fit this model: sides must be multiples of "
@@ -224,9 +225,13 @@ class Trainer:
         if cache_dir is not None:
             flips = (False, True) if d.flip else (False,)
             rank, world = self.acc.process_index, self.acc.num_processes
-            for i in range(rank, len(self.images), world):
-                for flip in flips:
-                    self.latents.params(self.images[i], self.buckets[i], flip)
+            try:
+                for i in range(rank, len(self.images), world):
+                    for flip in flips:
+                        self.latents.params(self.images[i], self.buckets[i], flip)
+            except OSError as e:
+                raise LoraLabError(f"could not write the latent cache in {cache_dir} ({e}); free "
+                                   "some space, or set dataset.cache_latents = false") from None
             self.acc.wait_for_everyone()
         self.text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None
         if not self.cfg.network.train_text_encoder and not self.rules.randomised:

@@ -1,0 +1,352 @@
+"""LoRA files: what a training run hands to ComfyUI, A1111 and diffusers.
+
+The default is the kohya layout every UI loads: `lora_unet_<module path with _>` /
+`lora_te_…` (SD1.5) or `lora_te1_…` / `lora_te2_…` (SDXL), each module with `.lora_down.weight`,
+`.lora_up.weight` and a 0-dim `.alpha` (scale = alpha / rank), plus sd-scripts' `ss_*`,
+`modelspec.*` and `sshs_*` metadata. The diffusers/peft layout is written on request.
+Module paths stay diffusers-style (as diffusers' own kohya export): ComfyUI maps them through
+`unet_to_diffusers`, A1111 through `convert_diffusers_name_to_compvis`, diffusers natively.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from lora_lab.atomic import write_bytes
+from lora_lab.errors import LoraLabError
+
+Family = Literal["sd15", "sdxl"]
+Format = Literal["kohya", "diffusers"]
+
+# kohya names text encoders by how many the model has: SD1.5 one, SDXL two
+_TE_PREFIXES = {0: (), 1: ("lora_te",), 2: ("lora_te1", "lora_te2")}
+_TE_COUNT = {"sd15": 1, "sdxl": 2}
+_DIFFUSERS_TE_NAMES = ("text_encoder", "text_encoder_2")
+# file key prefix -> part of the model (SD1.5's single encoder counts as te1)
+_KOHYA_PARTS = {"lora_unet_": "unet", "lora_te_": "te1", "lora_te1_": "te1", "lora_te2_": "te2"}
+_DIFFUSERS_PARTS = {"unet.": "unet", "text_encoder.": "te1", "text_encoder_2.": "te2"}
+_DOWN_SUFFIXES = (".lora_down.weight", ".lora_A.weight", ".lora.down.weight")
+
+
+# ---------------------------------------------------------------- from peft models to tensors
+
+def _lora_layers(model: torch.nn.Module, adapter_name: str) -> Iterator[tuple[str, Any]]:
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
+            yield name, module
+
+
+def _kohya_alpha(layer: Any, adapter_name: str) -> float:
+    """The alpha that gives peft's scale under kohya's alpha / rank rule.
+
+    Read per layer, so alpha_pattern / rank_pattern are honoured; rsLoRA scales by
+    alpha / sqrt(rank), which kohya writes as alpha * sqrt(rank).
+    """
+    rank, alpha = layer.r[adapter_name], float(layer.lora_alpha[adapter_name])
+    return alpha * math.sqrt(rank) if layer.use_rslora.get(adapter_name, False) else alpha
+
+
+def _with_text_model(model: torch.nn.Module, name: str) -> str:
+    # transformers 5 dropped CLIPTextModel's `text_model.` level; A1111 and ComfyUI match
+    # `…_text_model_encoder_layers_…` only, and diffusers strips the level when the model lacks it
+    if hasattr(model, "text_model") or name.startswith("text_projection"):
+        return name
+    return f"text_model.{name}"
+
+
+def _adapted(models: Sequence[tuple[str, torch.nn.Module | None]], adapter_name: str):
+    for prefix, model in models:
+        if model is not None and adapter_name in getattr(model, "peft_config", {}):
+            yield prefix, model
+
+
+def _parts(unet, text_encoders: Sequence[torch.nn.Module | None]) -> list[tuple[str, Any]]:
+    if len(text_encoders) not in _TE_PREFIXES:
+        raise ValueError(f"expected 1 (SD1.5) or 2 (SDXL) text encoders, got {len(text_encoders)}")
+    return [("lora_unet", unet), *zip(_TE_PREFIXES[len(text_encoders)], text_encoders)]
+
+
+def kohya_state_dict(
+    unet: torch.nn.Module | None,
+    text_encoders: Sequence[torch.nn.Module | None],
+    *,
+    adapter_name: str = "default",
+) -> dict[str, torch.Tensor]:
+    """kohya/A1111/ComfyUI tensors for the adapter on ``unet`` and the text encoders.
+
+    Pass all of the pipeline's text encoders in order (one for SD1.5, two for SDXL: that
+    picks lora_te_ or lora_te1_/te2_); those without the adapter, or None, are skipped.
+    """
+    from peft.utils import get_peft_model_state_dict
+
+    out: dict[str, torch.Tensor] = {}
+    for prefix, model in _adapted(_parts(unet, text_encoders), adapter_name):
+        tensors = get_peft_model_state_dict(model, adapter_name=adapter_name)
+        for name, layer in _lora_layers(model, adapter_name):
+            path = name if prefix == "lora_unet" else _with_text_model(model, name)
+            key = f"{prefix}_{path.replace('.', '_')}"
+            down, up = tensors[f"{name}.lora_A.weight"], tensors[f"{name}.lora_B.weight"]
+            out[f"{key}.lora_down.weight"] = down  # conv: [r, in, k, k]
+            out[f"{key}.lora_up.weight"] = up  # conv: [out, r, 1, 1]
+            out[f"{key}.alpha"] = torch.tensor(_kohya_alpha(layer, adapter_name))
+            magnitude = tensors.get(f"{name}.lora_magnitude_vector")
+            if magnitude is not None:
+                # peft norms each output channel: LyCORIS' wd_on_output layout [out, 1, ...]
+                out[f"{key}.dora_scale"] = magnitude.reshape(up.shape[0], *[1] * (down.dim() - 1))
+    if not out:
+        raise ValueError(f"no model carries a LoRA adapter named {adapter_name!r}")
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+
+def _diffusers_te_key(model: torch.nn.Module, key: str) -> str:
+    # transformers 5 loads text-encoder adapters through its own key renaming, which finds a
+    # DoRA magnitude only when spelled `….lora_magnitude_vector.weight` (peft reads both)
+    key = _with_text_model(model, key)
+    return f"{key}.weight" if key.endswith(".lora_magnitude_vector") else key
+
+
+def _diffusers_tensors(path: Path, unet, text_encoders, family: Family, dtype, adapter_name) -> tuple:
+    """Write with the pipeline's own save_lora_weights (alpha travels in its adapter metadata)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    pipeline = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    kwargs: dict[str, Any] = {}
+    for name, model in _adapted([("unet", unet), *zip(_DIFFUSERS_TE_NAMES, text_encoders)], adapter_name):
+        tensors = get_peft_model_state_dict(model, adapter_name=adapter_name)
+        if name != "unet":
+            tensors = {_diffusers_te_key(model, k): v for k, v in tensors.items()}
+        kwargs[f"{name}_lora_layers"] = {k: v.detach().to("cpu", dtype).contiguous() for k, v in tensors.items()}
+        kwargs[f"{name}_lora_adapter_metadata"] = model.peft_config[adapter_name].to_dict()
+    if not kwargs:
+        raise ValueError(f"no model carries a LoRA adapter named {adapter_name!r}")
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+        pipeline.save_lora_weights(tmp, weight_name="lora.safetensors", **kwargs)
+        written = Path(tmp, "lora.safetensors")
+        with safe_open(written, framework="pt") as f:
+            metadata = f.metadata() or {}
+        return load_file(written), metadata
+
+
+# ---------------------------------------------------------------- metadata and hashes
+
+_DIRECT_FACTS = (
+    "steps", "epoch", "num_epochs", "max_train_steps", "learning_rate", "unet_lr", "text_encoder_lr",
+    "seed", "batch_size_per_device", "gradient_accumulation_steps", "optimizer", "lr_scheduler",
+    "lr_warmup_steps", "noise_offset", "min_snr_gamma", "mixed_precision", "num_train_images",
+    "network_dropout", "training_comment", "output_name", "clip_skip", "max_grad_norm",
+    "gradient_checkpointing", "caption_dropout_rate", "session_id",
+)
+_MODELSPEC_FACTS = ("author", "description", "license", "tags", "trigger_phrase")
+_OTHER_FACTS = ("family", "title", "network_dim", "network_alpha", "conv_dim", "conv_alpha", "dora", "resolution",
+                "tag_frequency", "dataset_dirs", "training_started_at", "training_finished_at", "sd_model_name")
+
+
+def _timestamp(value: float | datetime.datetime) -> float:
+    return value.timestamp() if isinstance(value, datetime.datetime) else float(value)
+
+
+def _resolution(value: int | Sequence[int] | None, sdxl: bool) -> tuple[int, int]:
+    value = value or (1024 if sdxl else 512)  # sd-scripts' defaults when no resolution is known
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _network(facts: Mapping[str, Any]) -> dict[str, str]:
+    args: dict[str, str] = {}
+    if facts.get("conv_dim"):
+        args |= {"conv_dim": str(int(facts["conv_dim"])), "conv_alpha": str(float(facts.get("conv_alpha", 1)))}
+    module = "networks.lora"  # sd-scripts' own module: LoRA, and LoCon through conv_dim
+    if facts.get("dora"):  # only LyCORIS writes dora_scale; peft's DoRA norms output channels
+        module, args = "lycoris.kohya", {"algo": "locon", "dora_wd": "True", "wd_on_output": "True", **args}
+    return {"ss_network_module": module, "ss_network_dim": str(int(facts["network_dim"])),
+            "ss_network_alpha": str(float(facts["network_alpha"])), "ss_network_args": json.dumps(args)}
+
+
+def ss_metadata(facts: Mapping[str, Any] | None = None, /, **more: Any) -> dict[str, str]:
+    """The metadata sd-scripts writes, from plain facts named like its keys without `ss_`.
+
+    Required: family ("sd15"/"sdxl"), network_dim, network_alpha. Optional: conv_dim,
+    conv_alpha, dora, resolution (int or (w, h)), tag_frequency ({dir: {tag: n}}),
+    dataset_dirs ({dir: {"n_repeats": n, "img_count": m}}), training_started_at/_finished_at
+    (epoch seconds or datetime), sd_model_name, the modelspec facts (title, author, ...) and
+    any of _DIRECT_FACTS, written as str() like sd-scripts does (None -> "None").
+    """
+    facts = {**(facts or {}), **more}
+    unknown = set(facts) - {*_DIRECT_FACTS, *_MODELSPEC_FACTS, *_OTHER_FACTS}
+    missing = {"family", "network_dim", "network_alpha"} - set(facts)
+    if unknown or missing:
+        raise ValueError(f"LoRA metadata facts: unknown {sorted(unknown)}, missing {sorted(missing)}")
+    sdxl = {"sd15": False, "sdxl": True}[facts["family"]]
+    width, height = _resolution(facts.get("resolution"), sdxl)
+    meta = {f"ss_{k}": str(facts[k]) for k in _DIRECT_FACTS if k in facts}
+    meta |= _network(facts) | {
+        "ss_v2": "False",
+        "ss_base_model_version": "sdxl_base_v1-0" if sdxl else "sd_v1",
+        "ss_resolution": str((width, height)),
+    }
+    for key in ("tag_frequency", "dataset_dirs"):
+        if key in facts:
+            meta[f"ss_{key}"] = json.dumps(facts[key])
+    for key in ("training_started_at", "training_finished_at"):
+        if facts.get(key) is not None:
+            meta[f"ss_{key}"] = str(_timestamp(facts[key]))
+    if facts.get("sd_model_name"):  # sd-scripts keeps a local path's file name only
+        name = str(facts["sd_model_name"])
+        meta["ss_sd_model_name"] = os.path.basename(name.rstrip("/")) if os.path.exists(name) else name
+    when = _timestamp(facts.get("training_finished_at") or facts.get("training_started_at")
+                      or datetime.datetime.now())
+    meta |= {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": ("stable-diffusion-xl-v1-base" if sdxl else "stable-diffusion-v1") + "/lora",
+        "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if sdxl else "diffusers",
+        "modelspec.title": str(facts.get("title") or facts.get("output_name") or f"LoRA@{when}"),
+        "modelspec.resolution": f"{width}x{height}",
+        "modelspec.date": datetime.datetime.fromtimestamp(int(when)).isoformat(),
+        "modelspec.prediction_type": "epsilon",
+    }
+    meta |= {f"modelspec.{k}": str(facts[k]) for k in _MODELSPEC_FACTS if facts.get(k) is not None}
+    return meta
+
+
+def _data_hash(blob: bytes) -> str:
+    header = int.from_bytes(blob[:8], "little")
+    return hashlib.sha256(blob[8 + header:]).hexdigest()
+
+
+def lora_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[str, str]:
+    """(sshs_model_hash, sshs_legacy_hash) as sd-scripts precomputes them for A1111/Civitai.
+
+    The model hash covers the tensor bytes after the safetensors header only, so editing
+    metadata leaves it alone; the legacy one reads 64 KiB at 1 MiB of the file sd-scripts
+    hashes (its ss_* keys only), so tiny files all share sha256(b"")[:8].
+    """
+    ss_only = {k: v for k, v in metadata.items() if k.startswith("ss_")}
+    blob = safetensors_bytes(dict(tensors), ss_only or None)
+    return _data_hash(blob), hashlib.sha256(blob[0x100000:0x110000]).hexdigest()[:8]
+
+
+def file_model_hash(path: str | os.PathLike) -> str:
+    """The sshs_model_hash A1111 computes from a file on disk (its "addnet" hash)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(8 + int.from_bytes(f.read(8), "little"))
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- saving and reading
+
+def save_lora(
+    path: str | os.PathLike,
+    unet: torch.nn.Module | None,
+    text_encoders: Sequence[torch.nn.Module | None],
+    *,
+    family: Family,
+    fmt: Format = "kohya",
+    metadata: Mapping[str, str] | None = None,
+    dtype: torch.dtype = torch.float16,
+    adapter_name: str = "default",
+) -> Path:
+    """Write the adapter as one .safetensors file, atomically; returns the path.
+
+    fp16 by default, as kohya_ss and most published LoRAs ship (sd-scripts itself keeps the
+    training dtype unless --save_precision is given); kohya alphas stay float32 so they are exact.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise LoraLabError(f"LoRA file name must end in .safetensors (UIs list only those): {path.name}")
+    if family not in _TE_COUNT or len(text_encoders) not in (0, _TE_COUNT[family]):
+        raise ValueError(f"family {family!r} takes {_TE_COUNT.get(family)} text encoders (or none)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "kohya":
+        raw = kohya_state_dict(unet, text_encoders, adapter_name=adapter_name)
+        tensors = {k: v if k.endswith(".alpha") else v.to(dtype) for k, v in raw.items()}
+        base_meta: dict[str, str] = {}
+    elif fmt == "diffusers":
+        tensors, base_meta = _diffusers_tensors(path, unet, text_encoders, family, dtype, adapter_name)
+    else:
+        raise ValueError(f"unknown LoRA format {fmt!r}: use 'kohya' or 'diffusers'")
+    meta = {**base_meta, **(metadata or {})}
+    meta["sshs_model_hash"], meta["sshs_legacy_hash"] = lora_hashes(tensors, meta)
+    write_bytes(path, safetensors_bytes(tensors, meta))
+    return path
+
+
+def read_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A LoRA file's tensors and metadata, or a LoraLabError that says what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise LoraLabError(f"LoRA file not found: {path}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LoraLabError(f"{path.name} is not a readable .safetensors file ({e}); "
+                           "LoRAs are read and written as safetensors only") from e
+    if _format(tensors) is None:
+        raise LoraLabError(f"{path.name} holds no LoRA weights (no lora_unet_/lora_te keys, no diffusers "
+                           f"unet./text_encoder. lora keys): is it a base model or another kind of file?")
+    return tensors, metadata
+
+
+def _format(tensors: Mapping[str, torch.Tensor]) -> Format | None:
+    if any(k.startswith(tuple(_KOHYA_PARTS)) and k.endswith(_DOWN_SUFFIXES[0]) for k in tensors):
+        return "kohya"
+    if any(k.startswith(tuple(_DIFFUSERS_PARTS)) and ".lora" in k for k in tensors):
+        return "diffusers"
+    return None
+
+
+def _family(tensors, metadata: Mapping[str, str], parts: Mapping[str, int]) -> str:
+    if parts["te2"] or any(k.startswith("lora_te1_") for k in tensors):
+        return "sdxl"
+    version = metadata.get("ss_base_model_version", "")
+    if version:
+        return "sdxl" if version.startswith("sdxl") else "sd15" if version.startswith("sd_v1") else version
+    return "sd15" if any(k.startswith(("lora_te_", "text_encoder.")) for k in tensors) else "unknown"
+
+
+def _diffusers_alphas(metadata: Mapping[str, str]) -> set[float]:
+    config = json.loads(metadata.get("lora_adapter_metadata", "{}"))
+    alphas = {float(v) for k, v in config.items() if k.endswith(".lora_alpha")}
+    return alphas | {float(a) for k, v in config.items() if k.endswith(".alpha_pattern") for a in v.values()}
+
+
+def describe_lora(path: str | os.PathLike) -> dict[str, Any]:
+    """What `lora-lab lora inspect` shows: format, family, ranks, alphas, parts, conv, DoRA, metadata."""
+    tensors, metadata = read_lora(path)
+    fmt = _format(tensors)
+    prefixes = _KOHYA_PARTS if fmt == "kohya" else _DIFFUSERS_PARTS
+    parts: dict[str, int] = {"unet": 0, "te1": 0, "te2": 0}
+    ranks, conv = set(), 0
+    for key, down in tensors.items():
+        if key.endswith(_DOWN_SUFFIXES):
+            part = next((p for s, p in prefixes.items() if key.startswith(s)), "other")
+            parts[part] = parts.get(part, 0) + 1
+            ranks.add(down.shape[0])
+            conv += down.dim() == 4 and tuple(down.shape[2:]) != (1, 1)
+    alphas = {round(v.item(), 6) for k, v in tensors.items() if k.endswith(".alpha")} \
+        if fmt == "kohya" else _diffusers_alphas(metadata)
+    return {
+        "path": str(path), "format": fmt, "family": _family(tensors, metadata, parts), "modules": parts,
+        "ranks": sorted(ranks), "alphas": sorted(alphas), "conv_modules": conv,
+        "dora": any(k.endswith(".dora_scale") or ".lora_magnitude_vector" in k for k in tensors),
+        "dtypes": sorted({str(v.dtype).removeprefix("torch.") for v in tensors.values()}),
+        "size_bytes": Path(path).stat().st_size, "metadata": metadata,
+    }
