@@ -96,8 +96,12 @@ def _family_of_checkpoint(path: Path) -> str:
                        "(a LoRA or another architecture?)")
 
 
-def load_base_model(base: str, family: str, vae: str = "") -> BaseModel:
-    """Load the pipeline (fp32, on the CPU; the trainer moves and casts what it needs)."""
+def load_base_model(base: str, family: str, vae: str = "", config: str = "") -> BaseModel:
+    """Load the pipeline (fp32, on the CPU; the trainer moves and casts what it needs).
+
+    A single-file checkpoint holds only weights: its configs and tokenizers come from
+    ``config`` (a local diffusers folder works offline), else the family's base repo.
+    """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -116,7 +120,8 @@ def load_base_model(base: str, family: str, vae: str = "") -> BaseModel:
         if path.is_dir():
             pipe = cls.from_pretrained(path, **extra)
         elif path.is_file():
-            pipe = cls.from_single_file(str(path), config=SINGLE_FILE_CONFIGS[family], **extra)
+            pipe = cls.from_single_file(str(path), config=config or SINGLE_FILE_CONFIGS[family],
+                                        **extra)
         else:
             pipe = cls.from_pretrained(base, **extra)
     except (OSError, ValueError) as e:

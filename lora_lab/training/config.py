@@ -92,6 +92,8 @@ class ModelSection:
     base: str = _f(doc="a diffusers folder, a .safetensors/.ckpt file or a Hub id (org/name)", nonempty=True)
     family: Literal["auto", "sd15", "sdxl"] = _f("auto", "model family; auto detects it from the model")
     vae: str = _f("", "a VAE to use instead of the base model's own (empty = its own)")
+    config: str = _f("", "for a single-file base: a diffusers folder or Hub id with its configs "
+                         "and tokenizers (empty = the SD1.5 / SDXL base repo)")
     prediction: Literal["auto", "epsilon", "v_prediction"] = _f("auto", "auto = as the model says")
 
 

@@ -124,7 +124,7 @@ class Trainer:
     def load_model(self) -> None:
         self.phase("preparing model")
         m, n = self.cfg.model, self.cfg.network
-        self.base: BaseModel = load_base_model(m.base, self.family, m.vae)
+        self.base: BaseModel = load_base_model(m.base, self.family, m.vae, m.config)
         pipe = self.base.pipeline
         self._check_sizes()
         from diffusers import DDPMScheduler
