@@ -32,12 +32,21 @@ demo: $(STAMP)
 	$(LL) dataset export demo --trigger lolab --repeats 10
 	$(LL) dataset export demo --trigger lolab --repeats 10 --format zip
 	$(LL) calc --dataset demo --repeats 10 --epochs 4 --batch 2
+	$(LL) train --init $(DEMO)/train.toml --base $(DEMO)/models/tiny/sd15 --dataset demo
+	# the tiny model works at 64 px; a real SD1.5 run keeps the defaults (512 px buckets)
+	$(LL) train $(DEMO)/train.toml --set dataset.resolution=64 --set dataset.min_bucket=64 \
+	    --set dataset.max_bucket=128 --set dataset.trigger=lolab --set train.max_steps=40 \
+	    --set train.lr=1e-3 --set save.name=demo-lora --set save.every_n_steps=20 \
+	    --set sample.every_n_steps=20 --set 'sample.prompts=["lolab, a red circle"]' --set sample.steps=4
 	@echo
 	@echo "Demo outputs:"
 	@echo "  dataset:       $(DEMO)/datasets/demo  (captions beside the images)"
 	@echo "  caption job:   $(DEMO)/jobs/  (status.json, events.jsonl)"
 	@echo "  kohya export:  $(DEMO)/exports/demo-kohya  (with dataset.toml for sd-scripts)"
 	@echo "  zip export:    $(DEMO)/exports/demo-zip.zip"
+	@echo "  train config:  $(DEMO)/train.toml"
+	@echo "  train job:     $(DEMO)/jobs/*-train-*  (checkpoints/, samples/, events.jsonl)"
+	@echo "  LoRA:          $(DEMO)/loras/demo-lora.safetensors  (kohya keys: ComfyUI, A1111, diffusers)"
 	@echo "  tiny models:   $(DEMO)/models/tiny"
 
 test: $(STAMP)
