@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..buckets import make_buckets
 from ..errors import LoraLabError
+from .config import DatasetSection
 
 FAMILIES = ("sd15", "sdxl")
 SINGLE_FILE = (".safetensors", ".ckpt")
@@ -143,3 +145,21 @@ def _load_vae(vae: str):
         return AutoencoderKL.from_pretrained(str(path) if path.exists() else vae)
     except (OSError, ValueError) as e:
         raise LoraLabError(f"model.vae: cannot load {vae}: {str(e).splitlines()[0]}") from None
+
+
+def check_buckets(base: BaseModel, dataset: DatasetSection) -> None:
+    """Every bucket must fit the model: at least half its native size (below that SD models
+    make noise), and latents the UNet can halve at each of its down blocks."""
+    unet, scale = base.unet.config, base.pipeline.vae_scale_factor
+    native = unet.sample_size * scale
+    factor = scale * 2 ** (len(unet.down_block_types) - 1)
+    d = dataset
+    if d.resolution < native // 2:
+        raise LoraLabError(f"dataset.resolution: {d.resolution} is below this model's minimum "
+                           f"{native // 2} (half its native {native} px)")
+    for w, h in make_buckets(d.resolution, d.min_bucket, d.max_bucket, d.bucket_step):
+        if w % factor or h % factor or min(w, h) < native // 2:
+            raise LoraLabError(
+                f"bucket {w}x{h} does not fit this model: sides must be multiples of "
+                f"{factor} and at least {native // 2}; raise dataset.min_bucket or "
+                f"set dataset.bucket_step to {factor}")

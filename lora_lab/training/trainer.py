@@ -7,7 +7,6 @@ ends with the same weights as one never interrupted.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import shutil
@@ -27,22 +26,13 @@ from ..errors import LoraLabError
 from ..jobs import JobRecord
 from ..workspace import Workspace
 from . import checkpoints
-from .base_model import BaseModel, detect_family, load_base_model
+from .adapters import add_adapters, build_optimizer, check_optimizer
+from .base_model import BaseModel, check_buckets, detect_family, load_base_model
 from .config import TrainConfig
-from ..buckets import make_buckets
-from ..datasets.captions import split_tags
 from .data import BatchPlan, CaptionRules, TrainImage, assign_buckets, gather_images
-from .latents import LatentEncoder, fit, sample_latents
-
-UNET_TARGETS = {
-    "attn": ["to_q", "to_k", "to_v", "to_out.0"],
-    "attn_mlp": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"],
-}
-CONV_TARGETS = ["conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv"]
-TE_TARGETS = {"attn": ["q_proj", "k_proj", "v_proj", "out_proj"],
-              "attn_mlp": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]}
-OPTIMIZER_PACKAGES = {"adamw8bit": "bitsandbytes", "prodigy": "prodigyopt"}
-
+from .latents import LatentEncoder, sample_latents
+from .metadata import run_facts
+from .objective import encode_prompts, sdxl_time_ids, snr_weights
 
 def stable_seed(*key: object) -> int:
     return zlib.crc32(repr(key).encode())
@@ -91,10 +81,7 @@ class Trainer:
     # -- setup -----------------------------------------------------------------------------------
     def _check_environment(self) -> None:
         t = self.cfg.train
-        package = OPTIMIZER_PACKAGES.get(t.optimizer)
-        if package and importlib.util.find_spec(package) is None:
-            raise LoraLabError(f"train.optimizer: {t.optimizer} needs the {package} package "
-                               f"(pip install {package}); or use adamw")
+        check_optimizer(t.optimizer)
         if t.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise LoraLabError("train.mixed_precision: fp16 needs a CUDA GPU; use no or bf16")
 
@@ -123,32 +110,22 @@ class Trainer:
 
     def load_model(self) -> None:
         self.phase("preparing model")
-        m, n = self.cfg.model, self.cfg.network
+        m = self.cfg.model
         self.base: BaseModel = load_base_model(m.base, self.family, m.vae, m.config)
         pipe = self.base.pipeline
-        self._check_sizes()
+        check_buckets(self.base, self.cfg.dataset)
         from diffusers import DDPMScheduler
 
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.prediction = (self.noise_scheduler.config.prediction_type if m.prediction == "auto"
                            else m.prediction)
-        for module in (self.base.unet, self.base.vae, *self.base.text_encoders):
-            module.requires_grad_(False)
-        torch.manual_seed(self.cfg.train.seed)  # adapter initialisation
-        self.base.unet.add_adapter(self._lora_config(UNET_TARGETS[_base_targets(n.targets)],
-                                                     conv=n.targets == "locon"))
-        trained = [self.base.unet]
-        if n.train_text_encoder:
-            for te in self.base.text_encoders:
-                te.add_adapter(self._lora_config(TE_TARGETS[_base_targets(n.targets)]))
-                trained.append(te)
-        self.trained = trained
+        self.trained = trained = add_adapters(self.base, self.cfg.network, self.cfg.train.seed)
         if self.cfg.train.gradient_checkpointing:
             self.base.unet.enable_gradient_checkpointing()
             for te in trained[1:]:
                 te.gradient_checkpointing_enable()
         self._place_modules()
-        self.optimizer = self._optimizer()
+        self.optimizer = build_optimizer(trained, self.cfg.train)
         from diffusers.optimization import get_scheduler
 
         t = self.cfg.train
@@ -156,35 +133,6 @@ class Trainer:
                                           num_training_steps=self.total)
         # The LR scheduler is not prepared: a prepared one steps once per rank per update.
         *self.models, self.optimizer = self.acc.prepare(*trained, self.optimizer)
-
-    def _check_sizes(self) -> None:
-        """Every bucket must fit the model: at least half its native size (below that SD
-        models make noise), and latents the UNet can halve at each of its down blocks."""
-        unet, scale = self.base.unet.config, self.base.pipeline.vae_scale_factor
-        native = unet.sample_size * scale
-        factor = scale * 2 ** (len(unet.down_block_types) - 1)
-        d = self.cfg.dataset
-        if d.resolution < native // 2:
-            raise LoraLabError(f"dataset.resolution: {d.resolution} is below this model's minimum "
-                               f"{native // 2} (half its native {native} px)")
-        for w, h in make_buckets(d.resolution, d.min_bucket, d.max_bucket, d.bucket_step):
-            if w % factor or h % factor or min(w, h) < native // 2:
-                raise LoraLabError(
-                    f"bucket {w}x{h} does not fit this model: sides must be multiples of "
-                    f"{factor} and at least {native // 2}; raise dataset.min_bucket or "
-                    f"set dataset.bucket_step to {factor}")
-
-    def _lora_config(self, targets: list[str], conv: bool = False):
-        from peft import LoraConfig
-
-        n = self.cfg.network
-        pattern = {}
-        if conv:
-            targets = targets + CONV_TARGETS
-            pattern = {name: n.conv_rank for name in CONV_TARGETS}
-        return LoraConfig(r=n.rank, lora_alpha=n.alpha, lora_dropout=n.dropout, use_dora=n.dora,
-                          target_modules=targets, rank_pattern=pattern,
-                          alpha_pattern={k: n.conv_rank * n.alpha / n.rank for k in pattern})
 
     def _place_modules(self) -> None:
         device = self.acc.device
@@ -199,22 +147,6 @@ class Trainer:
                 for p in module.parameters():
                     if p.requires_grad:
                         p.data = p.data.float()
-
-    def _optimizer(self) -> torch.optim.Optimizer:
-        t = self.cfg.train
-        groups = [{"params": [p for p in self.base.unet.parameters() if p.requires_grad], "lr": t.lr}]
-        for te in self.trained[1:]:
-            groups.append({"params": [p for p in te.parameters() if p.requires_grad],
-                           "lr": t.text_encoder_lr})
-        if t.optimizer == "adamw8bit":
-            import bitsandbytes
-
-            return bitsandbytes.optim.AdamW8bit(groups, lr=t.lr, weight_decay=t.weight_decay)
-        if t.optimizer == "prodigy":
-            import prodigyopt
-
-            return prodigyopt.Prodigy(groups, lr=t.lr, weight_decay=t.weight_decay)
-        return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
 
     # -- caching ---------------------------------------------------------------------------------
     def cache(self) -> None:
@@ -241,21 +173,11 @@ class Trainer:
 
     # -- the step --------------------------------------------------------------------------------
     def _encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.text_cache is not None:
-            parts = [self.text_cache[c] for c in captions]
-            pooled = parts[0][1]
-            return (torch.cat([p[0] for p in parts]),
-                    torch.cat([p[1] for p in parts]) if pooled is not None else None)
-        hidden, pooled = [], None
-        for tokenizer, te in zip(self.base.tokenizers, self.base.text_encoders):
-            ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt").input_ids.to(self.acc.device)
-            if self.family == "sd15":
-                return te(ids)[0], None
-            out = te(ids, output_hidden_states=True)
-            hidden.append(out.hidden_states[-2])
-            pooled = out[0]  # the projected pooled output of the second encoder
-        return torch.cat(hidden, dim=-1), pooled
+        if self.text_cache is None:
+            return encode_prompts(self.base, captions, self.acc.device)
+        parts = [self.text_cache[c] for c in captions]
+        pooled = [p[1] for p in parts if p[1] is not None]
+        return torch.cat([p[0] for p in parts]), torch.cat(pooled) if pooled else None
 
     def micro_batch_loss(self, m: int) -> torch.Tensor:
         """The loss of micro-batch ``m`` (counted over all ranks from the start)."""
@@ -280,27 +202,12 @@ class Trainer:
         extra = {}
         if self.family == "sdxl":
             extra["added_cond_kwargs"] = {"text_embeds": pooled.to(device, dtype),
-                                          "time_ids": self._time_ids(samples, bucket).to(device, dtype)}
+                                          "time_ids": sdxl_time_ids(self.images, samples, bucket).to(device, dtype)}
         pred = self.models[0](noisy.to(dtype), t, hidden.to(dtype), return_dict=False, **extra)[0]
         loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        return (loss * self._snr_weights(t)).mean()
-
-    def _time_ids(self, samples, bucket: tuple[int, int]) -> torch.Tensor:
-        rows = []
-        for s in samples:
-            img = self.images[s.image]
-            _, (top, left) = fit(img.width, img.height, bucket)
-            rows.append([img.height, img.width, top, left, bucket[1], bucket[0]])
-        return torch.tensor(rows, dtype=torch.float32)
-
-    def _snr_weights(self, t: torch.Tensor) -> torch.Tensor:
-        gamma = self.cfg.train.min_snr_gamma
-        if not gamma:
-            return torch.ones_like(t, dtype=torch.float32)
-        alphas = self.noise_scheduler.alphas_cumprod.to(t.device)[t]
-        snr = alphas / (1 - alphas)
-        clipped = torch.clamp(snr, max=gamma)
-        return (clipped / (snr + 1) if self.prediction == "v_prediction" else clipped / snr).float()
+        weights = snr_weights(self.noise_scheduler.alphas_cumprod, t, self.cfg.train.min_snr_gamma,
+                              self.prediction)
+        return (loss * weights).mean()
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> TrainResult:
@@ -481,38 +388,9 @@ class Trainer:
                          metadata=ss_metadata(self._facts(step)), dtype=dtype)
 
     def _facts(self, step: int) -> dict[str, Any]:
-        """What kohya's ss_* metadata records about this run."""
-        c, t, n = self.cfg, self.cfg.train, self.cfg.network
-        tags: dict[str, dict[str, int]] = {}
-        dirs: dict[str, dict[str, int]] = {}
-        for img in self.images:
-            d = dirs.setdefault(f"{img.repeats}_{img.folder}", {"n_repeats": img.repeats, "img_count": 0})
-            d["img_count"] += 1
-            freq = tags.setdefault(f"{img.repeats}_{img.folder}", {})
-            for tag in split_tags(img.caption):
-                freq[tag] = freq.get(tag, 0) + 1
-        locon = n.targets == "locon"
-        return {
-            "family": self.family, "network_dim": n.rank, "network_alpha": n.alpha,
-            "conv_dim": n.conv_rank if locon else 0, "conv_alpha": n.conv_rank * n.alpha / n.rank,
-            "dora": n.dora, "resolution": c.dataset.resolution, "tag_frequency": tags,
-            "dataset_dirs": dirs, "training_started_at": self.job.status().get("started_at"),
-            "training_finished_at": time.time(), "sd_model_name": self.base.name,
-            "steps": step, "epoch": math.ceil(step / self.steps_per_epoch),
-            "num_epochs": math.ceil(self.total / self.steps_per_epoch), "max_train_steps": self.total,
-            "learning_rate": t.lr, "unet_lr": t.lr,
-            "text_encoder_lr": t.text_encoder_lr if n.train_text_encoder else 0,
-            "seed": t.seed, "batch_size_per_device": t.batch_size,
-            "gradient_accumulation_steps": t.grad_accum, "optimizer": t.optimizer,
-            "lr_scheduler": t.scheduler, "lr_warmup_steps": t.warmup_steps,
-            "noise_offset": t.noise_offset, "min_snr_gamma": t.min_snr_gamma,
-            "mixed_precision": t.mixed_precision, "max_grad_norm": t.max_grad_norm,
-            "gradient_checkpointing": t.gradient_checkpointing,
-            "num_train_images": sum(i.repeats for i in self.images),
-            "network_dropout": n.dropout, "caption_dropout_rate": c.dataset.caption_dropout,
-            "training_comment": c.save.comment, "output_name": c.save.name,
-            "trigger_phrase": c.dataset.trigger or None, "session_id": self.job.id,
-        }
+        return run_facts(self.cfg, self.family, self.images, step=step, total=self.total,
+                         steps_per_epoch=self.steps_per_epoch, base_name=self.base.name,
+                         started_at=self.job.status().get("started_at"), job_id=self.job.id)
 
     def _export(self, step: int, loss: float, seconds: float) -> TrainResult:
         self.acc.wait_for_everyone()
@@ -574,10 +452,6 @@ class _StopOnSigint:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-def _base_targets(targets: str) -> str:
-    return "attn" if targets == "attn" else "attn_mlp"
 
 
 def _png(image) -> bytes:
