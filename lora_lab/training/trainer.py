@@ -107,6 +107,11 @@ class Trainer:
         self.emit({"type": "log", "level": "info", "message":
                    f"{len(self.images)} images in {len(set(self.buckets))} buckets, "
                    f"{self.plan.batches_per_epoch} batches an epoch, {self.total} steps"})
+        if self.cfg.network.dora and self.cfg.save.format == "kohya":
+            self.emit({"type": "log", "level": "warning", "message":
+                       "DoRA in a kohya file: LyCORIS-aware UIs load it; diffusers drops its "
+                       "magnitudes and ComfyUI applies them approximately (save.format = "
+                       "\"diffusers\" reloads exactly in diffusers)"})
 
     def load_model(self) -> None:
         self.phase("preparing model")
