@@ -36,9 +36,14 @@ class TrainImage:
     folder: str  # the folder it came from, as kohya's ss_dataset_dirs names it
 
 
+def stable_seed(*key: object) -> int:
+    """A seed from a stable hash of ``key`` (Python's ``hash`` is salted per process)."""
+    return zlib.crc32(repr(key).encode())
+
+
 def seeded(seed: int, *key: object) -> random.Random:
-    """A generator for one decision, seeded by a stable hash (Python's ``hash`` is salted)."""
-    return random.Random(zlib.crc32(repr((seed, *key)).encode()))
+    """A generator for one decision: (seed, what, epoch, ...) -> always the same draws."""
+    return random.Random(stable_seed(seed, *key))
 
 
 def gather_images(source: str, repeats: int = 1, caption_extension: str = ".txt",

@@ -13,7 +13,6 @@ import shutil
 import signal
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -29,13 +28,11 @@ from . import checkpoints
 from .adapters import add_adapters, build_optimizer, check_optimizer
 from .base_model import BaseModel, check_buckets, detect_family, load_base_model
 from .config import TrainConfig
-from .data import BatchPlan, CaptionRules, TrainImage, assign_buckets, gather_images
+from .data import (BatchPlan, CaptionRules, TrainImage, assign_buckets, gather_images,
+                   stable_seed)
 from .latents import LatentEncoder, sample_latents
 from .metadata import run_facts
 from .objective import encode_prompts, sdxl_time_ids, snr_weights
-
-def stable_seed(*key: object) -> int:
-    return zlib.crc32(repr(key).encode())
 
 
 @dataclass
@@ -294,7 +291,7 @@ class Trainer:
             if self.main:
                 checkpoints.staging(root, step)
             self.acc.wait_for_everyone()
-            torch.save(torch.get_rng_state(), tmp / f"rng-{self.acc.process_index}.pt")
+            torch.save(_rng_state(), tmp / f"rng-{self.acc.process_index}.pt")
             if self.main:
                 torch.save({"adapters": self._adapter_state(), "optimizer": self.optimizer.state_dict(),
                             "scheduler": self.lr_scheduler.state_dict()}, tmp / "training.pt")
@@ -345,7 +342,7 @@ class Trainer:
                     params[name].copy_(value)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.lr_scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng"])
+        _set_rng_state(saved["rng"])
         self.emit({"type": "log", "level": "info", "message": f"resumed from {path.name}"})
         return state["step"]
 
@@ -436,6 +433,20 @@ def train(config: TrainConfig, job: JobRecord | None = None, *, resume: bool = F
         job.event({"type": "done", **done})
         job.set_status("succeeded", phase="done", progress=1.0, **done)
     return result
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    """The global generators LoRA dropout draws from (everything else is seeded per draw)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 class _StopOnSigint:
