@@ -2,6 +2,11 @@
 # Run every benchmark in bench/ (each bench_*.py), passing the same flags to each:
 #   sh bench/run_all.sh                  # the issue's sizes
 #   sh bench/run_all.sh --repeats 1      # quicker
+# bench_caption.py (lora_lab's caption batch against a bare create_chat_completion loop, and
+# the OpenAI-compatible engine 4-in-flight against sequential) takes ~5 min on 2 idle cores.
+# bench_train.py (tiny SD1.5 LoRA training, lora_lab uncached and cached against a bare
+# diffusers-example loop) takes ~1.5 min; `.venv/bin/python bench/bench_train.py --family sdxl`
+# runs it on the tiny SDXL.
 # BENCH_PYTHON picks the interpreter (default: the project's .venv).
 set -e
 cd "$(dirname "$0")/.."
