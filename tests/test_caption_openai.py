@@ -35,7 +35,7 @@ class FakeState:
         self.release = threading.Event()
         self.models = ["tiny-vlm"]
         self.delay = 0.0
-        self.gate = 0  # the first `gate` answers wait (up to 2 s) until that many are in flight
+        self.gate = 0  # the first `gate` answers wait (up to 15 s) until that many are in flight
         self.script: list = []  # replies given before normal ones: (status, body) | "hang" | "drop"
         self.requests: list[dict] = []  # {"method", "path", "headers", "body"}
         self.in_flight = self.max_in_flight = 0
@@ -115,7 +115,7 @@ class Handler(BaseHTTPRequestHandler):
         answer = describe(image["image_url"]["url"])
         with state.lock:  # so a slow, busy test machine cannot hide the first wave's overlap
             if len(state.posts()) <= state.gate:
-                state.lock.wait_for(lambda: state.in_flight >= state.gate, timeout=2)
+                state.lock.wait_for(lambda: state.in_flight >= state.gate, timeout=15)
         state.release.wait(state.delay)
         self._send(200, {"id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
                          "choices": [{"index": 0, "finish_reason": "stop",
