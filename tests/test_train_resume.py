@@ -108,7 +108,8 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_then_resume_finishes(ws, tiny_model
 
 
 def test_two_data_parallel_processes_on_cpu(ws, tiny_models, tmp_path):
-    cfg = config(tiny_models, train={"max_steps": 3, "batch_size": 2}).write(tmp_path / "run.toml")
+    cfg = config(tiny_models, train={"max_steps": 3, "batch_size": 2, "grad_accum": 2}).write(
+        tmp_path / "run.toml")
     out = json.loads(_run(ws, "train", cfg, "--gpus", "2", "--json").stdout)
     job = JobRecord(ws.jobs / out["job"])
     assert job.status()["state"] == "succeeded" and out["steps"] == 3

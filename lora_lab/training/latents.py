@@ -55,6 +55,8 @@ class LatentEncoder:
 
     def __init__(self, vae: torch.nn.Module, cache_dir: Path | None = None):
         self.vae = vae
+        # read once: a diffusers model walks all its modules to answer .device or .dtype
+        self.device, self.dtype = vae.device, vae.dtype
         self.cache_dir = cache_dir
         self.fingerprint = vae_fingerprint(vae) if cache_dir else ""
         self.hits = self.misses = 0
@@ -64,10 +66,17 @@ class LatentEncoder:
         name = key.hexdigest()[:32]
         return self.cache_dir / name[:2] / f"{name}.pt"
 
+    def batch(self, images: list[TrainImage], bucket: tuple[int, int],
+              flips: list[bool]) -> torch.Tensor:
+        """``params`` of images sharing ``bucket``, stacked; uncached, in one VAE call."""
+        if self.cache_dir is None:
+            return self.encode(images, bucket, flips)
+        return torch.stack([self.params(image, bucket, flip) for image, flip in zip(images, flips)])
+
     def params(self, image: TrainImage, bucket: tuple[int, int], flip: bool) -> torch.Tensor:
         """Mean and log-variance, stacked on the channel axis (8 channels for SD)."""
         if self.cache_dir is None:
-            return self.encode(image, bucket, flip)
+            return self.encode([image], bucket, [flip])[0].cpu()
         path = self._path(image, bucket, flip)
         try:
             params = torch.load(path, weights_only=True)
@@ -75,14 +84,16 @@ class LatentEncoder:
             return params
         except (FileNotFoundError, RuntimeError, EOFError):  # missing, or torn by a kill
             self.misses += 1
-        params = self.encode(image, bucket, flip)
+        params = self.encode([image], bucket, [flip])[0].cpu()
         _save_atomic(params, path)
         return params
 
     @torch.no_grad()
-    def encode(self, image: TrainImage, bucket: tuple[int, int], flip: bool) -> torch.Tensor:
-        pixels = load_pixels(image, bucket, flip)[None].to(self.vae.device, self.vae.dtype)
-        return self.vae.encode(pixels).latent_dist.parameters[0].float().cpu()
+    def encode(self, images: list[TrainImage], bucket: tuple[int, int],
+               flips: list[bool]) -> torch.Tensor:
+        """Latent distributions, left on the VAE's device."""
+        pixels = torch.stack([load_pixels(image, bucket, flip) for image, flip in zip(images, flips)])
+        return self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist.parameters.float()
 
 
 def sample_latents(params: torch.Tensor, generator: torch.Generator, scaling: float,

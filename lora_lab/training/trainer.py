@@ -7,6 +7,7 @@ ends with the same weights as one never interrupted.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -127,6 +128,7 @@ class Trainer:
             for te in trained[1:]:
                 te.gradient_checkpointing_enable()
         self._place_modules()
+        self.dtype = self.base.unet.dtype  # read once: diffusers walks every module to answer
         self.optimizer = build_optimizer(trained, self.cfg.train)
         from diffusers.optimization import get_scheduler
 
@@ -187,15 +189,15 @@ class Trainer:
         bucket = self.buckets[samples[0].image]
         g = torch.Generator().manual_seed(stable_seed(self.cfg.train.seed, "noise", m))
         vae = self.base.vae.config
-        params = torch.stack([self.latents.params(self.images[s.image], bucket, s.flip)
-                              for s in samples])
+        params = self.latents.batch([self.images[s.image] for s in samples], bucket,
+                                    [s.flip for s in samples])
         latents = sample_latents(params, g, vae.scaling_factor, getattr(vae, "shift_factor", None))
         noise = torch.randn(latents.shape, generator=g)
         if self.cfg.train.noise_offset:
             noise += self.cfg.train.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=g)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(samples),),
                           generator=g)
-        device, dtype = self.acc.device, self.base.unet.dtype
+        device, dtype = self.acc.device, self.dtype
         latents, noise, t = latents.to(device), noise.to(device), t.to(device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         target = noise if self.prediction == "epsilon" else \
@@ -240,8 +242,12 @@ class Trainer:
         world, rank = self.acc.num_processes, self.acc.process_index
         total = torch.zeros((), device=self.acc.device)
         for a in range(t.grad_accum):
-            micro = self.micro_batch_loss((step * t.grad_accum + a) * world + rank) / t.grad_accum
-            self.acc.backward(micro)
+            with contextlib.ExitStack() as unsynced:
+                if a < t.grad_accum - 1:  # ranks exchange gradients once, on the last micro-batch
+                    for model in self.models:
+                        unsynced.enter_context(self.acc.no_sync(model))
+                micro = self.micro_batch_loss((step * t.grad_accum + a) * world + rank) / t.grad_accum
+                self.acc.backward(micro)
             total += micro.detach()
         # one all-reduce carries the loss and every rank's Ctrl-C, so all ranks stop together
         shared = self.acc.reduce(torch.stack([total, torch.tensor(float(stop_requested),
