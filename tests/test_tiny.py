@@ -27,7 +27,8 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 def test_fabricate_writes_everything(tiny: dict[str, Path]) -> None:
-    assert set(tiny) == {"sd15", "sdxl", "caption_model", "caption_mmproj", "samples"}
+    assert set(tiny) == {"sd15", "sdxl", "sd15_file", "sdxl_file", "caption_model", "caption_mmproj",
+                         "samples"}
     assert all(path.exists() for path in tiny.values())
     assert tiny["caption_model"].read_bytes()[:4] == b"GGUF"
     assert any(tiny["samples"].glob("*.txt"))

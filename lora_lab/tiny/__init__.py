@@ -22,23 +22,28 @@ def fabricate(
 
     - ``sd15/``, ``sdxl/``: diffusers pipelines (safetensors) that
       ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline.from_pretrained(dir)`` load;
+    - ``sd15.safetensors``, ``sdxl.safetensors``: the same weights as one original-layout
+      checkpoint, as users download base models (``from_single_file(file, config=dir)``);
     - ``caption/tiny-qwen25vl.gguf`` + ``caption/tiny-qwen25vl-mmproj.gguf``: a Qwen2.5-VL text
       model and mmproj that llama-cpp-python's ``Qwen25VLChatHandler`` loads;
     - ``samples/``: a few drawn images, some with caption sidecars.
 
-    Returns the paths written, under the keys "sd15", "sdxl", "caption_model",
-    "caption_mmproj" and "samples".
+    Returns the paths written, under the keys "sd15", "sdxl", "sd15_file", "sdxl_file",
+    "caption_model", "caption_mmproj" and "samples".
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     if sd15 or sdxl:
         from lora_lab.tiny import diffusion
+        from lora_lab.tiny.single_file import write_single_file
 
-        if sd15:
-            written["sd15"] = diffusion.write_sd15(out / "sd15", seed)
-        if sdxl:
-            written["sdxl"] = diffusion.write_sdxl(out / "sdxl", seed)
+        for family, wanted, write in (("sd15", sd15, diffusion.write_sd15),
+                                      ("sdxl", sdxl, diffusion.write_sdxl)):
+            if wanted:
+                written[family] = write(out / family, seed)
+                written[f"{family}_file"] = write_single_file(
+                    written[family], out / f"{family}.safetensors", family)
     if caption:
         from lora_lab.tiny import gguf_models
 

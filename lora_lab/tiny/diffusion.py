@@ -165,7 +165,9 @@ def build_sd15(seed: int = 0) -> StableDiffusionPipeline:
 
 def build_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
     """An SDXL-shaped pipeline (two text encoders, micro-conditioning) with random weights."""
-    te1_hidden, te2_hidden, te2_projection, time_embed_dim = 32, 32, 32, 8
+    # The encoders differ in width as in the real model (768 vs 1280): diffusers' single-file
+    # loader tells them apart by it, and of equal width loads both from the first one's weights.
+    te1_hidden, te2_hidden, te2_projection, time_embed_dim = 32, 64, 32, 8
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         tokenizer = _clip_tokenizer()

@@ -118,6 +118,8 @@ def load_base_model(base: str, family: str, vae: str = "", config: str = "") -> 
         extra["vae"] = _load_vae(vae)
     if family == "sd15":
         extra.update(safety_checker=None, requires_safety_checker=False)
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
     try:
         if path.is_dir():
             pipe = cls.from_pretrained(path, **extra)
@@ -126,13 +128,34 @@ def load_base_model(base: str, family: str, vae: str = "", config: str = "") -> 
                                         **extra)
         else:
             pipe = cls.from_pretrained(base, **extra)
-    except (OSError, ValueError) as e:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = (" (offline: the Hub is not reachable; single-file checkpoints need their "
-                "config from the Hub cache, or use a diffusers folder)" if offline else "")
-        raise LoraLabError(f"model.base: cannot load {base}: {str(e).splitlines()[0]}{hint}") from None
+    except (OSError, ValueError, NotImplementedError, SingleFileComponentError) as e:
+        raise LoraLabError(f"model.base: cannot load {base}: {_load_failure(e)}") from None
+    _check_complete(pipe, base)
     pipe.set_progress_bar_config(disable=True)
     return BaseModel(family, pipe, path.name if path.exists() else base)
+
+
+def _load_failure(e: Exception) -> str:
+    reason = str(e).splitlines()[0]
+    if "meta tensor" in reason:  # diffusers leaves weights the file lacks on the meta device
+        return "some of its weights are missing (an incomplete file, or another architecture?)"
+    if "AutoencoderKL" in reason:
+        reason += " A checkpoint without a VAE needs model.vae."
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        reason += (" (offline: the Hub is not reachable; a single-file checkpoint needs "
+                   "model.config, a local diffusers folder of the same architecture)")
+    return reason
+
+
+def _check_complete(pipe, base: str) -> None:
+    """A checkpoint lacking a part's weights leaves them on the meta device (diffusers does not
+    always refuse it): say which part, instead of failing at the first step."""
+    import torch
+
+    for name, part in pipe.components.items():
+        if isinstance(part, torch.nn.Module) and any(p.is_meta for p in part.parameters()):
+            hint = "; a checkpoint without a VAE needs model.vae" if name == "vae" else ""
+            raise LoraLabError(f"model.base: {base} lacks the weights of its {name}{hint}")
 
 
 def _load_vae(vae: str):

@@ -1,0 +1,578 @@
+"""Training benchmark: lora_lab's LoRA trainer against a bare diffusers-example loop, same job.
+
+    .venv/bin/python bench/bench_train.py                 # tiny SD1.5, 3 rounds (~1.5 min, 2 cores)
+    .venv/bin/python bench/bench_train.py --quick         # a smoke run (~15 s)
+    .venv/bin/python bench/bench_train.py --family sdxl   # the tiny SDXL instead (~1.5 min)
+    .venv/bin/python bench/bench_train.py --profile       # + cProfile of both loops
+
+The tiny random-weight model (lora_lab.tiny), the images and every workspace live in one temp
+folder that is removed at the end; nothing is downloaded (HF_HUB_OFFLINE=1).
+"""
+from __future__ import annotations
+
+import os
+
+# before diffusers / transformers are imported: offline, and without their warnings
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import argparse
+import cProfile
+import io
+import math
+import pstats
+import shutil
+import statistics
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from benchlib import Row, Target, generate_jpegs, print_machine, print_table, warm
+from PIL import Image
+
+FAMILIES = ("sd15", "sdxl")
+NO_CACHE_TARGET = Target(ratio=1.05)
+CACHED_TARGET = Target(ratio=0.9)  # "clearly faster" than the bare loop: at least 10% less time
+# A run during which other processes used more than this many cores is run again (up to TRIES
+# times), after waiting up to QUIET_WAIT_S for them to calm down; the last try is kept.
+DISTURBED_CORES = 0.25
+TRIES = 3
+QUIET_WAIT_S = 60.0
+WARMUP_STEPS = 3  # the first steps (allocator, lazy init) are left out of s/step on both sides
+# Caption words the tiny tokenizer has whole-word tokens for, so captions tokenize like real ones.
+COLOURS = ("red", "green", "blue", "yellow")
+SHAPES = ("circle", "square", "triangle")
+PATHS = ("bare", "nocache", "cached", "cached-warm")
+LABELS = {
+    "bare": "bare loop (diffusers example)",
+    "nocache": "lora_lab, nothing cached",
+    "cached": "lora_lab, cached (cold cache)",
+    "cached-warm": "lora_lab, cached (warm cache)",
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """What both sides train: one model, one dataset, one set of settings."""
+    family: str
+    model: Path
+    data: Path
+    images: list[tuple[Path, str]]  # (image, caption)
+    resolution: int
+    steps: int
+    batch: int
+    rank: int
+    lr: float
+    seed: int = 0
+    max_grad_norm: float = 1.0
+    weight_decay: float = 1e-2
+
+
+@dataclass
+class Run:
+    """One timed training run: step timestamps and, for lora_lab, its phase timestamps."""
+    steps: list[float] = field(default_factory=list)  # perf_counter after each optimizer step
+    loop_start: float = math.nan
+    cache_start: float = math.nan  # lora_lab: its one-off caching phase began
+    foreign: float = math.nan  # other processes' CPU use during the run, in cores
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def disturbed(self) -> bool:
+        return self.foreign > DISTURBED_CORES
+
+    def s_per_step(self) -> float:
+        """Steady-state seconds per step: the steps after the warm-up ones."""
+        w = WARMUP_STEPS  # --steps is always more than this
+        return (self.steps[-1] - self.steps[w - 1]) / (len(self.steps) - w)
+
+    @property
+    def loop_s(self) -> float:
+        return self.steps[-1] - self.loop_start
+
+    @property
+    def cache_s(self) -> float:
+        return self.loop_start - self.cache_start if not math.isnan(self.cache_start) else 0.0
+
+    @property
+    def total_s(self) -> float:
+        """The loop plus lora_lab's caching phase (the bare loop has none)."""
+        return self.loop_s + self.cache_s
+
+
+# -- data ------------------------------------------------------------------------------------------
+def make_dataset(folder: Path, count: int, size: int) -> list[tuple[Path, str]]:
+    """``count`` square JPEGs (one bucket) with comma-tag captions in .txt sidecars."""
+    paths = generate_jpegs(folder, count, size)
+    images = []
+    for i, path in enumerate(paths):
+        rng = np.random.default_rng([7, i])
+        colour, other = rng.choice(COLOURS, 2, replace=False)
+        caption = (f"photo of a {colour} {rng.choice(SHAPES)}, {other} sky, green grass, "
+                   f"{rng.choice(SHAPES)} style")
+        path.with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
+        images.append((path, caption))
+    warm(paths)
+    return images
+
+
+# -- the bare loop ---------------------------------------------------------------------------------
+class ExampleDataset:
+    """The example's ``imagefolder`` + ``with_transform(preprocess_train)``, without the datasets
+    package: each item is decoded, resized (shorter side, bilinear), centre-cropped, normalised to
+    [-1, 1] and its caption tokenized, every time it is read. (torchvision's Resize on a PIL image
+    is a PIL bilinear resize, which is what this does.)"""
+
+    def __init__(self, images: list[tuple[Path, str]], tokenizers: list, resolution: int):
+        self.images, self.tokenizers, self.res = images, tokenizers, resolution
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch
+
+        path, caption = self.images[i]
+        image = Image.open(path).convert("RGB")
+        original_size = (image.height, image.width)
+        scale = self.res / min(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)),
+                             Image.Resampling.BILINEAR)  # transforms.Resize(res, BILINEAR)
+        top = int(round((image.height - self.res) / 2.0))  # transforms.CenterCrop(res)
+        left = int(round((image.width - self.res) / 2.0))
+        image = image.crop((left, top, left + self.res, top + self.res))
+        # ToTensor
+        pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float().div(255)
+        item = {"pixel_values": (pixels - 0.5) / 0.5,  # Normalize([0.5], [0.5])
+                "original_size": original_size, "crop_top_left": (top, left)}
+        for k, tok in enumerate(self.tokenizers):
+            item[f"input_ids_{k}"] = tok(caption, max_length=tok.model_max_length, padding="max_length",
+                                         truncation=True, return_tensors="pt").input_ids[0]
+        return item
+
+
+def _collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
+    import torch
+
+    batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])
+             .to(memory_format=torch.contiguous_format).float(),
+             "original_sizes": [e["original_size"] for e in examples],
+             "crop_top_lefts": [e["crop_top_left"] for e in examples]}
+    for key in examples[0]:
+        if key.startswith("input_ids_"):
+            batch[key] = torch.stack([e[key] for e in examples])
+    return batch
+
+
+def bare_loop(job: Job, profile: cProfile.Profile | None = None) -> Run:
+    """diffusers' examples/text_to_image/train_text_to_image_lora.py (and its _sdxl sibling),
+    reduced to the training: components loaded one by one, LoRA through ``unet.add_adapter``,
+    AdamW over the LoRA parameters, a shuffled DataLoader over ExampleDataset, and per step a VAE
+    encode, a text encode, noise, MSE, backward, clip, step, all through ``accelerate``.
+    Model loading and preparation are not timed; the loop is."""
+    import torch
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers.optimization import get_scheduler
+    from peft import LoraConfig
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    sdxl = job.family == "sdxl"
+    accelerator = Accelerator(gradient_accumulation_steps=1, mixed_precision="no")
+    set_seed(job.seed)
+    model = str(job.model)
+    noise_scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
+    tokenizers = [CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")]
+    text_encoders = [CLIPTextModel.from_pretrained(model, subfolder="text_encoder")]
+    if sdxl:
+        tokenizers.append(CLIPTokenizer.from_pretrained(model, subfolder="tokenizer_2"))
+        text_encoders.append(CLIPTextModelWithProjection.from_pretrained(
+            model, subfolder="text_encoder_2"))
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
+    unet.requires_grad_(False)
+    vae.requires_grad_(False)
+    for te in text_encoders:
+        te.requires_grad_(False)
+    weight_dtype = torch.float32
+    unet.to(accelerator.device, dtype=weight_dtype)
+    vae.to(accelerator.device, dtype=torch.float32 if sdxl else weight_dtype)
+    for te in text_encoders:
+        te.to(accelerator.device, dtype=weight_dtype)
+    unet.add_adapter(LoraConfig(r=job.rank, lora_alpha=job.rank, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    # The example passes a filter() here and later clips that same, by then exhausted, filter:
+    # its clipping does nothing. A list clips for real, as lora_lab does (max_grad_norm 1).
+    lora_layers = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(lora_layers, lr=job.lr, betas=(0.9, 0.999),
+                                  weight_decay=job.weight_decay, eps=1e-8)
+    dataset = ExampleDataset(job.images, tokenizers, job.resolution)
+    train_dataloader = torch.utils.data.DataLoader(dataset, shuffle=True, collate_fn=_collate,
+                                                   batch_size=job.batch, num_workers=0)
+    lr_scheduler = get_scheduler("constant", optimizer=optimizer, num_warmup_steps=0,
+                                 num_training_steps=job.steps * accelerator.num_processes)
+    unet, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
+        unet, optimizer, train_dataloader, lr_scheduler)
+    epochs = math.ceil(job.steps / len(train_dataloader))
+
+    def compute_time_ids(original_size, crop_top_left):
+        target_size = (job.resolution, job.resolution)
+        ids = torch.tensor([list(original_size + crop_top_left + target_size)])
+        return ids.to(accelerator.device, dtype=weight_dtype)
+
+    run = Run()
+    global_step = 0
+    if profile is not None:
+        profile.enable()
+    run.loop_start = time.perf_counter()
+    for _epoch in range(epochs):
+        unet.train()
+        train_loss = 0.0
+        for batch in train_dataloader:
+            with accelerator.accumulate(unet):
+                pixel_values = batch["pixel_values"]  # the _sdxl example keeps its VAE in fp32
+                if not sdxl:
+                    pixel_values = pixel_values.to(dtype=weight_dtype)
+                latents = vae.encode(pixel_values).latent_dist.sample()
+                latents = (latents * vae.config.scaling_factor).to(weight_dtype)
+                noise = torch.randn_like(latents)
+                bsz = latents.shape[0]
+                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,),
+                                          device=latents.device).long()
+                noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+                extra = {}
+                if sdxl:  # the _sdxl example's encode_prompt + compute_time_ids
+                    embeds, pooled = [], None
+                    for k, te in enumerate(text_encoders):
+                        out = te(batch[f"input_ids_{k}"].to(te.device), output_hidden_states=True)
+                        pooled = out[0]
+                        embeds.append(out.hidden_states[-2])
+                    encoder_hidden_states = torch.cat(embeds, dim=-1)
+                    time_ids = torch.cat([compute_time_ids(s, c) for s, c in
+                                          zip(batch["original_sizes"], batch["crop_top_lefts"])])
+                    extra["added_cond_kwargs"] = {"text_embeds": pooled.view(bsz, -1),
+                                                  "time_ids": time_ids}
+                else:
+                    encoder_hidden_states = text_encoders[0](batch["input_ids_0"],
+                                                             return_dict=False)[0]
+                if noise_scheduler.config.prediction_type == "epsilon":
+                    target = noise
+                else:
+                    target = noise_scheduler.get_velocity(latents, noise, timesteps)
+                model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False,
+                                  **extra)[0]
+                loss = F.mse_loss(model_pred.float(), target.float(), reduction="mean")
+                avg_loss = accelerator.gather(loss.repeat(bsz)).mean()
+                train_loss += avg_loss.item()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(lora_layers, job.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                global_step += 1
+                run.steps.append(time.perf_counter())
+                run.losses.append(train_loss)
+                train_loss = 0.0
+            if global_step >= job.steps:
+                break
+    if profile is not None:
+        profile.disable()
+    accelerator.end_training()
+    return run
+
+
+# -- lora_lab --------------------------------------------------------------------------------------
+def lora_lab_config(job: Job, out: Path, cache_latents: bool, shuffle_tags: bool):
+    from lora_lab.training.config import TrainConfig
+
+    return TrainConfig.from_dict({
+        "model": {"base": str(job.model)},
+        "dataset": {"source": str(job.data), "resolution": job.resolution,
+                    "min_bucket": job.resolution, "max_bucket": 2 * job.resolution,
+                    "cache_latents": cache_latents, "shuffle_tags": shuffle_tags},
+        "network": {"rank": job.rank, "alpha": float(job.rank)},
+        "train": {"batch_size": job.batch, "max_steps": job.steps, "lr": job.lr, "seed": job.seed,
+                  "max_grad_norm": job.max_grad_norm, "weight_decay": job.weight_decay},
+        "save": {"output_dir": str(out), "name": "bench"},
+    })
+
+
+def lora_lab_run(job: Job, ws_root: Path, cache_latents: bool, shuffle_tags: bool,
+                 profile: cProfile.Profile | None = None) -> Run:
+    """``lora_lab.training.trainer.train`` on ``job``; the loop is timed from its events."""
+    from lora_lab.training.trainer import train
+    from lora_lab.workspace import Workspace
+
+    run = Run()
+
+    def on_event(event: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if event.get("type") == "phase":
+            if event["phase"] == "caching":
+                run.cache_start = now
+            elif event["phase"] == "training" and math.isnan(run.loop_start):
+                run.loop_start = now
+                if profile is not None:
+                    profile.enable()
+        elif event.get("type") == "progress":
+            run.steps.append(now)
+            run.losses.append(event["loss"])
+            if event["step"] == event["total"] and profile is not None:
+                profile.disable()
+
+    ws = Workspace(ws_root)
+    config = lora_lab_config(job, ws_root / "out", cache_latents, shuffle_tags)
+    result = train(config, workspace=ws, on_event=on_event)
+    if result.steps != job.steps or len(run.steps) != job.steps:
+        raise SystemExit(f"lora_lab ran {result.steps} steps ({len(run.steps)} progress events), "
+                         f"expected {job.steps}")
+    return run
+
+
+# -- measuring -------------------------------------------------------------------------------------
+def measured(fn: Callable[[], Run]) -> Run:
+    """``fn``'s run, with how many cores other processes used meanwhile."""
+    busy, own = _cpu_busy(), _own_cpu()
+    start = time.perf_counter()
+    run = fn()
+    wall = time.perf_counter() - start
+    run.foreign = ((_cpu_busy() - busy) - (_own_cpu() - own)) / wall
+    return run
+
+
+def undisturbed(fn: Callable[[], Run]) -> Run:
+    """``fn`` run once the CPUs are quiet, and again (up to TRIES times) while other processes
+    disturbed it: torch's threads wait on each other, so one busy neighbour on a 2-core box
+    makes a step many times slower (a 40 ms step has been seen taking 4.6 s)."""
+    for _ in range(TRIES):
+        wait_for_quiet()
+        run = measured(fn)
+        if not run.disturbed:
+            break
+        report("(disturbed)", run)
+    return run
+
+
+def wait_for_quiet(limit_s: float = QUIET_WAIT_S) -> None:
+    """Wait (up to ``limit_s``) until other processes leave the CPUs alone for a second."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if not measured(lambda: (time.sleep(1.0), Run())[1]).disturbed:
+            return
+
+
+def _cpu_busy() -> float:
+    """CPU seconds every process has used since boot (Linux /proc/stat, steal included)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return math.nan
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def rounds(job: Job, root: Path, repeats: int) -> dict[str, list[Run]]:
+    """Every path ``repeats`` times, the order reversed every round; each cached run gets a fresh
+    workspace (a cold latent cache) and is followed at once by a second run on the same one."""
+    runs: dict[str, list[Run]] = {k: [] for k in PATHS}
+    counter = iter(range(10_000))
+    filled: list[Path] = []  # workspaces whose latent cache a cold run has filled
+
+    def cold() -> None:
+        ws = root / f"ws-cached-{next(counter)}"
+        runs["cached"].append(undisturbed(lambda: lora_lab_run(job, _fresh(ws), True, False)))
+        report("cached", runs["cached"][-1])
+        filled.append(ws)
+
+    def warm() -> None:
+        ws = filled[-1]
+        runs["cached-warm"].append(undisturbed(lambda: lora_lab_run(job, ws, True, False)))
+        report("cached-warm", runs["cached-warm"][-1])
+
+    def cached_pair() -> None:
+        # warm first when an earlier round left a filled cache, so neither always runs second
+        for go in ([warm, cold] if filled and order[0] is cached_pair else [cold, warm]):
+            go()
+
+    def single(name: str, fn: Callable[[], Run]) -> Callable[[], None]:
+        def go() -> None:
+            runs[name].append(undisturbed(fn))
+            report(name, runs[name][-1])
+        return go
+
+    order = [single("bare", lambda: bare_loop(job)),
+             single("nocache", lambda: lora_lab_run(job, root / f"ws-nocache-{next(counter)}",
+                                                    False, True)),
+             cached_pair]
+    for _ in range(repeats):
+        for go in order:
+            go()
+        order.reverse()
+    return runs
+
+
+def _fresh(ws: Path) -> Path:
+    """``ws`` emptied: a cold latent cache even when a disturbed run is tried again."""
+    shutil.rmtree(ws, ignore_errors=True)
+    return ws
+
+
+def report(name: str, run: Run) -> None:
+    extra = f", caching {run.cache_s:.2f} s" if run.cache_s else ""
+    print(f"#   {name:<12} {run.s_per_step() * 1000:7.1f} ms/step, loop {run.loop_s:.2f} s{extra}, "
+          f"other processes {run.foreign:.2f} cores", flush=True)
+
+
+# -- profile ---------------------------------------------------------------------------------------
+def profile_paths(job: Job, root: Path) -> None:
+    """cProfile of the timed loop of the bare loop and of lora_lab without caching: the functions
+    with the most own time, and lora_lab's own functions by cumulative time."""
+    bare_prof, lora_prof = cProfile.Profile(), cProfile.Profile()
+    wait_for_quiet()
+    bare_loop(job, profile=bare_prof)
+    wait_for_quiet()
+    lora_lab_run(job, root / "ws-profile", False, True, profile=lora_prof)
+    steps = job.steps
+    for name, prof in (("bare loop", bare_prof),
+                       ("lora_lab, nothing cached (loop only)", lora_prof)):
+        print(f"\n## profile: {name}, {steps} steps, own time per step")
+        _print_stats(prof, "tottime", steps, 18)
+    print("\n## profile: lora_lab functions in its loop, cumulative time per step")
+    _print_stats(lora_prof, "cumulative", steps, 25, only="lora_lab")
+
+
+def _print_stats(prof: cProfile.Profile, key: str, steps: int, limit: int, only: str = "") -> None:
+    stats = pstats.Stats(prof, stream=io.StringIO())
+    rows = []
+    for (file, line, func), (_cc, calls, tottime, cumtime, _callers) in stats.stats.items():
+        if only and f"/{only}/" not in file:
+            continue
+        rows.append((tottime if key == "tottime" else cumtime, calls, file, line, func))
+    rows.sort(reverse=True)
+    print(f"{'ms/step':>8} {'calls/step':>10}  function")
+    for t, calls, file, line, func in rows[:limit]:
+        short = file.split("site-packages/")[-1].split("/main/")[-1]
+        print(f"{t / steps * 1000:8.2f} {calls / steps:10.1f}  {short}:{line} {func}")
+
+
+# -- main ------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
+    warnings.filterwarnings("ignore")
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from lora_lab.tiny import diffusion
+
+    diffusers_logging.disable_progress_bar()  # the bare loop loads as the example does: quietly
+    transformers_logging.disable_progress_bar()
+
+    print_machine()
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}")
+    with tempfile.TemporaryDirectory(prefix="lora-lab-bench-") as tmp:
+        root = Path(tmp)
+        writer = diffusion.write_sdxl if args.family == "sdxl" else diffusion.write_sd15
+        model = writer(root / args.family)
+        images = make_dataset(root / "data", args.images, args.size)
+        job = Job(args.family, model, root / "data", images, args.resolution, args.steps, args.batch,
+                  args.rank, args.lr)
+        print(f"# tiny {args.family}, {args.images} {args.size}px JPEGs trained at "
+              f"{args.resolution}px, batch {args.batch}, {args.steps} steps, rank {args.rank}, "
+              f"lr {args.lr:g}, AdamW, clip 1.0; {args.repeats} rounds, order alternated", flush=True)
+        started = time.perf_counter()
+        runs = rounds(job, root, args.repeats)
+        print_results(job, runs, args.repeats)
+        if args.profile:
+            profile_paths(job, root)
+        print(f"\n# measured in {time.perf_counter() - started:.0f} s")
+
+
+def print_results(job: Job, runs: dict[str, list[Run]], repeats: int) -> None:
+    med = {k: statistics.median(r.s_per_step() for r in v) for k, v in runs.items()}
+    bare = med["bare"]
+    print_table(
+        f"train tiny {job.family} LoRA, {job.steps} steps of batch {job.batch}: seconds per step "
+        f"(steps {WARMUP_STEPS + 1}-{job.steps}), median of {repeats}",
+        "the bare loop: diffusers' train_text_to_image_lora example's loop, decoding, resizing, "
+        "VAE-encoding and text-encoding every step",
+        [Row("lora_lab, nothing cached (cache_latents=false, shuffle_tags=true)", med["nocache"],
+             bare, NO_CACHE_TARGET),
+         Row("lora_lab, latents + text cached, cold cache (loop only)", med["cached"], bare,
+             CACHED_TARGET),
+         Row("lora_lab, latents + text cached, warm cache (loop only)", med["cached-warm"], bare,
+             CACHED_TARGET)])
+    loop = {k: statistics.median(r.loop_s for r in v) for k, v in runs.items()}
+    total = {k: statistics.median(r.total_s for r in v) for k, v in runs.items()}
+    cache = {k: statistics.median(r.cache_s for r in v) for k, v in runs.items()}
+    print_table(
+        f"the same, whole loop in seconds (all {job.steps} steps) plus lora_lab's one-off caching "
+        f"phase, median of {repeats}",
+        f"the bare loop's {job.steps} steps",
+        [Row("lora_lab, nothing cached: loop", loop["nocache"], loop["bare"], NO_CACHE_TARGET),
+         Row(f"lora_lab, cold cache: caching ({cache['cached']:.2f} s) + loop", total["cached"],
+             loop["bare"], CACHED_TARGET),
+         Row(f"lora_lab, warm cache: caching ({cache['cached-warm']:.2f} s) + loop",
+             total["cached-warm"], loop["bare"], CACHED_TARGET)])
+    print("\nnothing cached: lora_lab caches text embeddings by itself whenever captions cannot "
+          "change between steps, so this row sets shuffle_tags=true (same tags, same token count) "
+          "to make it encode the text every step, as the bare loop does.")
+    best = min(r.s_per_step() for r in runs["bare"])
+    print(f"every run (ms/step, in the order run; best-of ratio to the bare loop's best "
+          f"{best * 1000:.1f} ms):")
+    for k in PATHS:
+        rs = runs[k]
+        fastest = min(r.s_per_step() for r in rs)
+        print(f"  {LABELS[k]}: " + ", ".join(f"{r.s_per_step() * 1000:.1f}" for r in rs)
+              + f" (best {fastest / best:.2f}x); other processes "
+              + ", ".join(f"{r.foreign:.2f}" for r in rs)
+              + f" cores; loss at the last step {statistics.fmean(r.losses[-1] for r in rs):.3f}")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=FAMILIES, default="sd15",
+                        help="which tiny model to train")
+    parser.add_argument("--images", type=int, help="images in the dataset (default 32; --quick 8)")
+    parser.add_argument("--size", type=int, default=96, help="their width and height in pixels (default 96)")
+    parser.add_argument("--resolution", type=int, default=64, help="training resolution (default 64)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per run (default 100; --quick 20)")
+    parser.add_argument("--batch", type=int, default=2, help="images per step (default 2)")
+    parser.add_argument("--rank", type=int, default=4, help="LoRA rank, alpha = rank (default 4)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    parser.add_argument("--repeats", "--repeat", type=int,
+                        help="rounds of every path, order alternated (default 3; --quick 1)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 8 images, 20 steps, 1 round")
+    parser.add_argument("--profile", action="store_true",
+                        help="then profile one bare and one lora_lab uncached run")
+    args = parser.parse_args(argv)
+    args.images = args.images or (8 if args.quick else 32)
+    args.steps = args.steps or (20 if args.quick else 100)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    if min(args.images, args.steps, args.batch, args.rank, args.repeats) < 1:
+        parser.error("--images, --steps, --batch, --rank and --repeats must be at least 1")
+    if args.steps <= WARMUP_STEPS:
+        parser.error(f"--steps must be more than {WARMUP_STEPS} (the warm-up steps)")
+    if args.resolution % 64 or args.size < args.resolution:
+        parser.error("--resolution must be a multiple of 64 and --size at least --resolution")
+    return args
+
+
+if __name__ == "__main__":
+    main()
