@@ -16,6 +16,9 @@ from lora_lab.tiny.samples import write_samples
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+# jp_serverapp / jp_fetch / jp_ws_fetch: a real Jupyter server per test (tests/test_server_*.py)
+pytest_plugins = ("pytest_jupyter.jupyter_server",)
+
 
 @pytest.fixture
 def ws(tmp_path, monkeypatch) -> Workspace:

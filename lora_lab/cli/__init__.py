@@ -5,11 +5,12 @@ A user mistake exits 1 with a one-line ``lora-lab: error: ...`` message; a usage
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
 from ..errors import LoraLabError
-from . import caption_cmds, dataset_cmds, misc_cmds, train_cmds
+from . import caption_cmds, dataset_cmds, job_cmds, misc_cmds, train_cmds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_cmds.register(sub)
     caption_cmds.register(sub)
     train_cmds.register(sub)
+    job_cmds.register(sub)
     misc_cmds.register(sub)
     return parser
 
@@ -39,3 +41,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lora-lab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lora-lab jobs list | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

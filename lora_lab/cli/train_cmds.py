@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import LoraLabError
-from ..jobs import JobRecord
+from ..errors import Conflict, LoraLabError
+from ..jobs import JobRecord, open_job
 from ..workspace import Workspace
 from .output import add_json_flag, emit, progress_bar, workspace
 
@@ -82,14 +82,15 @@ def _init(args: argparse.Namespace, default_toml) -> None:
 
 
 def _job(ws: Workspace, job_id: str) -> JobRecord:
-    path = ws.resolve(job_id, ws.jobs)
-    if not (path / "spec.json").is_file():
-        raise LoraLabError(f"no job {job_id!r} in {ws.jobs}")
-    job = JobRecord(path)
+    job = open_job(job_id, ws)
     if job.spec()["kind"] != "train":
         raise LoraLabError(f"job {job_id} is a {job.spec()['kind']} job, not a train job")
-    if job.status()["state"] == "succeeded":
+    state = job.view()["state"]
+    if state == "succeeded":
         raise LoraLabError(f"job {job_id} already succeeded; nothing to resume")
+    if state in ("queued", "running"):
+        raise Conflict(f"job {job_id} is still {state}; `lora-lab jobs cancel {job_id}` first, "
+                       "or wait for it")
     return job
 
 

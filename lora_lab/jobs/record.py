@@ -1,25 +1,38 @@
 """The job directory, the contract between a running job and whoever watches it.
 
     jobs/ID/spec.json      kind and parameters, written once
-    jobs/ID/status.json    state, phase, pid, progress, timestamps, error (replaced atomically)
-    jobs/ID/events.jsonl   append-only: progress, log, done / failed / cancelled
+    jobs/ID/status.json    state, phase, pid, heartbeat, progress, timestamps, error (replaced atomically)
+    jobs/ID/events.jsonl   append-only: phase, progress, checkpoint, sample, log, done / failed / cancelled
+    jobs/ID/log.txt        the job process's own output, when the job runner started it
 
 Nobody keeps job state in memory only: the CLI, the server extension and the panels all read
-these files.
+these files. A job whose process died without saying so still reads "running" in status.json;
+:meth:`JobRecord.view` tells the truth from its pid and the age of its heartbeat.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import secrets
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .. import atomic
+from ..errors import LoraLabError, NotFound
 from ..workspace import Workspace
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+ACTIVE = ("queued", "running")
+HEARTBEAT_S = 5.0  # a live job rewrites its heartbeat this often ...
+STALE_S = 60.0  # ... so one older than this means its process hangs or is gone
+_ID = re.compile(r"[0-9]{8}-[0-9]{6}-[a-z]+-[0-9a-f]{6}")
+_status_lock = threading.Lock()  # the heartbeat thread and the job's own updates both rewrite status
+_beating: set[Path] = set()
 
 
 class JobRecord:
@@ -37,20 +50,45 @@ class JobRecord:
         job.set_status("queued")
         return job
 
+    @property
+    def log_path(self) -> Path:
+        return self.path / "log.txt"
+
     def spec(self) -> dict[str, Any]:
         return json.loads((self.path / "spec.json").read_text(encoding="utf-8"))
 
     def status(self) -> dict[str, Any]:
+        """status.json as the job last wrote it (see :meth:`view` for the truth)."""
         return json.loads((self.path / "status.json").read_text(encoding="utf-8"))
 
     def set_status(self, state: str, **fields: Any) -> None:
         """Replace status.json with ``state`` and ``fields`` merged over the previous status."""
         assert state in STATES, state
         path = self.path / "status.json"
-        status = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {
-            "id": self.id, "created": time.time()}
-        status.update(fields, state=state, pid=os.getpid(), heartbeat=time.time())
-        atomic.write_text(path, json.dumps(status, indent=2))
+        with _status_lock:
+            status = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {
+                "id": self.id, "created": time.time()}
+            status.update(pid=os.getpid(), heartbeat=time.time())  # the writer is the job ...
+            status.update(fields, state=state)  # ... unless ``fields`` names another pid
+            atomic.write_text(path, json.dumps(status, indent=2))
+
+    def view(self) -> dict[str, Any]:
+        """The status with its kind and the true state: an active job whose process is gone
+        or silent reads ``interrupted``."""
+        status = {**self.status(), "id": self.id, "kind": self.spec()["kind"]}
+        if status["state"] in ACTIVE and not process_alive(status):
+            status["state"] = "interrupted"
+            status["error"] = ("its process ended without finishing (killed, or the machine "
+                               "restarted); resume it to continue")
+        return status
+
+    @property
+    def finished(self) -> bool:
+        return self.view()["state"] not in ACTIVE
+
+    @property
+    def cancel_requested(self) -> bool:
+        return (self.path / "cancel-requested").exists()
 
     def event(self, event: dict[str, Any]) -> None:
         """Append one event (a ``type`` and its fields) with its time."""
@@ -59,8 +97,89 @@ class JobRecord:
             f.write(line + "\n")
 
     def events(self, after: int = 0) -> list[dict[str, Any]]:
+        """Events from number ``after`` on (a line being written is left for the next call)."""
         path = self.path / "events.jsonl"
         if not path.exists():
             return []
-        lines = path.read_text(encoding="utf-8").splitlines()[after:]
-        return [json.loads(line) for line in lines if line.strip()]
+        text = path.read_text(encoding="utf-8")
+        complete = text[:text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines()[after:] if line.strip()]
+
+    def record_end(self, error: BaseException) -> None:
+        """The final state for a job ended by ``error``: cancelled when someone asked for it,
+        failed on an error, interrupted on Ctrl-C (resumable)."""
+        message = str(error) or type(error).__name__
+        if self.cancel_requested:
+            self.event({"type": "cancelled"})
+            self.set_status("cancelled", error=None)
+        elif isinstance(error, Exception):
+            self.event({"type": "failed", "error": message})
+            self.set_status("failed", error=message)
+        else:
+            self.event({"type": "failed", "error": message, "resumable": True})
+            self.set_status("interrupted", error=message)
+
+    @contextlib.contextmanager
+    def heartbeat(self) -> Iterator[None]:
+        """Keep the heartbeat fresh while the body runs, even through long silent phases."""
+        if self.path in _beating:  # the job runner's beat already covers the trainer's
+            yield
+            return
+        _beating.add(self.path)
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_S):
+                with contextlib.suppress(OSError, ValueError):
+                    self.set_status(self.status()["state"])
+
+        thread = threading.Thread(target=beat, name=f"heartbeat {self.id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            _beating.discard(self.path)
+
+
+def open_job(job_id: str, workspace: Workspace | None = None) -> JobRecord:
+    """The job ``job_id``; a name that is not a job id is refused before touching the disk."""
+    ws = workspace or Workspace()
+    if not _ID.fullmatch(job_id):
+        raise LoraLabError(f"{job_id!r} is not a job id (like 20261123-101500-train-1a2b3c)")
+    job = JobRecord(ws.jobs / job_id)
+    if not (job.path / "status.json").is_file():
+        raise NotFound(f"no job {job_id} in {ws.jobs} (see `lora-lab jobs list`)")
+    return job
+
+
+def list_jobs(workspace: Workspace | None = None) -> list[JobRecord]:
+    """Every job in the workspace, newest first."""
+    ws = workspace or Workspace()
+    if not ws.jobs.is_dir():
+        return []
+    return [JobRecord(p) for p in sorted(ws.jobs.iterdir(), reverse=True)
+            if _ID.fullmatch(p.name) and (p / "status.json").is_file()]
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # the state letter follows the parenthesised command name
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def process_alive(status: dict[str, Any]) -> bool:
+    """Whether the process a status names runs and has beaten its heart lately."""
+    return pid_alive(status.get("pid")) and time.time() - status.get("heartbeat", 0) < STALE_S

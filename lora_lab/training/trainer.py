@@ -425,13 +425,11 @@ def train(config: TrainConfig, job: JobRecord | None = None, *, resume: bool = F
     if main:
         job.set_status("running", phase="validating", started_at=time.time())
     try:
-        result = Trainer(config, job, ws, on_event).run(resume)
+        with job.heartbeat() if main else contextlib.nullcontext():
+            result = Trainer(config, job, ws, on_event).run(resume)
     except BaseException as e:
         if main:
-            message = str(e) or type(e).__name__
-            state = "failed" if isinstance(e, Exception) else "interrupted"
-            job.event({"type": "failed", "error": message})
-            job.set_status(state, error=message)
+            job.record_end(e)
         raise
     if main:
         done = {"output": str(result.output), "steps": result.steps, "seconds": result.seconds,

@@ -1,0 +1,109 @@
+"""A caption job: one dataset captioned as its job directory's spec says.
+
+The same function runs it in the foreground (``lora-lab caption``) and as a background job
+(``lora-lab jobs submit caption``, the server extension); run again on the same spec, it
+continues where it stopped (the batch journal skips what is done).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from ..datasets import Dataset
+from ..errors import LoraLabError
+from ..jobs import JobRecord
+from ..workspace import Workspace
+from . import prompts
+from .base import Captioner
+from .batch import MODES, BatchReport, CaptionSettings, caption_dataset, check_settings
+
+HANDLERS = ("qwen25vl", "mtmd")
+# parameter: (default, accepted types); "dataset" has no default
+PARAMS: dict[str, tuple[Any, tuple[type, ...]]] = {
+    "dataset": (None, (str,)),
+    "model": (None, (str, type(None))), "mmproj": (None, (str, type(None))),
+    "handler": ("qwen25vl", (str,)),
+    "server": (None, (str, type(None))), "concurrency": (4, (int,)),
+    "preset": (None, (str, type(None))), "prompt": (None, (str, type(None))),
+    "mode": ("skip", (str,)), "trigger": ("", (str,)),
+    "max_words": (None, (int, type(None))), "max_tokens": (300, (int,)),
+    "files": (None, (list, type(None))),
+}
+_TYPE_NAMES = {str: "text", int: "a whole number", list: "a list of file names"}
+
+
+def caption_params(params: dict[str, Any], workspace: Workspace | None = None) -> dict[str, Any]:
+    """``params`` checked and completed with defaults, before any model is loaded."""
+    unknown = sorted(set(params) - set(PARAMS))
+    if unknown:
+        raise LoraLabError(f"unknown caption parameter(s) {', '.join(unknown)}; known: "
+                           f"{', '.join(PARAMS)}")
+    if not params.get("dataset"):
+        raise LoraLabError("a caption job needs a dataset")
+    full = {k: params.get(k, default) for k, (default, _) in PARAMS.items()}
+    for key, (_, types) in PARAMS.items():
+        if not isinstance(full[key], types) or isinstance(full[key], bool):
+            raise LoraLabError(f"caption parameter {key}: {full[key]!r} is not "
+                               f"{_TYPE_NAMES[types[0]]}")
+    if full["handler"] not in HANDLERS:
+        raise LoraLabError(f"caption parameter handler: {full['handler']!r} is not one of "
+                           f"{', '.join(HANDLERS)}")
+    if full["concurrency"] < 1 or full["max_tokens"] < 1:
+        raise LoraLabError("caption parameters concurrency and max_tokens must be at least 1")
+    Dataset.open(full["dataset"], workspace)
+    settings_of(full)
+    return full
+
+
+def settings_of(params: dict[str, Any]) -> CaptionSettings:
+    if params["mode"] not in MODES:
+        raise LoraLabError(f"unknown caption mode {params['mode']!r}; use one of {', '.join(MODES)}")
+    template = prompts.resolve_prompt(params["preset"], params["prompt"])
+    settings = CaptionSettings(template, params["trigger"], params["mode"], params["max_words"],
+                               "tags" if params["preset"] == "tags" else "sentence")
+    check_settings(settings)
+    return settings
+
+
+def captioner_of(params: dict[str, Any], workspace: Workspace | None = None) -> Captioner:
+    if params["server"]:
+        from .openai_server import OpenAIServerCaptioner
+
+        return OpenAIServerCaptioner(params["server"], concurrency=params["concurrency"],
+                                     max_tokens=params["max_tokens"])
+    from .llama import LlamaCaptioner
+
+    return LlamaCaptioner(params["model"], params["mmproj"], handler=params["handler"],
+                          max_tokens=params["max_tokens"], workspace=workspace)
+
+
+def run_caption_job(job: JobRecord, workspace: Workspace | None = None,
+                    on_event: Callable[[dict[str, Any]], None] | None = None) -> BatchReport:
+    """Caption as ``job``'s spec says, recording progress and the outcome in ``job``."""
+    params = caption_params(job.spec()["params"], workspace)
+    ds = Dataset.open(params["dataset"], workspace)
+    job.set_status("running", phase="loading model", started_at=time.time())
+    try:
+        with job.heartbeat():
+            captioner = captioner_of(params, workspace)
+            try:
+                job.set_status("running", phase="captioning", model=captioner.name)
+                report = caption_dataset(ds, captioner, settings_of(params), files=params["files"],
+                                         on_event=lambda e: _record(job, e, on_event))
+            finally:
+                captioner.close()
+    except BaseException as e:
+        job.record_end(e)
+        raise
+    job.event({"type": "done", **report.to_dict()})
+    job.set_status("succeeded", phase="done", progress=1.0)
+    return report
+
+
+def _record(job: JobRecord, event: dict[str, Any],
+            on_event: Callable[[dict[str, Any]], None] | None) -> None:
+    job.event(event)
+    if event["type"] == "progress" and (event["step"] % 10 == 0 or event["step"] == event["total"]):
+        job.set_status("running", phase="captioning", progress=event["step"] / event["total"])
+    if on_event:
+        on_event(event)

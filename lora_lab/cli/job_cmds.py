@@ -1,0 +1,121 @@
+"""``lora-lab jobs submit|list|show|logs|cancel|resume``: background jobs from the terminal."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..jobs import JobRecord, cancel, list_jobs, open_job, resume, submit
+from .caption_cmds import add_caption_arguments, caption_args
+from .output import add_json_flag, emit, workspace
+
+FOLLOW_POLL_S = 0.25
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    jobs = sub.add_parser("jobs", help="background caption and training jobs",
+                          description="Jobs run as their own processes: they outlive the "
+                                      "terminal, the Jupyter server and the browser.")
+    verbs = jobs.add_subparsers(title="verbs", metavar="VERB")
+    s = verbs.add_parser("submit", help="start a job in the background")
+    kinds = s.add_subparsers(title="kinds", metavar="KIND")
+    c = kinds.add_parser("caption", help="caption a dataset (the options of `lora-lab caption`)")
+    add_caption_arguments(c)
+    add_json_flag(c)
+    c.set_defaults(run=cmd_submit_caption)
+    t = kinds.add_parser("train", help="train a LoRA from a TOML config")
+    t.add_argument("config", type=Path, help="training config (TOML)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting (repeatable)")
+    add_json_flag(t)
+    t.set_defaults(run=cmd_submit_train)
+    for name, run, text in (("list", cmd_list, "every job, newest first"),
+                            ("show", cmd_show, "one job's status and last events"),
+                            ("logs", cmd_logs, "a job's log"),
+                            ("cancel", cmd_cancel, "stop a queued or running job"),
+                            ("resume", cmd_resume, "continue an interrupted, failed or cancelled job")):
+        v = verbs.add_parser(name, help=text)
+        if name != "list":
+            v.add_argument("id", help="job id (see `lora-lab jobs list`)")
+        if name == "logs":
+            v.add_argument("-f", "--follow", action="store_true",
+                           help="keep printing until the job ends")
+        if name == "cancel":
+            v.add_argument("--grace", type=float, default=10.0, metavar="S",
+                           help="seconds to stop by itself before it is killed (default 10)")
+        if name != "logs":
+            add_json_flag(v)
+        v.set_defaults(run=run)
+
+
+def cmd_submit_caption(args: argparse.Namespace) -> None:
+    _submitted(args, submit("caption", caption_args(args), workspace(args)))
+
+
+def cmd_submit_train(args: argparse.Namespace) -> None:
+    from ..training.config import TrainConfig
+
+    config = TrainConfig.load(args.config)
+    config = config.apply_overrides(args.set) if args.set else config
+    _submitted(args, submit("train", {"config": config.to_dict()}, workspace(args)))
+
+
+def _submitted(args: argparse.Namespace, job: JobRecord) -> None:
+    emit(args, job.view(), f"submitted {job.id}\n  follow it: lora-lab jobs logs {job.id} -f")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    views = [job.view() for job in list_jobs(workspace(args))]
+    emit(args, views, "\n".join(_line(v) for v in views) or "no jobs yet")
+
+
+def _line(view: dict[str, Any]) -> str:
+    progress = f"{view['progress']:.0%}" if view.get("progress") is not None else ""
+    return "\t".join([view["id"], view["state"], view.get("phase") or "", progress])
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    job = open_job(args.id, workspace(args))
+    view = job.view()
+    lines = [_line(view), f"path: {job.path}"]
+    if view.get("error"):
+        lines.append(f"error: {view['error']}")
+    lines += [f"  {e['type']} " + " ".join(f"{k}={v}" for k, v in e.items() if k not in ("type", "time"))
+              for e in job.events()[-5:]]
+    emit(args, {**view, "events": job.events()[-20:]}, "\n".join(lines))
+
+
+def cmd_logs(args: argparse.Namespace) -> None:
+    job = open_job(args.id, workspace(args))
+    offset = 0
+    while True:
+        finished = job.finished  # read before the log, so its last lines are not missed
+        offset = _print_from(job.log_path, offset)
+        if not args.follow or finished:
+            return
+        time.sleep(FOLLOW_POLL_S)
+
+
+def _print_from(path: Path, offset: int) -> int:
+    """Print ``path`` from byte ``offset`` up to its last complete line; the new offset."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return offset
+    complete = data[:data.rfind(b"\n") + 1]
+    sys.stdout.write(complete.decode("utf-8", "replace"))
+    sys.stdout.flush()
+    return offset + len(complete)
+
+
+def cmd_cancel(args: argparse.Namespace) -> None:
+    view = cancel(open_job(args.id, workspace(args)), grace_s=args.grace)
+    emit(args, view, f"{view['id']} {view['state']}")
+
+
+def cmd_resume(args: argparse.Namespace) -> None:
+    _submitted(args, resume(open_job(args.id, workspace(args))))

@@ -1,0 +1,124 @@
+"""Background jobs: submitted as detached processes, cancelled, resumed.
+
+A submitted job is a job directory plus its own OS process in a new session (``python -m
+lora_lab.jobs JOB_DIR``), so it outlives the server, kernel or terminal that started it. The
+queue needs no daemon: a job process waits for a free GPU slot (a lock file the OS releases when
+the process dies, however it dies) and takes it in submission order.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from .. import atomic
+from ..errors import Conflict, LoraLabError
+from ..workspace import Workspace
+from .record import ACTIVE, JobRecord, pid_alive
+
+KINDS = ("caption", "train")
+
+
+def gpu_slots() -> int:
+    """Jobs that may run at once: ``$LORA_LAB_GPU_SLOTS``, default 1 (one GPU, one job)."""
+    raw = os.environ.get("LORA_LAB_GPU_SLOTS", "1")
+    if not raw.isdigit() or int(raw) < 1:
+        raise LoraLabError(f"LORA_LAB_GPU_SLOTS must be a whole number >= 1, not {raw!r}")
+    return int(raw)
+
+
+def check_params(kind: str, params: Any, workspace: Workspace | None = None) -> dict[str, Any]:
+    """A job's parameters checked (and completed with defaults) before anything starts."""
+    if kind not in KINDS:
+        raise LoraLabError(f"unknown job kind {kind!r}; use one of {', '.join(KINDS)}")
+    if not isinstance(params, dict):
+        raise LoraLabError(f"a {kind} job's params must be an object, not {type(params).__name__}")
+    if kind == "caption":
+        from ..captioning.job import caption_params
+
+        return caption_params(params, workspace)
+    from ..training.config import TrainConfig
+
+    if set(params) != {"config"} or not isinstance(params["config"], dict):
+        raise LoraLabError('a train job\'s params are {"config": {...}}: the TrainConfig as an '
+                           "object with sections model, dataset, network, train, save, sample")
+    return {"config": TrainConfig.from_dict(params["config"]).to_dict()}
+
+
+def submit(kind: str, params: dict[str, Any], workspace: Workspace | None = None, *,
+           slots: int | None = None) -> JobRecord:
+    """Check ``params``, record the job and start its process; returns at once (queued)."""
+    ws = workspace or Workspace()
+    job = JobRecord.create(kind, check_params(kind, params, ws), ws)
+    _start(job, resume=False, slots=slots)
+    return job
+
+
+def resume(job: JobRecord, *, slots: int | None = None) -> JobRecord:
+    """Start an ended job again: training from its last checkpoint, captioning where it stopped."""
+    state = job.view()["state"]
+    if state == "succeeded":
+        raise Conflict(f"job {job.id} already succeeded; nothing to resume")
+    if state in ACTIVE:
+        raise Conflict(f"job {job.id} is still {state}; cancel it first, or wait for it")
+    (job.path / "cancel-requested").unlink(missing_ok=True)
+    job.event({"type": "resumed"})
+    _start(job, resume=True, slots=slots)
+    return job
+
+
+def cancel(job: JobRecord, grace_s: float = 10.0) -> dict[str, Any]:
+    """Stop a queued or running job: asked politely (as Ctrl-C: a training job saves a
+    checkpoint), then killed after ``grace_s``. Returns the job's final view."""
+    view = job.view()
+    if view["state"] not in ACTIVE:
+        raise Conflict(f"job {job.id} is already {view['state']}; only a queued or running "
+                       "job can be cancelled")
+    atomic.write_text(job.path / "cancel-requested", f"{time.time()}\n")
+    pid = view["pid"]
+    _signal(view, signal.SIGINT)
+    if not _exited(pid, grace_s):
+        _signal(view, signal.SIGKILL)
+        _exited(pid, 5.0)
+    if job.status()["state"] in ACTIVE:  # killed before it could record it
+        job.event({"type": "cancelled", "forced": True})
+        job.set_status("cancelled", error=None)
+    return job.view()
+
+
+def _start(job: JobRecord, *, resume: bool, slots: int | None) -> None:
+    # pid = ours until the child writes its own: "queued", not "interrupted", meanwhile
+    job.set_status("queued", queued_at=time.time(), error=None, phase=None, progress=None)
+    cmd = [sys.executable, "-m", "lora_lab.jobs", str(job.path), "--slots", str(slots or gpu_slots())]
+    cmd += ["--resume"] if resume else []
+    with open(job.log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=job.path,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    threading.Thread(target=proc.wait, daemon=True).start()  # reap it: no zombie to mistake for alive
+    if job.status().get("pid") == os.getpid():
+        job.set_status("queued", pid=proc.pid, pgid=proc.pid)
+
+
+def _signal(view: dict[str, Any], sig: int) -> None:
+    """``sig`` to the job's process group (data-parallel ranks included), else its process."""
+    try:
+        if view.get("pgid"):
+            os.killpg(view["pgid"], sig)
+        else:
+            os.kill(view["pid"], sig)
+    except ProcessLookupError:
+        pass
+
+
+def _exited(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

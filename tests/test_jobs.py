@@ -1,0 +1,159 @@
+"""Background jobs through `lora-lab jobs`: detached processes, a queue, cancel, interrupted
+detection and resume, on the tiny models."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+from test_train import config
+
+from lora_lab.datasets import Dataset
+from lora_lab.errors import Conflict, LoraLabError, NotFound
+from lora_lab.jobs import JobRecord, cancel, list_jobs, open_job, resume, submit
+from lora_lab.jobs.record import STALE_S
+
+
+def wait_until(job: JobRecord, done, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = job.view()
+        if done(view):
+            return view
+        time.sleep(0.1)
+    raise AssertionError(f"job {job.id} still {job.view()} after {timeout} s; log:\n"
+                         f"{job.log_path.read_text() if job.log_path.exists() else ''}")
+
+
+def ended(view: dict) -> bool:
+    return view["state"] not in ("queued", "running")
+
+
+def training(job: JobRecord, after: int = 0) -> dict:
+    """Once the job reports a step (after its event number ``after``), or has ended."""
+    return wait_until(job, lambda v: any(e["type"] == "progress" for e in job.events(after))
+                      or ended(v))
+
+
+def long_run(tiny_models, **save) -> dict:
+    """A train job's params that run for minutes unless stopped."""
+    return {"config": config(tiny_models, train={"max_steps": 100_000}, save=save).to_dict()}
+
+
+def test_submit_from_the_cli_runs_detached_and_logs(cli, ws, tiny_models, tmp_path):
+    path = config(tiny_models, train={"max_steps": 3}).write(tmp_path / "run.toml")
+    submitted = json.loads(cli("jobs", "submit", "train", path, "--set", "save.name=bg", "--json")[1])
+    job = open_job(submitted["id"], ws)
+    assert submitted["state"] == "queued" and job.status()["pid"] != os.getpid()
+    cli("jobs", "logs", job.id, "-f")  # returns once the job has ended
+    view = job.view()
+    assert view["state"] == "succeeded", job.log_path.read_text()
+    assert (ws.loras / "bg.safetensors").is_file()
+    log = job.log_path.read_text()
+    assert f"train job {job.id}" in log and "phase phase=training" in log
+    listed = json.loads(cli("jobs", "list", "--json")[1])
+    assert [v["id"] for v in listed] == [job.id] and listed[0]["kind"] == "train"
+    shown = json.loads(cli("jobs", "show", job.id, "--json")[1])
+    assert shown["events"][-1]["type"] == "done"
+
+
+def test_one_slot_runs_one_job_at_a_time_in_order(ws, tiny_models):
+    first = submit("train", long_run(tiny_models, name="first"), ws, slots=1)
+    second = submit("train", {"config": config(tiny_models, save={"name": "second"}).to_dict()},
+                    ws, slots=1)
+    training(first)
+    assert second.view()["state"] == "queued"
+    assert second.view()["phase"] == "waiting for a free slot"
+    cancel(second)  # a queued job cancels at once
+    assert second.view()["state"] == "cancelled" and not second.events()[0].get("forced")
+    third = submit("train", {"config": config(tiny_models, save={"name": "third"}).to_dict()},
+                   ws, slots=1)
+    time.sleep(1)
+    assert third.view()["state"] == "queued"
+    cancel(first, grace_s=30)
+    view = wait_until(third, ended)
+    assert view["state"] == "succeeded", third.log_path.read_text()
+    started = next(e["time"] for e in third.events() if e["type"] == "phase")
+    assert started >= first.events()[-1]["time"]  # it started after the first one stopped
+
+
+def test_cancel_saves_a_checkpoint_and_resume_finishes(ws, tiny_models):
+    job = submit("train", {"config": config(
+        tiny_models, train={"max_steps": 1500}, save={"name": "resumed"}).to_dict()}, ws)
+    training(job)
+    view = cancel(job, grace_s=60)
+    assert view["state"] == "cancelled"
+    assert [e["type"] for e in job.events()][-2:] == ["checkpoint", "cancelled"]
+    with pytest.raises(Conflict, match="already cancelled"):
+        cancel(job)
+    resume(job)
+    view = wait_until(job, ended, timeout=300)
+    assert view["state"] == "succeeded" and view["steps"] == 1500, job.log_path.read_text()
+    with pytest.raises(Conflict, match="already succeeded"):
+        resume(job)
+
+
+def test_a_killed_job_reads_interrupted_and_resumes(ws, tiny_models):
+    job = submit("train", long_run(tiny_models, every_n_steps=20), ws)
+    wait_until(job, lambda v: any(e["type"] == "checkpoint" for e in job.events()) or ended(v))
+    os.killpg(job.status()["pgid"], signal.SIGKILL)
+    view = wait_until(job, lambda v: v["state"] != "running", timeout=10)
+    assert view["state"] == "interrupted" and "resume it to continue" in view["error"]
+    assert job.status()["state"] == "running"  # status.json still says so: the view tells the truth
+    seen = len(job.events())
+    resume(job)
+    training(job, after=seen)
+    assert job.view()["state"] == "running"
+    with pytest.raises(Conflict, match="still running"):
+        resume(job)
+    cancel(job, grace_s=60)
+    resumed_at = max(e["step"] for e in job.events() if e["type"] == "checkpoint")
+    assert resumed_at > 20
+
+
+def test_a_stale_heartbeat_reads_interrupted(ws):
+    job = JobRecord.create("train", {"config": {}}, ws)
+    job.set_status("running")  # this process: alive
+    assert job.view()["state"] == "running"
+    status = json.loads((job.path / "status.json").read_text())
+    status["heartbeat"] -= STALE_S + 1  # alive but silent: hung
+    (job.path / "status.json").write_text(json.dumps(status))
+    assert job.view()["state"] == "interrupted"
+
+
+def test_caption_job_in_the_background(cli, ws, tiny_caption):
+    cli("dataset", "ingest", tiny_caption["samples"], "--name", "shapes")
+    ds = Dataset.open("shapes", ws)
+    uncaptioned = [r["file"] for r in ds.index.all() if ds.caption(r["file"]) is None]
+    out = json.loads(cli("jobs", "submit", "caption", "shapes", "--model", tiny_caption["caption_model"],
+                         "--mmproj", tiny_caption["caption_mmproj"], "--max-tokens", "8",
+                         "--trigger", "sks", "--json")[1])
+    job = open_job(out["id"], ws)
+    assert wait_until(job, ended)["state"] == "succeeded", job.log_path.read_text()
+    assert all(ds.caption(f).startswith("sks") for f in uncaptioned)
+    assert job.events()[-1]["captioned"] == len(uncaptioned)
+
+
+def test_bad_submissions_are_refused_before_anything_starts(ws, tiny_models, samples):
+    Dataset.create("empty", ws)
+    cases = [
+        ("resize", {}, LoraLabError, "unknown job kind 'resize'; use one of caption, train"),
+        ("caption", {"dataset": "nope"}, NotFound, "dataset 'nope' does not exist"),
+        ("caption", {"dataset": "empty", "mode": "redo"}, LoraLabError, "unknown caption mode"),
+        ("caption", {"dataset": "empty", "max_tokens": "8"}, LoraLabError, "max_tokens: '8' is not a whole number"),
+        ("caption", {"dataset": "empty", "temperature": 1}, LoraLabError, "unknown caption parameter"),
+        ("caption", ["empty"], LoraLabError, "params must be an object"),
+        ("train", {"config": {"train": {"lr": -1}}}, LoraLabError, "train.lr: -1 is out of range"),
+        ("train", {"cfg": {}}, LoraLabError, 'params are {"config"'),
+    ]
+    for kind, params, error, message in cases:
+        with pytest.raises(error, match=message.replace("(", r"\(").replace("{", r"\{")):
+            submit(kind, params, ws)
+    assert list_jobs(ws) == []
+    for bad in ("../datasets", "/etc", "20261123-101500-train-zzzzzz"):
+        with pytest.raises(LoraLabError, match="is not a job id"):
+            open_job(bad, ws)
+    with pytest.raises(NotFound, match="no job 20261123-101500-train-abcdef"):
+        open_job("20261123-101500-train-abcdef", ws)
