@@ -13,7 +13,7 @@ from test_train import config
 from lora_lab.datasets import Dataset
 from lora_lab.errors import Conflict, LoraLabError, NotFound
 from lora_lab.jobs import JobRecord, cancel, list_jobs, open_job, resume, submit
-from lora_lab.jobs.record import STALE_S
+from lora_lab.jobs.record import STALE_S, pid_alive
 
 
 def wait_until(job: JobRecord, done, timeout: float = 120.0) -> dict:
@@ -157,3 +157,38 @@ def test_bad_submissions_are_refused_before_anything_starts(ws, tiny_models, sam
             open_job(bad, ws)
     with pytest.raises(NotFound, match="no job 20261123-101500-train-abcdef"):
         open_job("20261123-101500-train-abcdef", ws)
+
+
+def pipeline_notebook(path, body: str):
+    """A notebook with a papermill parameters cell and one cell of ``body``."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    params = nbformat.v4.new_code_cell("job_dir = None\nresume = False")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_a_job_runs_through_a_notebook(cli, ws, tiny_models, tmp_path):
+    import nbformat
+
+    nb = pipeline_notebook(tmp_path / "train.ipynb", "from lora_lab.jobs import run_job\n"
+                           "result = run_job(job_dir, resume)\nprint('LoRA at', result.output)")
+    path = config(tiny_models, train={"max_steps": 2}, save={"name": "nb"}).write(tmp_path / "run.toml")
+    out = json.loads(cli("jobs", "submit", "train", path, "--notebook", nb, "--json")[1])
+    job = open_job(out["id"], ws)
+    assert wait_until(job, ended)["state"] == "succeeded", job.log_path.read_text()
+    wait_until(job, lambda v: not pid_alive(v["pgid"]))  # papermill saves the notebook last
+    executed = nbformat.read(job.path / "run.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for o in executed.cells[-1].outputs)
+    assert f"LoRA at {ws.loras / 'nb.safetensors'}" in printed
+
+    idle = pipeline_notebook(tmp_path / "idle.ipynb", "print(job_dir)")
+    job = submit("train", {"config": config(tiny_models).to_dict()}, ws, notebook=idle)
+    view = wait_until(job, ended)
+    assert view["state"] == "failed" and "ended without running the job" in view["error"]
+    with pytest.raises(LoraLabError, match="not an .ipynb file"):
+        submit("train", {"config": config(tiny_models).to_dict()}, ws, notebook=tmp_path / "run.toml")

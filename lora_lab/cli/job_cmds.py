@@ -23,14 +23,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     kinds = s.add_subparsers(title="kinds", metavar="KIND")
     c = kinds.add_parser("caption", help="caption a dataset (the options of `lora-lab caption`)")
     add_caption_arguments(c)
-    add_json_flag(c)
     c.set_defaults(run=cmd_submit_caption)
     t = kinds.add_parser("train", help="train a LoRA from a TOML config")
     t.add_argument("config", type=Path, help="training config (TOML)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting (repeatable)")
-    add_json_flag(t)
     t.set_defaults(run=cmd_submit_train)
+    for p in (c, t):
+        p.add_argument("--notebook", type=Path, metavar="IPYNB",
+                       help="run it through this notebook with papermill (parameters job_dir, "
+                            "resume); the executed copy is the job's run.ipynb")
+        add_json_flag(p)
     for name, run, text in (("list", cmd_list, "every job, newest first"),
                             ("show", cmd_show, "one job's status and last events"),
                             ("logs", cmd_logs, "a job's log"),
@@ -51,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_submit_caption(args: argparse.Namespace) -> None:
-    _submitted(args, submit("caption", caption_args(args), workspace(args)))
+    _submitted(args, submit("caption", caption_args(args), workspace(args), notebook=args.notebook))
 
 
 def cmd_submit_train(args: argparse.Namespace) -> None:
@@ -59,7 +62,8 @@ def cmd_submit_train(args: argparse.Namespace) -> None:
 
     config = TrainConfig.load(args.config)
     config = config.apply_overrides(args.set) if args.set else config
-    _submitted(args, submit("train", {"config": config.to_dict()}, workspace(args)))
+    _submitted(args, submit("train", {"config": config.to_dict()}, workspace(args),
+                            notebook=args.notebook))
 
 
 def _submitted(args: argparse.Namespace, job: JobRecord) -> None:

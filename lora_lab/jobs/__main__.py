@@ -1,7 +1,7 @@
 """``python -m lora_lab.jobs JOB_DIR [--resume] [--slots N]``: the process of one background job.
 
-The job runner starts it detached; it waits its turn for a GPU slot, runs the job its spec
-describes, and prints a readable line per event into the job's log.txt.
+The job runner starts it detached; it waits its turn for a GPU slot, then runs the job its
+spec describes (directly, or through the notebook the spec names) with its output in log.txt.
 """
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from ..errors import LoraLabError
 from ..workspace import Workspace
+from .execute import run_job, run_notebook
 from .record import ACTIVE, JobRecord, list_jobs, process_alive
 
 POLL_S = 0.5
@@ -32,7 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with job.heartbeat():
             slot = wait_for_slot(job, ws, args.slots)
-            _run(job, ws, args.resume)
+            notebook = job.spec().get("notebook")
+            if notebook:
+                run_notebook(job, Path(notebook), args.resume)
+                if job.status()["state"] in ACTIVE:
+                    raise LoraLabError(f"the notebook {notebook} ended without running the job "
+                                       "(it should call lora_lab.jobs.run_job(job_dir, resume))")
+            else:
+                run_job(job.path, args.resume)
             slot.close()
     except BaseException as e:
         if job.status()["state"] in ACTIVE:  # ended before the job's own code recorded it
@@ -78,40 +86,6 @@ def _ahead(job: JobRecord, ws: Workspace) -> int:
                 (status.get("queued_at", 0), other.id) < mine:
             count += 1
     return count
-
-
-def _run(job: JobRecord, ws: Workspace, resume: bool) -> None:
-    kind, params = job.spec()["kind"], job.spec()["params"]
-    print(f"{kind} job {job.id}{' (resumed)' if resume else ''}, pid {os.getpid()}", flush=True)
-    if kind == "caption":
-        from ..captioning.job import run_caption_job
-
-        run_caption_job(job, ws, on_event=_LogLines())
-    elif kind == "train":
-        from ..training.config import TrainConfig
-        from ..training.trainer import train
-
-        train(TrainConfig.from_dict(params["config"]), job, resume=resume, workspace=ws,
-              on_event=_LogLines())
-    else:
-        raise LoraLabError(f"unknown job kind {kind!r}")
-
-
-class _LogLines:
-    """Events as log lines: every one but progress, which is printed at most every 10 s."""
-
-    def __init__(self) -> None:
-        self.last_progress = 0.0
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        kind = event["type"]
-        if kind == "progress":
-            now = time.monotonic()
-            if now - self.last_progress < 10 and event["step"] != event["total"]:
-                return
-            self.last_progress = now
-        fields = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("type", "time"))
-        print(f"{time.strftime('%H:%M:%S')} {kind} {fields}", flush=True)
 
 
 if __name__ == "__main__":

@@ -41,12 +41,15 @@ class JobRecord:
         self.id = path.name
 
     @classmethod
-    def create(cls, kind: str, params: dict[str, Any], workspace: Workspace | None = None) -> "JobRecord":
+    def create(cls, kind: str, params: dict[str, Any], workspace: Workspace | None = None,
+               notebook: Path | None = None) -> "JobRecord":
+        """A new queued job; with ``notebook``, the job runner runs it through that notebook."""
         ws = workspace or Workspace()
         job_id = time.strftime("%Y%m%d-%H%M%S") + f"-{kind}-{secrets.token_hex(3)}"
         job = cls(ws.jobs / job_id)
         job.path.mkdir(parents=True)
-        atomic.write_text(job.path / "spec.json", json.dumps({"kind": kind, "params": params}, indent=2))
+        spec = {"kind": kind, "params": params, **({"notebook": str(notebook)} if notebook else {})}
+        atomic.write_text(job.path / "spec.json", json.dumps(spec, indent=2))
         job.set_status("queued")
         return job
 

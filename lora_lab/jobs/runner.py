@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from .. import atomic
@@ -50,10 +51,19 @@ def check_params(kind: str, params: Any, workspace: Workspace | None = None) -> 
 
 
 def submit(kind: str, params: dict[str, Any], workspace: Workspace | None = None, *,
-           slots: int | None = None) -> JobRecord:
-    """Check ``params``, record the job and start its process; returns at once (queued)."""
+           slots: int | None = None, notebook: str | os.PathLike | None = None) -> JobRecord:
+    """Check ``params``, record the job and start its process; returns at once (queued).
+
+    With ``notebook``, the job runs through it under papermill: the notebook gets parameters
+    ``job_dir`` and ``resume`` and calls ``lora_lab.jobs.run_job(job_dir, resume)``.
+    """
     ws = workspace or Workspace()
-    job = JobRecord.create(kind, check_params(kind, params, ws), ws)
+    params = check_params(kind, params, ws)
+    if notebook is not None:
+        notebook = Path(notebook).expanduser().resolve()
+        if notebook.suffix != ".ipynb" or not notebook.is_file():
+            raise LoraLabError(f"notebook {notebook} is not an .ipynb file")
+    job = JobRecord.create(kind, params, ws, notebook)
     _start(job, resume=False, slots=slots)
     return job
 
