@@ -13,8 +13,6 @@ import argparse
 import base64
 import io
 import json
-import math
-import os
 import statistics
 import tempfile
 import threading
@@ -25,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from benchlib import Row, Target, print_machine, print_table, warm
+from benchlib import Row, Target, cpu_busy, own_cpu, print_machine, print_table, warm
 from PIL import Image, ImageDraw
 
 from lora_lab.captioning import prompts
@@ -371,12 +369,12 @@ def print_runs(runs: dict[str, list[Run]]) -> None:
 
 
 def measure(fn: Callable[[], Any]) -> Run:
-    busy, own = _cpu_busy(), _own_cpu()
+    busy, own = cpu_busy(), own_cpu()
     start = time.perf_counter()
     info = fn()
     wall = time.perf_counter() - start
     # Clock-tick granularity can make a quiet run read slightly negative.
-    return Run(wall, max(0.0, ((_cpu_busy() - busy) - (_own_cpu() - own)) / wall), info)
+    return Run(wall, max(0.0, ((cpu_busy() - busy) - (own_cpu() - own)) / wall), info)
 
 
 def wait_for_quiet(limit_s: float = QUIET_WAIT_S) -> None:
@@ -386,23 +384,6 @@ def wait_for_quiet(limit_s: float = QUIET_WAIT_S) -> None:
         run = measure(lambda: time.sleep(1.0))
         if not run.disturbed:
             return
-
-
-def _cpu_busy() -> float:
-    """CPU seconds all processes have used since boot (Linux /proc/stat; nan elsewhere).
-    Steal time counts: it is a neighbouring VM taking our CPUs."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return math.nan
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def timed_s(fn: Callable[[], object]) -> float:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from benchlib import Row, Target, generate_jpegs, print_machine, print_table, warm
+from benchlib import Row, Target, cpu_busy, generate_jpegs, own_cpu, print_machine, print_table, warm
 from PIL import Image
 
 FAMILIES = ("sd15", "sdxl")
@@ -341,11 +341,11 @@ def lora_lab_run(job: Job, ws_root: Path, cache_latents: bool, shuffle_tags: boo
 # -- measuring -------------------------------------------------------------------------------------
 def measured(fn: Callable[[], Run]) -> Run:
     """``fn``'s run, with how many cores other processes used meanwhile."""
-    busy, own = _cpu_busy(), _own_cpu()
+    busy, own = cpu_busy(), own_cpu()
     start = time.perf_counter()
     run = fn()
     wall = time.perf_counter() - start
-    run.foreign = ((_cpu_busy() - busy) - (_own_cpu() - own)) / wall
+    run.foreign = ((cpu_busy() - busy) - (own_cpu() - own)) / wall
     return run
 
 
@@ -368,22 +368,6 @@ def wait_for_quiet(limit_s: float = QUIET_WAIT_S) -> None:
     while time.monotonic() < deadline:
         if not measured(lambda: (time.sleep(1.0), Run())[1]).disturbed:
             return
-
-
-def _cpu_busy() -> float:
-    """CPU seconds every process has used since boot (Linux /proc/stat, steal included)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return math.nan
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
 
 
 def rounds(job: Job, root: Path, repeats: int) -> dict[str, list[Run]]:

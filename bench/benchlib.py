@@ -6,6 +6,7 @@ same job) measured in the same run, so the ratio holds on any machine; absolute 
 from __future__ import annotations
 
 import io
+import math
 import os
 import platform
 import statistics
@@ -95,6 +96,24 @@ def best_of(fn: Callable[[], object], repeats: int,
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def cpu_busy() -> float:
+    """CPU seconds every process has used since boot (Linux /proc/stat; nan elsewhere).
+    Steal time counts: it is a neighbouring VM taking our CPUs."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return math.nan
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    """CPU seconds this process and its waited-for children have used."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def timed(fn: Callable[[], object]) -> float:
