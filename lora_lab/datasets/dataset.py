@@ -138,7 +138,16 @@ class Dataset:
     def caption(self, file: str) -> str | None:
         """The caption on disk (``None`` when the image has no ``.txt``)."""
         path = self.caption_path(file)
-        return read_caption(path) if path.exists() else None
+        if not path.exists():
+            return None
+        if not self._own(path):
+            raise LoraLabError(f"caption of {file!r} is a link out of dataset {self.name!r}; "
+                               "refused (replace it with a plain .txt file)")
+        return read_caption(path)
+
+    def _own(self, path: Path) -> bool:
+        """Whether ``path`` is a file of this dataset, not a link to one elsewhere."""
+        return path.is_file() and path.resolve().parent == self.path.resolve()
 
     def set_caption(self, file: str, text: str, if_match: str | None = None) -> str:
         """Write one caption atomically; with ``if_match``, only over the version it names.
@@ -276,7 +285,7 @@ class Dataset:
         updated, sources = 0, None
         for row in self.index.all():
             txt = self.path / Path(row["file"]).with_suffix(".txt")
-            mtime = txt.stat().st_mtime_ns if txt.is_file() else None
+            mtime = txt.stat().st_mtime_ns if self._own(txt) else None  # a link out: none
             if mtime != row["caption_mtime_ns"]:
                 try:
                     text = read_caption(txt) if mtime is not None else None

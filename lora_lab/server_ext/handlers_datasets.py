@@ -1,0 +1,297 @@
+"""REST handlers for datasets: list, create (server-side source or streamed zip upload), stats,
+image pages, image bytes and thumbnails, one caption (with ETag / If-Match), bulk caption edits
+with undo, and export.
+
+Each handler parses the request, calls the core (:mod:`lora_lab.datasets`) on the thread pool
+and writes JSON; names and files are checked by the core, which refuses anything that would
+leave the workspace or the dataset folder.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tornado.web import HTTPError, authenticated, stream_request_body
+
+from ..datasets import etag, ingest, list_datasets
+from ..datasets.export import export_dataset
+from ..datasets.stats import dataset_stats
+from ..datasets.thumbs import thumbnail_path
+from ..errors import Conflict, NotFound
+from ..workspace import check_name
+from .base import LoraLabHandler, field, opened, parse_json
+
+JSON_LIMIT = 2**20  # a JSON request body; only zip uploads may be bigger
+NAME = r"(?P<name>[^/]+)"
+FILE = r"(?P<file>[^/]+)"
+CAPTIONED = {"true": True, "1": True, "false": False, "0": False, "": None}
+ITEM_FIELDS = ("file", "caption", "width", "height", "format", "bytes", "near_dup_of",
+               "caption_model")
+
+
+@stream_request_body
+class DatasetsHandler(LoraLabHandler):
+    """GET: every dataset. POST: a new dataset, from JSON ``{name, source, add?}`` naming a zip
+    or folder inside the workspace, or from a zip sent as the raw body of
+    ``POST datasets?name=NAME[&add=1]``, streamed to disk and refused (413) past the limit."""
+
+    _upload: Any = None  # the temp file a zip upload streams into
+    _received = 0
+    _limit = JSON_LIMIT
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        self._body = bytearray()
+        if self.request.method != "POST":
+            return
+        # @authenticated on post() runs after the body has arrived: a stranger's upload must
+        # not be read at all, so it is refused here, before the first byte.
+        if not self.current_user:
+            raise HTTPError(403)
+        name = self.get_query_argument("name", None)
+        self._too_large = f"a JSON request body may be at most {JSON_LIMIT // 1024} KiB"
+        if name is not None:
+            self._check_target(name, self._add_flag())
+            self._limit = self.lab.max_upload_mb * 2**20
+            self._too_large = (f"the upload is larger than the limit of {self.lab.max_upload_mb} "
+                               "MiB (LoraLabApp.max_upload_mb); nothing was stored")
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > self._limit:
+            raise HTTPError(413, self._too_large)
+        # tornado's own cap sits above ours, so a client gets our 413 rather than a dropped socket
+        self.request.connection.set_max_body_size(self._limit + 2**20)
+        if name is not None:
+            uploads = self.ws.root / ".uploads"
+            uploads.mkdir(exist_ok=True)
+            fd, path = tempfile.mkstemp(prefix=f"{name}-upload-", suffix=".zip", dir=uploads)
+            self._upload, self._upload_path = os.fdopen(fd, "wb"), Path(path)
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self._received += len(chunk)
+        if self._received > self._limit:
+            self._discard_upload()
+            self.send_error(413, exc_info=(HTTPError, HTTPError(413, self._too_large), None))
+            return
+        if self._upload is not None:
+            try:
+                self._upload.write(chunk)  # a 64 KiB write to local disk: too short to hand off
+            except OSError as e:  # a full disk: say so, keep nothing
+                self._discard_upload()
+                error = HTTPError(507, f"could not store the upload ({e.strerror}); free some "
+                                       "space in the workspace and try again")
+                self.send_error(507, exc_info=(HTTPError, error, None))
+        else:
+            self._body += chunk
+
+    @authenticated
+    async def get(self) -> None:
+        self.reply({"datasets": await self.blocking(list_datasets, self.ws)})
+
+    @authenticated
+    async def post(self) -> None:
+        if self._finished:  # refused while the body streamed in
+            return
+        if self._upload is not None:
+            name, add = self.get_query_argument("name"), self._add_flag()
+            path = self._upload_path
+            self._upload.close()
+            try:
+                report = await self.blocking(ingest, path, name, workspace=self.ws, add=add)
+            finally:
+                self._discard_upload()
+        else:
+            body = parse_json(bytes(self._body))
+            name = field(body, "name", str)
+            source, add = field(body, "source", str), field(body, "add", bool, False)
+            report = await self.blocking(self._ingest_source, name, source, add)
+        self.set_header("Location", self.api_url("datasets", name))
+        self.reply(report.to_dict(), 200 if add else 201)
+
+    def on_finish(self) -> None:
+        self._discard_upload()
+
+    def on_connection_close(self) -> None:
+        self._discard_upload()  # the client gave up mid-upload
+        super().on_connection_close()
+
+    def _ingest_source(self, name: str, source: str, add: bool):
+        return ingest(self.ws.resolve(source), name, workspace=self.ws, add=add)
+
+    def _check_target(self, name: str, add: bool) -> None:
+        """Refuse a bad or taken name before a byte of the upload is stored."""
+        check_name(name)
+        exists = self.ws.resolve(name, self.ws.datasets).is_dir()
+        if exists and not add:
+            raise Conflict(f"dataset {name!r} already exists; use another name, or add=1 to "
+                           "add the images to it")
+        if add and not exists:
+            raise NotFound(f"dataset {name!r} does not exist, so nothing can be added to it; "
+                           "leave out add=1 to create it")
+
+    def _add_flag(self) -> bool:
+        return self.get_query_argument("add", "0").lower() in ("1", "true", "yes")
+
+    def _discard_upload(self) -> None:
+        upload, self._upload = self._upload, None
+        if upload is not None:
+            upload.close()
+            self._upload_path.unlink(missing_ok=True)
+
+
+class DatasetHandler(LoraLabHandler):
+    """GET: the dataset's stats (counts, captions, sizes per training bucket, tags)."""
+
+    @authenticated
+    async def get(self, name: str) -> None:
+        self.reply(await self.blocking(self._stats, name))
+
+    def _stats(self, name: str) -> dict[str, Any]:
+        with opened(name, self.ws) as ds:
+            return dataset_stats(ds)
+
+
+class ImagesHandler(LoraLabHandler):
+    """GET ``?offset=&limit=&q=&captioned=``: a page of images in file order, with their
+    captions, ETags and the URLs of the image and its thumbnail."""
+
+    @authenticated
+    async def get(self, name: str) -> None:
+        offset = self.int_arg("offset", 0, 0, 10**9)
+        limit = self.int_arg("limit", 100, 1, 1000)
+        q = self.get_query_argument("q", None) or None
+        raw = self.get_query_argument("captioned", "").lower()
+        if raw not in CAPTIONED:
+            raise HTTPError(400, f"captioned must be true or false, not {raw!r}")
+        captioned = CAPTIONED[raw]
+        page = await self.blocking(self._page, name, offset, limit, q, captioned)
+        for item in page["items"]:
+            url = self.api_url("datasets", name, "images", item["file"])
+            item.update(url=url, thumbnail=url + "?thumb=256", etag=etag(item["caption"]))
+        self.reply(page)
+
+    def _page(self, name: str, offset: int, limit: int, q: str | None,
+              captioned: bool | None) -> dict[str, Any]:
+        with opened(name, self.ws) as ds:
+            page = ds.images(offset, limit, q, captioned)
+        items = [{k: row[k] for k in ITEM_FIELDS} for row in page.items]
+        return {"items": items, "total": page.total, "offset": page.offset, "limit": page.limit}
+
+
+class ImageFileHandler(LoraLabHandler):
+    """GET: the image's bytes, or with ``?thumb=SIZE`` its cached JPEG thumbnail (32-1024 px)."""
+
+    @authenticated
+    async def get(self, name: str, file: str) -> None:
+        thumb = self.get_query_argument("thumb", None)
+        size = self.int_arg("thumb", 256, 1, 100_000) if thumb is not None else None
+        path = await self.blocking(self._path, name, file, size)
+        await self.send_file(path)
+
+    def _path(self, name: str, file: str, size: int | None) -> Path:
+        with opened(name, self.ws) as ds:
+            return ds.image_path(file) if size is None else thumbnail_path(ds, file, size)
+
+
+class CaptionHandler(LoraLabHandler):
+    """GET: one caption and its ETag. PUT ``{"caption": TEXT}``: replace it; with
+    ``If-Match: ETAG`` only if nobody changed it since that read (else 412, nothing written)."""
+
+    @authenticated
+    async def get(self, name: str, file: str) -> None:
+        caption = await self.blocking(self._read, name, file)
+        self._reply_caption(file, caption)
+
+    @authenticated
+    async def put(self, name: str, file: str) -> None:
+        text = field(self.json_body(), "caption", str)
+        if_match = _if_match(self.request.headers.get("If-Match"))
+        try:
+            await self.blocking(self._write, name, file, text, if_match)
+        except Conflict as e:  # the client's copy is stale: HTTP's own word for it
+            raise HTTPError(412, str(e)) from None
+        self._reply_caption(file, text.strip())
+
+    def _read(self, name: str, file: str) -> str | None:
+        with opened(name, self.ws) as ds:
+            return ds.caption(file)
+
+    def _write(self, name: str, file: str, text: str, if_match: str | None) -> str:
+        with opened(name, self.ws) as ds:
+            return ds.set_caption(file, text, if_match=if_match)
+
+    def _reply_caption(self, file: str, caption: str | None) -> None:
+        tag = etag(caption)
+        self.set_header("ETag", f'"{tag}"')
+        self.reply({"file": file, "caption": caption, "etag": tag})
+
+
+def _if_match(header: str | None) -> str | None:
+    """The one ETag an If-Match names (quotes and a weak prefix dropped); ``*`` or none: None."""
+    if header is None or header.strip() in ("", "*"):
+        return None
+    tag = header.strip()
+    tag = tag[2:] if tag.startswith("W/") else tag
+    return tag.strip('"')
+
+
+class CaptionsBulkHandler(LoraLabHandler):
+    """POST ``{"ops": [...], "files"?: [...], "q"?: TEXT}``: bulk edit as one undo step
+    (default: every image); ``{"undo": true}``: revert the newest edit."""
+
+    @authenticated
+    async def post(self, name: str) -> None:
+        body = self.json_body()
+        if field(body, "undo", bool, False):
+            self.reply(await self.blocking(self._undo, name))
+            return
+        ops = field(body, "ops", list)
+        files = field(body, "files", list, None)
+        if files is not None and not all(isinstance(f, str) for f in files):
+            raise HTTPError(400, "files must be a list of image file names")
+        q = field(body, "q", str, None)
+        self.reply(await self.blocking(self._edit, name, ops, files, q))
+
+    def _undo(self, name: str) -> dict[str, Any]:
+        with opened(name, self.ws) as ds:
+            return ds.undo()
+
+    def _edit(self, name: str, ops: list, files: list[str] | None, q: str | None) -> dict[str, Any]:
+        with opened(name, self.ws) as ds:
+            return ds.edit(ops, files, q)
+
+
+class ExportHandler(LoraLabHandler):
+    """POST ``{format?: kohya|zip, repeats?, trigger?, family?: sd15|sdxl, out?}``: write the
+    export under the workspace (default ``exports/NAME-FORMAT[.zip]``)."""
+
+    @authenticated
+    async def post(self, name: str) -> None:
+        body = self.json_body()
+        options = {"fmt": field(body, "format", str, "kohya"),
+                   "repeats": field(body, "repeats", int, 10),
+                   "trigger": field(body, "trigger", str, None),
+                   "family": field(body, "family", str, "sd15")}
+        out = field(body, "out", str, None)
+        self.reply(await self.blocking(self._export, name, out, options), 201)
+
+    def _export(self, name: str, out: str | None, options: dict[str, Any]) -> dict[str, Any]:
+        with opened(name, self.ws) as ds:
+            default = f"{ds.name}-{options['fmt']}" + (".zip" if options["fmt"] == "zip" else "")
+            target = self.ws.resolve(out or default, self.ws.exports)
+            result = export_dataset(ds, target, **options)
+        return {**result, "path": target.relative_to(self.ws.root).as_posix()}
+
+
+ROUTES = [
+    ("datasets", DatasetsHandler),
+    (f"datasets/{NAME}", DatasetHandler),
+    (f"datasets/{NAME}/images", ImagesHandler),
+    (f"datasets/{NAME}/images/{FILE}", ImageFileHandler),
+    (f"datasets/{NAME}/captions", CaptionsBulkHandler),
+    (f"datasets/{NAME}/captions/{FILE}", CaptionHandler),
+    (f"datasets/{NAME}/export", ExportHandler),
+]

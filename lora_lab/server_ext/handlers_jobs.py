@@ -1,0 +1,166 @@
+"""REST handlers for background jobs: list, submit, show, cancel, resume, events, files.
+
+A job is its own process writing its own folder (see :mod:`lora_lab.jobs`); these handlers only
+start, signal and read it, so a job outlives the server and every client sees the same truth.
+The live stream of a job is :mod:`.stream`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tornado.web import authenticated
+
+from ..errors import LoraLabError, NotFound
+from ..jobs import JobRecord, cancel, list_jobs, open_job, resume, submit
+from .base import LoraLabHandler, field
+from .stream import JOB, EventTail, JobStreamHandler
+
+
+class JobHandlerBase(LoraLabHandler):
+    def job(self, job_id: str) -> JobRecord:
+        return open_job(job_id, self.ws)
+
+    def accepted(self, job: JobRecord, view: dict[str, Any]) -> None:
+        """202: the job runs on in its own process; its URL says where to watch it."""
+        self.set_header("Location", self.api_url("jobs", job.id))
+        self.reply({"id": job.id, "job": view}, 202)
+
+
+class JobsHandler(JobHandlerBase):
+    """GET: every job, newest first. POST ``{"kind": "caption"|"train", "params": {...}}``:
+    check the parameters (400 naming the bad one), start the job, 202 with its id."""
+
+    @authenticated
+    async def get(self) -> None:
+        self.reply({"jobs": await self.blocking(self._views)})
+
+    @authenticated
+    async def post(self) -> None:
+        body = self.json_body()
+        kind, params = field(body, "kind", str), field(body, "params", dict, {})
+        job, view = await self.blocking(self._submit, kind, params)
+        self.accepted(job, view)
+
+    def _views(self) -> list[dict[str, Any]]:
+        views = []
+        for job in list_jobs(self.ws):
+            try:
+                views.append(job.view())
+            except (OSError, ValueError, KeyError):  # a folder mid-creation, or damaged by hand
+                continue
+        return views
+
+    def _submit(self, kind: str, params: dict[str, Any]) -> tuple[JobRecord, dict[str, Any]]:
+        job = submit(kind, params, self.ws, slots=self.lab.gpu_slots)
+        return job, job.view()
+
+
+class JobHandler(JobHandlerBase):
+    """GET: the job's status (its true state: a job whose process died reads interrupted)."""
+
+    @authenticated
+    async def get(self, job_id: str) -> None:
+        self.reply(await self.blocking(lambda: self.job(job_id).view()))
+
+
+class JobCancelHandler(JobHandlerBase):
+    """POST: stop a queued or running job (a training job saves a checkpoint first); 409 when
+    it has already ended."""
+
+    @authenticated
+    async def post(self, job_id: str) -> None:
+        # cancel waits up to its grace period for the job to exit: on the pool, not the loop
+        self.reply(await self.blocking(lambda: cancel(self.job(job_id))))
+
+
+class JobResumeHandler(JobHandlerBase):
+    """POST: start an ended job again where it stopped; 409 when it succeeded or still runs."""
+
+    @authenticated
+    async def post(self, job_id: str) -> None:
+        job, view = await self.blocking(self._resume, job_id)
+        self.accepted(job, view)
+
+    def _resume(self, job_id: str) -> tuple[JobRecord, dict[str, Any]]:
+        job = resume(self.job(job_id), slots=self.lab.gpu_slots)
+        return job, job.view()
+
+
+class JobEventsHandler(JobHandlerBase):
+    """GET ``?after=N``: the events after number N, each with its number ``n``; ``next`` is the
+    ``after`` of the following poll."""
+
+    @authenticated
+    async def get(self, job_id: str) -> None:
+        after = self.int_arg("after", 0, 0, 10**12)
+        self.reply(await self.blocking(self._events, job_id, after))
+
+    def _events(self, job_id: str, after: int) -> dict[str, Any]:
+        job = self.job(job_id)
+        view = job.view()  # before the read: a finished job's events are all there by then
+        events = EventTail(job.path / "events.jsonl", after).read_all()
+        return {"events": events, "next": events[-1]["n"] if events else after,
+                "state": view["state"], "finished": view["state"] not in ("queued", "running")}
+
+
+class JobFilesHandler(JobHandlerBase):
+    """GET ``jobs/ID/files``: the job's files (samples, checkpoints, log.txt, and the LoRA file
+    it wrote); ``jobs/ID/files/PATH``: one of them. Paths outside the job folder are refused."""
+
+    @authenticated
+    async def get(self, job_id: str, path: str | None = None) -> None:
+        if not path:
+            self.reply({"files": await self.blocking(self._listing, job_id)})
+            return
+        await self.send_file(await self.blocking(self._file, job_id, path))
+
+    def _file(self, job_id: str, rel: str) -> Path:
+        job = self.job(job_id)
+        output = self._output(job)
+        if output is not None and rel == output.name and not (job.path / rel).exists():
+            return output
+        target = self.ws.resolve(rel, job.path)  # symlinks followed: a link out is refused too
+        if job.path.resolve() not in target.parents:
+            raise LoraLabError(f"{rel!r} is outside job {job.id}; refused")
+        if not target.is_file():
+            raise NotFound(f"job {job.id} has no file {rel!r}")
+        return target
+
+    def _listing(self, job_id: str) -> list[dict[str, Any]]:
+        job = self.job(job_id)
+        files = sorted(p for p in job.path.rglob("*") if p.is_file() and not p.is_symlink())
+        out = []
+        for p in files:
+            rel = p.relative_to(job.path).as_posix()
+            out.append({"path": rel, "bytes": p.stat().st_size,
+                        "url": self.api_url("jobs", job.id, "files", *rel.split("/"))})
+        output = self._output(job)
+        if output is not None and not (job.path / output.name).exists():
+            out.append({"path": output.name, "bytes": output.stat().st_size, "output": True,
+                        "url": self.api_url("jobs", job.id, "files", output.name)})
+        return out
+
+    def _output(self, job: JobRecord) -> Path | None:
+        """The LoRA file a training job wrote (under loras/, outside its folder), served as one
+        of its files by name; one saved outside the workspace is not served."""
+        raw = job.status().get("output")
+        if not isinstance(raw, str) or not raw:
+            return None
+        try:
+            path = self.ws.resolve(raw)
+        except LoraLabError:
+            return None
+        return path if path.is_file() else None
+
+
+ROUTES = [
+    ("jobs", JobsHandler),
+    (f"jobs/{JOB}", JobHandler),
+    (f"jobs/{JOB}/cancel", JobCancelHandler),
+    (f"jobs/{JOB}/resume", JobResumeHandler),
+    (f"jobs/{JOB}/events", JobEventsHandler),
+    (f"jobs/{JOB}/files", JobFilesHandler),
+    (f"jobs/{JOB}/files/(?P<path>.+)", JobFilesHandler),
+    (f"jobs/{JOB}/stream", JobStreamHandler),
+]

@@ -1,0 +1,165 @@
+"""The live stream of one job over a WebSocket: its events and its log lines as they are written.
+
+``WS jobs/ID/stream?after=N&log_offset=B`` sends text messages, each one JSON object:
+
+- every event of events.jsonl after number N, as written plus ``"n"`` (its line number);
+- every line of log.txt from byte B on, as ``{"type": "log_line", "line": ..., "offset": ...}``
+  (``offset``: where the next line starts);
+- once the job has ended and all of that is sent, ``{"type": "end", "state": ..., "n": ...,
+  "offset": ...}``, and the socket closes.
+
+A client that loses the connection opens a new one with ``after`` = the last ``n`` and
+``log_offset`` = the last ``offset`` it saw, and misses nothing and gets nothing twice. The
+files are polled (every 0.2 s): they are written by another process, often on network storage
+where inotify does not reach.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+from jupyter_server.auth.decorator import ws_authenticated
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.base.websocket import WebSocketMixin
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from tornado.web import HTTPError
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from ..errors import LoraLabError
+from ..jobs import JobRecord, open_job
+from .base import status_of
+
+JOB = r"(?P<job_id>[^/]+)"
+POLL_S = 0.2
+READ_LIMIT = 2**20  # bytes read per file per round: a huge backlog goes out in pieces
+
+
+class LineTail:
+    """The complete lines appended to a file since the last read (a line still being written
+    waits for its newline, unless ``final``)."""
+
+    def __init__(self, path: Path, offset: int = 0):
+        self.path, self.offset = path, offset
+
+    def read(self, final: bool = False) -> list[tuple[str, int]]:
+        """(line, offset after it) pairs; at most :data:`READ_LIMIT` bytes a call."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read(READ_LIMIT)
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1
+        if final and len(data) < READ_LIMIT:
+            end = len(data)  # the job has ended: its last, unterminated line is complete too
+        lines = []
+        for raw in data[:end].splitlines(keepends=True):
+            self.offset += len(raw)
+            lines.append((raw.rstrip(b"\r\n").decode("utf-8", errors="replace"), self.offset))
+        return lines
+
+
+class EventTail:
+    """Events of events.jsonl after number ``after``, numbered from 1 by their line."""
+
+    def __init__(self, path: Path, after: int = 0):
+        self.tail, self.after, self.n = LineTail(path), after, 0
+
+    def read(self) -> list[dict[str, Any]]:
+        """The next events (empty: none yet), past any the client has already seen."""
+        while lines := self.tail.read():
+            events = [e for e in map(self._parse, lines) if e is not None]
+            if events:
+                return events
+        return []
+
+    def _parse(self, item: tuple[str, int]) -> dict[str, Any] | None:
+        line = item[0]
+        self.n += 1
+        if self.n <= self.after or not line.strip():
+            return None
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:  # written by hand or damaged: say so, keep going
+            event = {"type": "log", "level": "warning", "message": f"unreadable event: {line[:200]}"}
+        return {**event, "n": self.n}
+
+    def read_all(self) -> list[dict[str, Any]]:
+        events = []
+        while batch := self.read():
+            events += batch
+        return events
+
+
+class JobStreamHandler(ExtensionHandlerMixin, WebSocketMixin, WebSocketHandler, JupyterHandler):
+    """WS: a job's events and log lines, live, until it ends (see the module docstring)."""
+
+    job: JobRecord
+    _pump: asyncio.Task | None = None
+
+    def set_default_headers(self) -> None:
+        """JupyterHandler's page headers (CSP and such) do not apply to a WebSocket upgrade."""
+
+    @ws_authenticated
+    async def get(self, job_id: str) -> None:
+        # An unknown job or a bad argument is an HTTP error before the upgrade, not a socket
+        # that opens and closes at once.
+        try:
+            self.job = open_job(job_id, self.extensionapp.ws)  # type: ignore[attr-defined]
+        except LoraLabError as e:
+            raise HTTPError(status_of(e), str(e)) from None
+        self.events = EventTail(self.job.path / "events.jsonl", self._int_arg("after"))
+        self.log_tail = LineTail(self.job.log_path, self._int_arg("log_offset"))
+        await super().get(job_id=job_id)
+
+    def open(self, job_id: str) -> None:  # type: ignore[override]
+        super().open()  # WebSocketMixin: keep-alive pings
+        self._pump = asyncio.ensure_future(self._send_until_done())
+
+    def on_message(self, message: str | bytes) -> None:
+        """Clients only listen; anything they send is ignored."""
+
+    def on_close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+
+    async def _send_until_done(self) -> None:
+        loop = asyncio.get_running_loop()
+        executor = self.extensionapp.executor  # type: ignore[attr-defined]
+        try:
+            while True:
+                # Read the state first: once a job reads as ended, its files are complete.
+                ended = await loop.run_in_executor(executor, lambda: self.job.finished)
+                while batch := await loop.run_in_executor(executor, self._read, ended):
+                    for message in batch:
+                        await self.write_message(json.dumps(message))
+                if ended:
+                    view = await loop.run_in_executor(executor, self.job.view)
+                    await self.write_message(json.dumps({
+                        "type": "end", "state": view["state"], "error": view.get("error"),
+                        "n": max(self.events.n, self.events.after), "offset": self.log_tail.offset}))
+                    self.close()
+                    return
+                await asyncio.sleep(POLL_S)
+        except WebSocketClosedError:  # the client went away: it reconnects with after=n
+            return
+        except Exception as e:  # the job folder vanished or cannot be read: say so and close
+            self.log.warning("job stream %s stopped: %s", self.job.id, e)
+            with contextlib.suppress(WebSocketClosedError):
+                await self.write_message(json.dumps({"type": "error", "detail": str(e)}))
+            self.close()
+
+    def _read(self, final: bool) -> list[dict[str, Any]]:
+        messages = self.events.read()
+        messages += [{"type": "log_line", "line": line, "offset": offset}
+                     for line, offset in self.log_tail.read(final)]
+        return messages
+
+    def _int_arg(self, name: str) -> int:
+        raw = self.get_query_argument(name, "0") or "0"
+        if not (raw.isascii() and raw.isdigit()):
+            raise HTTPError(400, f"{name} must be a whole number >= 0, not {raw!r}")
+        return int(raw)

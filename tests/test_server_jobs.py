@@ -1,0 +1,155 @@
+"""Jobs through the REST API and the WebSocket stream, with real training processes on the tiny
+SD1.5 model: submit, watch (and reconnect) until done, events, files, cancel, resume, refusals."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import tornado.httpclient
+
+from lora_lab.jobs import JobRecord, open_job
+from lora_lab.training.lora_file import read_lora
+
+API = ("lora-lab", "api")
+ACTIVE = ("queued", "running")
+
+
+@pytest.fixture
+def jp_server_config(ws):
+    return {"ServerApp": {"jpserver_extensions": {"lora_lab.server_ext": True}},
+            "LoraLabApp": {"workspace": str(ws.root)}}
+
+
+@pytest.fixture
+def api(jp_fetch):
+    async def call(*path, method="GET", body=None, **kwargs):
+        data = json.dumps(body) if body is not None else ("" if method == "POST" else None)
+        r = await jp_fetch(*API, *path, method=method, body=data, raise_error=False, **kwargs)
+        is_json = r.headers.get("Content-Type", "").startswith("application/json")
+        return r.code, json.loads(r.body) if is_json and r.body else r.body
+    return call
+
+
+def train_config(tiny_models, steps: int, **train) -> dict:
+    return {"model": {"base": str(tiny_models["sd15"])},
+            "dataset": {"source": str(tiny_models["samples"]), "resolution": 64, "min_bucket": 64,
+                        "max_bucket": 128, "trigger": "sks"},
+            "train": {"max_steps": steps, "lr": 1e-3, **train}}
+
+
+async def read_stream(jp_ws_fetch, job_id, *, after=0, log_offset=0, until=None):
+    """Messages of jobs/ID/stream until the server closes it, or until ``until(messages)``."""
+    ws = await jp_ws_fetch(*API, "jobs", job_id, "stream",
+                           params={"after": after, "log_offset": log_offset})
+    messages = []
+    while (raw := await asyncio.wait_for(ws.read_message(), 180)) is not None:
+        messages.append(json.loads(raw))
+        if until and until(messages):
+            ws.close()
+            break
+    return messages
+
+
+async def wait_for_state(api, job_id, states, timeout=120):
+    for _ in range(int(timeout / 0.2)):
+        code, view = await api("jobs", job_id)
+        if view["state"] in states:
+            return view
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {view['state']}")
+
+
+async def test_a_training_job_streams_its_events_and_logs_across_a_reconnect(
+        api, jp_fetch, jp_ws_fetch, tiny_models, ws):
+    code, accepted = await api("jobs", method="POST", body={
+        "kind": "train", "params": {"config": train_config(tiny_models, 3)}})
+    assert code == 202 and accepted["job"]["state"] in ACTIVE
+    job_id = accepted["id"]
+    # the first client leaves after its first event; the second picks up where it left
+    first = await read_stream(jp_ws_fetch, job_id,
+                              until=lambda ms: any(m["type"] != "log_line" for m in ms))
+    last_n = max(m["n"] for m in first if "n" in m)
+    offsets = [m["offset"] for m in first if m["type"] == "log_line"]
+    second = await read_stream(jp_ws_fetch, job_id, after=last_n,
+                               log_offset=offsets[-1] if offsets else 0)
+    end = second[-1]
+    assert end["type"] == "end" and end["state"] == "succeeded", second[-5:]
+
+    events = [m for m in first + second if "n" in m and m["type"] != "end"]
+    assert [e["n"] for e in events] == list(range(1, len(events) + 1))  # none lost, none twice
+    assert [e["type"] for e in events].count("progress") == 3 and events[-1]["type"] == "done"
+    code, listed = await api("jobs", job_id, "events", params={"after": 0})
+    assert listed["events"] == events and listed["next"] == end["n"] == len(events)
+    assert listed["finished"] is True and listed["state"] == "succeeded"
+    code, tail = await api("jobs", job_id, "events", params={"after": len(events) - 2})
+    assert [e["n"] for e in tail["events"]] == [len(events) - 1, len(events)]
+
+    log = (ws.jobs / job_id / "log.txt").read_bytes()
+    streamed = "".join(m["line"] + "\n" for m in first + second if m["type"] == "log_line")
+    assert streamed.strip() == log.decode().strip() and end["offset"] == len(log)
+
+    code, view = await api("jobs", job_id)
+    assert view["state"] == "succeeded" and view["kind"] == "train"
+    code, jobs = await api("jobs")
+    assert [j["id"] for j in jobs["jobs"]] == [job_id]
+    code, files = await api("jobs", job_id, "files")
+    lora = next(f for f in files["files"] if f.get("output"))
+    code, body = await api("jobs", job_id, "files", "log.txt")
+    assert code == 200 and body == log
+    # a finished job: cancel and resume are refused with the reason
+    code, err = await api("jobs", job_id, "cancel", method="POST")
+    assert code == 409 and "already succeeded" in err["detail"]
+    code, err = await api("jobs", job_id, "resume", method="POST")
+    assert code == 409 and "already succeeded" in err["detail"]
+    # a reconnect after the end gets nothing again but the end
+    again = await read_stream(jp_ws_fetch, job_id, after=end["n"], log_offset=end["offset"])
+    assert [m["type"] for m in again] == ["end"]
+    # the LoRA file (written under loras/) downloads as one of the job's files
+    r = await jp_fetch(*API, "jobs", job_id, "files", lora["path"])
+    assert r.headers["Content-Type"] == "application/octet-stream"
+    assert "attachment" in r.headers["Content-Disposition"]
+    (ws.root / "dl.safetensors").write_bytes(r.body)
+    tensors, meta = read_lora(ws.root / "dl.safetensors")
+    assert meta["ss_steps"] == "3" and all(k.startswith("lora_unet_") for k in tensors)
+
+
+async def test_cancel_a_running_job_then_resume_it(api, tiny_models, ws):
+    code, accepted = await api("jobs", method="POST", body={
+        "kind": "train", "params": {"config": train_config(tiny_models, 100_000)}})
+    job_id = accepted["id"]
+    await wait_for_state(api, job_id, ("running",))
+    code, view = await api("jobs", job_id, "cancel", method="POST")
+    assert code == 200 and view["state"] == "cancelled"
+    assert not open_job(job_id, ws).view()["state"] in ACTIVE
+    code, err = await api("jobs", job_id, "cancel", method="POST")
+    assert code == 409 and "already cancelled" in err["detail"]
+    code, resumed = await api("jobs", job_id, "resume", method="POST")
+    assert code == 202 and resumed["id"] == job_id and resumed["job"]["state"] in ACTIVE
+    code, err = await api("jobs", job_id, "resume", method="POST")
+    assert code == 409 and "still" in err["detail"]
+    code, view = await api("jobs", job_id, "cancel", method="POST")
+    assert code == 200 and view["state"] == "cancelled"
+    code, events = await api("jobs", job_id, "events")
+    assert [e["type"] for e in events["events"]].count("cancelled") == 2
+
+
+async def test_invalid_jobs_are_refused_before_anything_starts(api, jp_ws_fetch, ws, tiny_models):
+    code, err = await api("jobs", method="POST", body={
+        "kind": "train", "params": {"config": train_config(tiny_models, -5, lr=0)}})
+    assert code == 400 and "max_steps" in err["detail"] and "lr" in err["detail"]
+    assert len(err["problems"]) >= 2
+    code, err = await api("jobs", method="POST", body={"kind": "train", "params": {"steps": 1}})
+    assert code == 400 and "config" in err["detail"]
+    code, err = await api("jobs", method="POST", body={"kind": "train", "params": []})
+    assert code == 400 and "params must be an object" in err["detail"]
+    assert list(ws.jobs.iterdir()) == []
+    code, err = await api("jobs", "20260101-000000-train-abcdef")
+    assert code == 404 and "no job" in err["detail"]
+    with pytest.raises(tornado.httpclient.HTTPClientError) as e:
+        await jp_ws_fetch(*API, "jobs", "20260101-000000-train-abcdef", "stream")
+    assert e.value.code == 404
+    job = JobRecord.create("train", {}, ws)
+    with pytest.raises(tornado.httpclient.HTTPClientError) as e:
+        await jp_ws_fetch(*API, "jobs", job.id, "stream", params={"after": "-1"})
+    assert e.value.code == 400
