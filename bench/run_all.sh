@@ -4,6 +4,8 @@
 #   sh bench/run_all.sh --repeats 1      # quicker
 # bench_caption.py (lora_lab's caption batch against a bare create_chat_completion loop, and
 # the OpenAI-compatible engine 4-in-flight against sequential) takes ~5 min on 2 idle cores.
+# bench_server.py (the server extension: latency idle and during a training job, start-up
+# cost) takes ~1.5 min.
 # bench_train.py (tiny SD1.5 LoRA training, lora_lab uncached and cached against a bare
 # diffusers-example loop) takes ~1.5 min; `.venv/bin/python bench/bench_train.py --family sdxl`
 # runs it on the tiny SDXL.

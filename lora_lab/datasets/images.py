@@ -8,7 +8,6 @@ import hashlib
 import io
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated image must fail, not decode grey
@@ -90,6 +89,8 @@ def _dhash(im: Image.Image, orientation: int) -> str:
     small = rgb.resize((8, 9) if swap else (9, 8), Image.Resampling.BILINEAR, reducing_gap=2.0)
     if orientation in _TRANSPOSE:
         small = small.transpose(_TRANSPOSE[orientation])
+    import numpy as np  # here, not at the top: the server extension imports this module at start-up
+
     px = np.asarray(small.convert("L"), dtype=np.int16)
     bits = (px[:, 1:] > px[:, :-1]).flatten()
     return f"{int(np.packbits(bits).view('>u8')[0]):016x}"
@@ -102,6 +103,8 @@ def hamming_pairs(hashes: list[str], new_from: int, max_distance: int) -> list[t
     """
     if len(hashes) < 2 or new_from >= len(hashes):
         return []
+    import numpy as np
+
     values = np.array([int(h, 16) for h in hashes], dtype=np.uint64)
     pairs = []
     for j in range(max(new_from, 1), len(hashes)):

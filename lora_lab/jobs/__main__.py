@@ -19,6 +19,9 @@ from .execute import run_job, run_notebook
 from .record import ACTIVE, JobRecord, list_jobs, process_alive
 
 POLL_S = 0.5
+# Below the server and the kernels in CPU priority: a job on a busy CPU takes only what they
+# leave, so pages and status requests stay quick (a GPU-bound job barely notices).
+NICENESS = 10
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     job = JobRecord(args.job.resolve())
     ws = Workspace(job.path.parent.parent)
+    os.nice(NICENESS)
     job.set_status("queued", pgid=os.getpgrp())
     try:
         with job.heartbeat():
