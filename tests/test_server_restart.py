@@ -1,9 +1,10 @@
-"""A job outlives the Jupyter server that started it: stop the server mid-run, start another,
-and the new one reports the job truthfully (a real `jupyter server` process each time)."""
+"""Real `jupyter server` processes: a job outlives the server that started it (stop the server
+mid-run, start another: it reports the job truthfully), and pip enables the extension."""
 from __future__ import annotations
 
 import http.client
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -86,3 +87,11 @@ def test_a_job_outlives_a_server_restart(ws, tiny_models, tmp_path):
         assert (ws.loras / "survivor.safetensors").is_file()
     finally:
         second.stop()
+
+
+def test_installing_the_package_enables_the_extension():
+    """The JSON pip puts in etc/jupyter/jupyter_server_config.d turns it on, and it validates."""
+    listing = subprocess.run([str(Path(sys.executable).with_name("jupyter")), "server", "extension",
+                              "list"], capture_output=True, text=True, timeout=120)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", listing.stdout + listing.stderr)  # no colours
+    assert "lora_lab.server_ext enabled" in text and "lora_lab.server_ext  OK" in text, text
