@@ -6,8 +6,8 @@ import json
 import os
 
 import pytest
+from server_api import server_config, shapes  # noqa: F401 (fixture)
 
-from lora_lab.datasets import ingest
 from lora_lab.tiny import gguf_models
 
 API = ("lora-lab", "api")
@@ -21,10 +21,8 @@ def caption_pair(tmp_path_factory):
 @pytest.fixture
 def jp_server_config(ws, caption_pair, request):
     model, mmproj = caption_pair
-    settings = {"workspace": str(ws.root), "caption_model": str(model), "caption_mmproj": str(mmproj)}
-    settings.update(getattr(request, "param", {}))
-    return {"ServerApp": {"jpserver_extensions": {"lora_lab.server_ext": True}},
-            "LoraLabApp": settings}
+    return server_config(ws, **{"caption_model": str(model), "caption_mmproj": str(mmproj),
+                                **getattr(request, "param", {})})
 
 
 @pytest.fixture
@@ -34,12 +32,6 @@ def api(jp_fetch):
         r = await jp_fetch(*API, *path, method=method, body=data, raise_error=False)
         return r.code, json.loads(r.body)
     return call
-
-
-@pytest.fixture
-def shapes(ws, samples):
-    ingest(samples, "shapes", workspace=ws)
-    return "shapes"
 
 
 async def test_caption_one_image_with_the_resident_model_then_undo(api, shapes, ws, jp_serverapp):

@@ -11,15 +11,10 @@ import pytest
 from PIL import Image
 
 from conftest import jpeg_bytes
-from lora_lab.datasets import Dataset, ingest
+from server_api import jp_server_config, shapes, zip_bytes  # noqa: F401 (fixtures)
+from lora_lab.datasets import Dataset
 
 API = ("lora-lab", "api")
-
-
-@pytest.fixture
-def jp_server_config(ws):
-    return {"ServerApp": {"jpserver_extensions": {"lora_lab.server_ext": True}},
-            "LoraLabApp": {"workspace": str(ws.root)}}
 
 
 @pytest.fixture
@@ -32,20 +27,6 @@ def api(jp_fetch):
         is_json = r.headers.get("Content-Type", "").startswith("application/json")
         return r.code, r.headers, json.loads(r.body) if is_json and r.body else r.body
     return call
-
-
-@pytest.fixture
-def shapes(ws, samples):
-    ingest(samples, "shapes", workspace=ws)
-    return "shapes"
-
-
-def zip_bytes(entries: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 async def test_health_names_the_workspace_and_settings(api, ws):

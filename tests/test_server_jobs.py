@@ -7,18 +7,13 @@ import json
 
 import pytest
 import tornado.httpclient
+from server_api import jp_server_config  # noqa: F401 (fixture)
 
 from lora_lab.jobs import JobRecord, open_job
 from lora_lab.training.lora_file import read_lora
 
 API = ("lora-lab", "api")
 ACTIVE = ("queued", "running")
-
-
-@pytest.fixture
-def jp_server_config(ws):
-    return {"ServerApp": {"jpserver_extensions": {"lora_lab.server_ext": True}},
-            "LoraLabApp": {"workspace": str(ws.root)}}
 
 
 @pytest.fixture

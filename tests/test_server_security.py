@@ -4,12 +4,10 @@ traversal, symlinks, upload limits, zip-slip, bad JSON; plus the OpenAPI documen
 routes, light start-up and the settings' environment fallbacks."""
 from __future__ import annotations
 
-import io
 import json
 import re
 import subprocess
 import sys
-import zipfile
 from http.cookies import SimpleCookie
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import tornado.websocket
 from traitlets import TraitError
 
 from conftest import jpeg_bytes, tree_digest
-from lora_lab.datasets import ingest
+from server_api import jp_server_config, shapes, zip_bytes  # noqa: F401 (fixtures)
 from lora_lab.jobs import JobRecord
 from lora_lab.server_ext import LoraLabApp, _jupyter_server_extension_points
 from lora_lab.server_ext.openapi import openapi_document
@@ -27,19 +25,6 @@ from lora_lab.server_ext.openapi import openapi_document
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ARGS = {"name": "shapes", "file": "red_circle.jpg", "job_id": "20260101-000000-train-abcdef",
                "path": "log.txt"}
-
-
-@pytest.fixture
-def jp_server_config(ws, request):
-    settings = {"workspace": str(ws.root), **getattr(request, "param", {})}
-    return {"ServerApp": {"jpserver_extensions": {"lora_lab.server_ext": True}},
-            "LoraLabApp": settings}
-
-
-@pytest.fixture
-def shapes(ws, samples):
-    ingest(samples, "shapes", workspace=ws)
-    return "shapes"
 
 
 @pytest.fixture
@@ -207,14 +192,6 @@ async def test_job_files_stay_inside_the_job_folder(fetch, shapes, ws):
 
 
 # -- uploads ----------------------------------------------------------------------------------------
-def zip_bytes(entries: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("jp_server_config", [{"max_upload_mb": 1}], indirect=True)
 async def test_an_upload_over_the_limit_gets_413_and_stores_nothing(fetch, ws):
     big = b"\0" * (3 * 2**20)
