@@ -8,6 +8,7 @@ import os
 import pytest
 from server_api import server_config, shapes  # noqa: F401 (fixture)
 
+from lora_lab.jobs.record import pid_alive
 from lora_lab.tiny import gguf_models
 
 API = ("lora-lab", "api")
@@ -52,8 +53,15 @@ async def test_caption_one_image_with_the_resident_model_then_undo(api, shapes, 
     assert code == 200 and undone["restored"] == 1 and not txt.exists()
     code, err = await api("caption", method="POST", body={"dataset": shapes, "file": "nope.jpg"})
     assert code == 404 and "nope.jpg" in err["detail"]
-    # stopping the extension stops the worker process
+    # a training job needs the (GPU) memory: submitting one lets the resident model go
     lab = jp_serverapp.extension_manager.extension_points["lora_lab"].app
+    pid = lab.caption_worker().pid
+    config = {"model": {"base": str(ws.root / "no-model")}, "dataset": {"source": shapes}}
+    code, _ = await api("jobs", method="POST", body={"kind": "train", "params": {"config": config}})
+    assert code == 202 and not pid_alive(pid)
+    assert (await api("health"))[1]["caption_worker_running"] is False
+    # stopping the extension stops the worker process
+    lab.caption_worker().start()
     pid = lab.caption_worker().pid
     await lab.stop_extension()
     with pytest.raises(ProcessLookupError):

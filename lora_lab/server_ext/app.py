@@ -115,9 +115,7 @@ class LoraLabApp(ExtensionApp):
     async def stop_extension(self) -> None:
         """Close the caption worker. Jobs keep running: they are their own processes and
         outlive the server by design (a restarted server picks them up from their folders)."""
-        worker, self._caption_worker = self._caption_worker, None
-        if worker is not None:
-            await asyncio.get_running_loop().run_in_executor(None, worker.close)
+        await asyncio.get_running_loop().run_in_executor(None, self.close_caption_worker)
         for executor in (getattr(self, "executor", None), getattr(self, "caption_executor", None)):
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
@@ -133,6 +131,14 @@ class LoraLabApp(ExtensionApp):
                 self._caption_worker = CaptionWorker(self.caption_model or None,
                                                      self.caption_mmproj or None, workspace=self.ws)
             return self._caption_worker
+
+    def close_caption_worker(self) -> None:
+        """Let the resident caption model go, and its memory (VRAM on a GPU box) with it; the
+        next caption request loads it again."""
+        with self._worker_lock:
+            worker, self._caption_worker = self._caption_worker, None
+        if worker is not None:
+            worker.close()
 
     def describe(self) -> dict[str, Any]:
         """The settings a client may want to show (GET health)."""

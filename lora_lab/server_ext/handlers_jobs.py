@@ -53,6 +53,8 @@ class JobsHandler(JobHandlerBase):
 
     def _submit(self, kind: str, params: dict[str, Any]) -> tuple[JobRecord, dict[str, Any]]:
         job = submit(kind, params, self.ws, slots=self.lab.gpu_slots)
+        if kind == "train":  # it will want the GPU memory the resident caption model holds
+            self.lab.close_caption_worker()
         return job, job.view()
 
 
@@ -84,7 +86,10 @@ class JobResumeHandler(JobHandlerBase):
 
     def _resume(self, job_id: str) -> tuple[JobRecord, dict[str, Any]]:
         job = resume(self.job(job_id), slots=self.lab.gpu_slots)
-        return job, job.view()
+        view = job.view()
+        if view["kind"] == "train":
+            self.lab.close_caption_worker()
+        return job, view
 
 
 class JobEventsHandler(JobHandlerBase):
