@@ -35,17 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     os.nice(NICENESS)
     job.set_status("queued", pgid=os.getpgrp())
     try:
-        with job.heartbeat():
+        with job.heartbeat():  # while it waits; the job's own code beats while it runs
             slot = wait_for_slot(job, ws, args.slots)
-            notebook = job.spec().get("notebook")
-            if notebook:
-                run_notebook(job, Path(notebook), args.resume)
-                if job.status()["state"] in ACTIVE:
-                    raise LoraLabError(f"the notebook {notebook} ended without running the job "
-                                       "(it should call lora_lab.jobs.run_job(job_dir, resume))")
-            else:
-                run_job(job.path, args.resume)
-            slot.close()
+        notebook = job.spec().get("notebook")
+        if notebook:
+            run_notebook(job, Path(notebook), args.resume)
+            if job.status()["state"] in ACTIVE:
+                raise LoraLabError(f"the notebook {notebook} ended without running the job "
+                                   "(it should call lora_lab.jobs.run_job(job_dir, resume))")
+        else:
+            run_job(job.path, args.resume)
+        slot.close()
     except BaseException as e:
         if job.status()["state"] in ACTIVE:  # ended before the job's own code recorded it
             job.record_end(e)

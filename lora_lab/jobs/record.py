@@ -75,6 +75,15 @@ class JobRecord:
             status.update(fields, state=state)  # ... unless ``fields`` names another pid
             atomic.write_text(path, json.dumps(status, indent=2))
 
+    def _touch(self) -> None:
+        """Refresh the heartbeat, leaving the rest as the job last wrote it (read under the
+        lock: a state read before it would undo an update made meanwhile)."""
+        path = self.path / "status.json"
+        with _status_lock:
+            status = json.loads(path.read_text(encoding="utf-8"))
+            status.update(pid=os.getpid(), heartbeat=time.time())
+            atomic.write_text(path, json.dumps(status, indent=2))
+
     def view(self) -> dict[str, Any]:
         """The status with its kind and the true state: an active job whose process is gone
         or silent reads ``interrupted``."""
@@ -134,7 +143,7 @@ class JobRecord:
         def beat() -> None:
             while not stop.wait(HEARTBEAT_S):
                 with contextlib.suppress(OSError, ValueError):
-                    self.set_status(self.status()["state"])
+                    self._touch()
 
         thread = threading.Thread(target=beat, name=f"heartbeat {self.id}", daemon=True)
         thread.start()
