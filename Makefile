@@ -7,6 +7,7 @@ DEMO := $(CURDIR)/demo-workspace
 LL := $(BIN)/lora-lab --workspace $(DEMO)
 # Portable llama.cpp build; on a CUDA pod: make CMAKE_ARGS="-DGGML_CUDA=on" ...
 CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: demo test bench clean
 
@@ -19,6 +20,11 @@ $(STAMP): pyproject.toml Makefile
 	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/python -m pip install -q llama-cpp-python==0.3.36
 	$(BIN)/python -m pip install -q -e ".[caption,test]"
 	touch $@
+
+# The browser test's browser (playwright's own download cannot run offline)
+$(CHROMIUM):
+	command -v apt-get >/dev/null || { echo "install chromium, or set CHROMIUM=/path/to/it"; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 demo: $(STAMP)
 	rm -rf $(DEMO)
@@ -49,8 +55,8 @@ demo: $(STAMP)
 	@echo "  LoRA:          $(DEMO)/loras/demo-lora.safetensors  (kohya keys: ComfyUI, A1111, diffusers)"
 	@echo "  tiny models:   $(DEMO)/models/tiny"
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
+test: $(STAMP) $(CHROMIUM)
+	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
 
 bench: $(STAMP)
 	sh bench/run_all.sh

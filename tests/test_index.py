@@ -92,3 +92,22 @@ def test_thumbnails_are_cached_and_follow_content(cli, ds):
     assert build_thumbnails(ds, 64) == 0
     with pytest.raises(LoraLabError, match="out of range"):
         thumbnail_path(ds, "blue_square.png", 5000)
+
+
+def test_filters_by_shape_and_size_sorts_and_groups_duplicates(ws, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    sizes = {"a_wide.jpg": (64, 32), "b_tall.jpg": (20, 40), "c_square.jpg": (48, 48)}
+    for i, (name, size) in enumerate(sizes.items()):
+        (src / name).write_bytes(jpeg_bytes(size, seed=i))
+    (src / "d_copy.jpg").write_bytes(jpeg_bytes((64, 32), seed=0, quality=60))
+    ds = Dataset.open(ingest(src, "shaped", workspace=ws).dataset, ws)
+    files = lambda **q: [r["file"] for r in ds.images(**q).items]  # noqa: E731
+    assert files(shape="portrait") == ["b_tall.jpg"]
+    assert files(shape="square") == ["c_square.jpg"]
+    assert files(min_side=32) == ["a_wide.jpg", "c_square.jpg", "d_copy.jpg"]
+    assert files(sort="-pixels")[:1] == ["c_square.jpg"] and files(sort="aspect")[0] == "b_tall.jpg"
+    assert files(duplicates=True) == ["a_wide.jpg", "d_copy.jpg"]
+    for bad in ({"shape": "round"}, {"sort": "colour"}, {"min_side": -1}):
+        with pytest.raises(LoraLabError, match=next(iter(bad))):
+            ds.images(**bad)

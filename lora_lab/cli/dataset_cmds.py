@@ -147,8 +147,8 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 
 def cmd_images(args: argparse.Namespace) -> None:
-    page = Dataset.open(args.name, workspace(args)).images(args.offset, args.limit, args.query,
-                                                          args.captioned)
+    page = Dataset.open(args.name, workspace(args)).images(
+        args.offset, args.limit, q=args.query, captioned=args.captioned)
     lines = [f"{r['file']}\t{r['width']}x{r['height']}\t{r['caption'] or '(no caption)'}"
              for r in page.items]
     lines.append(f"-- {args.offset + 1}-{args.offset + len(page.items)} of {page.total}")

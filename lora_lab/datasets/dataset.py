@@ -21,7 +21,7 @@ from ..workspace import Workspace, check_name
 from . import captions as caption_ops
 from . import workers
 from .images import EXTENSIONS, hamming_pairs
-from .index import Index
+from .index import ImageQuery, Index
 from .journal import Entry, Journal
 
 META = ".lora_lab"
@@ -110,12 +110,12 @@ class Dataset:
     def __len__(self) -> int:
         return self.index.count()
 
-    def images(self, offset: int = 0, limit: int = 100, q: str | None = None,
-               captioned: bool | None = None) -> Page:
-        """A page of image records in file order, filtered by text in name/caption."""
+    def images(self, offset: int = 0, limit: int = 100, **query: Any) -> Page:
+        """A page of image records; ``query`` filters and sorts them (see :class:`ImageQuery`:
+        ``q``, ``captioned``, ``shape``, ``min_side``, ``duplicates``, ``sort``)."""
         if offset < 0 or not 1 <= limit <= 1000:
             raise LoraLabError("offset must be >= 0 and limit between 1 and 1000")
-        rows, total = self.index.page(offset, limit, q, captioned)
+        rows, total = self.index.page(offset, limit, ImageQuery(**query))
         return Page(rows, total, offset, limit)
 
     def image(self, file: str) -> dict[str, Any]:
@@ -132,7 +132,7 @@ class Dataset:
             for f in files:
                 self.image_path(f)
             return list(dict.fromkeys(files))
-        return self.index.files(q)
+        return self.index.files(ImageQuery(q=q))
 
     # -- captions --------------------------------------------------------------------------------
     def caption(self, file: str) -> str | None:
@@ -325,7 +325,7 @@ def list_datasets(workspace: Workspace | None = None) -> list[dict[str, Any]]:
             ds = Dataset.open(path.name, ws)
         except LoraLabError:  # a folder made by hand whose name is not a dataset name
             continue
-        captioned = ds.index.page(0, 1, captioned=True)[1]
+        captioned = ds.index.page(0, 1, ImageQuery(captioned=True))[1]
         out.append({"name": ds.name, "images": len(ds), "captioned": captioned})
         ds.index.close()
     return out

@@ -6,8 +6,11 @@ filtering and stats fast, and :meth:`Dataset.sync` rebuilds it from the files at
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+
+from ..errors import LoraLabError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -33,6 +36,64 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 COLUMNS = ("file", "width", "height", "format", "orientation", "bytes", "sha256", "phash",
            "mtime_ns", "caption", "caption_mtime_ns", "near_dup_of", "caption_model",
            "caption_prompt")
+
+
+SORTS = {  # sort key -> SQL; a "-" before the key reverses it
+    "file": "file",
+    "pixels": "width * height",
+    "aspect": "CAST(width AS REAL) / height",
+    "bytes": "bytes",
+    "caption": "LENGTH(COALESCE(caption, ''))",
+    "modified": "mtime_ns",
+}
+SHAPES = {"portrait": "height > width", "landscape": "width > height", "square": "width = height"}
+
+
+@dataclass(frozen=True)
+class ImageQuery:
+    """Which images, in which order: a text query over names and captions, caption state, shape,
+    a minimum short side, near-duplicates only (each beside the image it duplicates), a sort."""
+
+    q: str | None = None
+    captioned: bool | None = None
+    shape: str | None = None
+    min_side: int = 0
+    duplicates: bool = False
+    sort: str = "file"
+
+    def __post_init__(self) -> None:
+        if self.shape not in (None, *SHAPES):
+            raise LoraLabError(f"shape must be one of {', '.join(SHAPES)}, not {self.shape!r}")
+        if self.sort.removeprefix("-") not in SORTS:
+            raise LoraLabError(f"sort must be one of {', '.join(SORTS)} (a leading - reverses), "
+                               f"not {self.sort!r}")
+        if not isinstance(self.min_side, int) or self.min_side < 0:
+            raise LoraLabError(f"min_side must be a whole number >= 0, not {self.min_side!r}")
+
+    def where(self) -> tuple[str, tuple]:
+        clauses, args = [], []
+        if self.q:
+            clauses.append("(file LIKE ? ESCAPE '\\' OR caption LIKE ? ESCAPE '\\')")
+            pattern = "%" + self.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            args += [pattern, pattern]
+        if self.captioned is True:
+            clauses.append("caption IS NOT NULL AND caption != ''")
+        elif self.captioned is False:
+            clauses.append("(caption IS NULL OR caption = '')")
+        if self.shape:
+            clauses.append(SHAPES[self.shape])
+        if self.min_side:
+            clauses.append("MIN(width, height) >= ?")
+            args.append(self.min_side)
+        if self.duplicates:
+            clauses.append("(near_dup_of IS NOT NULL OR file IN "
+                           "(SELECT near_dup_of FROM images WHERE near_dup_of IS NOT NULL))")
+        return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
+
+    def order(self) -> str:
+        key = SORTS[self.sort.removeprefix("-")] + (" DESC" if self.sort.startswith("-") else "")
+        group = "COALESCE(near_dup_of, file), " if self.duplicates else ""
+        return f"{group}{key}, file"
 
 
 class Index:
@@ -77,32 +138,19 @@ class Index:
     def all(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.execute("SELECT * FROM images ORDER BY file")]
 
-    def page(self, offset: int, limit: int, q: str | None = None,
-             captioned: bool | None = None) -> tuple[list[dict[str, Any]], int]:
-        """One page of rows in file order, filtered by a text query and caption state."""
-        where, args = self._filter(q, captioned)
+    def page(self, offset: int, limit: int,
+             view: ImageQuery = ImageQuery()) -> tuple[list[dict[str, Any]], int]:
+        """One page of the rows ``view`` selects, in its order, and how many it selects."""
+        where, args = view.where()
         total = self.db.execute(f"SELECT COUNT(*) FROM images {where}", args).fetchone()[0]
-        rows = self.db.execute(
-            f"SELECT * FROM images {where} ORDER BY file LIMIT ? OFFSET ?", (*args, limit, offset)
-        )
+        rows = self.db.execute(f"SELECT * FROM images {where} ORDER BY {view.order()} "
+                               "LIMIT ? OFFSET ?", (*args, limit, offset))
         return [dict(r) for r in rows], total
 
-    def files(self, q: str | None = None, captioned: bool | None = None) -> list[str]:
-        where, args = self._filter(q, captioned)
-        return [r[0] for r in self.db.execute(f"SELECT file FROM images {where} ORDER BY file", args)]
-
-    @staticmethod
-    def _filter(q: str | None, captioned: bool | None) -> tuple[str, tuple]:
-        clauses, args = [], []
-        if q:
-            clauses.append("(file LIKE ? ESCAPE '\\' OR caption LIKE ? ESCAPE '\\')")
-            pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            args += [pattern, pattern]
-        if captioned is True:
-            clauses.append("caption IS NOT NULL AND caption != ''")
-        elif captioned is False:
-            clauses.append("(caption IS NULL OR caption = '')")
-        return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
+    def files(self, view: ImageQuery = ImageQuery()) -> list[str]:
+        where, args = view.where()
+        return [r[0] for r in self.db.execute(
+            f"SELECT file FROM images {where} ORDER BY {view.order()}", args)]
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]

@@ -26,7 +26,7 @@ from .base import LoraLabHandler, field, opened, parse_json
 JSON_LIMIT = 2**20  # a JSON request body; only zip uploads may be bigger
 NAME = r"(?P<name>[^/]+)"
 FILE = r"(?P<file>[^/]+)"
-CAPTIONED = {"true": True, "1": True, "false": False, "0": False, "": None}
+FLAGS = {"true": True, "1": True, "false": False, "0": False, "": None}
 ITEM_FIELDS = ("file", "caption", "width", "height", "format", "bytes", "near_dup_of",
                "caption_model")
 
@@ -155,28 +155,34 @@ class DatasetHandler(LoraLabHandler):
 
 
 class ImagesHandler(LoraLabHandler):
-    """GET ``?offset=&limit=&q=&captioned=``: a page of images in file order, with their
-    captions, ETags and the URLs of the image and its thumbnail."""
+    """GET ``?offset=&limit=&q=&captioned=&shape=&min_side=&duplicates=&sort=``: a page of
+    images (see ImageQuery), with their captions, ETags and image and thumbnail URLs."""
 
     @authenticated
     async def get(self, name: str) -> None:
         offset = self.int_arg("offset", 0, 0, 10**9)
         limit = self.int_arg("limit", 100, 1, 1000)
-        q = self.get_query_argument("q", None) or None
-        raw = self.get_query_argument("captioned", "").lower()
-        if raw not in CAPTIONED:
-            raise HTTPError(400, f"captioned must be true or false, not {raw!r}")
-        captioned = CAPTIONED[raw]
-        page = await self.blocking(self._page, name, offset, limit, q, captioned)
+        query = {"q": self.get_query_argument("q", None) or None,
+                 "captioned": self._flag("captioned"),
+                 "shape": self.get_query_argument("shape", None) or None,
+                 "min_side": self.int_arg("min_side", 0, 0, 10**6),
+                 "duplicates": bool(self._flag("duplicates")),
+                 "sort": self.get_query_argument("sort", None) or "file"}
+        page = await self.blocking(self._page, name, offset, limit, query)
         for item in page["items"]:
             url = self.api_url("datasets", name, "images", item["file"])
             item.update(url=url, thumbnail=url + "?thumb=256", etag=etag(item["caption"]))
         self.reply(page)
 
-    def _page(self, name: str, offset: int, limit: int, q: str | None,
-              captioned: bool | None) -> dict[str, Any]:
+    def _flag(self, name: str) -> bool | None:
+        raw = self.get_query_argument(name, "").lower()
+        if raw not in FLAGS:
+            raise HTTPError(400, f"{name} must be true or false, not {raw!r}")
+        return FLAGS[raw]
+
+    def _page(self, name: str, offset: int, limit: int, query: dict[str, Any]) -> dict[str, Any]:
         with opened(name, self.ws) as ds:
-            page = ds.images(offset, limit, q, captioned)
+            page = ds.images(offset, limit, **query)
         items = [{k: row[k] for k in ITEM_FIELDS} for row in page.items]
         return {"items": items, "total": page.total, "offset": page.offset, "limit": page.limit}
 

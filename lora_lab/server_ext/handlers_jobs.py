@@ -13,8 +13,9 @@ from tornado.web import authenticated
 
 from ..errors import LoraLabError, NotFound
 from ..jobs import JobRecord, cancel, list_jobs, open_job, resume, submit
+from ..jobs.tail import EventTail
 from .base import LoraLabHandler, field
-from .stream import JOB, EventTail, JobStreamHandler
+from .stream import JOB, JobStreamHandler
 
 
 class JobHandlerBase(LoraLabHandler):

@@ -75,10 +75,15 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/datasets/{name}": {"get": _op("Stats: counts, captions, sizes per bucket, tags", params=(NAME,))},
     "/datasets/{name}/images": {"get": _op(
-        "A page of images in file order", result=_ref("ImagePage"),
+        "A page of images, filtered and sorted", result=_ref("ImagePage"),
         params=(NAME, _param("offset", "query", "integer"), _param("limit", "query", "integer", "1-1000"),
                 _param("q", "query", text="text in the file name or caption"),
-                _param("captioned", "query", "boolean")))},
+                _param("captioned", "query", "boolean"),
+                _param("shape", "query", text="portrait, landscape or square"),
+                _param("min_side", "query", "integer", "shortest side at least this many pixels"),
+                _param("duplicates", "query", "boolean", "only near-duplicates, grouped"),
+                _param("sort", "query", text="file, pixels, aspect, bytes, caption or modified; "
+                       "a leading - reverses")))},
     "/datasets/{name}/images/{file}": {"get": _op(
         "The image, or with ?thumb=SIZE its JPEG thumbnail", content={"content": {"image/*": {}}},
         params=(NAME, FILE, _param("thumb", "query", "integer", "thumbnail size, 32-1024")))},
