@@ -1,0 +1,91 @@
+"""What every panel shares: a notice line for errors and news, handlers that report instead of
+raising, and a background poller that keeps a panel current without blocking the kernel."""
+from __future__ import annotations
+
+import functools
+import html
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as widgets
+
+from ..errors import LoraLabError
+from ..workspace import Workspace
+
+log = logging.getLogger(__name__)
+COLORS = {"error": "#b3261e", "warning": "#8a5a00", "info": "#1f5f8b", "ok": "#1e7b34"}
+
+
+def workspace_of(workspace: Workspace | str | None) -> Workspace:
+    """The workspace a panel works in: the one given, a path, or the default."""
+    return workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+
+
+class Notice(widgets.HTML):
+    """One line that tells the user what happened: an error in red, news in blue or green."""
+
+    kind = "info"
+
+    def show(self, message: str, kind: str = "info") -> None:
+        self.kind = kind
+        self.value = (f'<span class="lora-lab-{kind}" style="color:{COLORS[kind]}">'
+                      f"{html.escape(message)}</span>")
+
+    def clear(self) -> None:
+        self.kind, self.value = "info", ""
+
+    @property
+    def text(self) -> str:
+        """The message without its markup (what a test or a screen reader reads)."""
+        return html.unescape(self.value.split(">", 1)[-1].rsplit("<", 1)[0]) if self.value else ""
+
+
+def reporting(handler: Callable) -> Callable:
+    """Decorate a panel's event handler: an error shows in the panel's ``notice`` line instead
+    of vanishing into the kernel log (ipywidgets swallows exceptions raised by handlers)."""
+    @functools.wraps(handler)
+    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return handler(self, *args, **kwargs)
+        except LoraLabError as e:
+            self.notice.show(str(e), "error")
+        except Exception as e:  # a bug: say what it was, keep the panel alive
+            log.exception("panel handler %s failed", handler.__name__)
+            self.notice.show(f"{type(e).__name__}: {e}", "error")
+        return None
+    return run
+
+
+class Poller:
+    """Calls ``tick`` every ``interval`` seconds on a daemon thread until it returns False or
+    :meth:`stop` is called. Panels do their reading here, so the kernel stays free; tests call
+    ``tick`` themselves and never start the thread."""
+
+    def __init__(self, tick: Callable[[], bool], interval: float):
+        self.tick, self.interval = tick, interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="lora-lab poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if self.tick() is False:
+                    return
+            except Exception:  # keep polling: a file half-written now reads fine next time
+                log.exception("panel update failed")
