@@ -9,6 +9,10 @@
 # bench_train.py (tiny SD1.5 LoRA training, lora_lab uncached and cached against a bare
 # diffusers-example loop) takes ~1.5 min; `.venv/bin/python bench/bench_train.py --family sdxl`
 # runs it on the tiny SDXL.
+# bench_monitor.py (a TrainingMonitor following a job that writes 50 events/s: lag, memory,
+# cost of a poller step) takes ~1 min.
+# bench_widgets.py (DatasetBrowser paging a 10,000-image dataset, against reading the page's
+# thumbnail bytes) takes ~2 min, most of it making the dataset.
 # BENCH_PYTHON picks the interpreter (default: the project's .venv).
 set -e
 cd "$(dirname "$0")/.."

@@ -67,8 +67,13 @@ class ImageQuery:
         if self.sort.removeprefix("-") not in SORTS:
             raise LoraLabError(f"sort must be one of {', '.join(SORTS)} (a leading - reverses), "
                                f"not {self.sort!r}")
-        if not isinstance(self.min_side, int) or self.min_side < 0:
+        if not isinstance(self.min_side, int) or isinstance(self.min_side, bool) or self.min_side < 0:
             raise LoraLabError(f"min_side must be a whole number >= 0, not {self.min_side!r}")
+        if self.captioned not in (None, True, False) or not isinstance(self.duplicates, bool):
+            raise LoraLabError("captioned must be true, false or unset, and duplicates true or "
+                               f"false (not {self.captioned!r}, {self.duplicates!r})")
+        if self.q is not None and not isinstance(self.q, str):
+            raise LoraLabError(f"the text query must be text, not {self.q!r}")
 
     def where(self) -> tuple[str, tuple]:
         clauses, args = [], []
@@ -151,6 +156,10 @@ class Index:
         where, args = view.where()
         return [r[0] for r in self.db.execute(
             f"SELECT file FROM images {where} ORDER BY {view.order()}", args)]
+
+    def captions(self) -> list[str]:
+        """Every non-empty caption (for tag counts: no other column is read)."""
+        return [r[0] for r in self.db.execute("SELECT caption FROM images WHERE caption != ''")]
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]

@@ -16,7 +16,7 @@ MEGAPIXEL_BINS = [(0.25, "< 0.25 MP"), (0.5, "0.25-0.5 MP"), (1.0, "0.5-1 MP"), 
 def dataset_stats(ds: Dataset, top_tags: int = 30) -> dict[str, Any]:
     rows = ds.index.all()
     captions = [r["caption"] for r in rows if r["caption"]]
-    tags = Counter(t for c in captions for t in split_tags(c))
+    tags = tag_counts(captions)
     words = [len(c.split()) for c in captions]
     return {
         "name": ds.name,
@@ -32,6 +32,16 @@ def dataset_stats(ds: Dataset, top_tags: int = 30) -> dict[str, Any]:
         "tags": dict(tags.most_common(top_tags)),
         "distinct_tags": len(tags),
     }
+
+
+def tag_counts(captions: list[str]) -> Counter[str]:
+    """How often each tag occurs in ``captions``."""
+    return Counter(t for c in captions for t in split_tags(c))
+
+
+def tag_frequency(ds: Dataset, top: int = 30) -> list[tuple[str, int]]:
+    """The ``top`` most frequent tags of the dataset's captions, most frequent first."""
+    return tag_counts(ds.index.captions()).most_common(top)
 
 
 def _summary(values: list[int]) -> dict[str, float]:

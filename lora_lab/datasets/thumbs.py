@@ -25,6 +25,19 @@ def thumbnail_path(ds: Dataset, file: str, size: int = 256) -> Path:
     return dst
 
 
+def cached_thumbnail(ds: Dataset, row: dict, size: int = 256) -> Path:
+    """Where the thumbnail of index row ``row`` is cached, made or not (no file is touched)."""
+    return _cache_path(ds, row["sha256"], size)
+
+
+def make_thumbnail_of(ds: Dataset, row: dict, size: int = 256) -> Path:
+    """Make the thumbnail of index row ``row`` (safe on a pool thread); returns its path."""
+    _check_size(size)
+    dst = _cache_path(ds, row["sha256"], size)
+    make_thumbnail((str(ds.path / row["file"]), str(dst), size))
+    return dst
+
+
 def build_thumbnails(ds: Dataset, size: int = 256, processes: int | None = None) -> int:
     """Make every missing thumbnail of the dataset (on all cores); returns how many were made."""
     _check_size(size)

@@ -71,6 +71,34 @@ def gather_images(source: str, repeats: int = 1, caption_extension: str = ".txt"
     return images
 
 
+def count_images(source: str, workspace: Workspace | None = None) -> tuple[int, int | None]:
+    """How many images :func:`gather_images` would find, from names alone (nothing decoded):
+    (images, samples per epoch when kohya ``N_name`` subfolders set the repeats, else None)."""
+    ws = workspace or Workspace()
+    path = Path(source).expanduser()
+    if "/" not in source and not path.is_dir():
+        try:
+            ds = Dataset.open(source, ws)
+        except NotFound:
+            raise LoraLabError(f"{source!r} is neither a dataset in {ws.datasets} nor a folder") from None
+        try:
+            return ds.index.count(), None
+        finally:
+            ds.index.close()
+    if not path.is_dir():
+        raise LoraLabError(f"folder {path} does not exist")
+    subdirs = [(d, int(m[1])) for d in path.iterdir() if d.is_dir() and (m := _KOHYA_DIR.match(d.name))]
+    if not subdirs:
+        return _count_files(path), None
+    counts = [(_count_files(d), n) for d, n in subdirs]
+    return sum(c for c, _ in counts), sum(c * n for c, n in counts)
+
+
+def _count_files(folder: Path) -> int:
+    return sum(1 for p in folder.iterdir()
+               if p.suffix.lower() in EXTENSIONS and not p.name.startswith(".") and p.is_file())
+
+
 def _from_dataset(ds: Dataset, repeats: int) -> list[TrainImage]:
     ds.sync_if_changed()
     rows = ds.index.all()

@@ -1,0 +1,283 @@
+"""TrainingMonitor: follow any job from its job directory alone, so it attaches to a job started
+by the CLI, the REST API, papermill or before the kernel restarted.
+
+Reading is incremental (byte offsets into events.jsonl and log.txt) and what is kept is bounded
+(decimated curves, the last log lines, the last samples), so following a long, fast job costs
+the same at its end as at its start. The browser gets at most one update per ``interval``.
+"""
+from __future__ import annotations
+
+import html
+import logging
+import math
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import ipywidgets as widgets
+
+from ..errors import Conflict, LoraLabError
+from ..jobs import JobRecord, cancel, open_job, resume
+from ..jobs.chart import Curves
+from ..jobs.record import ACTIVE
+from ..jobs.tail import EventTail, LineTail
+from ..workspace import Workspace
+from .common import Notice, Poller, reporting, workspace_of
+
+log = logging.getLogger(__name__)
+LOG_LINES = 200  # log lines kept and shown
+SAMPLES = 8  # sample images kept and shown, newest last
+CURVE_POINTS = 500  # about one a pixel across the 420-px charts
+CANCEL_GRACE_S = 60.0  # a training job saves a checkpoint before it stops; off-thread, so no wait
+STATE_STYLE = {"succeeded": "success", "failed": "danger", "interrupted": "danger",
+               "removed": "danger", "cancelled": "warning"}
+ERROR_STATES = ("failed", "interrupted", "removed")
+
+
+class JobFollower:
+    """What a monitor knows about a job, folded from its files: new events and log lines on
+    each :meth:`read`, nothing re-read, everything kept bounded."""
+
+    def __init__(self, job: JobRecord):
+        self.job = job
+        self.events = EventTail(job.path / "events.jsonl")
+        self.lines = LineTail(job.log_path)
+        self.curves = Curves(CURVE_POINTS)
+        self.log_lines: deque[str] = deque(maxlen=LOG_LINES)
+        self.samples: deque[dict[str, Any]] = deque(maxlen=SAMPLES)
+        self.progress: dict[str, Any] | None = None  # the newest progress event
+        self.phase: str | None = None
+        self.error: str | None = None
+        self.view: dict[str, Any] = {}
+
+    @property
+    def events_read(self) -> int:
+        """The number of the newest event read (events are numbered from 1)."""
+        return self.events.n
+
+    @property
+    def active(self) -> bool:
+        return self.view.get("state") in ACTIVE
+
+    def read(self) -> bool:
+        """Take in everything new; whether anything changed. The state is read first, so an
+        ended job's files are complete when they are read after it."""
+        before = self.view
+        try:
+            self.view = self.job.view()
+        except FileNotFoundError:  # someone deleted the job directory: nothing more will come
+            self.view = {**before, "state": "removed",
+                         "error": f"its job directory {self.job.path} was removed"}
+        final = not self.active
+        events = 0
+        while batch := self.events.read():  # a piece at a time: a long backlog never sits in memory
+            events += len(batch)
+            for event in batch:
+                self._fold(event)
+        new_lines = False
+        while lines := self.lines.read(final=final):
+            self.log_lines.extend(line for line, _ in lines)
+            new_lines = True
+        if self.view.get("error") and self.view["state"] in ERROR_STATES:
+            self.error = self.view["error"]
+        return bool(events or new_lines or _changed(before, self.view))
+
+    def _fold(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "phase":
+            self.phase = event.get("phase")
+        elif kind == "progress":
+            self.progress = event
+            self.curves.add(event)
+        elif kind == "sample":
+            self.samples.append(event)
+        elif kind == "failed":
+            self.error = event.get("error")
+        elif kind == "resumed":
+            self.error = None
+        elif kind == "log" and not self.job.log_path.exists():  # else log.txt has it already
+            self.log_lines.append(f"{event.get('level', 'info')}: {event.get('message', '')}")
+
+
+def _changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    keys = ("state", "phase", "progress", "error")
+    return any(before.get(k) != after.get(k) for k in keys)
+
+
+class TrainingMonitor(widgets.VBox):
+    """Live view of one job: state, phase, progress, speed and ETA, loss and learning-rate
+    curves, samples, the log tail, and cancel / resume.
+
+    ``job`` is a job id or a JobRecord; an unknown id raises NotFound here, as every other
+    surface refuses it. ``autostart=False`` leaves the background poller off (call
+    :meth:`refresh` yourself, as tests do).
+    """
+
+    def __init__(self, job: str | JobRecord, workspace: Workspace | str | None = None,
+                 interval: float = 0.5, autostart: bool = True):
+        super().__init__()
+        self.poller = Poller(self.tick, interval)  # first: close() needs it if the rest fails
+        self.ws = workspace_of(workspace)
+        self.job = job if isinstance(job, JobRecord) else open_job(job, self.ws)
+        self.interval = interval
+        self.follower = JobFollower(self.job)
+        self.notice = Notice()
+        self.cancelling: threading.Thread | None = None
+        self._lock = threading.Lock()  # the poller thread and a caller may refresh at once
+        self._last_render = -math.inf
+        self._pending = False  # read but not yet shown
+        self._sample_boxes: dict[str, widgets.Widget] = {}
+        self._build()
+        self.follow = autostart
+        self.refresh()
+        if autostart and self.follower.active:
+            self.poller.start()
+
+    def _build(self) -> None:
+        self.title = widgets.HTML()
+        self.state = widgets.HTML()
+        self.bar = widgets.FloatProgress(min=0.0, max=1.0, layout={"width": "100%"})
+        self.stats = widgets.HTML()
+        self.charts = widgets.HTML(layout={"display": "none"})
+        self.samples = widgets.HBox(layout={"flex_flow": "row wrap"})
+        self.log_view = widgets.HTML()  # not ``log``: that name is a widget trait
+        self.cancel_button = widgets.Button(description="Cancel", icon="stop",
+                                            button_style="warning")
+        self.resume_button = widgets.Button(description="Resume", icon="play")
+        self.cancel_button.on_click(self._on_cancel)
+        self.resume_button.on_click(self._on_resume)
+        self.children = [self.title, widgets.HBox([self.state, self.cancel_button,
+                                                   self.resume_button]),
+                         self.bar, self.stats, self.notice, self.charts, self.samples,
+                         self.log_view]
+
+    # -- reading and showing ---------------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Read everything new and show it now; whether the job is still active."""
+        with self._lock:
+            self.follower.read()
+            self._render()
+            return self.follower.active
+
+    def tick(self) -> bool:
+        """The poller's step: read what is new, show it at most once per ``interval``; False
+        (stop polling) once the job has ended and all of it is shown."""
+        with self._lock:
+            self._pending |= self.follower.read()
+            ended = not self.follower.active
+            if self._pending and (ended or time.monotonic() - self._last_render >= self.interval):
+                self._render()
+            return not ended
+
+    def _render(self) -> None:
+        self._last_render, self._pending = time.monotonic(), False
+        f = self.follower
+        state = f.view.get("state", "?")
+        self.title.value = f"<b>{html.escape(f.view.get('kind', 'job'))} job</b> <code>{self.job.id}</code>"
+        phase = f.view.get("phase") or f.phase  # status.json's is the newest (e.g. "done")
+        self.state.value = f"<b>{state}</b>" + (f" · {html.escape(phase)}" if phase else "")
+        self.bar.value = _fraction(f)
+        self.bar.bar_style = STATE_STYLE.get(state, "info")
+        self.stats.value = html.escape(stats_line(f.progress, state))
+        self.cancel_button.disabled = state not in ACTIVE
+        self.resume_button.disabled = state not in ("failed", "cancelled", "interrupted")
+        self._show_error(f, state)
+        if f.curves.has_loss:
+            self.charts.value = f.curves.loss_svg(420, 220) + f.curves.lr_svg(420, 220)
+            self.charts.layout.display = None
+        self._show_samples(f)
+        self.log_view.value = ('<pre style="max-height:14em;overflow:auto;font-size:11px">'
+                               f"{html.escape(chr(10).join(f.log_lines))}</pre>" if f.log_lines else "")
+
+    def _show_error(self, f: JobFollower, state: str) -> None:
+        if f.error and state in ERROR_STATES:
+            self.notice.show(f"job {state}: {f.error}", "error")
+        elif self.notice.kind == "error" and state in ACTIVE:
+            self.notice.clear()  # resumed: the old error no longer holds
+
+    def _show_samples(self, f: JobFollower) -> None:
+        wanted = [e["path"] for e in f.samples]
+        if wanted == list(self._sample_boxes):
+            return
+        boxes = {p: self._sample_boxes.get(p) or _sample_box(self.job, e)
+                 for p, e in zip(wanted, f.samples)}
+        self._sample_boxes = boxes
+        self.samples.children = list(boxes.values())
+
+    # -- buttons ---------------------------------------------------------------------------------
+    @reporting
+    def _on_cancel(self, _: Any = None) -> None:
+        state = self.job.view()["state"]
+        if state not in ACTIVE:
+            raise Conflict(f"job {self.job.id} is already {state}")
+        self.cancel_button.disabled = True
+        self.notice.show("cancelling: a training job saves a checkpoint first", "info")
+        # cancel() waits for the job to stop (up to its grace period): not on the kernel's thread
+        self.cancelling = threading.Thread(target=self._cancel, name=f"cancel {self.job.id}",
+                                           daemon=True)
+        self.cancelling.start()
+
+    def _cancel(self) -> None:
+        try:
+            view = cancel(self.job, grace_s=CANCEL_GRACE_S)
+            self.notice.show(f"job {self.job.id} {view['state']}", "info")
+        except LoraLabError as e:
+            self.notice.show(str(e), "error")
+        except Exception as e:  # a bug: say so in the panel, the thread has no one else to tell
+            log.exception("cancelling %s failed", self.job.id)
+            self.notice.show(f"{type(e).__name__}: {e}", "error")
+
+    @reporting
+    def _on_resume(self, _: Any = None) -> None:
+        resume(self.job)
+        self.notice.show(f"job {self.job.id} resumed", "ok")
+        self.refresh()
+        if self.follow:
+            self.poller.start()
+
+    def close(self) -> None:
+        self.poller.stop()
+        super().close()
+
+
+def _fraction(f: JobFollower) -> float:
+    p = f.progress
+    if p and p.get("total"):
+        return min(p["step"] / p["total"], 1.0)
+    if f.view.get("state") == "succeeded":
+        return 1.0
+    return float(f.view.get("progress") or 0.0)
+
+
+def stats_line(progress: dict[str, Any] | None, state: str) -> str:
+    """One line of numbers from a progress event: a training step's or a captioned image's."""
+    if not progress:
+        return "waiting for the first step" if state in ACTIVE else ""
+    p = progress
+    unit, rate = ("image", p.get("images_per_s")) if "images_per_s" in p else ("step", p.get("it_s"))
+    parts = [f"{unit} {p['step']}/{p['total']}"]
+    parts += [f"epoch {p['epoch']}"] if p.get("epoch") else []
+    parts += [f"{rate:.2f} {'images/s' if unit == 'image' else 'it/s'}"] if rate else []
+    parts += [f"ETA {format_eta(p['eta_s'])}"] if p.get("eta_s") is not None and state in ACTIVE else []
+    parts += [f"loss {p['loss']:.4f}"] if p.get("loss") is not None else []
+    parts += [f"lr {p['lr']:.2e}"] if p.get("lr") is not None else []
+    parts += [f"{p['memory_mb']} MB"] if p.get("memory_mb") else []
+    return " · ".join(parts)
+
+
+def format_eta(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _sample_box(job: JobRecord, event: dict[str, Any]) -> widgets.Widget:
+    path = job.path / event["path"]
+    try:
+        image: widgets.Widget = widgets.Image(value=path.read_bytes(), format="png",
+                                              layout={"width": "160px"})
+    except OSError as e:  # removed since (keep_last) or unreadable: say so in its place
+        image = widgets.HTML(f"<i>{html.escape(path.name)}: {html.escape(e.strerror or str(e))}</i>")
+    label = widgets.HTML(f"<small>step {event.get('step')}: {html.escape(event.get('prompt', ''))}</small>",
+                         layout={"width": "160px"})
+    return widgets.VBox([image, label])
