@@ -100,6 +100,7 @@ class Tile(widgets.VBox):
         super().__init__([self.image, self.caption,
                           widgets.HBox([self.check, self.edit_button], layout=parts["row"])],
                          layout=widgets.Layout(display="none", padding="4px"))
+        self.add_class("lora-lab-tile")
 
     def show(self, row: dict[str, Any], thumb: bytes, selected: bool, current: bool) -> None:
         self.file = row["file"]
@@ -157,6 +158,7 @@ class DatasetBrowser(widgets.VBox):
         self._build_controls()
         super().__init__([self.title, self._filter_bar(), self._paging_bar(), self.notice,
                           self.grid])
+        self.add_class("lora-lab-browser")  # for CSS, and for the browser test to find it
         self._wire()
         self._go(0)
 

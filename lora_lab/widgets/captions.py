@@ -61,6 +61,7 @@ class CaptionEditor(widgets.VBox):
         self._build(top_tags)
         super().__init__([self.header, widgets.HBox([self.preview, self._edit_box()]), self.notice,
                           self._bulk_box(), self._ai_box(), self._tags_box()])
+        self.add_class("lora-lab-caption-editor")
         self._wire()
         browser.observe(self._on_current, "current")
         self._load(browser.current)

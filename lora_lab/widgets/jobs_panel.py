@@ -24,6 +24,7 @@ class JobsPanel(widgets.VBox):
     def __init__(self, workspace: Workspace | str | None = None, interval: float = REFRESH_S,
                  autostart: bool = True):
         super().__init__()
+        self.add_class("lora-lab-jobs")
         self.poller = Poller(self._tick, interval)  # first: close() needs it if the rest fails
         self.monitor: TrainingMonitor | None = None
         self.ws = workspace_of(workspace)

@@ -64,6 +64,7 @@ class TrainingLauncher(widgets.VBox):
     def __init__(self, dataset: str | None = None, base: str | None = None, preset: str = "sd15",
                  workspace: Workspace | str | None = None, autostart: bool = True):
         super().__init__()
+        self.add_class("lora-lab-launcher")
         self.monitor: TrainingMonitor | None = None  # first: close() needs it if the rest fails
         self.ws = workspace_of(workspace)
         self.autostart = autostart

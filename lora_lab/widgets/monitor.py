@@ -117,6 +117,7 @@ class TrainingMonitor(widgets.VBox):
     def __init__(self, job: str | JobRecord, workspace: Workspace | str | None = None,
                  interval: float = 0.5, autostart: bool = True):
         super().__init__()
+        self.add_class("lora-lab-monitor")
         self.poller = Poller(self.tick, interval)  # first: close() needs it if the rest fails
         self.ws = workspace_of(workspace)
         self.job = job if isinstance(job, JobRecord) else open_job(job, self.ws)
