@@ -26,6 +26,11 @@ $(CHROMIUM):
 	command -v apt-get >/dev/null || { echo "install chromium, or set CHROMIUM=/path/to/it"; exit 1; }
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
+# the tiny model works at 64 px; a real SD1.5 run keeps the defaults (512 px buckets)
+DEMO_OVERRIDES := dataset.resolution=64, dataset.min_bucket=64, dataset.max_bucket=128, \
+    dataset.trigger=lolab, train.max_steps=40, train.lr=1e-3, save.name=demo-lora, \
+    save.every_n_steps=20, sample.every_n_steps=20, "sample.prompts=lolab, a red circle", sample.steps=4
+
 demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(LL) tiny $(DEMO)/models/tiny
@@ -39,11 +44,9 @@ demo: $(STAMP)
 	$(LL) dataset export demo --trigger lolab --repeats 10 --format zip
 	$(LL) calc --dataset demo --repeats 10 --epochs 4 --batch 2
 	$(LL) train --init $(DEMO)/train.toml --base $(DEMO)/models/tiny/sd15 --dataset demo
-	# the tiny model works at 64 px; a real SD1.5 run keeps the defaults (512 px buckets)
-	$(LL) train $(DEMO)/train.toml --set dataset.resolution=64 --set dataset.min_bucket=64 \
-	    --set dataset.max_bucket=128 --set dataset.trigger=lolab --set train.max_steps=40 \
-	    --set train.lr=1e-3 --set save.name=demo-lora --set save.every_n_steps=20 \
-	    --set sample.every_n_steps=20 --set 'sample.prompts=["lolab, a red circle"]' --set sample.steps=4
+	# the training pipeline notebook, run headless by papermill
+	$(BIN)/papermill notebooks/pipelines/train.ipynb $(DEMO)/train-run.ipynb --log-output \
+	    -p config $(DEMO)/train.toml -y '{workspace: "$(DEMO)", overrides: [$(DEMO_OVERRIDES)]}'
 	@echo
 	@echo "Demo outputs:"
 	@echo "  dataset:       $(DEMO)/datasets/demo  (captions beside the images)"
@@ -51,6 +54,7 @@ demo: $(STAMP)
 	@echo "  kohya export:  $(DEMO)/exports/demo-kohya  (with dataset.toml for sd-scripts)"
 	@echo "  zip export:    $(DEMO)/exports/demo-zip.zip"
 	@echo "  train config:  $(DEMO)/train.toml"
+	@echo "  train record:  $(DEMO)/train-run.ipynb  (executed pipeline notebook: config, dataset stats, loss curve, samples, LoRA path)"
 	@echo "  train job:     $(DEMO)/jobs/*-train-*  (checkpoints/, samples/, events.jsonl)"
 	@echo "  LoRA:          $(DEMO)/loras/demo-lora.safetensors  (kohya keys: ComfyUI, A1111, diffusers)"
 	@echo "  tiny models:   $(DEMO)/models/tiny"

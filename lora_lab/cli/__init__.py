@@ -10,7 +10,7 @@ import sys
 from typing import Sequence
 
 from ..errors import LoraLabError
-from . import caption_cmds, dataset_cmds, job_cmds, misc_cmds, train_cmds
+from . import caption_cmds, dataset_cmds, job_cmds, misc_cmds, notebook_cmds, train_cmds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmds.register(sub)
     job_cmds.register(sub)
     misc_cmds.register(sub)
+    notebook_cmds.register(sub)
     return parser
 
 

@@ -154,6 +154,7 @@ class CaptionEditor(widgets.VBox):
         self._file, self._etag, self._conflict = file, etag(caption), None
         self._set_text(caption or "")
         self.text.disabled = not file
+        self.preview.layout.visibility = "visible" if file else "hidden"  # no broken-image icon
         if not file:
             self.header.value, self.preview.value = "<i>no image open</i>", b""
             return
