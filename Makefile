@@ -9,7 +9,7 @@ LL := $(BIN)/lora-lab --workspace $(DEMO)
 CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench screenshots clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ demo: $(STAMP)
 
 test: $(STAMP) $(CHROMIUM)
 	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
+
+# the README's pictures of the panels, taken by the browser test in a real JupyterLab
+screenshots: $(STAMP) $(CHROMIUM)
+	LORA_LAB_SCREENSHOTS=$(CURDIR)/docs/screenshots CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest tests/test_browser.py
 
 bench: $(STAMP)
 	sh bench/run_all.sh

@@ -1,6 +1,7 @@
 """Workspace root resolution and the one function that keeps paths inside it."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,16 @@ def test_good_names(name):
 def test_bad_names(name):
     with pytest.raises(LoraLabError, match="invalid dataset name"):
         check_name(name)
+
+
+def test_atomic_writes_keep_usual_permissions(tmp_path):
+    from lora_lab import atomic
+
+    new = tmp_path / "new.txt"
+    atomic.write_text(new, "a")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert new.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    new.chmod(0o640)
+    atomic.write_text(new, "b")
+    assert new.stat().st_mode & 0o777 == 0o640 and new.read_text() == "b"
