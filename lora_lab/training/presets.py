@@ -22,40 +22,39 @@ class Preset:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def _preset(family: str, resolution: int, batch: int, checkpointing: bool) -> dict[str, dict[str, Any]]:
+    return {
+        "model": {"family": family},
+        "dataset": {"resolution": resolution, "min_bucket": 0, "max_bucket": 0, "cache_latents": True},
+        "network": {"rank": 32, "alpha": 16.0},
+        "train": {"batch_size": batch, "epochs": 10, "lr": 1e-4, "optimizer": "adamw",
+                  "scheduler": "cosine", "mixed_precision": "bf16",
+                  "gradient_checkpointing": checkpointing},
+    }
+
+
+# What a low-VRAM variant changes: fewer weights and optimizer states, recomputed activations,
+# fp16 (which pre-Ampere cards also run), and a UNet-only LoRA.
+_LOW_VRAM = {
+    "network": {"rank": 16, "alpha": 8.0, "train_text_encoder": False},
+    "train": {"batch_size": 1, "optimizer": "adamw8bit", "mixed_precision": "fp16",
+              "gradient_checkpointing": True},
+}
+
+
+def _low_vram(overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {table: {**values, **_LOW_VRAM.get(table, {})} for table, values in overrides.items()}
+
+
+_SD15, _SDXL = _preset("sd15", 512, 2, False), _preset("sdxl", 1024, 1, True)
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("sd15", "SD 1.5", "512 px, rank 32 / alpha 16, AdamW at 1e-4, batch 2, bf16", {
-        "model": {"family": "sd15"},
-        "dataset": {"resolution": 512, "min_bucket": 0, "max_bucket": 0, "cache_latents": True},
-        "network": {"rank": 32, "alpha": 16.0},
-        "train": {"batch_size": 2, "epochs": 10, "lr": 1e-4, "optimizer": "adamw",
-                  "scheduler": "cosine", "mixed_precision": "bf16", "gradient_checkpointing": False},
-    }),
-    Preset("sd15-lowvram", "SD 1.5, low VRAM (6-8 GB)",
-           "rank 16, batch 1, gradient checkpointing, 8-bit AdamW, fp16 (also on pre-Ampere cards)", {
-               "model": {"family": "sd15"},
-               "dataset": {"resolution": 512, "min_bucket": 0, "max_bucket": 0, "cache_latents": True},
-               "network": {"rank": 16, "alpha": 8.0, "train_text_encoder": False},
-               "train": {"batch_size": 1, "epochs": 10, "lr": 1e-4, "optimizer": "adamw8bit",
-                         "scheduler": "cosine", "mixed_precision": "fp16",
-                         "gradient_checkpointing": True},
-           }),
+    Preset("sd15", "SD 1.5", "512 px, rank 32 / alpha 16, AdamW at 1e-4, batch 2, bf16", _SD15),
+    Preset("sd15-lowvram", "SD 1.5, low VRAM (6-8 GB)", "rank 16, batch 1, gradient "
+           "checkpointing, 8-bit AdamW, fp16 (also on pre-Ampere cards), UNet only", _low_vram(_SD15)),
     Preset("sdxl", "SDXL", "1024 px, rank 32 / alpha 16, AdamW at 1e-4, batch 1, bf16, "
-                           "gradient checkpointing (fits 24 GB)", {
-        "model": {"family": "sdxl"},
-        "dataset": {"resolution": 1024, "min_bucket": 0, "max_bucket": 0, "cache_latents": True},
-        "network": {"rank": 32, "alpha": 16.0},
-        "train": {"batch_size": 1, "epochs": 10, "lr": 1e-4, "optimizer": "adamw",
-                  "scheduler": "cosine", "mixed_precision": "bf16", "gradient_checkpointing": True},
-    }),
-    Preset("sdxl-lowvram", "SDXL, low VRAM (12-16 GB)",
-           "rank 16, batch 1, gradient checkpointing, 8-bit AdamW, fp16, UNet only", {
-               "model": {"family": "sdxl"},
-               "dataset": {"resolution": 1024, "min_bucket": 0, "max_bucket": 0, "cache_latents": True},
-               "network": {"rank": 16, "alpha": 8.0, "train_text_encoder": False},
-               "train": {"batch_size": 1, "epochs": 10, "lr": 1e-4, "optimizer": "adamw8bit",
-                         "scheduler": "cosine", "mixed_precision": "fp16",
-                         "gradient_checkpointing": True},
-           }),
+           "gradient checkpointing (fits 24 GB)", _SDXL),
+    Preset("sdxl-lowvram", "SDXL, low VRAM (12-16 GB)", "rank 16, batch 1, gradient "
+           "checkpointing, 8-bit AdamW, fp16, UNet only", _low_vram(_SDXL)),
 )}
 
 
