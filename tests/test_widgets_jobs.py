@@ -103,6 +103,7 @@ def test_launcher_counts_steps_saves_toml_trains_and_monitors(ws, tiny_models, t
     launcher = TrainingLauncher(str(tiny_models["samples"]), str(tiny_models["sd15"]), workspace=ws,
                                 autostart=False)
     assert launcher.fields["dataset.resolution"].value == 512  # from the sd15 preset
+    assert launcher.fields["save.name"].value == "samples"  # the dataset's name, not "lora" for all
     launcher.preset.value = "sdxl"
     assert launcher.fields["dataset.resolution"].value == 1024
     assert launcher.fields["train.gradient_checkpointing"].value is True

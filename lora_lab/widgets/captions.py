@@ -26,6 +26,7 @@ from ..datasets.stats import tag_frequency
 from ..datasets.thumbs import thumbnail_path
 from ..errors import Conflict
 from ..jobs import JobRecord, submit
+from ..jobs.tail import EventTail
 from .browser import DatasetBrowser
 from .common import Notice, Poller, reporting
 
@@ -57,7 +58,7 @@ class CaptionEditor(widgets.VBox):
         self._file, self._etag, self._conflict = "", etag(None), None
         self._quiet = False
         self._thread: threading.Thread | None = None
-        self._events_read = 0
+        self._events: EventTail | None = None  # the caption job's events, read as they come
         self._build(top_tags)
         super().__init__([self.header, widgets.HBox([self.preview, self._edit_box()]), self.notice,
                           self._bulk_box(), self._ai_box(), self._tags_box()])
@@ -339,7 +340,8 @@ class CaptionEditor(widgets.VBox):
         params = {"dataset": self.dataset.name, "files": files, "model": str(self.model),
                   "mmproj": str(self.mmproj), "max_tokens": self.max_tokens,
                   **self._settings(self.mode.value)}
-        self.job, self._events_read = submit("caption", params, self.browser.workspace), 0
+        self.job = submit("caption", params, self.browser.workspace)
+        self._events = EventTail(self.job.path / "events.jsonl")
         self.progress.value, self.progress.bar_style = 0.0, ""
         self.progress.layout.visibility = "visible"
         self.progress_label.value = f"job {self.job.id}: queued"
@@ -349,9 +351,7 @@ class CaptionEditor(widgets.VBox):
 
     def _tick_job(self) -> bool:
         """The poller's step: show the job's progress; False once it has ended."""
-        events = self.job.events(self._events_read)
-        self._events_read += len(events)
-        for e in events:
+        for e in self._events.read_all():
             if e["type"] == "progress":
                 self.progress.value = e["step"] / e["total"]
                 self.progress_label.value = f"{e['step']}/{e['total']} images"

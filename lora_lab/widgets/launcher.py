@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import re
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
@@ -54,6 +55,13 @@ FIELDS: list[tuple[str, str, type]] = [
 ]
 
 
+def _lora_name(dataset: str | None) -> str:
+    """The LoRA's default file name: the dataset's (or folder's), so one dataset's LoRA does not
+    overwrite another's (the config's own default, "lora", is the same for all)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(dataset or "").name).strip("-.")[:100]
+    return name or "lora"
+
+
 class TrainingLauncher(widgets.VBox):
     """``TrainingLauncher("mydata", base="models/sd15")``: fill in, check, train.
 
@@ -76,7 +84,8 @@ class TrainingLauncher(widgets.VBox):
         self._loading = False
         self._build(preset)
         self._load(_defaults())
-        self._load({"model": {"base": base or ""}, "dataset": {"source": dataset or ""}})
+        self._load({"model": {"base": base or ""}, "dataset": {"source": dataset or ""},
+                    "save": {"name": _lora_name(dataset)}})
         self._apply_preset(preset)
 
     # -- building --------------------------------------------------------------------------------
