@@ -405,6 +405,17 @@ def test_default_toml_is_a_valid_commented_config(tmp_path):
     assert TrainConfig.load(tmp_path / "train.toml") == cfg
 
 
+def test_init_starts_from_a_preset(cli, tmp_path):
+    cli("train", "--init", tmp_path / "xl.toml", "--base", "m", "--dataset", "cats", "--preset",
+        "sdxl-lowvram")
+    cfg = TrainConfig.load(tmp_path / "xl.toml")
+    assert (cfg.model.base, cfg.model.family, cfg.dataset.resolution, cfg.train.optimizer) == (
+        "m", "sdxl", 1024, "adamw8bit")
+    assert "unknown preset 'sd3'" in cli.fails("train", "--init", tmp_path / "x.toml", "--base", "m",
+                                              "--dataset", "cats", "--preset", "sd3")
+    assert not (tmp_path / "x.toml").exists()
+
+
 def test_default_toml_needs_a_base_and_a_source():
     with pytest.raises(ConfigError, match="model.base: must not be empty"):
         default_toml("", "cats")

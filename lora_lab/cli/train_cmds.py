@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write a commented starter config to CONFIG and exit")
     c.add_argument("--base", help="with --init: base model (diffusers folder, .safetensors, Hub id)")
     c.add_argument("--dataset", help="with --init: dataset name or folder")
+    c.add_argument("--preset", help="with --init: start from a preset (sd15, sd15-lowvram, sdxl, "
+                                    "sdxl-lowvram), as the notebook launcher does")
     add_json_flag(c)
     c.set_defaults(run=cmd_train)
 
@@ -76,7 +78,10 @@ def _init(args: argparse.Namespace, default_toml) -> None:
         raise LoraLabError(f"{args.config} exists; not overwriting it")
     from .. import atomic
 
-    atomic.write_text(args.config, default_toml(args.base, args.dataset))
+    from ..training.presets import get_preset
+
+    preset = get_preset(args.preset).overrides if args.preset else None
+    atomic.write_text(args.config, default_toml(args.base, args.dataset, preset))
     emit(args, {"config": str(args.config)}, f"wrote {args.config}; edit it, then "
                                              f"`lora-lab train {args.config}`")
 

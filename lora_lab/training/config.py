@@ -404,9 +404,12 @@ def _cross_checks(v: dict[str, dict[str, Any]], bad: set[str], notes: dict[str, 
     return out
 
 
-def default_toml(base: str, source: str) -> str:
-    """A starter config: every key at its default, with a comment on what it does and allows."""
-    given = {"model": {"base": base}, "dataset": {"source": source}}
+def default_toml(base: str, source: str, preset: dict[str, dict[str, Any]] | None = None) -> str:
+    """A starter config: every key at its default (or the ``preset``'s value), with a comment
+    on what it does and allows."""
+    given = {table: dict(values) for table, values in (preset or {}).items()}
+    given.setdefault("model", {})["base"] = base
+    given.setdefault("dataset", {})["source"] = source
     lines = ["# lora_lab training config. Keys left out take the defaults shown here;",
              "# a 0 means \"pick for me\" (from the model family or a related key)."]
     for name, cls in _SECTIONS.items():
