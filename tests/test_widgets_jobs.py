@@ -3,6 +3,7 @@ real tiny training jobs: TrainingLauncher, TrainingMonitor, JobsPanel; and the c
 presets under them. No timing assertions: tests wait for states, never for durations."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -166,6 +167,17 @@ def test_launcher_invalid_values_are_marked_inline_and_nothing_is_submitted(ws, 
     assert launcher.problems == {} and not launcher.train_button.disabled
     assert launcher.config().sample.prompts == ("sks, a red circle",)
     assert not list(ws.jobs.iterdir())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None,
+                    reason="bitsandbytes is installed here: 8-bit AdamW is available")
+def test_launcher_says_at_once_that_8bit_adam_needs_bitsandbytes(ws, tiny_models):
+    launcher = TrainingLauncher(str(tiny_models["samples"]), str(tiny_models["sd15"]),
+                                preset="sd15-lowvram", workspace=ws, autostart=False)
+    assert "needs the bitsandbytes package" in launcher.messages["train.optimizer"].value
+    assert launcher.train_button.disabled
+    launcher.fields["train.optimizer"].value = "adamw"
+    assert "train.optimizer" not in launcher.problems
 
 
 # -- monitor ---------------------------------------------------------------------------------------

@@ -1,11 +1,8 @@
 """What is trained: LoRA adapters on the UNet (and text encoders), and the optimizer over them."""
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
-from ..errors import LoraLabError
 from .base_model import BaseModel
 from .config import NetworkSection, TrainSection
 
@@ -17,14 +14,6 @@ UNET_TARGETS = {
 CONV_TARGETS = ["conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv"]
 TE_TARGETS = {"attn": ["q_proj", "k_proj", "v_proj", "out_proj"],
               "attn_mlp": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]}
-OPTIMIZER_PACKAGES = {"adamw8bit": "bitsandbytes", "prodigy": "prodigyopt"}
-
-
-def check_optimizer(name: str) -> None:
-    package = OPTIMIZER_PACKAGES.get(name)
-    if package and importlib.util.find_spec(package) is None:
-        raise LoraLabError(f"train.optimizer: {name} needs the {package} package "
-                           f"(pip install {package}); or use adamw")
 
 
 def add_adapters(base: BaseModel, network: NetworkSection, seed: int) -> list[torch.nn.Module]:

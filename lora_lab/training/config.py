@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
+import importlib.util
 import math
 import os
 import re
@@ -402,6 +403,17 @@ def _cross_checks(v: dict[str, dict[str, Any]], bad: set[str], notes: dict[str, 
         out.append("sample.prompts: at least one prompt is needed when sample.every_n_steps is set"
                    " (or set sample.every_n_steps = 0)")
     return out
+
+
+OPTIMIZER_PACKAGES = {"adamw8bit": "bitsandbytes", "prodigy": "prodigyopt"}
+
+
+def check_optimizer(name: str) -> None:
+    """Refuse an optimizer whose package is not installed (the config alone cannot tell)."""
+    package = OPTIMIZER_PACKAGES.get(name)
+    if package and importlib.util.find_spec(package) is None:
+        raise LoraLabError(f"train.optimizer: {name} needs the {package} package "
+                           f"(pip install {package}); or use adamw")
 
 
 def default_toml(base: str, source: str, preset: dict[str, dict[str, Any]] | None = None) -> str:

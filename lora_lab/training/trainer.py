@@ -26,9 +26,9 @@ from ..errors import LoraLabError
 from ..jobs import JobRecord
 from ..workspace import Workspace
 from . import checkpoints
-from .adapters import add_adapters, build_optimizer, check_optimizer
+from .adapters import add_adapters, build_optimizer
 from .base_model import BaseModel, check_buckets, detect_family, load_base_model
-from .config import TrainConfig
+from .config import TrainConfig, check_optimizer
 from .data import (BatchPlan, CaptionRules, TrainImage, assign_buckets, gather_images,
                    stable_seed)
 from .latents import LatentEncoder, sample_latents

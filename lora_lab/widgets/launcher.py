@@ -15,7 +15,7 @@ from ..calc import plan_steps
 from ..datasets.dataset import list_datasets
 from ..errors import LoraLabError
 from ..jobs import JobRecord, submit
-from ..training.config import ConfigError, TrainConfig
+from ..training.config import ConfigError, TrainConfig, check_optimizer
 from ..training.data import count_images
 from ..training.presets import PRESETS, apply_preset
 from ..workspace import Workspace
@@ -171,6 +171,10 @@ class TrainingLauncher(widgets.VBox):
         source = self.fields["dataset.source"].value.strip()
         if source and "dataset.source" not in self.problems:
             self._check_source(source)
+        try:  # a low-VRAM preset's 8-bit AdamW needs bitsandbytes: say so now, not at step 0
+            check_optimizer(self.fields["train.optimizer"].value)
+        except LoraLabError as e:
+            self.problems["train.optimizer"] = str(e).partition(": ")[2]
         self._show_problems()
         self._show_plan(cfg)
         self.train_button.disabled = bool(self.problems)
