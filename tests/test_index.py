@@ -111,3 +111,11 @@ def test_filters_by_shape_and_size_sorts_and_groups_duplicates(ws, tmp_path):
     for bad in ({"shape": "round"}, {"sort": "colour"}, {"min_side": -1}):
         with pytest.raises(LoraLabError, match=next(iter(bad))):
             ds.images(**bad)
+
+
+def test_a_tag_filter_matches_whole_tags(ds):
+    assert [r["file"] for r in ds.images(tag="sky").items] == ["green_circle.jpg"]
+    assert [r["file"] for r in ds.images(tag="blue  sky").items] == ["cyan_square.jpg"]
+    assert ds.images(q="sky").total == 3  # the text query still finds it inside other tags
+    with pytest.raises(LoraLabError, match="tag must be text"):
+        ds.images(tag=5)

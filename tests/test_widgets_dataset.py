@@ -271,8 +271,10 @@ def test_tag_table_filters_the_browser(browser, editor, shapes):
     editor.add_button.click()
     assert editor.tag_buttons[0].description == "outdoors (2)"
     editor.tag_buttons[0].click()
-    assert browser.filters["q"].value == "outdoors" and browser.range_label.value == "1-2 of 2"
+    assert browser.filters["tag"].value == "outdoors" and browser.range_label.value == "1-2 of 2"
     assert shown(browser) == ["green_circle.jpg", "red_circle.jpg"]
+    editor.tag_buttons[[b.description for b in editor.tag_buttons].index("sky (1)")].click()
+    assert shown(browser) == ["green_circle.jpg"]  # exactly "sky": not the one with "blue sky"
 
 
 def test_a_missing_caption_model(browser, ws, tmp_path):

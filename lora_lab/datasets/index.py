@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import LoraLabError
+from .captions import split_tags
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -51,10 +52,12 @@ SHAPES = {"portrait": "height > width", "landscape": "width > height", "square":
 
 @dataclass(frozen=True)
 class ImageQuery:
-    """Which images, in which order: a text query over names and captions, caption state, shape,
-    a minimum short side, near-duplicates only (each beside the image it duplicates), a sort."""
+    """Which images, in which order: a text query over names and captions, a tag (exactly, as
+    one of the caption's comma-separated tags), caption state, shape, a minimum short side,
+    near-duplicates only (each beside the image it duplicates), a sort."""
 
     q: str | None = None
+    tag: str | None = None
     captioned: bool | None = None
     shape: str | None = None
     min_side: int = 0
@@ -72,8 +75,9 @@ class ImageQuery:
         if self.captioned not in (None, True, False) or not isinstance(self.duplicates, bool):
             raise LoraLabError("captioned must be true, false or unset, and duplicates true or "
                                f"false (not {self.captioned!r}, {self.duplicates!r})")
-        if self.q is not None and not isinstance(self.q, str):
-            raise LoraLabError(f"the text query must be text, not {self.q!r}")
+        for name in ("q", "tag"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise LoraLabError(f"{name} must be text, not {getattr(self, name)!r}")
 
     def where(self) -> tuple[str, tuple]:
         clauses, args = [], []
@@ -81,6 +85,9 @@ class ImageQuery:
             clauses.append("(file LIKE ? ESCAPE '\\' OR caption LIKE ? ESCAPE '\\')")
             pattern = "%" + self.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             args += [pattern, pattern]
+        if self.tag:
+            clauses.append("has_tag(caption, ?)")
+            args.append(" ".join(self.tag.split()))
         if self.captioned is True:
             clauses.append("caption IS NOT NULL AND caption != ''")
         elif self.captioned is False:
@@ -101,6 +108,10 @@ class ImageQuery:
         return f"{group}{key}, file"
 
 
+def _has_tag(caption: str | None, tag: str) -> bool:
+    return bool(caption) and tag in split_tags(caption)
+
+
 class Index:
     """Rows of ``images`` as dicts; one connection per Index, used from one thread at a time."""
 
@@ -108,6 +119,8 @@ class Index:
         self.path = path
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.row_factory = sqlite3.Row
+        # tags as the caption tools split them, so a tag filter finds what the tag table counts
+        self.db.create_function("has_tag", 2, _has_tag, deterministic=True)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)

@@ -155,7 +155,7 @@ class DatasetHandler(LoraLabHandler):
 
 
 class ImagesHandler(LoraLabHandler):
-    """GET ``?offset=&limit=&q=&captioned=&shape=&min_side=&duplicates=&sort=``: a page of
+    """GET ``?offset=&limit=&q=&tag=&captioned=&shape=&min_side=&duplicates=&sort=``: a page of
     images (see ImageQuery), with their captions, ETags and image and thumbnail URLs."""
 
     @authenticated
@@ -163,6 +163,7 @@ class ImagesHandler(LoraLabHandler):
         offset = self.int_arg("offset", 0, 0, 10**9)
         limit = self.int_arg("limit", 100, 1, 1000)
         query = {"q": self.get_query_argument("q", None) or None,
+                 "tag": self.get_query_argument("tag", None) or None,
                  "captioned": self._flag("captioned"),
                  "shape": self.get_query_argument("shape", None) or None,
                  "min_side": self.int_arg("min_side", 0, 0, 10**6),

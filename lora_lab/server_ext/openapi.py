@@ -78,6 +78,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "A page of images, filtered and sorted", result=_ref("ImagePage"),
         params=(NAME, _param("offset", "query", "integer"), _param("limit", "query", "integer", "1-1000"),
                 _param("q", "query", text="text in the file name or caption"),
+                _param("tag", "query", text="one of the caption's comma-separated tags, exactly"),
                 _param("captioned", "query", "boolean"),
                 _param("shape", "query", text="portrait, landscape or square"),
                 _param("min_side", "query", "integer", "shortest side at least this many pixels"),

@@ -31,7 +31,7 @@ from ..errors import LoraLabError
 from ..workspace import Workspace
 from .common import Notice, reporting, workspace_of
 
-DEFAULT_QUERY: dict[str, Any] = {"q": "", "captioned": None, "shape": None, "min_side": 0,
+DEFAULT_QUERY: dict[str, Any] = {"q": "", "tag": "", "captioned": None, "shape": None, "min_side": 0,
                                  "duplicates": False, "sort": "file"}
 CAPTIONED = {"all": None, "captioned": True, "uncaptioned": False}
 SHAPES = {"any shape": None, "portrait": "portrait", "landscape": "landscape", "square": "square"}
@@ -47,7 +47,7 @@ def check_query(query: dict[str, Any]) -> ImageQuery:
     unknown = sorted(set(query) - set(DEFAULT_QUERY))
     if unknown:
         raise LoraLabError(f"unknown filter(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_QUERY)}")
-    return ImageQuery(**{**query, "q": query["q"] or None})
+    return ImageQuery(**{**query, "q": query["q"] or None, "tag": query["tag"] or None})
 
 
 def short_caption(caption: str | None, chars: int = CAPTION_CHARS) -> str:
@@ -168,6 +168,8 @@ class DatasetBrowser(widgets.VBox):
         self.filters: dict[str, widgets.ValueWidget] = {
             "q": widgets.Text(placeholder="search captions and file names",
                               continuous_update=False, layout=widgets.Layout(width="260px")),
+            "tag": widgets.Text(placeholder="tag (exactly)", continuous_update=False,
+                                layout=widgets.Layout(width="150px")),
             "captioned": widgets.Dropdown(options=list(CAPTIONED), layout=widgets.Layout(width="130px")),
             "shape": widgets.Dropdown(options=list(SHAPES), layout=widgets.Layout(width="120px")),
             "min_side": widgets.IntText(0, description="min side", continuous_update=False,

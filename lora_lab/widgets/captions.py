@@ -269,14 +269,14 @@ class CaptionEditor(widgets.VBox):
             with button.hold_sync():
                 if i < len(counts):
                     button.description = f"{counts[i][0]} ({counts[i][1]})"
-                    button.tooltip = f"show the images whose caption or name has {counts[i][0]!r}"
+                    button.tooltip = f"show the images tagged {counts[i][0]!r}"
                     button.layout.display = None
                 else:
                     button.layout.display = "none"
 
     @reporting
     def _on_tag(self, i: int, _: Any = None) -> None:
-        self.browser.show(q=self._tags[i])
+        self.browser.show(q="", tag=self._tags[i])
 
     # -- AI captions -----------------------------------------------------------------------------
     def _check_model(self) -> bool:
