@@ -40,6 +40,9 @@ SORTS = [("name A-Z", "file"), ("name Z-A", "-file"), ("most pixels", "-pixels")
          ("biggest file", "-bytes"), ("smallest file", "bytes"), ("longest caption", "-caption"),
          ("shortest caption", "caption"), ("newest", "-modified"), ("oldest", "modified")]
 CAPTION_CHARS = 90  # shown under a tile; the whole caption is its tooltip
+# three whole lines at most, the last one ending in an ellipsis when cut
+CAPTION_STYLE = ("line-height:1.3em;font-size:90%;display:-webkit-box;-webkit-line-clamp:3;"
+                 "-webkit-box-orient:vertical;overflow:hidden")
 
 
 def check_query(query: dict[str, Any]) -> ImageQuery:
@@ -107,7 +110,7 @@ class Tile(widgets.VBox):
         self.image.value = thumb
         text = short_caption(row["caption"])
         self.caption.value = (f'<div title="{html.escape(row["caption"] or "")}" '
-                              f'style="line-height:1.3em;font-size:90%">{html.escape(text)}</div>'
+                              f'style="{CAPTION_STYLE}">{html.escape(text)}</div>'
                               if text else '<i style="color:#888">no caption</i>')
         self.check.value = selected
         with self.edit_button.hold_sync():
