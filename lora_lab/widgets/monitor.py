@@ -182,6 +182,7 @@ class TrainingMonitor(widgets.VBox):
         self.bar.bar_style = STATE_STYLE.get(state, "info")
         self.stats.value = html.escape(stats_line(f.progress, state))
         self.cancel_button.disabled = state not in ACTIVE
+        self.cancel_button.button_style = "warning" if state in ACTIVE else ""  # no orange when idle
         self.resume_button.disabled = state not in ("failed", "cancelled", "interrupted")
         self._show_error(f, state)
         if f.curves.has_loss:
