@@ -108,7 +108,7 @@ def test_filters_by_shape_and_size_sorts_and_groups_duplicates(ws, tmp_path):
     assert files(min_side=32) == ["a_wide.jpg", "c_square.jpg", "d_copy.jpg"]
     assert files(sort="-pixels")[:1] == ["c_square.jpg"] and files(sort="aspect")[0] == "b_tall.jpg"
     assert files(duplicates=True) == ["a_wide.jpg", "d_copy.jpg"]
-    for bad in ({"shape": "round"}, {"sort": "colour"}, {"min_side": -1}):
+    for bad in ({"shape": "round"}, {"sort": "colour"}, {"sort": 5}, {"min_side": -1}):
         with pytest.raises(LoraLabError, match=next(iter(bad))):
             ds.images(**bad)
 

@@ -67,7 +67,7 @@ class ImageQuery:
     def __post_init__(self) -> None:
         if self.shape not in (None, *SHAPES):
             raise LoraLabError(f"shape must be one of {', '.join(SHAPES)}, not {self.shape!r}")
-        if self.sort.removeprefix("-") not in SORTS:
+        if not isinstance(self.sort, str) or self.sort.removeprefix("-") not in SORTS:
             raise LoraLabError(f"sort must be one of {', '.join(SORTS)} (a leading - reverses), "
                                f"not {self.sort!r}")
         if not isinstance(self.min_side, int) or isinstance(self.min_side, bool) or self.min_side < 0:
