@@ -85,7 +85,9 @@ class TrainPipeline(Pipeline):
 
     def show_dataset(self) -> None:
         source = self.params["config"]["dataset"]["source"]
-        _markdown(dataset_markdown(source, self.ws) if is_dataset(source)
+        from .training.data import is_dataset_name
+
+        _markdown(dataset_markdown(source, self.ws) if is_dataset_name(source)
                   else folder_markdown(source, self.params["config"], self.ws))
 
     def show_curves(self) -> None:
@@ -195,11 +197,6 @@ def check_source(config: TrainConfig, ws: Workspace) -> None:
 
     d = config.dataset
     gather_images(d.source, d.repeats, d.caption_extension, ws)
-
-
-def is_dataset(source: str) -> bool:
-    """Whether the trainer reads ``source`` as a dataset name (as gather_images does)."""
-    return "/" not in source and not Path(source).expanduser().is_dir()
 
 
 # -- the record ------------------------------------------------------------------------------------

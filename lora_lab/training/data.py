@@ -52,7 +52,7 @@ def gather_images(source: str, repeats: int = 1, caption_extension: str = ".txt"
     are named ``N_name`` is read kohya-style, N being that subfolder's repeats."""
     ws = workspace or Workspace()
     path = Path(source).expanduser()
-    if "/" not in source and not path.is_dir():
+    if is_dataset_name(source):
         try:
             return _from_dataset(Dataset.open(source, ws), repeats)
         except NotFound:
@@ -71,12 +71,18 @@ def gather_images(source: str, repeats: int = 1, caption_extension: str = ".txt"
     return images
 
 
+def is_dataset_name(source: str) -> bool:
+    """Whether ``dataset.source`` names a lora_lab dataset rather than a folder: no slash, and
+    no folder of that name here."""
+    return "/" not in source and not Path(source).expanduser().is_dir()
+
+
 def count_images(source: str, workspace: Workspace | None = None) -> tuple[int, int | None]:
     """How many images :func:`gather_images` would find, from names alone (nothing decoded):
     (images, samples per epoch when kohya ``N_name`` subfolders set the repeats, else None)."""
     ws = workspace or Workspace()
     path = Path(source).expanduser()
-    if "/" not in source and not path.is_dir():
+    if is_dataset_name(source):
         try:
             ds = Dataset.open(source, ws)
         except NotFound:
