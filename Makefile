@@ -9,17 +9,28 @@ LL := $(BIN)/lora-lab --workspace $(DEMO)
 CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test bench screenshots clean
+LOCK := requirements/lock.txt
+UV := .tools/bin/uv
 
-$(STAMP): pyproject.toml Makefile
+.PHONY: demo test lint lock bench screenshots clean
+
+# Exact versions from the committed lock: a release on the index cannot change what make
+# installs. llama.cpp compiles from source (~10 min on 2 cores, once: pip caches the wheel).
+$(STAMP): $(LOCK) pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first and pinned: here pip takes the local CPU wheel, not a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	# llama.cpp compiles from source (~10 min on 2 cores, once: pip caches the wheel).
-	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/python -m pip install -q llama-cpp-python==0.3.36
-	$(BIN)/python -m pip install -q -e ".[caption,test]"
+	$(BIN)/python -m pip install -q pip==26.3
+	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/python -m pip install -q -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
+
+# Refresh the lock from pyproject.toml's ranges (then run make test on a fresh clone).
+lock: $(UV)
+	$(UV) pip compile pyproject.toml --extra caption --extra test --upgrade \
+	    --python-version 3.11 --python-platform x86_64-manylinux_2_28 --find-links /opt/wheels \
+	    --override requirements/overrides.txt --quiet -o $(LOCK)
+
+$(UV):
+	$(PYTHON) -m venv .tools && .tools/bin/python -m pip install -q uv==0.13.8
 
 # The browser test's browser (playwright's own download cannot run offline)
 $(CHROMIUM):
@@ -59,8 +70,11 @@ demo: $(STAMP)
 	@echo "  LoRA:          $(DEMO)/loras/demo-lora.safetensors  (kohya keys: ComfyUI, A1111, diffusers)"
 	@echo "  tiny models:   $(DEMO)/models/tiny"
 
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) lint
 	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check --no-cache .
 
 # the README's pictures of the panels, taken by the browser test in a real JupyterLab
 screenshots: $(STAMP) $(CHROMIUM)
@@ -70,4 +84,4 @@ bench: $(STAMP)
 	sh bench/run_all.sh
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) .pytest_cache .tools

@@ -26,9 +26,18 @@ def add_adapters(base: BaseModel, network: NetworkSection, seed: int) -> list[to
     trained = [base.unet]
     if network.train_text_encoder:
         for te in base.text_encoders:
-            te.add_adapter(_lora_config(network, TE_TARGETS[targets]))
+            inject_lora(te, _lora_config(network, TE_TARGETS[targets]))
             trained.append(te)
     return trained
+
+
+def inject_lora(model: torch.nn.Module, config) -> None:
+    """Add a LoRA adapter with peft itself, as diffusers does for the UNet: transformers'
+    ``add_adapter`` gates on peft versions, so a transformers release could break training."""
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(config, model, adapter_name="default")
+    model.peft_config = {"default": config}  # where the LoRA writers read rank and alpha
 
 
 def _lora_config(n: NetworkSection, targets: list[str], conv: bool = False):
