@@ -1,4 +1,6 @@
-"""Dataset benchmarks: ingest (folder and zip), paging through a big dataset, building thumbnails.
+"""Dataset benchmarks: ingest (folder and zip), paging through a big dataset, building thumbnails,
+and the single-writer path (caption writes, bulk edit, undo, ingest) with the write lock and
+without it.
 
     .venv/bin/python bench/bench_datasets.py              # the issue's sizes
     .venv/bin/python bench/bench_datasets.py --images 200 --list-images 1000 --repeats 1   # quick
@@ -8,24 +10,38 @@ Everything (images, zip, workspace) lives in one temp folder that is removed at 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from benchlib import (Row, Target, best_of, decode_loop, generate_jpegs, p50, print_machine,
-                      print_table, timed, warm, zip_files)
+from benchlib import (
+    Row,
+    Target,
+    best_of,
+    decode_loop,
+    generate_jpegs,
+    p50,
+    print_machine,
+    print_table,
+    timed,
+    warm,
+    zip_files,
+)
 
-from lora_lab.datasets import Dataset, ingest
+from lora_lab.datasets import Dataset, ingest, lock
 from lora_lab.datasets.thumbs import build_thumbnails
 from lora_lab.workspace import Workspace
 
-SECTIONS = ("ingest", "listing", "thumbs")
+SECTIONS = ("ingest", "listing", "thumbs", "writes")
 INGEST_TARGET = Target(ratio=1.5)
 PAGE = 100
 PAGE_TARGET = Target(ms=20)
 THUMB_SIZE = 256
 CHEAP_REPEATS = 10  # millisecond-scale measurements get this many times more runs, for a stable median
+LOCK_TARGET = Target(ratio=1.05)  # the issue: the write lock costs a single writer under 5%
+SETS = 20  # set_caption calls per timed run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
             _bench_full_size(args, root, ws)
         if "listing" in args.only:
             bench_listing(ws, root, args.list_images, args.list_size, args.repeats)
+        if "writes" in args.only:
+            bench_writes(ws, root, args.write_images, args.repeats)
 
 
 def _bench_full_size(args: argparse.Namespace, root: Path, ws: Workspace) -> None:
@@ -118,6 +136,67 @@ def bench_listing(ws: Workspace, root: Path, count: int, size: int, repeats: int
                 f"os.scandir of the dataset folder ({count} entries), median of {runs}", rows)
 
 
+def bench_writes(ws: Workspace, root: Path, count: int, repeats: int) -> None:
+    """One writer's caption writes, bulk edit, undo and ingest, each timed with the write lock
+    and with it switched off. Runs alternate between the two (neither always goes first), so
+    the disk's and the neighbours' noise falls on both alike."""
+    images = generate_jpegs(root / "writes", count, 64)
+    warm(images)
+    ingest(images[0].parent, "bench-writes", workspace=ws)
+    ds = Dataset.open("bench-writes", ws)
+    _check_count(ds, count)
+    files = ds.index.files()[:SETS]
+    new = "bench-writes-new"
+
+    def tag(run: str) -> list[dict]:
+        return [{"op": "add_tags", "tags": [f"t{run}"]}]
+
+    ops = [  # what, untimed setup, the timed call, untimed cleanup; each gets a unique run tag
+        (f"set_caption x{SETS} (each journaled, fsynced)", None,
+         lambda run: [ds.set_caption(f, f"{run} caption {i}") for i, f in enumerate(files)], None),
+        (f"edit add_tags ({count} captions)", None, lambda run: ds.edit(tag(run)),
+         lambda run: ds.undo()),
+        (f"undo that edit ({count} captions)", lambda run: ds.edit(tag(run)),
+         lambda run: ds.undo(), None),
+        (f"ingest folder ({count} images) as a new dataset", None,
+         lambda run: ingest(images[0].parent, new, workspace=ws),
+         lambda run: shutil.rmtree(ws.datasets / new)),
+    ]
+    runs = repeats * CHEAP_REPEATS
+    rows = [Row(what, *_with_and_without_lock(call, runs, setup, cleanup), LOCK_TARGET)
+            for what, setup, call, cleanup in ops]
+    holds = 1000
+    rows.append(Row(f"ds.writing() x{holds}, nothing inside (what the lock itself costs)",
+                    *_with_and_without_lock(lambda run: _hold(ds, holds), runs)))
+    print_table(f"one writer, with the write lock (time) and without it (floor), "
+                f"{runs} runs each, medians",
+                "the same call with lora_lab.datasets.lock.ENABLED = False", rows)
+
+
+def _with_and_without_lock(call, runs: int, setup=None, cleanup=None) -> tuple[float, float]:
+    """Median seconds of ``call`` with the write lock and without it, in alternating runs."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for r in range(runs):
+            for on in ((True, False) if r % 2 else (False, True)):
+                lock.ENABLED = on
+                run = f"{r}{'+' if on else '-'}"
+                if setup:
+                    setup(run)
+                times[on].append(timed(functools.partial(call, run)))
+                if cleanup:
+                    cleanup(run)
+    finally:
+        lock.ENABLED = True
+    return p50(times[True]), p50(times[False])
+
+
+def _hold(ds: Dataset, times: int) -> None:
+    for _ in range(times):
+        with ds.writing():
+            pass
+
+
 def _time_page(ds: Dataset, offset: int) -> float:
     return timed(lambda: ds.images(offset, PAGE))
 
@@ -147,11 +226,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--list-images", type=int, default=10_000, help="images in the listed dataset")
     parser.add_argument("--list-size", type=int, default=64,
                         help="their width and height (small: only the count matters to listing)")
+    parser.add_argument("--write-images", type=int, default=200,
+                        help="images in the dataset the write benchmark edits and ingests")
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="sections to run")
     args = parser.parse_args(argv)
-    if min(args.images, args.size, args.list_images, args.list_size, args.repeats) < 1:
+    if min(args.images, args.size, args.list_images, args.list_size, args.write_images,
+           args.repeats) < 1:
         parser.error("sizes and --repeats must be at least 1")
     return args
 

@@ -12,13 +12,14 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from ..datasets import Dataset
 from ..errors import LoraLabError
 from . import prompts
-from .base import CaptionError, Captioner, prepare_image
+from .base import Captioner, CaptionError, prepare_image
 
 MODES = ("skip", "overwrite", "append", "prepend")
 PREFETCH = 4  # images prepared ahead of the model
@@ -173,7 +174,11 @@ def _store(ds: Dataset, entry, item: _Item, answer: str, settings: CaptionSettin
     if not ds.path.is_dir():
         raise LoraLabError(f"dataset folder {ds.path} disappeared mid-batch; the captions "
                            "written before are kept")
-    ds.write_caption(entry, item.file, item.existing, after, {"model": model, "prompt": settings.prompt})
+    if not ds.write_caption(entry, item.file, item.existing, after,
+                            {"model": model, "prompt": settings.prompt}):
+        report.failed.append({"file": item.file, "error": "its caption was edited while the model "
+                              "worked; that edit was kept (caption it again to replace it)"})
+        return
     report.captioned += 1
 
 

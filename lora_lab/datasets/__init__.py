@@ -1,5 +1,5 @@
 """Datasets: ingest, index, captions and their bulk edits, stats, thumbnails, export."""
-from .dataset import Dataset, etag, list_datasets
+from .dataset import Dataset, StaleCaption, etag, list_datasets
 from .ingest import IngestReport, Limits, ingest
 
-__all__ = ["Dataset", "IngestReport", "Limits", "etag", "ingest", "list_datasets"]
+__all__ = ["Dataset", "IngestReport", "Limits", "StaleCaption", "etag", "ingest", "list_datasets"]

@@ -7,7 +7,8 @@ on commas. Each operation is a pure function of one caption, described by a dict
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import LoraLabError
 
@@ -76,7 +77,7 @@ def check_ops(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
     checked = []
     for op in ops:
         name = op.get("op") if isinstance(op, dict) else None
-        if name not in OPS:
+        if not isinstance(name, str) or name not in OPS:
             raise LoraLabError(f"unknown caption operation {name!r}; known: {', '.join(OPS)}")
         params = OPS[name][1]
         missing = [p for p in params if p not in op]
@@ -85,7 +86,9 @@ def check_ops(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
         clean = {"op": name, **{p: op[p] for p in params}}
         if "tags" in clean:
             tags = clean["tags"]
-            tags = split_tags(tags) if isinstance(tags, str) else [str(t).strip() for t in tags]
+            if not isinstance(tags, (str, list, tuple)) or not all(isinstance(t, str) for t in tags):
+                raise LoraLabError(f"caption operation {name!r}: tags must be text or a list of texts")
+            tags = split_tags(tags) if isinstance(tags, str) else [t.strip() for t in tags]
             if not tags:
                 raise LoraLabError(f"caption operation {name!r} needs at least one tag")
             clean["tags"] = tags
@@ -97,10 +100,11 @@ def check_ops(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if name in ("replace",) and not clean["old"]:
             raise LoraLabError("caption operation 'replace' needs a non-empty old text")
         if name == "regex":
-            try:
-                re.compile(clean["pattern"])
+            try:  # the replacement is parsed too: a bad \H or group number fails here, not mid-edit
+                re.compile(clean["pattern"]).sub(clean["new"], "")
             except re.error as e:
-                raise LoraLabError(f"invalid regular expression {clean['pattern']!r}: {e}") from None
+                raise LoraLabError(f"invalid regular expression {clean['pattern']!r} or replacement "
+                                   f"{clean['new']!r}: {e}") from None
         checked.append(clean)
     return checked
 

@@ -4,9 +4,11 @@
         photo1.jpg  photo1.txt  ...
         .lora_lab/index.sqlite  .lora_lab/journal/  .lora_lab/thumbs/
         .lora_lab/caption_sources.jsonl   (which model and prompt wrote each caption)
+        .lora_lab/write.lock   (held by whoever writes: see :mod:`.lock`)
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +25,7 @@ from . import workers
 from .images import EXTENSIONS, hamming_pairs
 from .index import ImageQuery, Index
 from .journal import Entry, Journal
+from .lock import WriteLock, is_held_elsewhere
 
 META = ".lora_lab"
 NEAR_DUP_BITS = 5  # dHash distance at or below which two images count as near-duplicates
@@ -44,6 +47,10 @@ def read_caption(path: Path) -> str:
                            "save it as UTF-8") from None
 
 
+class StaleCaption(Conflict):
+    """An If-Match write whose etag no longer names the caption on disk."""
+
+
 @dataclass
 class Page:
     items: list[dict[str, Any]]
@@ -60,8 +67,9 @@ class Dataset:
         self.name = path.name
         self.meta_dir = path / META
         self.meta_dir.mkdir(exist_ok=True)
+        self.lock = WriteLock(self.meta_dir / "write.lock", self.name)
         self.index = Index(self.meta_dir / "index.sqlite")
-        self.journal = Journal(self.meta_dir / "journal")
+        self.journal = Journal(self.meta_dir / "journal", self.lock)
         # The index is a cache; where a caption came from cannot be read back from the .txt
         # files, so it is kept here too, for a rebuilt index.
         self.sources_path = self.meta_dir / "caption_sources.jsonl"
@@ -71,7 +79,7 @@ class Dataset:
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
-    def open(cls, name: str, workspace: Workspace | None = None) -> "Dataset":
+    def open(cls, name: str, workspace: Workspace | None = None) -> Dataset:
         path = _dataset_path(name, workspace)
         if not path.is_dir():
             raise NotFound(f"dataset {name!r} does not exist (see `lora-lab dataset list`)")
@@ -80,16 +88,27 @@ class Dataset:
         return ds
 
     @classmethod
-    def create(cls, name: str, workspace: Workspace | None = None) -> "Dataset":
+    def create(cls, name: str, workspace: Workspace | None = None) -> Dataset:
         path = _dataset_path(name, workspace)
-        if path.exists():
-            raise Conflict(f"dataset {name!r} already exists; use another name, or --add to add images to it")
-        path.mkdir(parents=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir()  # atomic: of two creators at once, exactly one gets here
+        except FileExistsError:
+            raise Conflict(f"dataset {name!r} already exists; use another name, or --add to add "
+                           "images to it") from None
         return cls(path)
 
     def delete(self) -> None:
-        self.index.close()
-        shutil.rmtree(self.path)
+        with self.writing():  # a writer waiting for the lock then finds the dataset gone
+            self.index.close()
+            shutil.rmtree(self.path)
+
+    def writing(self) -> contextlib.AbstractContextManager[bool]:
+        """``with ds.writing():`` — hold the dataset's write lock (re-entrant in one thread).
+
+        Every write to captions, the journal or the index holds it, so a check (an etag, an
+        undo's "changed since") and the write it guards see no other writer in between."""
+        return self.lock.hold()
 
     # -- files -----------------------------------------------------------------------------------
     def image_path(self, file: str) -> Path:
@@ -154,36 +173,46 @@ class Dataset:
 
         Returns the new caption's etag.
         """
-        before = self.caption(file)
-        if if_match is not None and if_match != etag(before):
-            raise Conflict(f"caption of {file!r} changed since you read it; reload and edit again")
         text = text.strip()
-        if text != before:
-            self._write_captions(f"set {file}", {file: (before, text)})
+        with self.writing():
+            before = self.caption(file)
+            if if_match is not None and if_match != etag(before):
+                raise StaleCaption(f"caption of {file!r} changed since you read it; reload and "
+                                   "edit again")
+            if text != before:
+                self._write_captions(f"set {file}", {file: (before, text)})
         return etag(text)
 
     def edit(self, ops: list[dict[str, Any]], files: list[str] | None = None,
              q: str | None = None) -> dict[str, Any]:
         """Apply bulk caption operations to a selection (default: every image), as one undo step."""
         ops = caption_ops.check_ops(ops)
-        selected = self.select(files, q)
-        changes = {}
-        for f in selected:
-            before = self.caption(f)
-            after = caption_ops.apply_ops(before or "", ops)
-            if after != (before or ""):
-                changes[f] = (before, after)
         label = caption_ops.describe(ops)
-        if changes:
-            self._write_captions(label, changes)
+        with self.writing():
+            selected = self.select(files, q)
+            changes = {}
+            for f in selected:
+                before = self.caption(f)
+                after = caption_ops.apply_ops(before or "", ops)
+                if after != (before or ""):
+                    changes[f] = (before, after)
+            if changes:
+                self._write_captions(label, changes)
         return {"operation": label, "selected": len(selected), "changed": len(changes)}
 
     def undo(self) -> dict[str, Any]:
         """Revert the newest caption edit exactly, unless a caption it touched changed since."""
+        with self.writing():
+            return self._undo()
+
+    def _undo(self) -> dict[str, Any]:
         last = self.journal.last()
         if last is None:
             raise LoraLabError(f"nothing to undo in dataset {self.name!r}")
         entry_path, entry = last
+        if not entry["done"] and is_held_elsewhere(entry_path):
+            raise Conflict(f"cannot undo {entry['label']!r}: it is still running; wait for it to "
+                           "finish (or cancel it), then undo")
         # "before" still on disk: that change never landed (a batch killed mid-way), fine.
         changed_since = [f for f, before, after in entry["changes"]
                          if self.caption_or_none(f) not in (before, after)]
@@ -198,15 +227,22 @@ class Dataset:
         return {"undone": entry["label"], "restored": len(entry["changes"])}
 
     def write_caption(self, entry: Entry, file: str, before: str | None, after: str,
-                      source: dict[str, str]) -> None:
+                      source: dict[str, str]) -> bool:
         """One caption of a batch: journaled first, then written atomically, with its source
-        (the model and prompt that made it) recorded in the index."""
-        entry.add([(file, before, after)])
-        self._write_caption_file(file, after, source)
-        with open(self.sources_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"file": file, "etag": etag(after.strip()), **source},
-                               ensure_ascii=False) + "\n")
-        self._mark_synced()
+        (the model and prompt that made it) recorded in the index.
+
+        Returns False, writing nothing, when the caption is no longer ``before`` (someone edited
+        it while the model worked: that newer edit wins)."""
+        with self.writing():
+            if self.caption_or_none(file) != before:
+                return False
+            entry.add([(file, before, after)])
+            self._write_caption_file(file, after, source)
+            with open(self.sources_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"file": file, "etag": etag(after.strip()), **source},
+                                   ensure_ascii=False) + "\n")
+            self._mark_synced()
+        return True
 
     def caption_or_none(self, file: str) -> str | None:
         """The caption, or ``None`` when the image (or its caption) is not there."""
@@ -241,12 +277,21 @@ class Dataset:
         self.index.set_meta("dir_mtime_ns", self._dir_mtime())
 
     def sync_if_changed(self) -> None:
-        """Re-sync when files were added, removed or renamed behind our back (folder mtime)."""
+        """Re-sync when files were added, removed or renamed behind our back (folder mtime).
+
+        Skipped while another writer holds the dataset: it brings the index in step itself,
+        and a reader is not kept waiting for it."""
         if self.index.meta("dir_mtime_ns") != self._dir_mtime():
-            self.sync()
+            with self.lock.hold(blocking=False) as held:
+                if held:
+                    self.sync()
 
     def sync(self) -> dict[str, int]:
         """Bring the index in line with the files: new, changed and removed images and captions."""
+        with self.writing():
+            return self._sync()
+
+    def _sync(self) -> dict[str, int]:
         on_disk = {}
         with os.scandir(self.path) as it:
             for e in it:

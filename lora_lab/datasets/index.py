@@ -6,9 +6,11 @@ filtering and stats fast, and :meth:`Dataset.sync` rebuilds it from the files at
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import LoraLabError
 from .captions import split_tags
@@ -113,20 +115,41 @@ def _has_tag(caption: str | None, tag: str) -> bool:
 
 
 class Index:
-    """Rows of ``images`` as dicts; one connection per Index, used from one thread at a time."""
+    """Rows of ``images`` as dicts. Each thread that uses an Index gets its own connection
+    (a panel's thumbnail pool and a server's request threads read the index at once)."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        # tags as the caption tools split them, so a tag filter finds what the tag table counts
-        self.db.create_function("has_tag", 2, _has_tag, deterministic=True)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self._local = threading.local()
+        self._open: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
         self.db.executescript(SCHEMA)
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection, opened on its first use."""
+        db = getattr(self._local, "db", None)
+        return db if db is not None else self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        # check_same_thread=False only so close() can close every thread's connection
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        # tags as the caption tools split them, so a tag filter finds what the tag table counts
+        db.create_function("has_tag", 2, _has_tag, deterministic=True)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        self._local.db = db
+        with self._guard:
+            self._open.append(db)
+        return db
+
     def close(self) -> None:
-        self.db.close()
+        """Close every thread's connection (a later use opens a new one)."""
+        with self._guard:
+            dbs, self._open, self._local = self._open, [], threading.local()
+        for db in dbs:
+            db.close()
 
     def upsert(self, rows: Iterable[dict[str, Any]]) -> None:
         sql = (f"INSERT OR REPLACE INTO images ({', '.join(COLUMNS)}) "

@@ -5,18 +5,25 @@ images and exact duplicates are skipped with their reason; near-duplicates are k
 flagged; ``.txt`` captions beside images come along. The source is only ever read, and nothing
 is written outside the dataset folder. Names are flattened to the dataset's single folder,
 made unique by stem so each image keeps its own caption file.
+
+Images are decoded and copied into a private staging folder first, without the dataset's write
+lock (the slow part: edits go on meanwhile); placing, deduplicating and indexing them then
+happens under it, so concurrent ingests and edits into one dataset never interleave.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import secrets
 import shutil
 import stat
 import unicodedata
 import zipfile
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import Any
 
 from .. import atomic
 from ..errors import LoraLabError
@@ -24,6 +31,7 @@ from ..workspace import Workspace
 from . import workers
 from .dataset import Dataset
 from .images import EXTENSIONS, MAX_PIXELS, ImageInfo
+from .lock import claim, is_held_elsewhere
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,8 @@ def ingest(source: str | os.PathLike | Iterable[str | os.PathLike], name: str, *
         if not add:
             ds.delete()
         raise
+    finally:
+        listing.close()
     if not report.added and not add:
         ds.delete()
         reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in report.skipped[:3])
@@ -228,22 +238,50 @@ def _ingest_listing(ds: Dataset, listing: _Listing, limits: Limits,
         raise LoraLabError(f"not enough disk space: the images need {listing.total_bytes / 2**20:.0f} "
                            f"MiB, {free / 2**20:.0f} MiB free")
     report = IngestReport(ds.name, skipped=list(listing.skipped))
-    incoming = ds.meta_dir / "incoming"
-    shutil.rmtree(incoming, ignore_errors=True)  # leftovers of an ingest that was killed
-    incoming.mkdir()
-    try:
+    with _staging(ds.meta_dir / "incoming") as incoming:
         tasks = [workers.Task(m.path, m.member, str(incoming / f"{i}.part"), limits.max_pixels)
                  for i, m in enumerate(listing.images)]
         results = workers.run_all(tasks, processes)
-        rows = _place_images(ds, listing, results, tasks, report, limits)
-    finally:
-        listing.close()
-        shutil.rmtree(incoming, ignore_errors=True)
-    ds.add_rows(rows)
-    ds.sync()  # picks up the caption sidecars just written; cheap for unchanged images
+        with ds.writing():
+            rows = _place_images(ds, listing, results, tasks, report, limits)
+            ds.add_rows(rows)
+            ds.sync()  # picks up the caption sidecars just written; cheap for unchanged images
     report.near_duplicates = [{"file": r["file"], "similar_to": r["near_dup_of"]}
                               for r in rows if r.get("near_dup_of")]
     return report
+
+
+@contextlib.contextmanager
+def _staging(root: Path) -> Iterator[Path]:
+    """A folder of this ingest's own under ``root``, removed afterwards. Its lock file stays
+    flocked while the ingest runs, so leftovers of killed ingests are told apart and removed."""
+    root.mkdir(exist_ok=True)
+    _remove_abandoned(root)
+    token = secrets.token_hex(8)
+    lock, folder = root / f"{token}.lock", root / token
+    lock.touch()
+    held = claim(lock)  # a fresh name: nobody else holds it
+    try:
+        folder.mkdir()
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        lock.unlink(missing_ok=True)
+        os.close(held)
+
+
+def _remove_abandoned(root: Path) -> None:
+    """Remove what killed ingests left in ``root``: folders whose lock file nobody holds (a
+    running ingest holds its lock from before its folder exists until after it is gone)."""
+    for entry in root.iterdir():
+        lock = root / f"{entry.name}.lock"
+        if entry.suffix == ".lock" or is_held_elsewhere(lock):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:  # a file an older version staged straight into incoming/
+            entry.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)
 
 
 def _place_images(ds: Dataset, listing: _Listing, results: list[ImageInfo | str],

@@ -11,10 +11,11 @@ import os
 import sys
 import zipfile
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from .images import MAX_PIXELS, BadImage, ImageInfo, probe
 

@@ -21,12 +21,12 @@ from ..captioning.batch import MODES, caption_dataset
 from ..captioning.job import settings_of
 from ..captioning.llama import model_paths
 from ..captioning.prompts import DEFAULT_PRESET, PRESETS
-from ..datasets import Dataset, etag
+from ..datasets import Dataset, StaleCaption, etag
 from ..datasets.stats import tag_frequency
 from ..datasets.thumbs import thumbnail_path
-from ..errors import Conflict
-from ..jobs import JobRecord, submit
-from ..jobs.tail import EventTail
+from ..jobdir import JobRecord
+from ..jobdir.tail import EventTail
+from ..jobs import submit
 from .browser import DatasetBrowser
 from .common import Notice, Poller, reporting
 
@@ -175,7 +175,7 @@ class CaptionEditor(widgets.VBox):
     def _save(self, if_match: str) -> None:
         try:
             self._etag = self.dataset.set_caption(self._file, self.text.value, if_match=if_match)
-        except Conflict:
+        except StaleCaption:
             theirs = self.dataset.caption(self._file)
             self._conflict = etag(theirs)
             self.notice.show(f"{self._file}: the caption on disk changed since you opened it "
