@@ -21,11 +21,18 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
+from ui_rules import comfy_ldm_layout, comfy_weight_decompose
 
 from lora_lab.errors import LoraLabError
 from lora_lab.tiny.diffusion import write_sd15, write_sdxl
+from lora_lab.training.adapters import inject_lora
 from lora_lab.training.lora_file import (
-    describe_lora, file_model_hash, kohya_state_dict, read_lora, save_lora, ss_metadata,
+    describe_lora,
+    file_model_hash,
+    kohya_state_dict,
+    read_lora,
+    save_lora,
+    ss_metadata,
 )
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -84,7 +91,10 @@ def adapted(bases, family: str, unet_config: LoraConfig, te_config: LoraConfig |
     models = [pipe.unet, *(encoders(pipe) if te_config else [])]
     g = torch.Generator().manual_seed(1)
     for model in models:
-        model.add_adapter(unet_config if model is pipe.unet else te_config)
+        if model is pipe.unet:
+            model.add_adapter(unet_config)
+        else:
+            inject_lora(model, te_config)  # as the trainer does: peft itself, not transformers
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if "lora_B" in name:
@@ -141,6 +151,36 @@ def test_sdxl_diffusers_format_reloads_identically(bases, sdxl):
     assert "lora_adapter_metadata" in meta and meta["ss_base_model_version"] == "sdxl_base_v1-0"
 
 
+def test_sdxl_locon_with_ldm_names_reloads_identically(bases, tmp_path):
+    """diffusers maps sd-scripts' SDXL names (input_blocks/middle_block/output_blocks) back."""
+    run = adapted(bases, "sdxl", locon(), lora(4, TE_ALPHA, TE))
+    path = save(run, tmp_path / "locon.safetensors", conv_dim=2, conv_alpha=CONV_ALPHA)
+    tensors, _ = read_lora(path)
+    assert "lora_unet_output_blocks_1_2_conv.lora_down.weight" in tensors  # up_blocks.0.upsamplers.0.conv
+    assert_reloads(bases, run, path)
+
+
+def test_sdxl_files_with_diffusers_unet_names_still_read_and_reload(bases, sdxl, tmp_path):
+    """Files written before SDXL got LDM names (lora_unet_down_blocks_…) stay readable."""
+    tensors, meta = read_lora(sdxl.kohya)
+    to_diffusers = {ldm.replace(".", "_"): name.replace(".", "_")
+                    for name, ldm in comfy_ldm_layout(sdxl.pipe.unet.config).items()}
+
+    def old_name(key: str) -> str:
+        module, _, part = key.partition(".")
+        if module.startswith("lora_unet_"):
+            module = "lora_unet_" + to_diffusers[module.removeprefix("lora_unet_")]
+        return f"{module}.{part}"
+
+    old = tmp_path / "old.safetensors"
+    save_file({old_name(k): v for k, v in tensors.items()}, old, meta)
+    info, new = describe_lora(old), describe_lora(sdxl.kohya)
+    assert (info["unet_names"], new["unet_names"]) == ("diffusers", "ldm")
+    assert {k: info[k] for k in ("family", "modules", "ranks", "alphas")} == \
+        {k: new[k] for k in ("family", "modules", "ranks", "alphas")}
+    assert_reloads(bases, sdxl, old)
+
+
 def test_locon_conv_modules_keep_their_rank_alpha_and_shape(bases, tmp_path):
     run = adapted(bases, "sd15", locon(), lora(4, TE_ALPHA, TE))
     path = save(run, tmp_path / "locon.safetensors", conv_dim=2, conv_alpha=CONV_ALPHA)
@@ -164,23 +204,32 @@ def test_dora_diffusers_format_reloads_identically(bases, tmp_path):
     assert describe_lora(path)["dora"]
 
 
-def test_kohya_dora_scale_rebuilds_peft_weights(bases, tmp_path):
+def comfy_merge(tensors, key: str, weight: torch.Tensor) -> torch.Tensor:
+    """The weight ComfyUI builds from one kohya module (tests/ui_rules.py)."""
+    down, up, alpha = (tensors[f"{key}.{p}"] for p in ("lora_down.weight", "lora_up.weight", "alpha"))
+    diff = (up.flatten(1) @ down.flatten(1)).reshape(weight.shape) * (alpha / down.shape[0])
+    return comfy_weight_decompose(tensors[f"{key}.dora_scale"], weight, diff)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_kohya_dora_is_applied_by_comfyui_as_trained(bases, tmp_path, family):
     """diffusers drops `dora_scale` from kohya SD/SDXL files (it warns), so no image round trip:
-    check instead that LyCORIS' wd_on_output rule, m * W' / ||W'|| per output channel, which
-    ComfyUI picks by shape, rebuilds the weights peft merges."""
-    run = adapted(bases, "sd15", lora(4, UNET_ALPHA, [*ATTN, "conv1"], use_dora=True), None)
+    ComfyUI's published DoRA merge of the file must give the weights peft merges, for linear
+    and 3x3 conv layers (per output channel, LyCORIS' wd_on_output layout)."""
+    run = adapted(bases, family, lora(4, UNET_ALPHA, [*ATTN, "conv1"], use_dora=True), None)
     path = save(run, tmp_path / "dora.safetensors", dora=True)
     tensors, meta = read_lora(path)
     assert meta["ss_network_module"] == "lycoris.kohya" and describe_lora(path)["dora"]
-    for name in ("down_blocks.0.resnets.0.conv1", "mid_block.attentions.0.transformer_blocks.0.attn2.to_k"):
-        key, layer = "lora_unet_" + name.replace(".", "_"), run.pipe.unet.get_submodule(name)
+    layout = comfy_ldm_layout(run.pipe.unet.config) if family == "sdxl" else {}
+    layers = [(n, m) for n, m in run.pipe.unet.named_modules() if isinstance(m, LoraLayer)]
+    assert {n.rsplit(".", 1)[-1] for n, _ in layers} == {"to_q", "to_k", "to_v", "0", "conv1"}
+    for name, layer in layers:
+        key = "lora_unet_" + layout.get(name, name).replace(".", "_")
         weight = layer.base_layer.weight.detach().clone()
-        down, up, scale = (tensors[f"{key}.{p}"] for p in ("lora_down.weight", "lora_up.weight", "dora_scale"))
-        assert scale.shape == (up.shape[0], *[1] * (weight.dim() - 1))
-        merged = weight + (up.flatten(1) @ down.flatten(1)).reshape(weight.shape) * tensors[f"{key}.alpha"] / 4
-        rebuilt = scale * merged / merged.flatten(1).norm(dim=1).reshape(scale.shape)
+        assert tensors[f"{key}.dora_scale"].shape == (weight.shape[0], *[1] * (weight.dim() - 1))
         layer.merge()
-        torch.testing.assert_close(rebuilt, layer.base_layer.weight.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(comfy_merge(tensors, key, weight), layer.base_layer.weight.detach(),
+                                   rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------ keys and metadata

@@ -4,8 +4,9 @@ The default is the kohya layout every UI loads: `lora_unet_<module path with _>`
 `lora_te_…` (SD1.5) or `lora_te1_…` / `lora_te2_…` (SDXL), each module with `.lora_down.weight`,
 `.lora_up.weight` and a 0-dim `.alpha` (scale = alpha / rank), plus sd-scripts' `ss_*`,
 `modelspec.*` and `sshs_*` metadata. The diffusers/peft layout is written on request.
-Module paths stay diffusers-style (as diffusers' own kohya export): ComfyUI maps them through
-`unet_to_diffusers`, A1111 through `convert_diffusers_name_to_compvis`, diffusers natively.
+UNet module paths are the ones sd-scripts writes: diffusers-style for SD1.5, LDM-style for SDXL
+(kohya_names); ComfyUI, A1111 and diffusers map both. DoRA magnitudes go in LyCORIS'
+`dora_scale`, per output channel, rescaled so that ComfyUI's formula gives the trained weights.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from safetensors.torch import save as safetensors_bytes
 
 from lora_lab.atomic import write_bytes
 from lora_lab.errors import LoraLabError
+
+from .kohya_names import ldm_unet_path, unet_naming, uses_ldm_names
 
 Family = Literal["sd15", "sdxl"]
 Format = Literal["kohya", "diffusers"]
@@ -68,6 +71,28 @@ def _with_text_model(model: torch.nn.Module, name: str) -> str:
     return f"text_model.{name}"
 
 
+def _kohya_path(prefix: str, model: torch.nn.Module, name: str) -> str:
+    if prefix != "lora_unet":
+        return _with_text_model(model, name)
+    return ldm_unet_path(name, model.config) if uses_ldm_names(model) else name
+
+
+def _dora_scale(layer: Any, adapter_name: str, magnitude: torch.Tensor, down: torch.Tensor,
+                up: torch.Tensor) -> torch.Tensor:
+    """peft's magnitudes m as the `dora_scale` ComfyUI (and Forge) apply as trained.
+
+    peft merges m * W' / ||W'|| per output channel (W' = W + scale * up @ down). ComfyUI takes
+    a [out, 1, ...] dora_scale for that axis but divides by the base weight's norm ||W||, so
+    m * ||W|| / ||W'|| gives back peft's weights there. (LyCORIS' own loader divides by ||W'||:
+    it scales each channel by ||W|| / ||W'||; A1111 normalises input channels only.)
+    """
+    weight = layer.get_base_layer().weight.detach().float()
+    delta = (up.float().flatten(1) @ down.float().flatten(1)).reshape(weight.shape) * layer.scaling[adapter_name]
+    norms = weight.flatten(1).norm(dim=1) / (weight + delta).flatten(1).norm(dim=1)
+    scale = magnitude.detach().float().reshape(-1) * norms
+    return scale.to(magnitude.dtype).reshape(-1, *[1] * (weight.dim() - 1))
+
+
 def _adapted(models: Sequence[tuple[str, torch.nn.Module | None]], adapter_name: str):
     for prefix, model in models:
         if model is not None and adapter_name in getattr(model, "peft_config", {}):
@@ -97,16 +122,14 @@ def kohya_state_dict(
     for prefix, model in _adapted(_parts(unet, text_encoders), adapter_name):
         tensors = get_peft_model_state_dict(model, adapter_name=adapter_name)
         for name, layer in _lora_layers(model, adapter_name):
-            path = name if prefix == "lora_unet" else _with_text_model(model, name)
-            key = f"{prefix}_{path.replace('.', '_')}"
+            key = f"{prefix}_{_kohya_path(prefix, model, name).replace('.', '_')}"
             down, up = tensors[f"{name}.lora_A.weight"], tensors[f"{name}.lora_B.weight"]
             out[f"{key}.lora_down.weight"] = down  # conv: [r, in, k, k]
             out[f"{key}.lora_up.weight"] = up  # conv: [out, r, 1, 1]
             out[f"{key}.alpha"] = torch.tensor(_kohya_alpha(layer, adapter_name))
             magnitude = tensors.get(f"{name}.lora_magnitude_vector")
             if magnitude is not None:
-                # peft norms each output channel: LyCORIS' wd_on_output layout [out, 1, ...]
-                out[f"{key}.dora_scale"] = magnitude.reshape(up.shape[0], *[1] * (down.dim() - 1))
+                out[f"{key}.dora_scale"] = _dora_scale(layer, adapter_name, magnitude, down, up)
     if not out:
         raise ValueError(f"no model carries a LoRA adapter named {adapter_name!r}")
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
@@ -329,7 +352,8 @@ def _diffusers_alphas(metadata: Mapping[str, str]) -> set[float]:
 
 
 def describe_lora(path: str | os.PathLike) -> dict[str, Any]:
-    """What `lora-lab lora inspect` shows: format, family, ranks, alphas, parts, conv, DoRA, metadata."""
+    """What `lora-lab lora inspect` shows: format, family, ranks, alphas, parts, conv, DoRA, metadata,
+    and for kohya files the UNet naming ("ldm" as sd-scripts writes SDXL, or "diffusers")."""
     tensors, metadata = read_lora(path)
     fmt = _format(tensors)
     prefixes = _KOHYA_PARTS if fmt == "kohya" else _DIFFUSERS_PARTS
@@ -345,6 +369,7 @@ def describe_lora(path: str | os.PathLike) -> dict[str, Any]:
         if fmt == "kohya" else _diffusers_alphas(metadata)
     return {
         "path": str(path), "format": fmt, "family": _family(tensors, metadata, parts), "modules": parts,
+        "unet_names": unet_naming(tensors) if fmt == "kohya" else None,
         "ranks": sorted(ranks), "alphas": sorted(alphas), "conv_modules": conv,
         "dora": any(k.endswith(".dora_scale") or ".lora_magnitude_vector" in k for k in tensors),
         "dtypes": sorted({str(v.dtype).removeprefix("torch.") for v in tensors.values()}),
