@@ -1,6 +1,7 @@
 """The command as a user runs it: help everywhere, the real console script, a light import."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,33 @@ def test_import_is_light():
             "heavy = {'torch', 'diffusers', 'transformers', 'llama_cpp'} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_training_runs_the_steps_calc_counts_and_prints_whole_lines_to_a_pipe(tmp_path, tiny_models):
+    """Uneven buckets (3 wide, 3 tall, batches of 2): calc and the trainer agree on 4 steps an
+    epoch where ceil(6 / 2) says 3; stderr, a pipe here, gets whole lines and nothing else."""
+    from test_calc import write_images
+
+    from lora_lab.training.config import TrainConfig
+
+    folder = write_images(tmp_path / "uneven", [(192, 64)] * 3 + [(64, 192)] * 3)
+    path = TrainConfig.from_dict({
+        "model": {"base": str(tiny_models["sd15"])},
+        "dataset": {"source": str(folder), "resolution": 128, "min_bucket": 64, "max_bucket": 256},
+        "network": {"rank": 4}, "train": {"batch_size": 2, "epochs": 3, "lr": 1e-3}}
+    ).write(tmp_path / "run.toml")
+    env = {"LORA_LAB_HOME": str(tmp_path / "ws"), "PATH": str(BIN), "HF_HUB_OFFLINE": "1"}
+    run = lambda *a: subprocess.run([str(BIN / "lora-lab"), *map(str, a)], env=env,  # noqa: E731
+                                    capture_output=True, text=True)
+    calc = run("calc", "--config", path, "--json")
+    assert calc.returncode == 0, calc.stderr
+    assert json.loads(calc.stdout)["total_steps"] == 12
+    train = run("train", path)
+    assert train.returncode == 0, train.stderr
+    assert "trained 12 steps" in train.stdout
+    assert "\r" not in train.stderr
+    lines = train.stderr.splitlines()
+    progress = [line for line in lines if line.startswith("[")]
+    assert [line for line in lines if line not in progress] == [
+        "validating...", "loading dataset...", "preparing model...", "caching...", "exporting..."]
+    assert 1 < len(progress) <= 12 and progress[-1].startswith(f"[{'#' * 30}] 12/12 loss ")

@@ -60,7 +60,8 @@ def test_calc(cli, shapes):
     assert "= 67 steps per epoch" in out and "= 670 steps" in out
     plan = json.loads(cli("calc", "--dataset", shapes, "--repeats", "3", "--batch", "2",
                           "--grad-accum", "2", "--epochs", "2", "--json")[1])
-    assert plan["samples_per_epoch"] == 24 and plan["steps_per_epoch"] == 6
-    assert plan["total_steps"] == 12
-    assert plan_steps(1).total_steps == 1
+    # sd15 buckets of 6, 6, 9 and 3 samples: 3 + 3 + 5 + 2 = 13 batches, 7 steps of 2
+    assert plan["samples_per_epoch"] == 24 and plan["steps_per_epoch"] == 7
+    assert plan["total_steps"] == 14
+    assert plan_steps([1]).total_steps == 1
     assert "batch_size must be" in cli.fails("calc", "--images", "5", "--batch", "0")

@@ -113,7 +113,9 @@ def load_base_model(base: str, family: str, vae: str = "", config: str = "") -> 
 
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     path = Path(base).expanduser()
-    extra: dict[str, Any] = {}
+    # The trainer never runs a safety checker or an IP-Adapter image encoder, so neither they nor
+    # the image processor feeding them are loaded.
+    extra: dict[str, Any] = {"feature_extractor": None, "image_encoder": None}
     if vae:
         extra["vae"] = _load_vae(vae)
     if family == "sd15":

@@ -6,21 +6,24 @@ a resumed run sees exactly the batch an uninterrupted run saw.
 """
 from __future__ import annotations
 
-import math
 import random
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from ..buckets import assign_bucket, make_buckets
+from ..calc import StepPlan, plan_steps
 from ..datasets import Dataset
 from ..datasets.captions import join_tags, prefix, split_tags
 from ..datasets.dataset import read_caption
 from ..datasets.images import EXTENSIONS
 from ..errors import LoraLabError, NotFound
 from ..workspace import Workspace
+from .base_model import detect_family
+from .config import TrainConfig
 
 _KOHYA_DIR = re.compile(r"^(\d+)_(.+)$")  # "10_sks woman": 10 repeats
 
@@ -77,9 +80,16 @@ def is_dataset_name(source: str) -> bool:
     return "/" not in source and not Path(source).expanduser().is_dir()
 
 
-def count_images(source: str, workspace: Workspace | None = None) -> tuple[int, int | None]:
-    """How many images :func:`gather_images` would find, from names alone (nothing decoded):
-    (images, samples per epoch when kohya ``N_name`` subfolders set the repeats, else None)."""
+@dataclass(frozen=True)
+class ImageSize:
+    width: int  # as displayed (EXIF orientation applied)
+    height: int
+    repeats: int | None  # set by a kohya ``N_name`` folder; None: dataset.repeats applies
+
+
+def measure_images(source: str, workspace: Workspace | None = None) -> list[ImageSize]:
+    """The sizes of the images :func:`gather_images` would find, cheaply: from a dataset's
+    index, or from a folder's image headers (nothing decoded or hashed)."""
     ws = workspace or Workspace()
     path = Path(source).expanduser()
     if is_dataset_name(source):
@@ -88,21 +98,48 @@ def count_images(source: str, workspace: Workspace | None = None) -> tuple[int, 
         except NotFound:
             raise LoraLabError(f"{source!r} is neither a dataset in {ws.datasets} nor a folder") from None
         try:
-            return ds.index.count(), None
+            return [ImageSize(r["width"], r["height"], None) for r in ds.index.all()]
         finally:
             ds.index.close()
     if not path.is_dir():
         raise LoraLabError(f"folder {path} does not exist")
-    subdirs = [(d, int(m[1])) for d in path.iterdir() if d.is_dir() and (m := _KOHYA_DIR.match(d.name))]
-    if not subdirs:
-        return _count_files(path), None
-    counts = [(_count_files(d), n) for d, n in subdirs]
-    return sum(c for c, _ in counts), sum(c * n for c, n in counts)
+    subdirs = sorted((d, int(m[1])) for d in path.iterdir()
+                     if d.is_dir() and (m := _KOHYA_DIR.match(d.name)))
+    folders = subdirs or [(path, None)]
+    return [_header_size(p, n) for d, n in folders for p in _image_files(d)]
 
 
-def _count_files(folder: Path) -> int:
-    return sum(1 for p in folder.iterdir()
-               if p.suffix.lower() in EXTENSIONS and not p.name.startswith(".") and p.is_file())
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in EXTENSIONS and p.is_file() and not p.name.startswith("."))
+
+
+def _header_size(path: Path, repeats: int | None) -> ImageSize:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            try:  # orientations 5-8 turn the image a quarter: width and height swap
+                turned = im.getexif().get(0x0112) in (5, 6, 7, 8)
+            except Exception:  # a broken EXIF block does not stop ingest or training either
+                turned = False
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise LoraLabError(f"cannot train on {path}: {e}") from None
+    return ImageSize(h, w, repeats) if turned else ImageSize(w, h, repeats)
+
+
+def steps_for(config: TrainConfig, sizes: list[ImageSize], world: int = 1) -> StepPlan:
+    """The steps ``config`` trains for on images of ``sizes`` with ``world`` processes, counted
+    as the trainer counts them: each image in its aspect-ratio bucket, batches per bucket. The
+    family, whose defaults set the buckets, is model.family or read from model.base's files."""
+    family = config.model.family if config.model.family != "auto" else detect_family(config.model.base)
+    d, t = config.resolved(family).dataset, config.train
+    buckets = assign_buckets(sizes, d.resolution, d.min_bucket, d.max_bucket, d.bucket_step)
+    counts = samples_per_bucket(buckets, [s.repeats or d.repeats for s in sizes])
+    fixed = any(s.repeats for s in sizes)
+    return plan_steps(list(counts.values()), t.batch_size, t.grad_accum, world, t.epochs,
+                      t.max_steps, images=len(sizes), repeats=None if fixed else d.repeats)
 
 
 def _from_dataset(ds: Dataset, repeats: int) -> list[TrainImage]:
@@ -117,8 +154,7 @@ def _from_dataset(ds: Dataset, repeats: int) -> list[TrainImage]:
 def _from_folder(folder: Path, repeats: int, caption_extension: str) -> list[TrainImage]:
     from ..datasets import workers
 
-    paths = sorted(p for p in folder.iterdir()
-                   if p.suffix.lower() in EXTENSIONS and p.is_file() and not p.name.startswith("."))
+    paths = _image_files(folder)
     images = []
     for p, info in zip(paths, workers.run_all(workers.file_tasks(paths))):
         if isinstance(info, str):
@@ -130,11 +166,19 @@ def _from_folder(folder: Path, repeats: int, caption_extension: str) -> list[Tra
     return images
 
 
-def assign_buckets(images: list[TrainImage], resolution: int, min_side: int, max_side: int,
-                   step: int = 64) -> list[tuple[int, int]]:
+def assign_buckets(images: Sequence[TrainImage | ImageSize], resolution: int, min_side: int,
+                   max_side: int, step: int = 64) -> list[tuple[int, int]]:
     """Each image's (width, height) bucket: the closest aspect ratio within the pixel budget."""
     buckets = make_buckets(resolution, min_side, max_side, step)
     return [assign_bucket(img.width, img.height, buckets) for img in images]
+
+
+def samples_per_bucket(buckets: list[tuple[int, int]], repeats: list[int]) -> dict[tuple[int, int], int]:
+    """How many samples (images x repeats) each bucket holds in one epoch, by bucket."""
+    counts: dict[tuple[int, int], int] = {}
+    for bucket, n in zip(buckets, repeats):
+        counts[bucket] = counts.get(bucket, 0) + n
+    return dict(sorted(counts.items()))
 
 
 @dataclass(frozen=True)
@@ -153,20 +197,18 @@ class BatchPlan:
                  seed: int, world: int = 1):
         self.images, self.buckets, self.batch_size = images, buckets, batch_size
         self.seed, self.world = seed, world
-        by_bucket: dict[tuple[int, int], int] = {}
-        for img, bucket in zip(images, buckets):
-            by_bucket[bucket] = by_bucket.get(bucket, 0) + img.repeats
-        n = sum(math.ceil(count / batch_size) for count in by_bucket.values())
-        self.batches_per_epoch = math.ceil(n / world) * world
+        self.bucket_samples = samples_per_bucket(buckets, [img.repeats for img in images])
+        self.batches_per_epoch = plan_steps(list(self.bucket_samples.values()), batch_size,
+                                            world=world).batches_per_epoch
 
-    def samples(self, index: int, rules: "CaptionRules") -> list[Sample]:
+    def samples(self, index: int, rules: CaptionRules) -> list[Sample]:
         """Micro-batch ``index`` (counted from the start of training, over all ranks)."""
         epoch, k = divmod(index, self.batches_per_epoch)
         batches, slots = self._epoch(epoch)
         return [rules.sample(self.images, i, self.seed, epoch, slot)
                 for i, slot in zip(batches[k], slots[k])]
 
-    @lru_cache(maxsize=2)
+    @lru_cache(maxsize=2)  # noqa: B019 (one plan a run: the cache lives and dies with it)
     def _epoch(self, epoch: int) -> tuple[list[list[int]], list[list[int]]]:
         """The epoch's batches (image indices), and for each use of an image its slot: how
         often that image appeared before in the epoch (a repeat gets a fresh augmentation)."""
