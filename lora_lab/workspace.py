@@ -31,7 +31,9 @@ def default_root() -> Path:
 
 def check_name(name: str, what: str = "dataset") -> str:
     """Return ``name`` if it can be a folder name, else raise a message saying what is allowed."""
-    if not isinstance(name, str) or not _NAME.match(name) or name.endswith((" ", ".")):
+    # fullmatch: "$" would let a final newline through; 255 bytes: what a folder name may take
+    if (not isinstance(name, str) or not _NAME.fullmatch(name) or name.endswith((" ", "."))
+            or len(name.encode("utf-8")) > 255):
         raise LoraLabError(
             f"invalid {what} name {name!r}: use up to 100 letters, digits, spaces, '.', '-' or '_',"
             " starting with a letter or digit"

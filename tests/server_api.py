@@ -1,8 +1,9 @@
 """What the server tests share: a Jupyter server with the extension on the test's workspace, the
-sample dataset, zip bodies."""
+sample dataset, the tiny model inside the workspace, zip bodies."""
 from __future__ import annotations
 
 import io
+import shutil
 import zipfile
 
 import pytest
@@ -25,6 +26,14 @@ def jp_server_config(ws, request):
 def shapes(ws, samples) -> str:
     ingest(samples, "shapes", workspace=ws)
     return "shapes"
+
+
+def workspace_models(ws, tiny_models) -> dict[str, str]:
+    """The tiny SD1.5 model and the sample images copied into the workspace (a request to the
+    server may only name paths inside it), as paths relative to its root."""
+    shutil.copytree(tiny_models["sd15"], ws.models / "sd15", dirs_exist_ok=True)
+    shutil.copytree(tiny_models["samples"], ws.root / "samples", dirs_exist_ok=True)
+    return {"sd15": "models/sd15", "samples": "samples"}
 
 
 def zip_bytes(entries: dict[str, bytes]) -> bytes:

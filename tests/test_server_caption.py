@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
-from server_api import server_config, shapes  # noqa: F401 (fixture)
+from server_api import server_config, shapes, workspace_models  # noqa: F401 (fixture)
 
-from lora_lab.jobs.record import pid_alive
+from lora_lab.jobdir.record import pid_alive
 from lora_lab.tiny import gguf_models
 
 API = ("lora-lab", "api")
@@ -35,7 +36,8 @@ def api(jp_fetch):
     return call
 
 
-async def test_caption_one_image_with_the_resident_model_then_undo(api, shapes, ws, jp_serverapp):
+async def test_caption_one_image_with_the_resident_model_then_undo(api, shapes, ws, jp_serverapp,
+                                                                  tiny_models):
     code, health = await api("health")
     assert health["caption_model_found"] is True and health["caption_worker_running"] is False
     code, result = await api("caption", method="POST", body={
@@ -55,14 +57,19 @@ async def test_caption_one_image_with_the_resident_model_then_undo(api, shapes, 
     assert code == 404 and "nope.jpg" in err["detail"]
     # a training job needs the (GPU) memory: submitting one lets the resident model go
     lab = jp_serverapp.extension_manager.extension_points["lora_lab"].app
-    pid = lab.caption_worker().pid
-    config = {"model": {"base": str(ws.root / "no-model")}, "dataset": {"source": shapes}}
-    code, _ = await api("jobs", method="POST", body={"kind": "train", "params": {"config": config}})
+    services = jp_serverapp.web_app.settings["lora_lab_services"]
+    assert services is lab.services
+    pid = services.caption_worker().pid
+    config = {"model": {"base": workspace_models(ws, tiny_models)["sd15"]},
+              "dataset": {"source": shapes, "resolution": 64}, "train": {"max_steps": 1}}
+    code, accepted = await api("jobs", method="POST",
+                               body={"kind": "train", "params": {"config": config}})
     assert code == 202 and not pid_alive(pid)
     assert (await api("health"))[1]["caption_worker_running"] is False
+    assert (await api("jobs", accepted["id"], "cancel", method="POST", body={}))[0] in (200, 409)
     # stopping the extension stops the worker process
-    lab.caption_worker().start()
-    pid = lab.caption_worker().pid
+    services.caption_worker().start()
+    pid = services.caption_worker().pid
     await lab.stop_extension()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
@@ -78,9 +85,11 @@ async def test_a_missing_caption_model_is_503_with_what_to_set(api, shapes, monk
 
 
 async def test_a_caption_job_through_rest(api, jp_ws_fetch, shapes, caption_pair, ws):
-    model, mmproj = caption_pair
+    for path in caption_pair:  # a request names model files inside the workspace
+        shutil.copy(path, ws.models / path.name)
+    model, mmproj = (f"models/{p.name}" for p in caption_pair)
     code, accepted = await api("jobs", method="POST", body={"kind": "caption", "params": {
-        "dataset": shapes, "model": str(model), "mmproj": str(mmproj), "max_tokens": 16,
+        "dataset": shapes, "model": model, "mmproj": mmproj, "max_tokens": 16,
         "files": ["white_circle.webp"]}})
     assert code == 202, accepted
     stream = await jp_ws_fetch(*API, "jobs", accepted["id"], "stream")

@@ -8,10 +8,10 @@ import shutil
 import zipfile
 
 import pytest
-from PIL import Image
-
 from conftest import jpeg_bytes
+from PIL import Image
 from server_api import jp_server_config, shapes, zip_bytes  # noqa: F401 (fixtures)
+
 from lora_lab.datasets import Dataset
 
 API = ("lora-lab", "api")
@@ -66,6 +66,29 @@ async def test_create_from_an_uploaded_zip(api, ws):
     assert code == 200 and [a["file"] for a in report["added"]] == ["c.jpg"]
 
 
+async def test_the_name_goes_in_the_query_with_a_json_source_too(api, ws, samples):
+    shutil.copytree(samples, ws.root / "incoming")
+    json_type = {"Content-Type": "application/json"}
+    code, _, report = await api("datasets", method="POST", params={"name": "q"}, headers=json_type,
+                                body={"source": "incoming"})
+    assert code == 201 and report["dataset"] == "q"
+    code, _, err = await api("datasets", method="POST", params={"name": "a"}, headers=json_type,
+                             body={"source": "incoming", "name": "b"})
+    assert code == 400 and "given twice" in err["detail"]
+    code, _, err = await api("datasets", method="POST", headers=json_type, body={"source": "incoming"})
+    assert code == 400 and "?name=NAME" in err["detail"]
+    # JSON sent without its Content-Type reads as an upload: the reply says what to do
+    code, _, err = await api("datasets", method="POST", params={"name": "c"}, body={"source": "incoming"})
+    assert code == 400 and "Content-Type: application/json" in err["detail"]
+    code, _, err = await api("datasets", method="POST", params={"name": "q", "add": "maybe"},
+                             headers=json_type, body={"source": "incoming"})
+    assert code == 400 and "add must be true or false" in err["detail"]
+    code, _, err = await api("datasets", method="POST", params={"name": "q"}, headers=json_type,
+                             body={"source": "incoming", "sources": "typo"})
+    assert code == 400 and "unknown field(s) sources" in err["detail"]
+    assert sorted(p.name for p in ws.datasets.iterdir()) == ["q"]
+
+
 async def test_image_pages_filter_and_link_images_and_thumbnails(api, shapes, jp_fetch):
     code, _, page = await api("datasets", shapes, "images", params={"limit": 3, "offset": 2})
     assert code == 200 and page["total"] == 8 and len(page["items"]) == 3
@@ -97,7 +120,7 @@ async def test_image_pages_filter_and_link_images_and_thumbnails(api, shapes, jp
     assert r.headers["Content-Type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(r.body)).size) == 64
     code, _, err = await api("datasets", shapes, "images", item["file"], params={"thumb": 5000})
-    assert code == 400 and "thumbnail size" in err["detail"]
+    assert code == 400 and "thumb must be between 32 and 1024" in err["detail"]
     code, _, err = await api("datasets", shapes, "images", "nope.jpg")
     assert code == 404 and err["error"] == "Not Found"
 
@@ -138,7 +161,7 @@ async def test_bulk_edit_and_undo(api, shapes, ws):
     assert code == 200 and result["restored"] == 3
     assert ds.caption("red_circle.jpg") == "a red circle above green grass"
     code, _, err = await api("datasets", shapes, "captions", method="POST", body={"undo": True})
-    assert code == 400 and "nothing to undo" in err["detail"]
+    assert code == 409 and "nothing to undo" in err["detail"]
     code, _, err = await api("datasets", shapes, "captions", method="POST",
                              body={"ops": [{"op": "explode"}]})
     assert code == 400 and "explode" in err["detail"]

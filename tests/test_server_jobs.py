@@ -7,9 +7,9 @@ import json
 
 import pytest
 import tornado.httpclient
-from server_api import jp_server_config  # noqa: F401 (fixture)
+from server_api import jp_server_config, workspace_models  # noqa: F401 (fixture)
 
-from lora_lab.jobs import JobRecord, open_job
+from lora_lab.jobdir import JobRecord, open_job
 from lora_lab.training.lora_file import read_lora
 
 API = ("lora-lab", "api")
@@ -26,9 +26,12 @@ def api(jp_fetch):
     return call
 
 
-def train_config(tiny_models, steps: int, **train) -> dict:
-    return {"model": {"base": str(tiny_models["sd15"])},
-            "dataset": {"source": str(tiny_models["samples"]), "resolution": 64, "min_bucket": 64,
+def train_config(ws, tiny_models, steps: int, **train) -> dict:
+    """A config naming the model and images by paths relative to the workspace, as a remote
+    client does."""
+    paths = workspace_models(ws, tiny_models)
+    return {"model": {"base": paths["sd15"]},
+            "dataset": {"source": paths["samples"], "resolution": 64, "min_bucket": 64,
                         "max_bucket": 128, "trigger": "sks"},
             "train": {"max_steps": steps, "lr": 1e-3, **train}}
 
@@ -58,9 +61,13 @@ async def wait_for_state(api, job_id, states, timeout=120):
 async def test_a_training_job_streams_its_events_and_logs_across_a_reconnect(
         api, jp_fetch, jp_ws_fetch, tiny_models, ws):
     code, accepted = await api("jobs", method="POST", body={
-        "kind": "train", "params": {"config": train_config(tiny_models, 3)}})
+        "kind": "train", "params": {"config": train_config(ws, tiny_models, 3)}})
     assert code == 202 and accepted["job"]["state"] in ACTIVE
     job_id = accepted["id"]
+    # the job runs in its own folder: it was given the workspace's paths, made absolute
+    spec = open_job(job_id, ws).spec()["params"]["config"]
+    assert spec["model"]["base"] == str(ws.models / "sd15")
+    assert spec["dataset"]["source"] == str(ws.root / "samples")
     # the first client leaves after its first event; the second picks up where it left
     first = await read_stream(jp_ws_fetch, job_id,
                               until=lambda ms: any(m["type"] != "log_line" for m in ms))
@@ -111,12 +118,12 @@ async def test_a_training_job_streams_its_events_and_logs_across_a_reconnect(
 
 async def test_cancel_a_running_job_then_resume_it(api, tiny_models, ws):
     code, accepted = await api("jobs", method="POST", body={
-        "kind": "train", "params": {"config": train_config(tiny_models, 100_000)}})
+        "kind": "train", "params": {"config": train_config(ws, tiny_models, 100_000)}})
     job_id = accepted["id"]
     await wait_for_state(api, job_id, ("running",))
     code, view = await api("jobs", job_id, "cancel", method="POST")
     assert code == 200 and view["state"] == "cancelled"
-    assert not open_job(job_id, ws).view()["state"] in ACTIVE
+    assert open_job(job_id, ws).view()["state"] not in ACTIVE
     code, err = await api("jobs", job_id, "cancel", method="POST")
     assert code == 409 and "already cancelled" in err["detail"]
     code, resumed = await api("jobs", job_id, "resume", method="POST")
@@ -131,7 +138,7 @@ async def test_cancel_a_running_job_then_resume_it(api, tiny_models, ws):
 
 async def test_invalid_jobs_are_refused_before_anything_starts(api, jp_ws_fetch, ws, tiny_models):
     code, err = await api("jobs", method="POST", body={
-        "kind": "train", "params": {"config": train_config(tiny_models, -5, lr=0)}})
+        "kind": "train", "params": {"config": train_config(ws, tiny_models, -5, lr=0)}})
     assert code == 400 and "max_steps" in err["detail"] and "lr" in err["detail"]
     assert len(err["problems"]) >= 2
     code, err = await api("jobs", method="POST", body={"kind": "train", "params": {"steps": 1}})

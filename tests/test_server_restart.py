@@ -12,10 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+from server_api import workspace_models
 from test_train import config
 
-from lora_lab.jobs import open_job
-from lora_lab.jobs.record import pid_alive
+from lora_lab.jobdir import open_job
+from lora_lab.jobdir.record import pid_alive
 
 TOKEN = "restart-test"
 
@@ -59,7 +60,8 @@ class Server:
 def test_a_job_outlives_a_server_restart(ws, tiny_models, tmp_path):
     first = Server(tmp_path, ws.root)
     try:
-        cfg = config(tiny_models, train={"max_steps": 400}, save={"name": "survivor"}).to_dict()
+        paths = workspace_models(ws, tiny_models)  # a request names paths inside the workspace
+        cfg = config(paths, train={"max_steps": 400}, save={"name": "survivor"}).to_dict()
         code, reply = first.call("POST", "jobs", {"kind": "train", "params": {"config": cfg}})
         assert code == 202
         job_id = reply["id"]

@@ -14,13 +14,18 @@ from pathlib import Path
 import pytest
 import tornado.httpclient
 import tornado.websocket
+from conftest import jpeg_bytes, tree_digest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from server_api import jp_server_config, shapes, zip_bytes  # noqa: F401 (fixtures)
 from traitlets import TraitError
 
-from conftest import jpeg_bytes, tree_digest
-from server_api import jp_server_config, shapes, zip_bytes  # noqa: F401 (fixtures)
-from lora_lab.jobs import JobRecord
+from lora_lab.errors import LoraLabError
+from lora_lab.jobdir import JobRecord, open_job
 from lora_lab.server_ext import LoraLabApp, _jupyter_server_extension_points
 from lora_lab.server_ext.openapi import openapi_document
+from lora_lab.server_ext.openapi_schemas import JOB_ID_PATTERN, NAME_PATTERN
+from lora_lab.workspace import check_name
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ARGS = {"name": "shapes", "file": "red_circle.jpg", "job_id": "20260101-000000-train-abcdef",
@@ -260,12 +265,33 @@ async def test_openapi_lists_exactly_the_registered_routes(fetch, jp_serverapp, 
     assert openapi_document("/")["servers"][0]["url"] == "/lora-lab/api"
 
 
+@settings(max_examples=400, deadline=None, database=None)
+@given(st.text(max_size=110) | st.from_regex(NAME_PATTERN))
+def test_the_documented_name_pattern_is_the_servers_rule(name):
+    try:
+        check_name(name)
+        accepted = True
+    except LoraLabError:
+        accepted = False
+    assert accepted == (re.search(NAME_PATTERN, name) is not None and len(name.encode()) <= 255)
+
+
+def test_the_documented_job_id_pattern_is_the_servers_rule(ws):
+    job = JobRecord.create("train", {}, ws)
+    assert re.search(JOB_ID_PATTERN, job.id)
+    for bad in ("20260101-000000-train-abcde", "x20260101-000000-train-abcdef", job.id + "\n"):
+        assert not re.search(JOB_ID_PATTERN, bad)
+        with pytest.raises(LoraLabError):
+            open_job(bad, ws)
+
+
 def test_the_extension_is_declared_and_auto_enabled():
     assert _jupyter_server_extension_points() == [{"module": "lora_lab.server_ext", "app": LoraLabApp}]
     assert LoraLabApp.name == "lora_lab"
     config = json.loads((REPO / "jupyter-config/server-config/lora_lab.json").read_text())
     assert config == {"ServerApp": {"jpserver_extensions": {"lora_lab.server_ext": True}}}
-    for trait in ("workspace", "caption_model", "caption_mmproj", "max_upload_mb", "gpu_slots"):
+    for trait in ("workspace", "caption_model", "caption_mmproj", "max_upload_mb", "gpu_slots",
+                  "allowed_caption_servers", "ingest_roots"):
         assert LoraLabApp.class_traits()[trait].help, trait
 
 
@@ -278,7 +304,8 @@ app.initialize(argv=["--ServerApp.jpserver_extensions={{'lora_lab.server_ext': T
                      "--LoraLabApp.workspace={tmp_path / 'ws'}", "--ServerApp.root_dir={tmp_path}",
                      "--ServerApp.port=0"], new_httpserver=False)
 lab = app.extension_manager.extension_points["lora_lab"].app
-assert lab.ws.root.name == "ws" and "lora_lab.server_ext.stream" in sys.modules
+assert lab.services.ws.root.name == "ws" and "lora_lab.server_ext.stream" in sys.modules
+assert app.web_app.settings["lora_lab_services"] is lab.services
 heavy = [m for m in ("torch", "diffusers", "transformers", "llama_cpp", "peft") if m in sys.modules]
 print("HEAVY", heavy)
 """
@@ -294,13 +321,21 @@ def test_settings_fall_back_to_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("LORA_LAB_CAPTION_MMPROJ", "/models/p.gguf")
     monkeypatch.setenv("LORA_LAB_MAX_UPLOAD_MB", "10")
     monkeypatch.setenv("LORA_LAB_GPU_SLOTS", "2")
+    monkeypatch.setenv("LORA_LAB_ALLOWED_CAPTION_SERVERS", "http://127.0.0.1:8080, https://cap.lan/v1")
+    monkeypatch.setenv("LORA_LAB_INGEST_ROOTS", f"{tmp_path / 'a'}:{tmp_path / 'b'}")
     app = LoraLabApp()
     assert (app.workspace, app.caption_model, app.caption_mmproj) == (
         str(tmp_path / "home"), "/models/m.gguf", "/models/p.gguf")
     assert (app.max_upload_mb, app.gpu_slots) == (10, 2)
+    assert app.allowed_caption_servers == ["http://127.0.0.1:8080", "https://cap.lan/v1"]
+    assert app.ingest_roots == [str(tmp_path / "a"), str(tmp_path / "b")]
+    with pytest.raises(TraitError, match="allowed_caption_servers"):
+        LoraLabApp(allowed_caption_servers=["127.0.0.1:8080"])
+    with pytest.raises(TraitError, match="absolute path"):
+        LoraLabApp(ingest_roots=["relative/folder"])
     assert LoraLabApp(gpu_slots=3).gpu_slots == 3  # config wins over the environment
     monkeypatch.setenv("LORA_LAB_GPU_SLOTS", "two")
     with pytest.raises(TraitError, match="LORA_LAB_GPU_SLOTS"):
-        LoraLabApp().gpu_slots
+        _ = LoraLabApp().gpu_slots  # reading it runs the environment fallback
     with pytest.raises(TraitError, match="at least 1"):
         LoraLabApp(max_upload_mb=0)

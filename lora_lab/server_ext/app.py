@@ -1,4 +1,6 @@
-"""The Jupyter server extension app: settings (traitlets), the route table, shared resources.
+"""The Jupyter server extension app: settings (traitlets) and the route table. At start-up it
+builds the one :class:`~.services.Services` the handlers share and puts it in the tornado
+settings, where the handlers find it (they never import this module).
 
 Settings are read from ``jupyter_server_config.py`` (``c.LoraLabApp.workspace = ...``) or the
 command line (``--LoraLabApp.gpu_slots=2``); each falls back to an environment variable, so a
@@ -10,21 +12,21 @@ llama_cpp load inside the job processes and the caption worker process, never he
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
+import re
 from pathlib import Path
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Int, TraitError, Unicode, default, validate
+from traitlets import Int, List, TraitError, Unicode, default, validate
 
 from .. import __version__
+from ..confine import server_prefix
+from ..errors import LoraLabError
 from ..workspace import Workspace, default_root
 from . import handlers_caption, handlers_datasets, handlers_jobs, handlers_meta
 from .base import API
+from .services import SETTINGS_KEY, Services, Settings
 
 
 def routes() -> list[tuple[str, type]]:
@@ -67,6 +69,19 @@ class LoraLabApp(ExtensionApp):
         help="""How many jobs may run at once (one per GPU); the rest wait in the queue.
         Defaults to $LORA_LAB_GPU_SLOTS, else 1.""",
     )
+    allowed_caption_servers = List(
+        Unicode(), config=True,
+        help="""OpenAI-compatible caption servers a caption job submitted over REST may use, as
+        URL prefixes (http://127.0.0.1:8080, https://host/v1): a job naming any other server is
+        refused, so the server's caption API key ($LORA_LAB_CAPTION_API_KEY) goes nowhere else.
+        Defaults to $LORA_LAB_ALLOWED_CAPTION_SERVERS (comma- or space-separated), else none.""",
+    )
+    ingest_roots = List(
+        Unicode(), config=True,
+        help="""Folders outside the workspace that POST datasets {source} may read zips and
+        image folders from (the workspace itself is always allowed). Defaults to
+        $LORA_LAB_INGEST_ROOTS (separated by ':'), else none.""",
+    )
 
     @default("workspace")
     def _workspace_default(self) -> str:
@@ -88,6 +103,29 @@ class LoraLabApp(ExtensionApp):
     def _gpu_slots_default(self) -> int:
         return _env_int("LORA_LAB_GPU_SLOTS", 1)
 
+    @default("allowed_caption_servers")
+    def _allowed_caption_servers_default(self) -> list[str]:
+        raw = os.environ.get("LORA_LAB_ALLOWED_CAPTION_SERVERS", "")
+        return [url for url in re.split(r"[\s,]+", raw) if url]
+
+    @default("ingest_roots")
+    def _ingest_roots_default(self) -> list[str]:
+        return [p for p in os.environ.get("LORA_LAB_INGEST_ROOTS", "").split(os.pathsep) if p]
+
+    @validate("allowed_caption_servers")
+    def _server_urls(self, proposal: dict[str, Any]) -> list[str]:
+        try:
+            return [server_prefix(url) for url in proposal["value"]]
+        except LoraLabError as e:
+            raise TraitError(f"LoraLabApp.allowed_caption_servers: {e}") from None
+
+    @validate("ingest_roots")
+    def _absolute_folders(self, proposal: dict[str, Any]) -> list[str]:
+        for root in proposal["value"]:
+            if not Path(root).expanduser().is_absolute():
+                raise TraitError(f"LoraLabApp.ingest_roots: {root!r} must be an absolute path")
+        return proposal["value"]
+
     @validate("max_upload_mb", "gpu_slots")
     def _at_least_one(self, proposal: dict[str, Any]) -> int:
         if proposal["value"] < 1:
@@ -97,17 +135,16 @@ class LoraLabApp(ExtensionApp):
 
     # -- lifecycle --------------------------------------------------------------------------------
     def initialize_settings(self) -> None:
-        self.ws = Workspace(self.workspace)
-        _remove_stale_uploads(self.ws.root / ".uploads")
-        # Short and medium blocking calls (file reads, ingest, export, cancel); the caption model
-        # answers one image at a time, so its requests queue on their own single thread and
-        # never hold up the rest.
-        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="lora-lab")
-        self.caption_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lora-lab-caption")
-        self._caption_worker: Any = None
-        self._worker_lock = threading.Lock()
-        self.log.info("lora_lab %s: workspace %s, %d GPU slot(s)", __version__, self.ws.root,
-                      self.gpu_slots)
+        """Build the one :class:`Services` the handlers share, into the tornado settings."""
+        settings = Settings(
+            caption_model=self.caption_model, caption_mmproj=self.caption_mmproj,
+            max_upload_mb=self.max_upload_mb, gpu_slots=self.gpu_slots,
+            allowed_caption_servers=tuple(self.allowed_caption_servers),
+            ingest_roots=tuple(Path(r).expanduser().resolve() for r in self.ingest_roots))
+        self.services = Services(Workspace(self.workspace), settings)
+        self.settings[SETTINGS_KEY] = self.services
+        self.log.info("lora_lab %s: workspace %s, %d GPU slot(s)", __version__,
+                      self.services.ws.root, self.gpu_slots)
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(routes())
@@ -115,52 +152,9 @@ class LoraLabApp(ExtensionApp):
     async def stop_extension(self) -> None:
         """Close the caption worker. Jobs keep running: they are their own processes and
         outlive the server by design (a restarted server picks them up from their folders)."""
-        await asyncio.get_running_loop().run_in_executor(None, self.close_caption_worker)
-        for executor in (getattr(self, "executor", None), getattr(self, "caption_executor", None)):
-            if executor is not None:
-                executor.shutdown(wait=False, cancel_futures=True)
-
-    # -- shared resources -------------------------------------------------------------------------
-    def caption_worker(self) -> Any:
-        """The resident caption model, started on the first request (blocking: call it off the
-        event loop). The worker loads llama_cpp in its own process."""
-        with self._worker_lock:
-            if self._caption_worker is None:
-                from ..captioning.worker import CaptionWorker
-
-                self._caption_worker = CaptionWorker(self.caption_model or None,
-                                                     self.caption_mmproj or None, workspace=self.ws)
-            return self._caption_worker
-
-    def close_caption_worker(self) -> None:
-        """Let the resident caption model go, and its memory (VRAM on a GPU box) with it; the
-        next caption request loads it again."""
-        with self._worker_lock:
-            worker, self._caption_worker = self._caption_worker, None
-        if worker is not None:
-            worker.close()
-
-    def describe(self) -> dict[str, Any]:
-        """The settings a client may want to show (GET health)."""
-        from ..captioning.llama import model_paths  # PIL and ctypes only; llama_cpp stays out
-
-        model, mmproj = model_paths(self.caption_model or None, self.caption_mmproj or None, self.ws)
-        worker = self._caption_worker
-        return {"version": __version__, "workspace": str(self.ws.root), "gpu_slots": self.gpu_slots,
-                "max_upload_mb": self.max_upload_mb,
-                "caption_model": str(model), "caption_mmproj": str(mmproj),
-                "caption_model_found": model.is_file() and mmproj.is_file(),
-                "caption_worker_running": bool(worker is not None and worker.pid)}
-
-
-def _remove_stale_uploads(folder: Path, max_age_s: float = 86400) -> None:
-    """Uploads a killed server left half-written (a live one never keeps one for a day)."""
-    if not folder.is_dir():
-        return
-    for path in folder.iterdir():
-        with contextlib.suppress(OSError):
-            if time.time() - path.stat().st_mtime > max_age_s:
-                path.unlink()
+        services = getattr(self, "services", None)
+        if services is not None:
+            await asyncio.get_running_loop().run_in_executor(None, services.close)
 
 
 def _env_int(name: str, fallback: int) -> int:

@@ -1,5 +1,5 @@
-"""What every lora_lab handler shares: JSON in and out, one error shape, blocking calls off the
-event loop.
+"""What every lora_lab handler shares: the services (from the tornado settings), JSON in and
+out, one error shape, blocking calls off the event loop.
 
 Errors are ``{"error": short, "detail": message}``: the core's exceptions carry messages written
 for users (the CLI prints the same ones), so the detail is passed through as it is; the status
@@ -9,25 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from http.client import responses
-from typing import TYPE_CHECKING, Any, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from jupyter_server.base.handlers import APIHandler
-from jupyter_server.extension.handler import ExtensionHandlerMixin
-from tornado.web import HTTPError
+from tornado.web import HTTPError, RequestHandler
 
 from ..captioning.base import CaptionError
 from ..datasets import Dataset
 from ..errors import Conflict, LoraLabError, NotFound
 from ..workspace import Workspace
-
-if TYPE_CHECKING:
-    from .app import LoraLabApp
+from .services import SETTINGS_KEY, Services
 
 T = TypeVar("T")
 
@@ -50,18 +48,32 @@ def status_of(error: LoraLabError) -> int:
     return next(code for kind, code in STATUS if isinstance(error, kind))
 
 
+def allowed_methods(handler: RequestHandler) -> list[str]:
+    """The methods ``handler`` implements, for the ``Allow`` header of a 405."""
+    return [m for m in handler.SUPPORTED_METHODS
+            if getattr(type(handler), m.lower()) is not RequestHandler._unimplemented_method]
+
+
 def error_body(status: int, detail: str, **extra: Any) -> dict[str, Any]:
     return {"error": responses.get(status, "Error"), "detail": detail, **extra}
 
 
-def parse_json(raw: bytes) -> dict[str, Any]:
-    """A request body that must be a JSON object; 400 with the parser's complaint otherwise."""
+def parse_json(raw: bytes, known: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A request body that must be a JSON object (with no fields but the ``known`` ones, when
+    given); 400 with the parser's complaint otherwise."""
     try:
         body = json.loads(raw.decode("utf-8") if raw else "{}")
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise HTTPError(400, f"the request body is not valid JSON ({e})") from None
     if not isinstance(body, dict):
         raise HTTPError(400, f"the request body must be a JSON object, not {type(body).__name__}")
+    try:  # "\ud800" parses, but no file or caption could hold it
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise HTTPError(400, f"the request body is not valid Unicode ({e.reason})") from None
+    unknown = sorted(set(body) - set(known)) if known else []
+    if unknown:
+        raise HTTPError(400, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}")
     return body
 
 
@@ -93,24 +105,25 @@ def opened(name: str, ws: Workspace) -> Iterator[Dataset]:
         ds.index.close()
 
 
-class LoraLabHandler(ExtensionHandlerMixin, APIHandler):
+class LoraLabHandler(APIHandler):
     """Base of the REST handlers. Subclasses decorate every verb with ``@authenticated``."""
 
     @property
-    def lab(self) -> LoraLabApp:
-        return self.extensionapp  # type: ignore[return-value]
+    def services(self) -> Services:
+        return self.settings[SETTINGS_KEY]
 
     @property
     def ws(self) -> Workspace:
-        return self.lab.ws
+        return self.services.ws
 
     async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` on the extension's thread pool, so the server keeps answering meanwhile."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.lab.executor, functools.partial(fn, *args, **kwargs))
+        return await loop.run_in_executor(self.services.executor,
+                                          functools.partial(fn, *args, **kwargs))
 
-    def json_body(self) -> dict[str, Any]:
-        return parse_json(self.request.body)
+    def json_body(self, *known: str) -> dict[str, Any]:
+        return parse_json(self.request.body, known)
 
     def reply(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -165,7 +178,14 @@ class LoraLabHandler(ExtensionHandlerMixin, APIHandler):
     # -- errors -----------------------------------------------------------------------------------
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(error, LoraLabError):
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(allowed_methods(self)))
+        if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:
+            status_code = 404  # nothing can have that name: the request, not the server, is at fault
+            self.set_status(status_code)
+            body = error_body(status_code, "a file or folder name in the request is too long "
+                              "for the file system, so nothing has it")
+        elif isinstance(error, LoraLabError):
             status_code = status_of(error)
             self.set_status(status_code)
             body = error_body(status_code, str(error))
@@ -182,8 +202,11 @@ class LoraLabHandler(ExtensionHandlerMixin, APIHandler):
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # A user's mistake is a one-line warning, not a traceback in the server log; the message
         # is an argument, never the format (it may quote a user's "%2e%2e").
-        if isinstance(value, (LoraLabError, HTTPError)):
-            self.log.warning("%s %s: %s", self.request.method, self.request.path,
-                             value.log_message if isinstance(value, HTTPError) else value)
+        if isinstance(value, (LoraLabError, HTTPError)) or (
+                isinstance(value, OSError) and value.errno == errno.ENAMETOOLONG):
+            detail = value
+            if isinstance(value, HTTPError):
+                detail = value.log_message or responses.get(value.status_code, "")
+            self.log.warning("%s %s: %s", self.request.method, self.request.path, detail)
         else:
             super().log_exception(typ, value, tb)

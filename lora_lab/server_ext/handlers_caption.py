@@ -1,6 +1,6 @@
 """POST caption: one image through the resident caption model ("re-caption this image").
 
-The model stays loaded in the app's :class:`~lora_lab.captioning.worker.CaptionWorker` (its own
+The model stays loaded in the services' :class:`~lora_lab.captioning.worker.CaptionWorker` (its own
 process) between requests; the caption is written through the dataset's normal batch path, so it
 is journaled (undoable) and its source is recorded like a caption job's. A whole dataset is a
 caption *job* (POST jobs), not a loop over this route.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tornado.web import HTTPError, authenticated
+from tornado.web import authenticated
 
 from ..captioning.base import CaptionError
 from ..captioning.batch import caption_dataset
@@ -27,10 +27,7 @@ class CaptionOneHandler(LoraLabHandler):
 
     @authenticated
     async def post(self) -> None:
-        body = self.json_body()
-        unknown = sorted(set(body) - set(FIELDS))
-        if unknown:
-            raise HTTPError(400, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
+        body = self.json_body(*FIELDS)
         params = {"dataset": field(body, "dataset", str), "file": field(body, "file", str),
                   "preset": field(body, "preset", str, None), "prompt": field(body, "prompt", str, None),
                   "trigger": field(body, "trigger", str, ""), "mode": field(body, "mode", str, "overwrite"),
@@ -38,14 +35,14 @@ class CaptionOneHandler(LoraLabHandler):
         # The model answers one request at a time: its own single thread, so a queue of
         # captions never holds up the pool the other routes use.
         loop = asyncio.get_running_loop()
-        self.reply(await loop.run_in_executor(self.lab.caption_executor, self._caption, params))
+        self.reply(await loop.run_in_executor(self.services.caption_executor, self._caption, params))
 
     def _caption(self, params: dict[str, Any]) -> dict[str, Any]:
-        settings = settings_of(params)  # bad settings fail here, before the model loads
         file = params["file"]
         with opened(params["dataset"], self.ws) as ds:
             ds.image_path(file)
-            report = caption_dataset(ds, self.lab.caption_worker(), settings, files=[file])
+            settings = settings_of(params)  # bad settings fail here, before the model loads
+            report = caption_dataset(ds, self.services.caption_worker(), settings, files=[file])
             caption = ds.caption(file)
         if report.failed:
             raise CaptionError(f"{file}: {report.failed[0]['error']}")

@@ -15,7 +15,8 @@ from typing import Any
 
 from tornado.web import HTTPError, authenticated, stream_request_body
 
-from ..datasets import etag, ingest, list_datasets
+from ..confine import ingest_source, inside
+from ..datasets import StaleCaption, etag, ingest, list_datasets
 from ..datasets.export import export_dataset
 from ..datasets.stats import dataset_stats
 from ..datasets.thumbs import thumbnail_path
@@ -27,18 +28,21 @@ JSON_LIMIT = 2**20  # a JSON request body; only zip uploads may be bigger
 NAME = r"(?P<name>[^/]+)"
 FILE = r"(?P<file>[^/]+)"
 FLAGS = {"true": True, "1": True, "false": False, "0": False, "": None}
+ADD_FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
 ITEM_FIELDS = ("file", "caption", "width", "height", "format", "bytes", "near_dup_of",
                "caption_model")
 
 
 @stream_request_body
 class DatasetsHandler(LoraLabHandler):
-    """GET: every dataset. POST: a new dataset, from JSON ``{name, source, add?}`` naming a zip
-    or folder inside the workspace, or from a zip sent as the raw body of
-    ``POST datasets?name=NAME[&add=1]``, streamed to disk and refused (413) past the limit."""
+    """GET: every dataset. ``POST datasets?name=NAME[&add=1]``: a new dataset (or more images
+    for one), from JSON ``{source}`` naming a zip or folder inside the workspace or an ingest
+    root, or from a zip sent as the body, streamed to disk and refused (413) past the limit.
+    The JSON ``{name, source, add}`` of earlier versions still works."""
 
     _upload: Any = None  # the temp file a zip upload streams into
     _received = 0
+    _head = b""  # the body's first byte: a zip starts with "PK", JSON with "{"
     _limit = JSON_LIMIT
 
     async def prepare(self) -> None:
@@ -50,12 +54,13 @@ class DatasetsHandler(LoraLabHandler):
         # not be read at all, so it is refused here, before the first byte.
         if not self.current_user:
             raise HTTPError(403)
-        name = self.get_query_argument("name", None)
+        name = None if self._is_json() else self.get_query_argument("name", None)
         self._too_large = f"a JSON request body may be at most {JSON_LIMIT // 1024} KiB"
         if name is not None:
             self._check_target(name, self._add_flag())
-            self._limit = self.lab.max_upload_mb * 2**20
-            self._too_large = (f"the upload is larger than the limit of {self.lab.max_upload_mb} "
+            limit_mb = self.services.settings.max_upload_mb
+            self._limit = limit_mb * 2**20
+            self._too_large = (f"the upload is larger than the limit of {limit_mb} "
                                "MiB (LoraLabApp.max_upload_mb); nothing was stored")
         declared = self.request.headers.get("Content-Length", "")
         if declared.isascii() and declared.isdigit() and int(declared) > self._limit:
@@ -71,6 +76,7 @@ class DatasetsHandler(LoraLabHandler):
     def data_received(self, chunk: bytes) -> None:
         if self._finished:
             return
+        self._head = self._head or chunk[:1]
         self._received += len(chunk)
         if self._received > self._limit:
             self._discard_upload()
@@ -96,6 +102,10 @@ class DatasetsHandler(LoraLabHandler):
         if self._finished:  # refused while the body streamed in
             return
         if self._upload is not None:
+            if self._head == b"{":
+                self._discard_upload()
+                raise HTTPError(400, "the body looks like JSON, not a zip: send JSON with "
+                                     "Content-Type: application/json")
             name, add = self.get_query_argument("name"), self._add_flag()
             path = self._upload_path
             self._upload.close()
@@ -104,9 +114,9 @@ class DatasetsHandler(LoraLabHandler):
             finally:
                 self._discard_upload()
         else:
-            body = parse_json(bytes(self._body))
-            name = field(body, "name", str)
-            source, add = field(body, "source", str), field(body, "add", bool, False)
+            body = parse_json(bytes(self._body), ("source", "name", "add"))
+            name, source = self._json_name(body), field(body, "source", str)
+            add = self._add_flag() or field(body, "add", bool, False)
             report = await self.blocking(self._ingest_source, name, source, add)
         self.set_header("Location", self.api_url("datasets", name))
         self.reply(report.to_dict(), 200 if add else 201)
@@ -119,7 +129,8 @@ class DatasetsHandler(LoraLabHandler):
         super().on_connection_close()
 
     def _ingest_source(self, name: str, source: str, add: bool):
-        return ingest(self.ws.resolve(source), name, workspace=self.ws, add=add)
+        roots = self.services.settings.ingest_roots  # besides the workspace: what the admin lists
+        return ingest(ingest_source(source, self.ws, roots), name, workspace=self.ws, add=add)
 
     def _check_target(self, name: str, add: bool) -> None:
         """Refuse a bad or taken name before a byte of the upload is stored."""
@@ -132,8 +143,26 @@ class DatasetsHandler(LoraLabHandler):
             raise NotFound(f"dataset {name!r} does not exist, so nothing can be added to it; "
                            "leave out add=1 to create it")
 
+    def _is_json(self) -> bool:
+        ctype = self.request.headers.get("Content-Type", "")
+        return ctype.split(";")[0].strip().lower() == "application/json"
+
+    def _json_name(self, body: dict[str, Any]) -> str:
+        """The dataset's name: ?name=, or (as earlier versions took it) the body's "name"."""
+        query, given = self.get_query_argument("name", None), field(body, "name", str, None)
+        if query is not None and given is not None and query != given:
+            raise HTTPError(400, f"the dataset name is given twice, as ?name={query} and in the "
+                                 f"body as {given!r}; give it once")
+        name = query if query is not None else given
+        if name is None:
+            raise HTTPError(400, "the request needs the dataset's name: POST datasets?name=NAME")
+        return name
+
     def _add_flag(self) -> bool:
-        return self.get_query_argument("add", "0").lower() in ("1", "true", "yes")
+        raw = self.get_query_argument("add", "").lower()
+        if raw not in ADD_FLAGS:
+            raise HTTPError(400, f"add must be true or false, not {raw!r}")
+        return ADD_FLAGS[raw]
 
     def _discard_upload(self) -> None:
         upload, self._upload = self._upload, None
@@ -194,7 +223,7 @@ class ImageFileHandler(LoraLabHandler):
     @authenticated
     async def get(self, name: str, file: str) -> None:
         thumb = self.get_query_argument("thumb", None)
-        size = self.int_arg("thumb", 256, 1, 100_000) if thumb is not None else None
+        size = self.int_arg("thumb", 256, 32, 1024) if thumb is not None else None
         path = await self.blocking(self._path, name, file, size)
         await self.send_file(path)
 
@@ -214,11 +243,11 @@ class CaptionHandler(LoraLabHandler):
 
     @authenticated
     async def put(self, name: str, file: str) -> None:
-        text = field(self.json_body(), "caption", str)
+        text = field(self.json_body("caption"), "caption", str)
         if_match = _if_match(self.request.headers.get("If-Match"))
         try:
             await self.blocking(self._write, name, file, text, if_match)
-        except Conflict as e:  # the client's copy is stale: HTTP's own word for it
+        except StaleCaption as e:  # the client's copy is stale: HTTP's own word for it
             raise HTTPError(412, str(e)) from None
         self._reply_caption(file, text.strip())
 
@@ -251,7 +280,7 @@ class CaptionsBulkHandler(LoraLabHandler):
 
     @authenticated
     async def post(self, name: str) -> None:
-        body = self.json_body()
+        body = self.json_body("ops", "files", "q", "undo")
         if field(body, "undo", bool, False):
             self.reply(await self.blocking(self._undo, name))
             return
@@ -264,6 +293,8 @@ class CaptionsBulkHandler(LoraLabHandler):
 
     def _undo(self, name: str) -> dict[str, Any]:
         with opened(name, self.ws) as ds:
+            if ds.journal.last() is None:  # the dataset's state, not the request, is why: 409
+                raise Conflict(f"nothing to undo in dataset {name!r}")
             return ds.undo()
 
     def _edit(self, name: str, ops: list, files: list[str] | None, q: str | None) -> dict[str, Any]:
@@ -277,7 +308,7 @@ class ExportHandler(LoraLabHandler):
 
     @authenticated
     async def post(self, name: str) -> None:
-        body = self.json_body()
+        body = self.json_body("format", "repeats", "trigger", "family", "out")
         options = {"fmt": field(body, "format", str, "kohya"),
                    "repeats": field(body, "repeats", int, 10),
                    "trigger": field(body, "trigger", str, None),
@@ -288,7 +319,7 @@ class ExportHandler(LoraLabHandler):
     def _export(self, name: str, out: str | None, options: dict[str, Any]) -> dict[str, Any]:
         with opened(name, self.ws) as ds:
             default = f"{ds.name}-{options['fmt']}" + (".zip" if options["fmt"] == "zip" else "")
-            target = self.ws.resolve(out or default, self.ws.exports)
+            target = inside(self.ws, out or default, "out", self.ws.exports)
             result = export_dataset(ds, target, **options)
         return {**result, "path": target.relative_to(self.ws.root).as_posix()}
 

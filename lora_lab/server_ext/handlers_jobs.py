@@ -11,9 +11,11 @@ from typing import Any
 
 from tornado.web import authenticated
 
+from ..confine import job_params
 from ..errors import LoraLabError, NotFound
-from ..jobs import JobRecord, cancel, list_jobs, open_job, resume, submit
-from ..jobs.tail import EventTail
+from ..jobdir import JobRecord, list_jobs, open_job
+from ..jobdir.tail import EventTail
+from ..jobs import cancel, resume, submit
 from .base import LoraLabHandler, field
 from .stream import JOB, JobStreamHandler
 
@@ -38,7 +40,7 @@ class JobsHandler(JobHandlerBase):
 
     @authenticated
     async def post(self) -> None:
-        body = self.json_body()
+        body = self.json_body("kind", "params")
         kind, params = field(body, "kind", str), field(body, "params", dict, {})
         job, view = await self.blocking(self._submit, kind, params)
         self.accepted(job, view)
@@ -53,9 +55,13 @@ class JobsHandler(JobHandlerBase):
         return views
 
     def _submit(self, kind: str, params: dict[str, Any]) -> tuple[JobRecord, dict[str, Any]]:
-        job = submit(kind, params, self.ws, slots=self.lab.gpu_slots)
+        # every path a request names stays in the workspace (relative ones are the workspace's,
+        # not the server's current folder), and only allowed caption servers get the API key
+        settings = self.services.settings
+        params = job_params(kind, params, self.ws, settings.allowed_caption_servers)
+        job = submit(kind, params, self.ws, slots=settings.gpu_slots, base=self.ws.root)
         if kind == "train":  # it will want the GPU memory the resident caption model holds
-            self.lab.close_caption_worker()
+            self.services.close_caption_worker()
         return job, job.view()
 
 
@@ -86,10 +92,10 @@ class JobResumeHandler(JobHandlerBase):
         self.accepted(job, view)
 
     def _resume(self, job_id: str) -> tuple[JobRecord, dict[str, Any]]:
-        job = resume(self.job(job_id), slots=self.lab.gpu_slots)
+        job = resume(self.job(job_id), slots=self.services.settings.gpu_slots)
         view = job.view()
         if view["kind"] == "train":
-            self.lab.close_caption_worker()
+            self.services.close_caption_worker()
         return job, view
 
 

@@ -12,7 +12,7 @@ class HealthHandler(LoraLabHandler):
 
     @authenticated
     async def get(self) -> None:
-        self.reply({"ok": True, **await self.blocking(self.lab.describe)})
+        self.reply({"ok": True, **await self.blocking(self.services.describe)})
 
 
 class OpenAPIHandler(LoraLabHandler):
@@ -20,7 +20,7 @@ class OpenAPIHandler(LoraLabHandler):
 
     @authenticated
     def get(self) -> None:
-        self.reply(openapi_document(self.base_url))
+        self.reply(openapi_document(self.base_url, self.services.settings))
 
 
 ROUTES = [("health", HealthHandler), (r"openapi\.json", OpenAPIHandler)]

@@ -1,18 +1,27 @@
 """The OpenAPI 3 description of the REST API, served at ``{base_url}lora-lab/api/openapi.json``.
 
-Written by hand next to the handlers; a test checks that it lists exactly the registered routes
-and methods, so the two cannot drift apart.
+Written by hand next to the handlers, with each parameter's constraints (patterns, ranges,
+enums: read from the core where the core declares them) and every status each route returns.
+Tests check that it lists exactly the registered routes and methods, and a property-based fuzzer
+(tests/test_api_fuzz.py) checks the server against it: no 5xx, no valid request refused, no
+status it does not list.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from .. import __version__
+from ..devices import visible_devices
+from . import openapi_schemas as schemas
+from .openapi_schemas import BOOL, INT, OBJECT, STR
+from .services import Settings
 
 ERROR_CODES = {400: "Bad input: the detail says what was wrong and what to do",
                403: "Not authenticated (token or cookie + _xsrf)",
-               404: "No such dataset, image, job or file",
-               409: "Conflicts with what exists (a taken name, a job that already ended)",
+               404: "No such dataset, image, job or file (a name too long for the file system "
+                    "names nothing either)",
+               409: "Conflicts with what exists (a taken name, a job that already ended, an "
+                    "undo over newer edits)",
                412: "The caption changed since the ETag in If-Match was read; nothing was written",
                413: "The upload is larger than LoraLabApp.max_upload_mb",
                503: "The caption model cannot load or answer",
@@ -27,126 +36,184 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
-def _param(name: str, where: str = "path", kind: str = "string", text: str = "") -> dict[str, Any]:
+def _param(name: str, where: str, schema: dict[str, Any], text: str = "") -> dict[str, Any]:
     return {"name": name, "in": where, "required": where == "path", "description": text,
-            "schema": {"type": kind}}
+            "schema": schema}
 
 
-NAME = _param("name", text="dataset name")
-FILE = _param("file", text="image file name in the dataset")
-JOB = _param("job_id", text="job id, like 20261123-101500-train-1a2b3c")
-OBJECT = {"type": "object"}
+def _int(lo: int, hi: int) -> dict[str, Any]:
+    return {"type": "integer", "minimum": lo, "maximum": hi}
 
 
-def _op(summary: str, *, params: tuple = (), body: dict | None = None, ok: int = 200,
+NAME = _param("name", "path", schemas.name())
+FILE = _param("file", "path", {"type": "string", "pattern": schemas.FILE_PATTERN},
+              "image file name in the dataset (.jpg, .jpeg, .png, .webp or .bmp)")
+JOB = _param("job_id", "path", {"type": "string", "pattern": schemas.JOB_ID_PATTERN},
+             "job id, like 20261123-101500123-train-1a2b3c")
+IMAGE = {"content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}
+ANY_FILE = {"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}
+NOT_MODIFIED = {"304": {"description": "Not modified since the ETag in If-None-Match"}}
+
+
+def _op(summary: str, *, params: tuple = (), body: dict | None = None, ok: tuple[int, ...] = (200,),
         result: dict[str, Any] | None = None, errors: tuple[int, ...] = (400, 404),
-        content: dict[str, Any] | None = None) -> dict[str, Any]:
-    responses: dict[str, Any] = {str(ok): {"description": "OK", **(content or _json(result or OBJECT))}}
-    for code in (403, *errors):
+        content: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+        body_required: bool = True) -> dict[str, Any]:
+    responses: dict[str, Any] = {str(code): {"description": "OK", **(content or _json(result or OBJECT))}
+                                 for code in ok}
+    responses.update(extra or {})
+    for code in sorted((403, *errors)):
         responses[str(code)] = {"description": ERROR_CODES[code], **_json(_ref("Error"))}
     op: dict[str, Any] = {"summary": summary, "parameters": list(params), "responses": responses}
     if body is not None:
-        op["requestBody"] = {"required": True, **_json(body)}
+        op["requestBody"] = {"required": body_required, **_json(body)}
     return op
 
 
-def _obj(required: tuple[str, ...] = (), **props: Any) -> dict[str, Any]:
-    return {"type": "object", "required": list(required), "properties": props}
+def _opt(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional body field: null means the default, as leaving it out does (an enum lists
+    null too, as OpenAPI 3.0.3 wants)."""
+    extra = {"enum": [*schema["enum"], None]} if "enum" in schema else {}
+    return {**schema, "nullable": True, **extra}
 
 
-STR, INT, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}
-BYTES = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+def _obj(required: tuple[str, ...] = (), closed: bool = False, **props: Any) -> dict[str, Any]:
+    schema = {"type": "object", "required": list(required), "properties": props}
+    return {**schema, "additionalProperties": False} if closed else schema
 
-PATHS: dict[str, dict[str, Any]] = {
-    "/health": {"get": _op("The server extension's version and settings", errors=())},
-    "/openapi.json": {"get": _op("This document", errors=())},
-    "/datasets": {
-        "get": _op("Every dataset with its image and caption counts", errors=()),
-        "post": {**_op(
-            "Create a dataset (or add to one): JSON naming a zip or folder inside the "
-            "workspace, or a zip sent as the raw body with ?name=NAME (streamed to disk)",
-            params=(_param("name", "query", text="dataset name: the body is a zip upload"),
-                    _param("add", "query", "boolean", "add the zip's images to an existing dataset")),
-            ok=201, result=_ref("IngestReport"), errors=(400, 404, 409, 413, 507)),
-            "requestBody": {"required": True, "content": {
-                "application/json": {"schema": _obj(("name", "source"), name=STR, add=BOOL,
-                                                    source={**STR, "description": "zip or folder, relative to the workspace"})},
-                "application/zip": {"schema": {"type": "string", "format": "binary"}}}}},
-    },
-    "/datasets/{name}": {"get": _op("Stats: counts, captions, sizes per bucket, tags", params=(NAME,))},
-    "/datasets/{name}/images": {"get": _op(
-        "A page of images, filtered and sorted", result=_ref("ImagePage"),
-        params=(NAME, _param("offset", "query", "integer"), _param("limit", "query", "integer", "1-1000"),
-                _param("q", "query", text="text in the file name or caption"),
-                _param("tag", "query", text="one of the caption's comma-separated tags, exactly"),
-                _param("captioned", "query", "boolean"),
-                _param("shape", "query", text="portrait, landscape or square"),
-                _param("min_side", "query", "integer", "shortest side at least this many pixels"),
-                _param("duplicates", "query", "boolean", "only near-duplicates, grouped"),
-                _param("sort", "query", text="file, pixels, aspect, bytes, caption or modified; "
-                       "a leading - reverses")))},
-    "/datasets/{name}/images/{file}": {"get": _op(
-        "The image, or with ?thumb=SIZE its JPEG thumbnail", content={"content": {"image/*": {}}},
-        params=(NAME, FILE, _param("thumb", "query", "integer", "thumbnail size, 32-1024")))},
-    "/datasets/{name}/captions": {"post": _op(
-        "Bulk caption edit as one undo step, or {\"undo\": true}", params=(NAME,),
-        errors=(400, 404, 409),
-        body=_obj(ops={"type": "array", "items": OBJECT, "description": "e.g. {\"op\": \"prefix\", \"text\": \"sks\"}"},
-                  files={"type": "array", "items": STR}, q=STR, undo=BOOL))},
-    "/datasets/{name}/captions/{file}": {
-        "get": _op("One caption; the ETag header is its version", params=(NAME, FILE),
-                   result=_ref("Caption")),
-        "put": _op("Replace one caption; If-Match: ETAG refuses a write over a newer version",
-                   params=(NAME, FILE, _param("If-Match", "header", text="the ETag read before editing")),
-                   body=_obj(("caption",), caption=STR), result=_ref("Caption"),
-                   errors=(400, 404, 412)),
-    },
-    "/datasets/{name}/export": {"post": _op(
-        "Export for trainers: kohya folder + dataset.toml, or zip", params=(NAME,), ok=201,
-        errors=(400, 404, 409),
-        body=_obj(format={"enum": ["kohya", "zip"]}, repeats=INT, trigger=STR,
-                  family={"enum": ["sd15", "sdxl"]}, out={**STR, "description": "inside the workspace"}))},
-    "/jobs": {
-        "get": _op("Every job, newest first", errors=()),
-        "post": _op("Submit a caption or training job", ok=202, result=_ref("Accepted"), errors=(400, 404),
-                    body=_obj(("kind",), kind={"enum": ["caption", "train"]},
-                              params={**OBJECT, "description": "caption: {dataset, ...}; train: {config: {...}}"})),
-    },
-    "/jobs/{job_id}": {"get": _op("The job's status", params=(JOB,), result=_ref("Job"))},
-    "/jobs/{job_id}/cancel": {"post": _op("Stop a queued or running job", params=(JOB,),
-                                          result=_ref("Job"), errors=(400, 404, 409))},
-    "/jobs/{job_id}/resume": {"post": _op("Start an ended job again where it stopped", ok=202,
-                                          params=(JOB,), result=_ref("Accepted"), errors=(400, 404, 409))},
-    "/jobs/{job_id}/events": {"get": _op(
-        "The events after number `after`, each numbered `n`",
-        params=(JOB, _param("after", "query", "integer")))},
-    "/jobs/{job_id}/files": {"get": _op("The job's files: samples, checkpoints, LoRA files, log.txt",
-                                        params=(JOB,))},
-    "/jobs/{job_id}/files/{path}": {"get": _op(
-        "One file of the job (path inside the job folder)", content=BYTES,
-        params=(JOB, _param("path", text="relative path, e.g. samples/step-000100.png")))},
-    "/jobs/{job_id}/stream": {"get": {
-        **_op("WebSocket: the job's events (with `n`) and log lines (`{type: log_line, line, "
-              "offset}`) live, then `{type: end}`; reconnect with after=n&log_offset=offset",
-              params=(JOB, _param("after", "query", "integer"), _param("log_offset", "query", "integer"))),
-        "responses": {"101": {"description": "Switching to the WebSocket protocol"},
-                      "403": {"description": ERROR_CODES[403]}, "404": {"description": ERROR_CODES[404]}}}},
-    "/caption": {"post": _op(
-        "Caption one image now with the resident caption model (undoable)",
-        errors=(400, 404, 503),
-        body=_obj(("dataset", "file"), dataset=STR, file=STR, preset={"enum": ["tags", "short", "detailed"]},
-                  prompt=STR, trigger=STR, mode={"enum": ["skip", "overwrite", "append", "prepend"]},
-                  max_words=INT))},
-}
 
+SORTS = ("file", "pixels", "aspect", "bytes", "caption", "modified")
+
+
+def _datasets_post() -> dict[str, Any]:
+    op = _op("Create a dataset NAME, or with add=true add to it: from a zip or folder inside the "
+             "workspace (JSON {source}) or from a zip sent as the body (streamed to disk)",
+             params=(_param("name", "query", schemas.name(), "the dataset to create or add to"),
+                     _param("add", "query", BOOL, "add the images to an existing dataset")),
+             ok=(200, 201), result=_ref("IngestReport"), errors=(400, 404, 409, 413, 507))
+    op["parameters"][0]["required"] = True
+    source = schemas.rel_path("a zip or folder inside the workspace, relative to its root (an "
+                              "absolute path inside it or inside one of the server's ingest "
+                              "roots works too; see GET health)")
+    op["requestBody"] = {"required": True, "content": {
+        "application/json": {"schema": _obj(("source",), closed=True, source=source)},
+        "application/zip": {"schema": {"type": "string", "format": "binary"}}}}
+    return op
+
+
+def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
+    page = (NAME, _param("offset", "query", _int(0, 10**9)), _param("limit", "query", _int(1, 1000)),
+            _param("q", "query", STR, "text in the file name or caption"),
+            _param("tag", "query", STR, "one of the caption's comma-separated tags, exactly"),
+            _param("captioned", "query", BOOL),
+            _param("shape", "query", {"enum": ["portrait", "landscape", "square"]}),
+            _param("min_side", "query", _int(0, 10**6), "shortest side at least this many pixels"),
+            _param("duplicates", "query", BOOL, "only near-duplicates, grouped"),
+            _param("sort", "query", {"enum": [*SORTS, *("-" + s for s in SORTS)]},
+                   "a leading - reverses"))
+    after = _param("after", "query", _int(0, 10**12), "the last event number already seen")
+    train = _obj(("kind", "params"), closed=True, kind={"enum": ["train"]}, params=_obj(
+        ("config",), closed=True, config=schemas.train_config(),
+        gpus={"type": "integer", "minimum": 1, "maximum": visible_devices()[0],
+              "description": "data-parallel processes: up to this machine's GPUs (CPU cores on "
+                             "a machine without one)"}))
+    caption = _obj(("kind", "params"), closed=True, kind={"enum": ["caption"]},
+                   params=schemas.caption_job(settings.allowed_caption_servers))
+    return {
+        "/health": {"get": _op("The server extension's version and settings", errors=())},
+        "/openapi.json": {"get": _op("This document", errors=())},
+        "/datasets": {"get": _op("Every dataset with its image and caption counts", errors=()),
+                      "post": _datasets_post()},
+        "/datasets/{name}": {"get": _op("Stats: counts, captions, sizes per bucket, tags",
+                                        params=(NAME,))},
+        "/datasets/{name}/images": {"get": _op("A page of images, filtered and sorted",
+                                               result=_ref("ImagePage"), params=page)},
+        "/datasets/{name}/images/{file}": {"get": _op(
+            "The image, or with ?thumb=SIZE its JPEG thumbnail", content=IMAGE, extra=NOT_MODIFIED,
+            params=(NAME, FILE, _param("thumb", "query", _int(32, 1024), "thumbnail size")))},
+        "/datasets/{name}/captions": {"post": _op(
+            "Bulk caption edit as one undo step (every image, the files named, or those "
+            "matching q), or {\"undo\": true}: revert the newest edit", params=(NAME,),
+            errors=(400, 404, 409), body={"oneOf": [
+                _obj(("ops",), closed=True, ops={"type": "array", "minItems": 1,
+                                                 "items": schemas.caption_ops()},
+                     files=_opt({"type": "array", "items": FILE["schema"]}), q=_opt(STR),
+                     undo=_opt({"type": "boolean", "enum": [False]})),
+                _obj(("undo",), closed=True, undo={"type": "boolean", "enum": [True]})]})},
+        "/datasets/{name}/captions/{file}": {
+            "get": _op("One caption; the ETag header is its version", params=(NAME, FILE),
+                       result=_ref("Caption")),
+            "put": _op("Replace one caption; If-Match: ETAG refuses a write over a newer version",
+                       params=(NAME, FILE, _param("If-Match", "header", STR,
+                                                  "the ETag read before editing")),
+                       body=_obj(("caption",), closed=True, caption=STR), result=_ref("Caption"),
+                       errors=(400, 404, 412)),
+        },
+        "/datasets/{name}/export": {"post": _op(
+            "Export for trainers: kohya folder + dataset.toml, or zip", params=(NAME,), ok=(201,),
+            errors=(400, 404, 409), body_required=False, body=_obj(
+                closed=True, format=_opt({"type": "string", "enum": ["kohya", "zip"]}),
+                repeats=_opt(_int(1, 10_000)),
+                trigger=_opt(schemas.name("trigger word (empty: the dataset name)", empty_ok=True)),
+                family=_opt({"type": "string", "enum": ["sd15", "sdxl"]}),
+                out=_opt(schemas.rel_path("where to write it, relative to the workspace's "
+                                          "exports/ (empty: NAME-FORMAT[.zip]); it must not "
+                                          "exist yet",
+                                          empty_ok=True))))},
+        "/jobs": {
+            "get": _op("Every job, newest first", errors=()),
+            "post": _op("Submit a caption or training job; every path in it must lie inside the "
+                        "workspace, and a caption server must be an allowed one", ok=(202,),
+                        result=_ref("Accepted"), errors=(400, 404, 409),
+                        body={"oneOf": [caption, train]}),
+        },
+        "/jobs/{job_id}": {"get": _op("The job's status", params=(JOB,), result=_ref("Job"))},
+        "/jobs/{job_id}/cancel": {"post": _op("Stop a queued or running job", params=(JOB,),
+                                              result=_ref("Job"), errors=(400, 404, 409))},
+        "/jobs/{job_id}/resume": {"post": _op(
+            "Start an ended job again where it stopped", ok=(202,), params=(JOB,),
+            result=_ref("Accepted"), errors=(400, 404, 409))},
+        "/jobs/{job_id}/events": {"get": _op(
+            "The events after number `after`, each numbered `n`", params=(JOB, after))},
+        "/jobs/{job_id}/files": {"get": _op(
+            "The job's files: samples, checkpoints, LoRA files, log.txt", params=(JOB,))},
+        "/jobs/{job_id}/files/{path}": {"get": _op(
+            "One file of the job", content=ANY_FILE, extra=NOT_MODIFIED,
+            params=(JOB, _param("path", "path", schemas.rel_path(
+                "relative path inside the job folder, e.g. samples/step-000100.png"))))},
+        "/jobs/{job_id}/stream": {"get": {
+            "summary": "WebSocket: the job's events (with `n`) and log lines (`{type: log_line, "
+                       "line, offset}`) live, then `{type: end}`; reconnect with after=n&"
+                       "log_offset=offset",
+            "parameters": [JOB, after, _param("log_offset", "query", _int(0, 10**15),
+                                              "the last log offset already seen")],
+            "responses": {"101": {"description": "Switching to the WebSocket protocol"},
+                          "400": {"description": "Not a WebSocket upgrade request, or a bad "
+                                                 "after / log_offset / job id"},
+                          "403": {"description": ERROR_CODES[403]},
+                          "404": {"description": ERROR_CODES[404]}}}},
+        "/caption": {"post": _op(
+            "Caption one image now with the resident caption model (undoable)",
+            errors=(400, 404, 503), result=_ref("Captioned"),
+            body=_obj(("dataset", "file"), closed=True, dataset=schemas.name(), file=FILE["schema"],
+                      preset=_opt({"type": "string", "enum": ["tags", "short", "detailed"]}),
+                      prompt=_opt({"type": "string", "pattern": schemas.PROMPT_PATTERN,
+                                   "description": schemas.PROMPT_TEXT}),
+                      trigger=_opt(STR), max_words=_opt({"type": "integer", "minimum": 1}),
+                      mode=_opt({"type": "string", "enum": ["skip", "overwrite", "append",
+                                                            "prepend"]})))},
+    }
+
+
+NULL_STR, NULL_NUM = {"type": "string", "nullable": True}, {"type": "number", "nullable": True}
 SCHEMAS = {
-    "Error": _obj(("error", "detail"), error=STR, detail=STR,
-                  problems={"type": "array", "items": STR}),
-    "Caption": _obj(("file", "caption", "etag"), file=STR, caption={"type": "string", "nullable": True},
-                    etag=STR),
+    "Error": _obj(("error", "detail"), error=STR, detail=STR, problems={"type": "array", "items": STR}),
+    "Caption": _obj(("file", "caption", "etag"), file=STR, caption=NULL_STR, etag=STR),
+    "Captioned": _obj(("dataset", "file", "caption", "etag", "captioned"), dataset=STR, file=STR,
+                      caption=NULL_STR, etag=STR, captioned=BOOL, model=NULL_STR, seconds=NULL_NUM),
     "ImagePage": _obj(("items", "total", "offset", "limit"), total=INT, offset=INT, limit=INT,
                       items={"type": "array", "items": _obj(
-                          file=STR, caption={"type": "string", "nullable": True}, width=INT, height=INT,
+                          file=STR, caption=NULL_STR, width=INT, height=INT,
                           etag=STR, url=STR, thumbnail=STR)}),
     "IngestReport": _obj(dataset=STR, added={"type": "array", "items": OBJECT},
                          skipped={"type": "array", "items": OBJECT},
@@ -154,22 +221,23 @@ SCHEMAS = {
                          near_duplicates={"type": "array", "items": OBJECT}),
     "Job": _obj(("id", "kind", "state"), id=STR, kind=STR,
                 state={"enum": ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]},
-                phase={"type": "string", "nullable": True}, progress={"type": "number", "nullable": True},
-                error={"type": "string", "nullable": True}),
+                phase=NULL_STR, progress=NULL_NUM, error=NULL_STR),
     "Accepted": _obj(("id", "job"), id=STR, job=_ref("Job")),
 }
 
 
-def openapi_document(base_url: str = "/") -> dict[str, Any]:
-    """The whole document, its server URL under ``base_url``."""
+def openapi_document(base_url: str = "/", settings: Settings | None = None) -> dict[str, Any]:
+    """The whole document, its server URL under ``base_url``; what depends on the server's
+    settings (the allowed caption servers) is stated as ``settings`` say."""
     return {
         "openapi": "3.0.3",
         "info": {"title": "lora_lab", "version": __version__,
                  "description": "Datasets, captions and training jobs of a lora_lab workspace. "
-                                "Errors are {\"error\", \"detail\"}; every route needs Jupyter auth."},
+                                "Errors are {\"error\", \"detail\"}; every route needs Jupyter "
+                                "auth; a method a route lacks is a 405 with an Allow header."},
         "servers": [{"url": base_url.rstrip("/") + "/lora-lab/api"}],
         "security": [{"token": []}, {"cookie": []}],
-        "paths": PATHS,
+        "paths": _paths(settings or Settings()),
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {

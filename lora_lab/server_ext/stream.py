@@ -23,38 +23,40 @@ from typing import Any
 from jupyter_server.auth.decorator import ws_authenticated
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
-from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado.web import HTTPError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from ..errors import LoraLabError
-from ..jobs import JobRecord, open_job
-from ..jobs.tail import EventTail, LineTail
-from .base import status_of
+from ..jobdir import JobFollower, open_job
+from .base import allowed_methods, error_body, status_of
+from .services import SETTINGS_KEY, Services
 
 JOB = r"(?P<job_id>[^/]+)"
 POLL_S = 0.2
 
 
-class JobStreamHandler(ExtensionHandlerMixin, WebSocketMixin, WebSocketHandler, JupyterHandler):
+class JobStreamHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
     """WS: a job's events and log lines, live, until it ends (see the module docstring)."""
 
-    job: JobRecord
+    follower: JobFollower
     _pump: asyncio.Task | None = None
 
     def set_default_headers(self) -> None:
         """JupyterHandler's page headers (CSP and such) do not apply to a WebSocket upgrade."""
 
+    @property
+    def services(self) -> Services:
+        return self.settings[SETTINGS_KEY]
+
     @ws_authenticated
     async def get(self, job_id: str) -> None:
         # An unknown job or a bad argument is an HTTP error before the upgrade, not a socket
-        # that opens and closes at once.
+        # that opens and closes at once; so is a plain GET (tornado's 400: no Upgrade header).
         try:
-            self.job = open_job(job_id, self.extensionapp.ws)  # type: ignore[attr-defined]
+            job = open_job(job_id, self.services.ws)
         except LoraLabError as e:
             raise HTTPError(status_of(e), str(e)) from None
-        self.events = EventTail(self.job.path / "events.jsonl", self._int_arg("after"))
-        self.log_tail = LineTail(self.job.log_path, self._int_arg("log_offset"))
+        self.follower = JobFollower(job, self._int_arg("after"), self._int_arg("log_offset"))
         await super().get(job_id=job_id)
 
     def open(self, job_id: str) -> None:  # type: ignore[override]
@@ -68,37 +70,33 @@ class JobStreamHandler(ExtensionHandlerMixin, WebSocketMixin, WebSocketHandler, 
         if self._pump is not None:
             self._pump.cancel()
 
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """The REST routes' JSON error, not the server's HTML page (which needs a login to draw)."""
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(allowed_methods(self)))
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        detail = error.log_message if isinstance(error, HTTPError) and error.log_message else ""
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(error_body(status_code, detail)))
+
     async def _send_until_done(self) -> None:
         loop = asyncio.get_running_loop()
-        executor = self.extensionapp.executor  # type: ignore[attr-defined]
+        executor = self.services.executor
         try:
-            while True:
-                # Read the state first: once a job reads as ended, its files are complete.
-                ended = await loop.run_in_executor(executor, lambda: self.job.finished)
-                while batch := await loop.run_in_executor(executor, self._read, ended):
-                    for message in batch:
-                        await self.write_message(json.dumps(message))
-                if ended:
-                    view = await loop.run_in_executor(executor, self.job.view)
-                    await self.write_message(json.dumps({
-                        "type": "end", "state": view["state"], "error": view.get("error"),
-                        "n": max(self.events.n, self.events.after), "offset": self.log_tail.offset}))
-                    self.close()
-                    return
-                await asyncio.sleep(POLL_S)
+            while not self.follower.ended:
+                messages = await loop.run_in_executor(executor, self.follower.poll)
+                for message in messages:
+                    await self.write_message(json.dumps(message))
+                if not messages:
+                    await asyncio.sleep(POLL_S)
+            self.close()
         except WebSocketClosedError:  # the client went away: it reconnects with after=n
             return
         except Exception as e:  # the job folder vanished or cannot be read: say so and close
-            self.log.warning("job stream %s stopped: %s", self.job.id, e)
+            self.log.warning("job stream %s stopped: %s", self.follower.job.id, e)
             with contextlib.suppress(WebSocketClosedError):
                 await self.write_message(json.dumps({"type": "error", "detail": str(e)}))
             self.close()
-
-    def _read(self, final: bool) -> list[dict[str, Any]]:
-        messages = self.events.read()
-        messages += [{"type": "log_line", "line": line, "offset": offset}
-                     for line, offset in self.log_tail.read(final)]
-        return messages
 
     def _int_arg(self, name: str) -> int:
         raw = self.get_query_argument(name, "0") or "0"
