@@ -17,10 +17,11 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from benchlib import Row, Target, cpu_busy, own_cpu, print_machine, print_table, warm

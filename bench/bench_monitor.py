@@ -26,8 +26,8 @@ from pathlib import Path
 
 from benchlib import Row, print_machine, print_table, timed
 
-from lora_lab.jobs import JobRecord
-from lora_lab.jobs.tail import EventTail
+from lora_lab.jobdir import JobRecord
+from lora_lab.jobdir.tail import EventTail
 from lora_lab.widgets.monitor import CURVE_POINTS, TrainingMonitor
 from lora_lab.workspace import Workspace
 

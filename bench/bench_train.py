@@ -27,9 +27,10 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from benchlib import Row, Target, cpu_busy, generate_jpegs, own_cpu, print_machine, print_table, warm
@@ -309,7 +310,7 @@ def lora_lab_config(job: Job, out: Path, cache_latents: bool, shuffle_tags: bool
 def lora_lab_run(job: Job, ws_root: Path, cache_latents: bool, shuffle_tags: bool,
                  profile: cProfile.Profile | None = None) -> Run:
     """``lora_lab.training.trainer.train`` on ``job``; the loop is timed from its events."""
-    from lora_lab.training.trainer import train
+    from lora_lab.training.job import train
     from lora_lab.workspace import Workspace
 
     run = Run()

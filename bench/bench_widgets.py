@@ -87,7 +87,7 @@ def bench_uncached(ws: Workspace, ds: Dataset, repeats: int) -> list[Row]:
         shutil.rmtree(ds.meta_dir / "thumbs")
         warm([ds.path / r["file"] for r in ds.images(0, PAGE).items])
         made: list[DatasetBrowser] = []
-        shown.append(timed(lambda: made.append(DatasetBrowser(ds.name, ws))))
+        shown.append(timed(lambda: made.append(DatasetBrowser(ds.name, ws))))  # noqa: B023 (called here)
         browser = made[0]
         filled.append(shown[-1] + timed(browser.wait_thumbnails))
         floor = _floor(browser, repeats * CHEAP_REPEATS)

@@ -12,9 +12,9 @@ import platform
 import statistics
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import PIL

@@ -5,13 +5,13 @@ Dataset stats show where images fall; the trainer groups batches by them.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 # family -> (base resolution, smallest side, largest side)
 FAMILIES = {"sd15": (512, 256, 1024), "sdxl": (1024, 512, 2048)}
 
 
-@lru_cache(maxsize=None)
+@cache
 def make_buckets(resolution: int, min_side: int, max_side: int, step: int = 64) -> tuple[tuple[int, int], ...]:
     """Every (width, height) with sides in [min_side, max_side], multiples of ``step``,
     whose area is at most ``resolution``², sorted by aspect ratio."""

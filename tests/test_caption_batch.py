@@ -14,7 +14,6 @@ import pytest
 from conftest import jpeg_bytes
 
 from lora_lab.captioning.batch import CaptionSettings, caption_dataset
-from lora_lab.captioning.llama import LlamaCaptioner
 from lora_lab.datasets import Dataset
 from lora_lab.errors import LoraLabError
 

@@ -278,7 +278,8 @@ def test_an_unreachable_server_is_reported_at_construction():
         port = s.getsockname()[1]
     with pytest.raises(CaptionError) as e:
         OpenAIServerCaptioner(f"http://127.0.0.1:{port}", model="named")  # checked even with a model
-    assert str(e.value).startswith(f"no caption server at http://127.0.0.1:{port}/v1: connection refused — start llama-server")
+    assert str(e.value).startswith(f"no caption server at http://127.0.0.1:{port}/v1: connection refused "
+                                   "— start llama-server")
     assert "check the URL" in str(e.value)
 
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 import pytest
 
 from lora_lab.captioning.prompts import (
-    DEFAULT_PRESET, MODES, PRESETS, caption_style, check_template, clean_caption, merge_caption,
-    render_prompt, resolve_prompt,
+    DEFAULT_PRESET,
+    MODES,
+    PRESETS,
+    caption_style,
+    check_template,
+    clean_caption,
+    merge_caption,
+    render_prompt,
+    resolve_prompt,
 )
 from lora_lab.errors import LoraLabError
 

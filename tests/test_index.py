@@ -5,14 +5,13 @@ import json
 import shutil
 
 import pytest
+from conftest import jpeg_bytes
 from PIL import Image
 
 from lora_lab.datasets import Dataset, ingest
 from lora_lab.datasets.stats import dataset_stats
 from lora_lab.datasets.thumbs import build_thumbnails, thumbnail_path
 from lora_lab.errors import LoraLabError
-
-from conftest import jpeg_bytes
 
 
 @pytest.fixture

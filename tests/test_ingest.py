@@ -13,12 +13,11 @@ import zlib
 from pathlib import Path
 
 import pytest
+from conftest import jpeg_bytes, tree_digest
 from PIL import Image
 
 from lora_lab.datasets import Dataset, Limits, ingest
 from lora_lab.errors import LoraLabError
-
-from conftest import jpeg_bytes, tree_digest
 
 
 def make_zip(path: Path, entries: dict[str, bytes]) -> Path:

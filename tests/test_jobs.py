@@ -12,8 +12,9 @@ from test_train import config
 
 from lora_lab.datasets import Dataset
 from lora_lab.errors import Conflict, LoraLabError, NotFound
-from lora_lab.jobs import JobRecord, cancel, list_jobs, open_job, resume, submit
-from lora_lab.jobs.record import STALE_S, pid_alive
+from lora_lab.jobdir import JobRecord, list_jobs, open_job
+from lora_lab.jobdir.record import STALE_S, pid_alive
+from lora_lab.jobs import cancel, resume, submit
 
 
 def wait_until(job: JobRecord, done, timeout: float = 120.0) -> dict:

@@ -19,10 +19,10 @@ from test_jobs import ended, wait_until
 from lora_lab import Workspace
 from lora_lab.datasets import ingest
 from lora_lab.errors import LoraLabError
-from lora_lab.jobs import JobRecord, list_jobs, open_job
-from lora_lab.jobs.record import pid_alive
+from lora_lab.jobdir import JobRecord, list_jobs, open_job
+from lora_lab.jobdir.record import pid_alive
 from lora_lab.notebook_kit import MANIFEST, kit_dir
-from lora_lab.pipelines import CaptionPipeline, TrainPipeline, dataset_markdown, folder_markdown
+from lora_lab.widgets.pipelines import CaptionPipeline, TrainPipeline, dataset_markdown, folder_markdown
 
 KIT = kit_dir()
 TRAIN_NB, CAPTION_NB = KIT / "pipelines" / "train.ipynb", KIT / "pipelines" / "caption.ipynb"
@@ -113,6 +113,7 @@ def test_train_pipeline_trains_and_records_it(lab, trained):
     assert len(outputs(trained, "image/png")) == len(samples) == 2
     assert "**step 2**: sks, a red circle" in markdown
     assert f"train job {job.id}" in "".join(outputs(trained, "stream"))
+    assert "torchvision" not in "".join(outputs(trained, "stream"))  # no library noise
 
 
 def test_parameter_defaults_are_those_of_a_caption_job():
@@ -210,6 +211,7 @@ def test_a_train_job_runs_through_the_pipeline_notebook(cli, ws, tiny_models, tm
     assert f"Train job `{job.id}`" in markdown and f"Folder **{tiny_models['samples']}**" in markdown
     assert f"| LoRA | `{ws.loras / 'via-job.safetensors'}`" in markdown
     assert len(list_jobs(ws)) == 1  # the notebook ran the submitted job, it made no other
+    assert "torchvision" not in job.log_path.read_text()  # the log is the job's, no library noise
 
 
 def test_notebooks_command_copies_keeps_edits_and_forces(cli, ws, tmp_path):

@@ -14,7 +14,7 @@ from lora_lab.tiny.samples import write_samples
 from lora_lab.tiny.single_file import PREFIXES
 from lora_lab.training.base_model import detect_family, load_base_model
 from lora_lab.training.config import TrainConfig
-from lora_lab.training.trainer import train
+from lora_lab.training.job import train
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from lora_lab.jobs import JobRecord
+from lora_lab.jobdir import JobRecord
 from lora_lab.training.config import TrainConfig
 from lora_lab.training.lora_file import read_lora
 from lora_lab.training.trainer import Trainer

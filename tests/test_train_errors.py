@@ -12,9 +12,9 @@ from safetensors.torch import load_file, save_file
 from test_train import config
 
 from lora_lab.errors import LoraLabError
-from lora_lab.jobs import JobRecord
+from lora_lab.jobdir import JobRecord
 from lora_lab.training.config import TrainConfig
-from lora_lab.training.trainer import train
+from lora_lab.training.job import train
 
 
 def run(ws, cfg, resume=False, job=None):

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from test_train import config
 
-from lora_lab.jobs import JobRecord
+from lora_lab.jobdir import JobRecord
 
 LORA_LAB = str(Path(sys.executable).parent / "lora-lab")
 STEPS = 30

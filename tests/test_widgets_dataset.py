@@ -5,14 +5,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import jpeg_bytes
 
 from lora_lab.datasets import Dataset, ingest
 from lora_lab.datasets.thumbs import cached_thumbnail
 from lora_lab.errors import LoraLabError, NotFound
 from lora_lab.widgets.browser import DatasetBrowser
 from lora_lab.widgets.captions import CaptionEditor
-
-from conftest import jpeg_bytes
 
 FILES = ["blue_square.png", "cyan_square.jpg", "green_circle.jpg", "orange_triangle.png",
          "purple_square.jpg", "red_circle.jpg", "white_circle.webp", "yellow_triangle.webp"]

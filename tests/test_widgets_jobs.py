@@ -13,10 +13,11 @@ import pytest
 from test_train import config
 
 from lora_lab.errors import LoraLabError, NotFound
-from lora_lab.jobs import JobRecord, submit
-from lora_lab.jobs.chart import Curves, Series, line_chart_svg, loss_chart_svg, nice_ticks
+from lora_lab.jobdir import JobRecord
+from lora_lab.jobs import submit
 from lora_lab.training.config import TrainConfig
 from lora_lab.training.presets import PRESETS, apply_preset
+from lora_lab.widgets.chart import Curves, Series, line_chart_svg, loss_chart_svg, nice_ticks
 from lora_lab.widgets.jobs_panel import JobsPanel
 from lora_lab.widgets.launcher import TrainingLauncher
 from lora_lab.widgets.monitor import CURVE_POINTS, LOG_LINES, TrainingMonitor
@@ -104,7 +105,7 @@ def test_launcher_counts_steps_saves_toml_trains_and_monitors(ws, tiny_models, t
     launcher = TrainingLauncher(str(tiny_models["samples"]), str(tiny_models["sd15"]), workspace=ws,
                                 autostart=False)
     assert launcher.fields["dataset.resolution"].value == 512  # from the sd15 preset
-    assert launcher.fields["save.name"].value == "samples"  # the dataset's name, not "lora" for all
+    assert launcher.fields["save.name"].value == ""  # the dataset's name and the job's time
     launcher.preset.value = "sdxl"
     assert launcher.fields["dataset.resolution"].value == 1024
     assert launcher.fields["train.gradient_checkpointing"].value is True

@@ -61,3 +61,21 @@ def test_atomic_writes_keep_usual_permissions(tmp_path):
     new.chmod(0o640)
     atomic.write_text(new, "b")
     assert new.stat().st_mode & 0o777 == 0o640 and new.read_text() == "b"
+
+
+def test_atomic_writes_follow_the_umask_of_the_moment_and_leave_nothing_on_failure(tmp_path):
+    from lora_lab import atomic
+
+    before = os.umask(0o077)  # as a user's shell could set it after lora_lab was imported
+    try:
+        atomic.write_text(tmp_path / "private.txt", "x")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
+    kept = tmp_path / "kept.txt"
+    atomic.write_text(kept, "old")
+    with pytest.raises(RuntimeError), atomic.writing(kept) as f:
+        f.write(b"half")
+        raise RuntimeError("the writer failed")
+    assert kept.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "kept.txt", "private.txt"]

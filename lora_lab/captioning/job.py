@@ -7,11 +7,12 @@ continues where it stopped (the batch journal skips what is done).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..datasets import Dataset
 from ..errors import LoraLabError
-from ..jobs import JobRecord
+from ..jobdir import JobRecord
 from ..workspace import Workspace
 from . import prompts
 from .base import Captioner

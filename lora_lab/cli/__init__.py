@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import LoraLabError
 from . import caption_cmds, dataset_cmds, job_cmds, misc_cmds, notebook_cmds, train_cmds

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from ..captioning.batch import MODES
-from ..captioning.job import PARAMS, caption_params, run_caption_job
-from ..jobs import JobRecord
-from .output import add_json_flag, emit, progress_bar, workspace
+from ..captioning.job import PARAMS
+from ..jobdir import JobRecord
+from ..jobs import check_params, run_here
+from .output import add_json_flag, emit, progress_bar, progress_end, workspace
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,14 +40,12 @@ def add_caption_arguments(c: argparse.ArgumentParser) -> None:
 
 def cmd_caption(args: argparse.Namespace) -> None:
     ws = workspace(args)
-    params = caption_params(caption_args(args), ws)
-    job = JobRecord.create("caption", params, ws)
+    job = JobRecord.create("caption", check_params("caption", caption_args(args), ws), ws)
     show = None if args.json else _show
     try:
-        report = run_caption_job(job, ws, on_event=show)
+        report = run_here(job, ws, on_event=show)
     finally:
-        if not args.json:
-            print(file=sys.stderr)
+        progress_end()
     lines = [f"captioned {report.captioned} of {report.selected} images in {report.seconds:.1f} s "
              f"({report.already_done} already done, {len(report.failed)} failed) with {report.model}",
              f"job record: {job.path}"]

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..jobs import JobRecord, cancel, list_jobs, open_job, resume, submit
+from ..jobdir import JobFollower, JobRecord, list_jobs, open_job
+from ..jobs import cancel, resume, submit
 from .caption_cmds import add_caption_arguments, caption_args
 from .output import add_json_flag, emit, workspace
 
@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("config", type=Path, help="training config (TOML)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting (repeatable)")
+    t.add_argument("--gpus", type=int, default=1,
+                   help="data-parallel processes through `accelerate launch` (default 1)")
     t.set_defaults(run=cmd_submit_train)
     for p in (c, t):
         p.add_argument("--notebook", type=Path, metavar="IPYNB",
@@ -62,8 +64,8 @@ def cmd_submit_train(args: argparse.Namespace) -> None:
 
     config = TrainConfig.load(args.config)
     config = config.apply_overrides(args.set) if args.set else config
-    _submitted(args, submit("train", {"config": config.to_dict()}, workspace(args),
-                            notebook=args.notebook))
+    _submitted(args, submit("train", {"config": config.to_dict(), "gpus": args.gpus},
+                            workspace(args), notebook=args.notebook))
 
 
 def _submitted(args: argparse.Namespace, job: JobRecord) -> None:
@@ -93,27 +95,15 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 def cmd_logs(args: argparse.Namespace) -> None:
     job = open_job(args.id, workspace(args))
-    offset = 0
-    while True:
-        finished = job.finished  # read before the log, so its last lines are not missed
-        offset = _print_from(job.log_path, offset)
-        if not args.follow or finished:
-            return
-        time.sleep(FOLLOW_POLL_S)
-
-
-def _print_from(path: Path, offset: int) -> int:
-    """Print ``path`` from byte ``offset`` up to its last complete line; the new offset."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return offset
-    complete = data[:data.rfind(b"\n") + 1]
-    sys.stdout.write(complete.decode("utf-8", "replace"))
-    sys.stdout.flush()
-    return offset + len(complete)
+    follower = JobFollower(job)
+    if args.follow:
+        messages: Iterable[dict[str, Any]] = follower.follow(FOLLOW_POLL_S)
+    else:
+        final = job.finished
+        messages = (m for piece in iter(lambda: follower.read(final), []) for m in piece)
+    for message in messages:
+        if message["type"] == "log_line":
+            print(message["line"], flush=True)
 
 
 def cmd_cancel(args: argparse.Namespace) -> None:

@@ -2,18 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import Conflict, LoraLabError
-from ..jobs import JobRecord, open_job
-from ..workspace import Workspace
-from .output import add_json_flag, emit, progress_bar, workspace
+from ..errors import LoraLabError
+from ..jobdir import JobRecord, open_job
+from ..jobs import check_params, reopen, run_here
+from .output import add_json_flag, emit, progress_bar, progress_end, progress_note, workspace
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a setting, e.g. --set train.lr=5e-5 (repeatable)")
     c.add_argument("--resume", metavar="JOB",
                    help="continue a train job from its last checkpoint (its own config is used)")
-    c.add_argument("--gpus", type=int, default=1,
+    c.add_argument("--gpus", type=int,
                    help="data-parallel processes through `accelerate launch` (default 1)")
     c.add_argument("--init", action="store_true",
                    help="write a commented starter config to CONFIG and exit")
@@ -43,32 +38,28 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.init:
         return _init(args, default_toml)
     if args.resume:
-        job = _job(ws, args.resume)
-        config = TrainConfig.from_dict(job.spec()["params"]["config"])
+        if args.set or args.gpus is not None:
+            raise LoraLabError("a resumed job keeps its own config and GPU count (--set and "
+                               "--gpus apply to a new run)")
+        job = reopen(open_job(args.resume, ws), "train")
     elif args.config is None:
         raise LoraLabError("name a config file (or --resume JOB); `lora-lab train --init "
                            "my.toml --base MODEL --dataset NAME` writes one")
     else:
         config = TrainConfig.load(args.config)
-        job = None
-    config = config.apply_overrides(args.set) if args.set else config
-    if args.gpus < 1:
-        raise LoraLabError(f"--gpus must be at least 1, not {args.gpus}")
-    job = job or JobRecord.create("train", {"config": config.to_dict()}, ws)
+        config = config.apply_overrides(args.set) if args.set else config
+        gpus = 1 if args.gpus is None else args.gpus
+        params = check_params("train", {"config": config.to_dict(), "gpus": gpus}, ws)
+        job = JobRecord.create("train", params, ws)
     show = (lambda e: None) if args.json else _show
     try:
-        if args.gpus > 1:
-            result = _launch(job, args.gpus, bool(args.resume), show)
-        else:
-            from ..training.trainer import train
-
-            result = train(config, job, resume=bool(args.resume), workspace=ws, on_event=show).__dict__
+        result = run_here(job, ws, resume=bool(args.resume), on_event=show)
     finally:
-        if not args.json:
-            print(file=sys.stderr)
-    result = {**{k: str(v) if isinstance(v, Path) else v for k, v in result.items()}, "job": job.id}
-    emit(args, result, f"trained {result['steps']} steps in {result['seconds']:.1f} s\n"
-                       f"LoRA: {result['output']}\njob record: {job.path}")
+        progress_end()
+    out = {"output": str(result.output), "steps": result.steps, "seconds": result.seconds,
+           "loss": result.loss, "job": job.id}
+    emit(args, out, f"trained {out['steps']} steps in {out['seconds']:.1f} s\n"
+                    f"LoRA: {out['output']}\njob record: {job.path}")
 
 
 def _init(args: argparse.Namespace, default_toml) -> None:
@@ -77,7 +68,6 @@ def _init(args: argparse.Namespace, default_toml) -> None:
     if args.config.exists():
         raise LoraLabError(f"{args.config} exists; not overwriting it")
     from .. import atomic
-
     from ..training.presets import get_preset
 
     preset = get_preset(args.preset).overrides if args.preset else None
@@ -86,46 +76,10 @@ def _init(args: argparse.Namespace, default_toml) -> None:
                                              f"`lora-lab train {args.config}`")
 
 
-def _job(ws: Workspace, job_id: str) -> JobRecord:
-    job = open_job(job_id, ws)
-    if job.spec()["kind"] != "train":
-        raise LoraLabError(f"job {job_id} is a {job.spec()['kind']} job, not a train job")
-    state = job.view()["state"]
-    if state == "succeeded":
-        raise LoraLabError(f"job {job_id} already succeeded; nothing to resume")
-    if state in ("queued", "running"):
-        raise Conflict(f"job {job_id} is still {state}; `lora-lab jobs cancel {job_id}` first, "
-                       "or wait for it")
-    return job
-
-
 def _show(event: dict[str, Any]) -> None:
     if event["type"] == "progress":
         eta = f"ETA {event['eta_s']:.0f} s" if event.get("eta_s") is not None else ""
         progress_bar(event["step"], event["total"],
                      f"loss {event['loss']:.4f}  {event['it_s']:.2f} it/s  {eta}")
     elif event["type"] == "phase" and event["phase"] != "training":
-        print(f"\r{event['phase']}...", file=sys.stderr, flush=True)
-
-
-def _launch(job: JobRecord, gpus: int, resume: bool, show) -> dict[str, Any]:
-    """Run the job under ``accelerate launch`` with ``gpus`` processes, following its events."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-           str(gpus), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", "0", "-m", "lora_lab.training", str(job.path)]
-    if resume:
-        cmd.append("--resume")
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    seen = len(job.events())
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-    while proc.poll() is None:
-        time.sleep(0.2)
-        for event in job.events(seen):
-            show(event)
-            seen += 1
-    stderr = proc.stderr.read()
-    status = job.status()
-    if proc.returncode != 0 or status["state"] != "succeeded":
-        cause = status.get("error") or (stderr.strip().splitlines() or ["no output"])[-1]
-        raise LoraLabError(f"training with {gpus} processes failed: {cause}")
-    return {k: status[k] for k in ("output", "steps", "seconds", "loss")}
+        progress_note(f"{event['phase']}...")

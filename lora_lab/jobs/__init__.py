@@ -1,6 +1,10 @@
-"""Jobs: long work recorded in a job directory that every surface reads (see DESIGN.md)."""
-from .execute import run_job
-from .record import JobRecord, list_jobs, open_job
-from .runner import cancel, resume, submit
+"""Jobs: long work run as its own process and recorded in a job directory (see DESIGN.md).
 
-__all__ = ["JobRecord", "cancel", "list_jobs", "open_job", "resume", "run_job", "submit"]
+The job directory itself (records, tails, followers) is :mod:`lora_lab.jobdir`; this package
+runs jobs: the kinds (:mod:`.kinds`), the GPU slots (:mod:`.slots`) and the runner.
+"""
+from .execute import run_here, run_job
+from .kinds import KINDS, check_params
+from .runner import cancel, reopen, resume, submit
+
+__all__ = ["KINDS", "cancel", "check_params", "reopen", "resume", "run_here", "run_job", "submit"]

@@ -6,19 +6,17 @@ spec describes (directly, or through the notebook the spec names) with its outpu
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import sys
-import time
 from pathlib import Path
-from typing import IO
 
 from ..errors import LoraLabError
+from ..jobdir import ACTIVE, JobRecord
 from ..workspace import Workspace
 from .execute import run_job, run_notebook
-from .record import ACTIVE, JobRecord, list_jobs, process_alive
+from .kinds import kind_of
+from .slots import holding_slots
 
-POLL_S = 0.5
 # Below the server and the kernels in CPU priority: a job on a busy CPU takes only what they
 # leave, so pages and status requests stay quick (a GPU-bound job barely notices).
 NICENESS = 10
@@ -35,61 +33,22 @@ def main(argv: list[str] | None = None) -> int:
     os.nice(NICENESS)
     job.set_status("queued", pgid=os.getpgrp())
     try:
-        with job.heartbeat():  # while it waits; the job's own code beats while it runs
-            slot = wait_for_slot(job, ws, args.slots)
-        notebook = job.spec().get("notebook")
-        if notebook:
-            run_notebook(job, Path(notebook), args.resume)
-            if job.status()["state"] in ACTIVE:
-                raise LoraLabError(f"the notebook {notebook} ended without running the job "
-                                   "(it should call lora_lab.jobs.run_job(job_dir, resume))")
-        else:
-            run_job(job.path, args.resume)
-        slot.close()
+        spec = job.spec()
+        with holding_slots(job, ws, args.slots, kind_of(spec["kind"]).gpus(spec["params"])):
+            if spec.get("notebook"):
+                run_notebook(job, Path(spec["notebook"]), args.resume)
+                if job.status()["state"] in ACTIVE:
+                    raise LoraLabError(f"the notebook {spec['notebook']} ended without running "
+                                       "the job (it should call lora_lab.jobs.run_job(job_dir, "
+                                       "resume))")
+            else:
+                run_job(job.path, args.resume)
     except BaseException as e:
         if job.status()["state"] in ACTIVE:  # ended before the job's own code recorded it
             job.record_end(e)
         print(f"lora-lab: {'error: ' + str(e) if isinstance(e, Exception) else 'stopped'}", flush=True)
         return 1 if isinstance(e, LoraLabError) else 2 if isinstance(e, Exception) else 130
     return 0
-
-
-def wait_for_slot(job: JobRecord, ws: Workspace, slots: int) -> IO[str]:
-    """Hold one of ``slots`` lock files, once no more than ``slots - 1`` older queued jobs wait."""
-    folder = ws.jobs / ".slots"
-    folder.mkdir(exist_ok=True)
-    waiting = False
-    while True:
-        if _ahead(job, ws) < slots:
-            for k in range(slots):
-                lock = open(folder / f"slot-{k}.lock", "w")
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return lock  # released by the OS when this process ends, however it ends
-                except BlockingIOError:
-                    lock.close()
-        if not waiting:
-            waiting = True
-            job.set_status("queued", phase="waiting for a free slot")
-            print("waiting for a free slot (another job is running)", flush=True)
-        time.sleep(POLL_S)
-
-
-def _ahead(job: JobRecord, ws: Workspace) -> int:
-    """Live queued jobs submitted before this one."""
-    mine = (job.status().get("queued_at", 0), job.id)
-    count = 0
-    for other in list_jobs(ws):
-        if other.id == job.id:
-            continue
-        try:
-            status = other.status()
-        except (OSError, ValueError):
-            continue
-        if status["state"] == "queued" and process_alive(status) and \
-                (status.get("queued_at", 0), other.id) < mine:
-            count += 1
-    return count
 
 
 if __name__ == "__main__":

@@ -10,31 +10,40 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import LoraLabError
+from ..jobdir import ACTIVE, JobRecord
 from ..workspace import Workspace
-from .record import JobRecord
+from .kinds import kind_of
+from .slots import gpu_slots, holding_slots
 
 
 def run_job(job_dir: str | os.PathLike, resume: bool = False) -> Any:
-    """Run the job in ``job_dir`` as its spec says; its report (caption) or result (train)."""
+    """Run the job in ``job_dir`` as its spec says, logging its events; its kind's result."""
     job = JobRecord(Path(job_dir).resolve())
-    ws = Workspace(job.path.parent.parent)
-    kind, params = job.spec()["kind"], job.spec()["params"]
+    kind = job.spec()["kind"]
     print(f"{kind} job {job.id}{' (resumed)' if resume else ''}, pid {os.getpid()}", flush=True)
-    if kind == "caption":
-        from ..captioning.job import run_caption_job
+    return kind_of(kind).run(job, Workspace(job.path.parent.parent), resume, LogLines())
 
-        return run_caption_job(job, ws, on_event=LogLines())
-    if kind == "train":
-        from ..training.config import TrainConfig
-        from ..training.trainer import train
 
-        return train(TrainConfig.from_dict(params["config"]), job, resume=resume, workspace=ws,
-                     on_event=LogLines())
-    raise LoraLabError(f"unknown job kind {kind!r}")
+def run_here(job: JobRecord, workspace: Workspace, *, resume: bool = False,
+             on_event: Callable[[dict[str, Any]], None] | None = None,
+             slots: int | None = None) -> Any:
+    """Run ``job`` in this process (``lora-lab train``/``caption`` in the foreground), once its
+    GPU slots are free, as a background job would: two runs never share a GPU by accident."""
+    # A cancel signals the whole group when this process leads one (data-parallel ranks
+    # included), else this process alone, never a group an earlier run of the job led.
+    job.set_status("queued", pgid=os.getpgrp() if os.getpgrp() == os.getpid() else None)
+    kind = kind_of(job.spec()["kind"])
+    try:
+        with holding_slots(job, workspace, slots or gpu_slots(), kind.gpus(job.spec()["params"])):
+            return kind.run(job, workspace, resume, on_event)
+    except BaseException as e:
+        if job.status()["state"] in ACTIVE:  # ended before the job's own code recorded it
+            job.record_end(e)
+        raise
 
 
 def run_notebook(job: JobRecord, notebook: Path, resume: bool = False) -> None:

@@ -1,9 +1,8 @@
 """Background jobs: submitted as detached processes, cancelled, resumed.
 
 A submitted job is a job directory plus its own OS process in a new session (``python -m
-lora_lab.jobs JOB_DIR``), so it outlives the server, kernel or terminal that started it. The
-queue needs no daemon: a job process waits for a free GPU slot (a lock file the OS releases when
-the process dies, however it dies) and takes it in submission order.
+lora_lab.jobs JOB_DIR``), so it outlives the server, kernel or terminal that started it; it
+waits for its GPU slots there (see :mod:`.slots`).
 """
 from __future__ import annotations
 
@@ -18,47 +17,24 @@ from typing import Any
 
 from .. import atomic
 from ..errors import Conflict, LoraLabError
+from ..jobdir import ACTIVE, JobRecord, pid_alive
 from ..workspace import Workspace
-from .record import ACTIVE, JobRecord, pid_alive
-
-KINDS = ("caption", "train")
-
-
-def gpu_slots() -> int:
-    """Jobs that may run at once: ``$LORA_LAB_GPU_SLOTS``, default 1 (one GPU, one job)."""
-    raw = os.environ.get("LORA_LAB_GPU_SLOTS", "1")
-    if not raw.isdigit() or int(raw) < 1:
-        raise LoraLabError(f"LORA_LAB_GPU_SLOTS must be a whole number >= 1, not {raw!r}")
-    return int(raw)
-
-
-def check_params(kind: str, params: Any, workspace: Workspace | None = None) -> dict[str, Any]:
-    """A job's parameters checked (and completed with defaults) before anything starts."""
-    if kind not in KINDS:
-        raise LoraLabError(f"unknown job kind {kind!r}; use one of {', '.join(KINDS)}")
-    if not isinstance(params, dict):
-        raise LoraLabError(f"a {kind} job's params must be an object, not {type(params).__name__}")
-    if kind == "caption":
-        from ..captioning.job import caption_params
-
-        return caption_params(params, workspace)
-    from ..training.config import TrainConfig
-
-    if set(params) != {"config"} or not isinstance(params["config"], dict):
-        raise LoraLabError('a train job\'s params are {"config": {...}}: the TrainConfig as an '
-                           "object with sections model, dataset, network, train, save, sample")
-    return {"config": TrainConfig.from_dict(params["config"]).to_dict()}
+from .kinds import check_params
+from .slots import gpu_slots
 
 
 def submit(kind: str, params: dict[str, Any], workspace: Workspace | None = None, *,
-           slots: int | None = None, notebook: str | os.PathLike | None = None) -> JobRecord:
-    """Check ``params``, record the job and start its process; returns at once (queued).
+           slots: int | None = None, notebook: str | os.PathLike | None = None,
+           base: str | os.PathLike | None = None) -> JobRecord:
+    """Check ``params`` (relative paths are taken from ``base``, default the current folder),
+    record the job and start its process; returns at once (queued). A refused request leaves
+    no job behind.
 
     With ``notebook``, the job runs through it under papermill: the notebook gets parameters
     ``job_dir`` and ``resume`` and calls ``lora_lab.jobs.run_job(job_dir, resume)``.
     """
     ws = workspace or Workspace()
-    params = check_params(kind, params, ws)
+    params = check_params(kind, params, ws, base)
     if notebook is not None:
         notebook = Path(notebook).expanduser().resolve()
         if notebook.suffix != ".ipynb" or not notebook.is_file():
@@ -68,16 +44,26 @@ def submit(kind: str, params: dict[str, Any], workspace: Workspace | None = None
     return job
 
 
-def resume(job: JobRecord, *, slots: int | None = None) -> JobRecord:
-    """Start an ended job again: training from its last checkpoint, captioning where it stopped."""
-    state = job.view()["state"]
-    if state == "succeeded":
+def reopen(job: JobRecord, kind: str | None = None) -> JobRecord:
+    """Make an ended job ready to run again, for ``resume`` and ``lora-lab train --resume``
+    alike: refuse one that succeeded or still runs, clear a leftover cancel request and
+    record a ``resumed`` event."""
+    view = job.view()
+    if kind and view["kind"] != kind:
+        raise LoraLabError(f"job {job.id} is a {view['kind']} job, not a {kind} job")
+    if view["state"] == "succeeded":
         raise Conflict(f"job {job.id} already succeeded; nothing to resume")
-    if state in ACTIVE:
-        raise Conflict(f"job {job.id} is still {state}; cancel it first, or wait for it")
+    if view["state"] in ACTIVE:
+        raise Conflict(f"job {job.id} is still {view['state']}; cancel it first "
+                       f"(lora-lab jobs cancel {job.id}), or wait for it")
     (job.path / "cancel-requested").unlink(missing_ok=True)
     job.event({"type": "resumed"})
-    _start(job, resume=True, slots=slots)
+    return job
+
+
+def resume(job: JobRecord, *, slots: int | None = None) -> JobRecord:
+    """Start an ended job again: training from its last checkpoint, captioning where it stopped."""
+    _start(reopen(job), resume=True, slots=slots)
     return job
 
 

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 from ..errors import LoraLabError
-from ..jobs import JobRecord
+from ..jobdir import JobRecord
 from ..workspace import Workspace
 from .config import TrainConfig
-from .trainer import train
+from .job import train
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,14 +8,13 @@ resolution or VAE misses the cache instead of training on stale latents.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .. import atomic
 from .data import TrainImage
 
 
@@ -107,10 +106,5 @@ def sample_latents(params: torch.Tensor, generator: torch.Generator, scaling: fl
 
 def _save_atomic(tensor: torch.Tensor, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(tensor.contiguous(), f)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic.writing(path) as f:
+        torch.save(tensor.contiguous(), f)

@@ -14,37 +14,28 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .. import atomic
+from ..calc import plan_steps
 from ..errors import LoraLabError
-from ..jobs import JobRecord
+from ..jobdir import JobRecord
 from ..workspace import Workspace
 from . import checkpoints
 from .adapters import add_adapters, build_optimizer
 from .base_model import BaseModel, check_buckets, detect_family, load_base_model
 from .config import TrainConfig, check_optimizer
-from .data import (BatchPlan, CaptionRules, TrainImage, assign_buckets, gather_images,
-                   stable_seed)
+from .data import BatchPlan, CaptionRules, TrainImage, assign_buckets, gather_images, stable_seed
 from .latents import LatentEncoder, sample_latents
-from .metadata import run_facts
 from .objective import encode_prompts, sdxl_time_ids, snr_weights
+from .outputs import TrainerOutputs, TrainResult
 
 
-@dataclass
-class TrainResult:
-    output: Path
-    steps: int
-    seconds: float
-    loss: float
-
-
-class Trainer:
+class Trainer(TrainerOutputs):
     """One training run into a job directory; :meth:`run` does it all."""
 
     def __init__(self, config: TrainConfig, job: JobRecord, workspace: Workspace | None = None,
@@ -100,15 +91,17 @@ class Trainer:
         t = self.cfg.train
         world = self.acc.num_processes
         self.plan = BatchPlan(self.images, self.buckets, t.batch_size, t.seed, world)
-        self.steps_per_epoch = math.ceil(self.plan.batches_per_epoch / (world * t.grad_accum))
-        self.total = t.max_steps or t.epochs * self.steps_per_epoch
+        steps = plan_steps(list(self.plan.bucket_samples.values()), t.batch_size, t.grad_accum,
+                           world, t.epochs, t.max_steps)  # the count `lora-lab calc` shows
+        self.steps_per_epoch, self.total = steps.steps_per_epoch, steps.total_steps
         self.emit({"type": "log", "level": "info", "message":
                    f"{len(self.images)} images in {len(set(self.buckets))} buckets, "
-                   f"{self.plan.batches_per_epoch} batches an epoch, {self.total} steps"})
+                   f"{self.plan.batches_per_epoch} batches an epoch, {self.total} steps"
+                   + (f", on {world} processes" if world > 1 else "")})
         if self.cfg.network.dora and self.cfg.save.format == "kohya":
             self.emit({"type": "log", "level": "warning", "message":
-                       "DoRA in a kohya file: LyCORIS-aware UIs load it; diffusers drops its "
-                       "magnitudes and ComfyUI applies them approximately (save.format = "
+                       "DoRA in a kohya file: ComfyUI and Forge apply it as trained; A1111 normalises "
+                       "input channels and diffusers drops the magnitudes, so they differ (save.format = "
                        "\"diffusers\" reloads exactly in diffusers)"})
 
     def load_model(self) -> None:
@@ -359,86 +352,6 @@ class Trainer:
             d["save"].pop(key)
         return f"{stable_seed(d, self.acc.num_processes, torch.get_num_threads()):08x}"
 
-    # -- samples and export ----------------------------------------------------------------------
-    def _samples(self, step: int) -> None:
-        if self.main:
-            self.phase("sampling")
-            s = self.cfg.sample
-            folder = self.job.path / "samples"
-            folder.mkdir(exist_ok=True)
-            for model in self.models:
-                model.eval()
-            for i, prompt in enumerate(s.prompts):
-                g = torch.Generator().manual_seed(s.seed + i)
-                with torch.no_grad():
-                    image = self.base.pipeline(prompt, negative_prompt=s.negative or None,
-                                               num_inference_steps=s.steps, guidance_scale=s.guidance,
-                                               width=s.width, height=s.height, generator=g).images[0]
-                path = folder / f"step-{step:06d}-{i}.png"
-                atomic.write_bytes(path, _png(image))
-                self.emit({"type": "sample", "step": step, "prompt": prompt,
-                           "path": str(path.relative_to(self.job.path))})
-            for model in self.models:
-                model.train()
-            self.phase("training", total=self.total)
-        self.acc.wait_for_everyone()
-
-    def _save_lora(self, path: Path, step: int) -> Path:
-        from .lora_file import save_lora, ss_metadata
-
-        unet, *tes = [self.acc.unwrap_model(m) for m in self.models]
-        tes = tes or [None] * len(self.base.text_encoders)
-        # Saved in the training precision, as kohya does: fp32 files reproduce the trained
-        # model exactly; mixed-precision runs give the usual fp16/bf16 files.
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.cfg.train.mixed_precision,
-                                                                     torch.float32)
-        return save_lora(path, unet, tes, family=self.family, fmt=self.cfg.save.format,
-                         metadata=ss_metadata(self._facts(step)), dtype=dtype)
-
-    def _facts(self, step: int) -> dict[str, Any]:
-        return run_facts(self.cfg, self.family, self.images, step=step, total=self.total,
-                         steps_per_epoch=self.steps_per_epoch, base_name=self.base.name,
-                         started_at=self.job.status().get("started_at"), job_id=self.job.id)
-
-    def _export(self, step: int, loss: float, seconds: float) -> TrainResult:
-        self.acc.wait_for_everyone()
-        out_dir = Path(self.cfg.save.output_dir).expanduser() if self.cfg.save.output_dir else self.ws.loras
-        output = out_dir / f"{self.cfg.save.name}.safetensors"
-        if self.main:
-            self.phase("exporting")
-            out_dir.mkdir(parents=True, exist_ok=True)
-            self._save_lora(output, step)
-        self.acc.wait_for_everyone()
-        return TrainResult(output, step, round(seconds, 3), loss)
-
-
-def train(config: TrainConfig, job: JobRecord | None = None, *, resume: bool = False,
-          workspace: Workspace | None = None,
-          on_event: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
-    """Run a training job to its end, recording it in ``job`` (a new one by default).
-
-    Under ``accelerate launch`` every rank calls this with the same job; rank 0 reports.
-    """
-    ws = workspace or Workspace()
-    job = job or JobRecord.create("train", {"config": config.to_dict()}, ws)
-    main = int(os.environ.get("RANK", "0")) == 0
-    if main:
-        job.set_status("running", phase="validating", started_at=time.time())
-    try:
-        with job.heartbeat() if main else contextlib.nullcontext():
-            result = Trainer(config, job, ws, on_event).run(resume)
-    except BaseException as e:
-        if main:
-            job.record_end(e)
-        raise
-    if main:
-        done = {"output": str(result.output), "steps": result.steps, "seconds": result.seconds,
-                "loss": result.loss}
-        job.event({"type": "done", **done})
-        job.set_status("succeeded", phase="done", progress=1.0, **done)
-    return result
-
-
 def _rng_state() -> dict[str, torch.Tensor]:
     """The global generators LoRA dropout draws from (everything else is seeded per draw)."""
     state = {"cpu": torch.get_rng_state()}
@@ -457,7 +370,7 @@ class _StopOnSigint:
     """Ctrl-C sets a flag the loop reads between steps, so a checkpoint is never taken
     mid-update; a second Ctrl-C interrupts at once."""
 
-    def __enter__(self) -> "_StopOnSigint":
+    def __enter__(self) -> _StopOnSigint:
         self.requested = False
         self._previous = None
         if threading.current_thread() is threading.main_thread():
@@ -472,11 +385,3 @@ class _StopOnSigint:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-def _png(image) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()

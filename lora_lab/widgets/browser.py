@@ -15,9 +15,10 @@ import html
 import io
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from itertools import zip_longest
-from typing import Any, Iterator
+from typing import Any
 
 import ipywidgets as widgets
 import traitlets

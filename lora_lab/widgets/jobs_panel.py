@@ -8,7 +8,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..errors import LoraLabError
-from ..jobs import list_jobs
+from ..jobdir import list_jobs
 from ..workspace import Workspace
 from .common import Notice, Poller, reporting, workspace_of
 from .monitor import TrainingMonitor

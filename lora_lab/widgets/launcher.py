@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import re
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
 import ipywidgets as widgets
 
-from ..calc import plan_steps
 from ..datasets.dataset import list_datasets
 from ..errors import LoraLabError
-from ..jobs import JobRecord, submit
+from ..jobdir import JobRecord
+from ..jobs import submit
 from ..training.config import ConfigError, TrainConfig, check_optimizer
-from ..training.data import count_images
+from ..training.data import ImageSize, measure_images, steps_for
 from ..training.presets import PRESETS, apply_preset
 from ..workspace import Workspace
 from .common import COLORS, Notice, reporting, workspace_of
@@ -55,13 +54,6 @@ FIELDS: list[tuple[str, str, type]] = [
 ]
 
 
-def _lora_name(dataset: str | None) -> str:
-    """The LoRA's default file name: the dataset's (or folder's), so one dataset's LoRA does not
-    overwrite another's (the config's own default, "lora", is the same for all)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(dataset or "").name).strip("-.")[:100]
-    return name or "lora"
-
-
 class TrainingLauncher(widgets.VBox):
     """``TrainingLauncher("mydata", base="models/sd15")``: fill in, check, train.
 
@@ -80,12 +72,11 @@ class TrainingLauncher(widgets.VBox):
         self.job: JobRecord | None = None
         self.problems: dict[str, str] = {}  # dotted key -> its message (or "" for the form)
         self.steps: int | None = None
-        self._counts: dict[str, tuple[int, int | None] | str] = {}  # source -> count or problem
+        self._sizes: dict[str, list[ImageSize] | str] = {}  # source -> its images' sizes, or a problem
         self._loading = False
         self._build(preset)
         self._load(_defaults())
-        self._load({"model": {"base": base or ""}, "dataset": {"source": dataset or ""},
-                    "save": {"name": _lora_name(dataset)}})
+        self._load({"model": {"base": base or ""}, "dataset": {"source": dataset or ""}})
         self._apply_preset(preset)
 
     # -- building --------------------------------------------------------------------------------
@@ -110,11 +101,14 @@ class TrainingLauncher(widgets.VBox):
                                       placeholder="SAVE_NAME.toml, in the current folder")
         self.save_button = widgets.Button(description="Save TOML", icon="save")
         self.train_button = widgets.Button(description="Train", icon="play", button_style="primary")
+        # data-parallel processes (accelerate launch), as `lora-lab train --gpus N`
+        self.gpus = widgets.IntText(value=1, description="GPUs", style={"description_width": "40px"},
+                                    layout={"width": "110px"})
         self.save_button.on_click(self._on_save)
         self.train_button.on_click(self._on_train)
         self.monitor_box = widgets.VBox()
         self.children = [*rows, self.plan, widgets.HBox([self.toml_path, self.save_button]),
-                         widgets.HBox([self.train_button]), self.notice, self.monitor_box]
+                         widgets.HBox([self.train_button, self.gpus]), self.notice, self.monitor_box]
 
     def _load(self, config: dict[str, Any]) -> None:
         """Set the fields that ``config`` (TrainConfig data) names, then check the form once."""
@@ -181,15 +175,15 @@ class TrainingLauncher(widgets.VBox):
         return not self.problems
 
     def _check_source(self, source: str) -> None:
-        if source not in self._counts:
+        if source not in self._sizes:
             try:
-                self._counts[source] = count_images(source, self.ws)
+                self._sizes[source] = measure_images(source, self.ws)
             except LoraLabError as e:
-                self._counts[source] = str(e)
-        count = self._counts[source]
-        if isinstance(count, str):
-            self.problems["dataset.source"] = count
-        elif count[0] == 0:
+                self._sizes[source] = str(e)
+        sizes = self._sizes[source]
+        if isinstance(sizes, str):
+            self.problems["dataset.source"] = sizes
+        elif not sizes:
             self.problems["dataset.source"] = f"{source!r} has no images"
 
     def _show_problems(self) -> None:
@@ -203,27 +197,23 @@ class TrainingLauncher(widgets.VBox):
             self.notice.clear()
 
     def _show_plan(self, cfg: TrainConfig | None) -> None:
-        source = self.fields["dataset.source"].value.strip()
-        count = self._counts.get(source)
+        """The steps the trainer will run, counted as it counts them (aspect-ratio buckets)."""
+        sizes = self._sizes.get(self.fields["dataset.source"].value.strip())
         self.steps = None
-        if cfg is None or not isinstance(count, tuple) or not count[0]:
+        if cfg is None or not isinstance(sizes, list) or not sizes:
             self.plan.value = "<i>steps: fill in a valid form and an existing dataset</i>"
             return
-        images, fixed = count
-        t = cfg.train
-        plan = plan_steps(fixed or images, 1 if fixed else cfg.dataset.repeats, t.epochs,
-                          t.batch_size, t.grad_accum)
-        text = plan.explain() + (" (repeats from the N_name folders)" if fixed else "")
+        try:
+            plan = steps_for(cfg, sizes)
+        except LoraLabError as e:  # e.g. a resolution the family's default buckets cannot hold
+            self.plan.value = f"<i>steps: {html.escape(str(e))}</i>"
+            return
         self.steps = plan.total_steps
-        if t.max_steps:
-            self.steps = t.max_steps
-            text += (f"; max steps {t.max_steps} wins: about "
-                     f"{t.max_steps / plan.steps_per_epoch:.1f} epochs")
-        self.plan.value = f"<b>{self.steps} steps</b>: {html.escape(text)}"
+        self.plan.value = f"<b>{self.steps} steps</b>: {html.escape(plan.explain())}"
 
     # -- buttons ---------------------------------------------------------------------------------
     def _valid_config(self) -> TrainConfig:
-        self._counts.clear()  # count the images again: the folder may have changed since
+        self._sizes.clear()  # measure the images again: the folder may have changed since
         if not self.check():
             raise LoraLabError("fix the fields marked in red first; nothing was saved or started")
         return self.config()
@@ -231,14 +221,15 @@ class TrainingLauncher(widgets.VBox):
     @reporting
     def _on_save(self, _: Any = None) -> None:
         cfg = self._valid_config()
-        path = Path(self.toml_path.value.strip() or f"{cfg.save.name}.toml").expanduser()
+        stem = cfg.save.name or Path(cfg.dataset.source).name
+        path = Path(self.toml_path.value.strip() or f"{stem}.toml").expanduser()
         written = cfg.write(path)
         self.notice.show(f"saved {written.resolve()}", "ok")
 
     @reporting
     def _on_train(self, _: Any = None) -> None:
         cfg = self._valid_config()
-        self.job = submit("train", {"config": cfg.to_dict()}, self.ws)
+        self.job = submit("train", {"config": cfg.to_dict(), "gpus": self.gpus.value}, self.ws)
         if self.monitor is not None:
             self.monitor.close()
         self.monitor = TrainingMonitor(self.job, self.ws, autostart=self.autostart)
@@ -265,6 +256,8 @@ def _field(dotted: str, label: str, kind: type, ws: Workspace) -> widgets.ValueW
         return kind(rows=3, **common)
     if dotted == "model.base":
         common["placeholder"] = "a diffusers folder, a .safetensors file or a Hub id"
+    if dotted == "save.name":
+        common["placeholder"] = "empty: the dataset's name and the job's date and time"
     return kind(**common)
 
 

@@ -18,11 +18,10 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..errors import Conflict, LoraLabError
-from ..jobs import JobRecord, cancel, open_job, resume
-from ..jobs.chart import Curves
-from ..jobs.record import ACTIVE
-from ..jobs.tail import EventTail, LineTail
+from ..jobdir import ACTIVE, JobFollower, JobRecord, open_job
+from ..jobs import cancel, resume
 from ..workspace import Workspace
+from .chart import Curves
 from .common import Notice, Poller, reporting, workspace_of
 
 log = logging.getLogger(__name__)
@@ -35,14 +34,14 @@ STATE_STYLE = {"succeeded": "success", "failed": "danger", "interrupted": "dange
 ERROR_STATES = ("failed", "interrupted", "removed")
 
 
-class JobFollower:
+class MonitoredJob:
     """What a monitor knows about a job, folded from its files: new events and log lines on
-    each :meth:`read`, nothing re-read, everything kept bounded."""
+    each :meth:`read`, nothing re-read, everything kept bounded. It goes on reading after
+    the job ends, since a resumed job writes on."""
 
     def __init__(self, job: JobRecord):
         self.job = job
-        self.events = EventTail(job.path / "events.jsonl")
-        self.lines = LineTail(job.log_path)
+        self.stream = JobFollower(job)
         self.curves = Curves(CURVE_POINTS)
         self.log_lines: deque[str] = deque(maxlen=LOG_LINES)
         self.samples: deque[dict[str, Any]] = deque(maxlen=SAMPLES)
@@ -54,7 +53,7 @@ class JobFollower:
     @property
     def events_read(self) -> int:
         """The number of the newest event read (events are numbered from 1)."""
-        return self.events.n
+        return self.stream.events.n
 
     @property
     def active(self) -> bool:
@@ -70,22 +69,20 @@ class JobFollower:
             self.view = {**before, "state": "removed",
                          "error": f"its job directory {self.job.path} was removed"}
         final = not self.active
-        events = 0
-        while batch := self.events.read():  # a piece at a time: a long backlog never sits in memory
-            events += len(batch)
-            for event in batch:
-                self._fold(event)
-        new_lines = False
-        while lines := self.lines.read(final=final):
-            self.log_lines.extend(line for line, _ in lines)
-            new_lines = True
+        new = False
+        while batch := self.stream.read(final):  # a piece at a time: a long backlog never sits in memory
+            new = True
+            for message in batch:
+                self._fold(message)
         if self.view.get("error") and self.view["state"] in ERROR_STATES:
             self.error = self.view["error"]
-        return bool(events or new_lines or _changed(before, self.view))
+        return new or _changed(before, self.view)
 
     def _fold(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
-        if kind == "phase":
+        if kind == "log_line":
+            self.log_lines.append(event["line"])
+        elif kind == "phase":
             self.phase = event.get("phase")
         elif kind == "progress":
             self.progress = event
@@ -122,7 +119,7 @@ class TrainingMonitor(widgets.VBox):
         self.ws = workspace_of(workspace)
         self.job = job if isinstance(job, JobRecord) else open_job(job, self.ws)
         self.interval = interval
-        self.follower = JobFollower(self.job)
+        self.follower = MonitoredJob(self.job)
         self.notice = Notice()
         self.cancelling: threading.Thread | None = None
         self._lock = threading.Lock()  # the poller thread and a caller may refresh at once
@@ -192,13 +189,13 @@ class TrainingMonitor(widgets.VBox):
         self.log_view.value = ('<pre style="max-height:14em;overflow:auto;font-size:11px">'
                                f"{html.escape(chr(10).join(f.log_lines))}</pre>" if f.log_lines else "")
 
-    def _show_error(self, f: JobFollower, state: str) -> None:
+    def _show_error(self, f: MonitoredJob, state: str) -> None:
         if f.error and state in ERROR_STATES:
             self.notice.show(f"job {state}: {f.error}", "error")
         elif self.notice.kind == "error" and state in ACTIVE:
             self.notice.clear()  # resumed: the old error no longer holds
 
-    def _show_samples(self, f: JobFollower) -> None:
+    def _show_samples(self, f: MonitoredJob) -> None:
         wanted = [e["path"] for e in f.samples]
         if wanted == list(self._sample_boxes):
             return
@@ -243,7 +240,7 @@ class TrainingMonitor(widgets.VBox):
         super().close()
 
 
-def _fraction(f: JobFollower) -> float:
+def _fraction(f: MonitoredJob) -> float:
     p = f.progress
     if p and p.get("total"):
         return min(p["step"] / p["total"], 1.0)

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
-from .errors import LoraLabError
-from .jobs import JobRecord, run_job
-from .workspace import Workspace
+from ..errors import LoraLabError
+from ..jobdir import JobRecord
+from ..jobs import check_params, run_job
+from ..workspace import Workspace
 
 if TYPE_CHECKING:
-    from .training.config import TrainConfig
+    pass
 
 CAPTIONS_SHOWN = 24  # images in the caption record's table; the rest are in the dataset
 THUMB_PX = 128
@@ -58,7 +59,7 @@ class TrainPipeline(Pipeline):
               workspace: str | os.PathLike | None = None, resume: bool = False,
               job_dir: str | os.PathLike | None = None) -> TrainPipeline:
         """The notebook's parameters checked, and the job to run (recorded now unless given)."""
-        from .training.config import TrainConfig
+        from ..training.config import TrainConfig
 
         _expect("resume", resume, (bool,), "True or False")
         _expect("workspace", workspace, (str, os.PathLike, type(None)), "a folder path or None")
@@ -76,8 +77,7 @@ class TrainPipeline(Pipeline):
         cfg = TrainConfig.load(config)
         cfg = cfg.apply_overrides(overrides) if overrides else cfg
         ws = Workspace(workspace)
-        check_source(cfg, ws)
-        return cls(JobRecord.create("train", {"config": cfg.to_dict()}, ws))
+        return cls(JobRecord.create("train", check_params("train", {"config": cfg.to_dict()}, ws), ws))
 
     def show_config(self) -> None:
         _markdown(f"Train job `{self.job.id}` in `{self.job.path}`, with this config:\n\n"
@@ -85,7 +85,7 @@ class TrainPipeline(Pipeline):
 
     def show_dataset(self) -> None:
         source = self.params["config"]["dataset"]["source"]
-        from .training.data import is_dataset_name
+        from ..training.data import is_dataset_name
 
         _markdown(dataset_markdown(source, self.ws) if is_dataset_name(source)
                   else folder_markdown(source, self.params["config"], self.ws))
@@ -94,7 +94,7 @@ class TrainPipeline(Pipeline):
         """The loss (raw and smoothed) and learning-rate curves, as SVG."""
         from IPython.display import SVG, display
 
-        from .jobs.chart import loss_chart_svg, lr_chart_svg
+        from .chart import loss_chart_svg, lr_chart_svg
 
         events = self.job.events()
         display(SVG(loss_chart_svg(events)), SVG(lr_chart_svg(events)))
@@ -120,8 +120,6 @@ class CaptionPipeline(Pipeline):
     def check(cls, workspace: str | os.PathLike | None = None, resume: bool = False,
               job_dir: str | os.PathLike | None = None, **params: Any) -> CaptionPipeline:
         """The notebook's parameters checked (those of a caption job), and the job to run."""
-        from .captioning.job import caption_params
-
         _expect("resume", resume, (bool,), "True or False")
         _expect("workspace", workspace, (str, os.PathLike, type(None)), "a folder path or None")
         if job_dir is not None:
@@ -131,7 +129,7 @@ class CaptionPipeline(Pipeline):
             return cls(job_of(job_dir, cls.kind), resume)
         _no_resume_without_job(resume)
         ws = Workspace(workspace)
-        return cls(JobRecord.create("caption", caption_params(params, ws), ws))
+        return cls(JobRecord.create("caption", check_params("caption", params, ws), ws))
 
     def show_params(self) -> None:
         shown = {k: v for k, v in self.params.items() if v is not None}  # TOML has no None
@@ -139,7 +137,7 @@ class CaptionPipeline(Pipeline):
                   f"```toml\n{tomli_w.dumps(shown)}```")
 
     def show_report(self) -> None:
-        from .datasets import Dataset
+        from ..datasets import Dataset
 
         done = self.events("done")[-1]
         lines = [f"Captioned **{done['captioned']}** of {done['selected']} images in "
@@ -191,14 +189,6 @@ def job_of(job_dir: str | os.PathLike, kind: str) -> JobRecord:
     return job
 
 
-def check_source(config: TrainConfig, ws: Workspace) -> None:
-    """Refuse a config whose dataset.source is neither a dataset nor a folder of images."""
-    from .training.data import gather_images
-
-    d = config.dataset
-    gather_images(d.source, d.repeats, d.caption_extension, ws)
-
-
 # -- the record ------------------------------------------------------------------------------------
 def _markdown(text: str) -> None:
     """Markdown, also as plain text: papermill's log and a terminal read the same record."""
@@ -209,8 +199,8 @@ def _markdown(text: str) -> None:
 
 def dataset_markdown(name: str, ws: Workspace) -> str:
     """A dataset's stats as Markdown: counts, formats, sizes, top tags."""
-    from .datasets import Dataset
-    from .datasets.stats import dataset_stats
+    from ..datasets import Dataset
+    from ..datasets.stats import dataset_stats
 
     s = dataset_stats(Dataset.open(name, ws), top_tags=15)
     rows = [("images", s["images"]), ("captioned", s["captioned"]),
@@ -225,7 +215,7 @@ def dataset_markdown(name: str, ws: Workspace) -> str:
 
 def folder_markdown(source: str, config: dict[str, Any], ws: Workspace) -> str:
     """What the trainer reads from a folder ``source``: images, captions, sizes."""
-    from .training.data import gather_images
+    from ..training.data import gather_images
 
     d = config["dataset"]
     images = gather_images(source, d["repeats"], d["caption_extension"], ws)
@@ -249,8 +239,8 @@ def output_markdown(job: JobRecord) -> str:
 
 def captions_html(name: str, files: list[str] | None, ws: Workspace) -> str:
     """A table of thumbnails and their captions (the first :data:`CAPTIONS_SHOWN`)."""
-    from .datasets import Dataset
-    from .datasets.thumbs import thumbnail_path
+    from ..datasets import Dataset
+    from ..datasets.thumbs import thumbnail_path
 
     ds = Dataset.open(name, ws)
     files = files or [r["file"] for r in ds.index.all()]

@@ -30,7 +30,9 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted"
 ACTIVE = ("queued", "running")
 HEARTBEAT_S = 5.0  # a live job rewrites its heartbeat this often ...
 STALE_S = 60.0  # ... so one older than this means its process hangs or is gone
-_ID = re.compile(r"[0-9]{8}-[0-9]{6}-[a-z]+-[0-9a-f]{6}")
+# date-time to the millisecond, so ids sort in creation order (ids of older versions, to the
+# second, still open and sort before any newer id of the same second)
+_ID = re.compile(r"[0-9]{8}-[0-9]{6}(?:[0-9]{3})?-[a-z]+-[0-9a-f]{6}")
 _status_lock = threading.Lock()  # the heartbeat thread and the job's own updates both rewrite status
 _beating: set[Path] = set()
 
@@ -42,15 +44,15 @@ class JobRecord:
 
     @classmethod
     def create(cls, kind: str, params: dict[str, Any], workspace: Workspace | None = None,
-               notebook: Path | None = None) -> "JobRecord":
+               notebook: Path | None = None) -> JobRecord:
         """A new queued job; with ``notebook``, the job runner runs it through that notebook."""
         ws = workspace or Workspace()
-        job_id = time.strftime("%Y%m%d-%H%M%S") + f"-{kind}-{secrets.token_hex(3)}"
-        job = cls(ws.jobs / job_id)
-        job.path.mkdir(parents=True)
+        ws.jobs.mkdir(parents=True, exist_ok=True)
+        job = cls(ws.jobs / _new_id(kind))
+        job.path.mkdir()
         spec = {"kind": kind, "params": params, **({"notebook": str(notebook)} if notebook else {})}
         atomic.write_text(job.path / "spec.json", json.dumps(spec, indent=2))
-        job.set_status("queued")
+        job.set_status("queued", queued_at=time.time())
         return job
 
     @property
@@ -155,11 +157,26 @@ class JobRecord:
             _beating.discard(self.path)
 
 
+_last_ms = 0
+_id_lock = threading.Lock()
+
+
+def _new_id(kind: str) -> str:
+    """A job id like 20261123-101500123-train-1a2b3c: two made in this process never share a
+    millisecond, so they sort in the order they were made."""
+    global _last_ms
+    with _id_lock:
+        _last_ms = max(time.time_ns() // 1_000_000, _last_ms + 1)
+        ms = _last_ms
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(ms // 1000)) + f"{ms % 1000:03d}"
+    return f"{stamp}-{kind}-{secrets.token_hex(3)}"
+
+
 def open_job(job_id: str, workspace: Workspace | None = None) -> JobRecord:
     """The job ``job_id``; a name that is not a job id is refused before touching the disk."""
     ws = workspace or Workspace()
     if not _ID.fullmatch(job_id):
-        raise LoraLabError(f"{job_id!r} is not a job id (like 20261123-101500-train-1a2b3c)")
+        raise LoraLabError(f"{job_id!r} is not a job id (like 20261123-101500123-train-1a2b3c)")
     job = JobRecord(ws.jobs / job_id)
     if not (job.path / "status.json").is_file():
         raise NotFound(f"no job {job_id} in {ws.jobs} (see `lora-lab jobs list`)")

@@ -1,0 +1,11 @@
+"""The job directory, the contract between a running job and whoever watches it (DESIGN.md).
+
+A leaf of the package: it imports no step of the data flow (training, captioning), so every
+step and every surface can read and write job directories without an import circle.
+"""
+from .follow import JobFollower
+from .record import ACTIVE, STATES, JobRecord, list_jobs, open_job, pid_alive, process_alive
+from .tail import EventTail, LineTail
+
+__all__ = ["ACTIVE", "STATES", "EventTail", "JobFollower", "JobRecord", "LineTail", "list_jobs",
+           "open_job", "pid_alive", "process_alive"]

@@ -1,0 +1,76 @@
+"""The registry of job kinds: how each checks its parameters before a job exists, how many
+GPUs it takes, and how it runs. The steps' own code is imported only when a job needs it."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import LoraLabError
+from ..jobdir import JobRecord
+from ..workspace import Workspace
+
+OnEvent = Callable[[dict[str, Any]], None] | None
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    # params checked and completed, relative paths made absolute against a folder
+    check: Callable[[dict[str, Any], Workspace, Path], dict[str, Any]]
+    gpus: Callable[[dict[str, Any]], int]  # the GPU slots its checked params take
+    run: Callable[[JobRecord, Workspace, bool, OnEvent], Any]  # (job, workspace, resume, on_event)
+
+
+def _check_caption(params: dict[str, Any], ws: Workspace, base: Path) -> dict[str, Any]:
+    from ..captioning.job import caption_params
+
+    params = caption_params(params, ws)
+    for key in ("model", "mmproj"):
+        if params[key]:
+            params[key] = str(base / Path(params[key]).expanduser())
+    return params
+
+
+def _run_caption(job: JobRecord, ws: Workspace, resume: bool, on_event: OnEvent) -> Any:
+    from ..captioning.job import run_caption_job
+
+    return run_caption_job(job, ws, on_event=on_event)
+
+
+def _check_train(params: dict[str, Any], ws: Workspace, base: Path) -> dict[str, Any]:
+    from ..training.job import train_params
+
+    return train_params(params, ws, base)
+
+
+def _run_train(job: JobRecord, ws: Workspace, resume: bool, on_event: OnEvent) -> Any:
+    from ..training.job import run_train_job
+
+    return run_train_job(job, ws, resume=resume, on_event=on_event)
+
+
+KINDS = {k.name: k for k in (
+    # a caption server elsewhere (--server URL) needs no GPU here
+    JobKind("caption", _check_caption, lambda p: 0 if p["server"] else 1, _run_caption),
+    JobKind("train", _check_train, lambda p: p["gpus"], _run_train),
+)}
+
+
+def kind_of(name: str) -> JobKind:
+    if name not in KINDS:
+        raise LoraLabError(f"unknown job kind {name!r}; use one of {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+def check_params(kind: str, params: Any, workspace: Workspace | None = None,
+                 base: str | os.PathLike | None = None) -> dict[str, Any]:
+    """A job's parameters checked, completed with defaults and with every path absolute
+    (relative ones are taken from ``base``, default the current folder), before anything
+    starts: a job runs in its own directory, where a relative path would mean another file."""
+    job_kind = kind_of(kind)
+    if not isinstance(params, dict):
+        raise LoraLabError(f"a {kind} job's params must be an object, not {type(params).__name__}")
+    return job_kind.check(params, workspace or Workspace(), Path(base or os.getcwd()).absolute())

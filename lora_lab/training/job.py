@@ -1,0 +1,132 @@
+"""A train job: its parameters checked before it exists, and the run, in one process or as
+data-parallel ranks under ``accelerate launch``.
+
+The same function runs it in the foreground (``lora-lab train``) and as a background job
+(``lora-lab jobs submit train``, the server extension, the notebook launcher).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..devices import check_gpus
+from ..errors import LoraLabError
+from ..jobdir import JobRecord
+from ..workspace import Workspace
+from .base_model import detect_family
+from .config import TrainConfig
+from .data import gather_images
+from .trainer import Trainer, TrainResult
+
+OnEvent = Callable[[dict[str, Any]], None] | None
+PARAMS = ("config", "gpus")
+
+
+def train_params(params: dict[str, Any], workspace: Workspace, base: Path) -> dict[str, Any]:
+    """``{"config": {...}, "gpus": N}`` checked, with every path in the config absolute
+    (relative ones taken from ``base``) and the base model's family readable."""
+    if not isinstance(params.get("config"), dict) or set(params) - set(PARAMS):
+        raise LoraLabError('a train job\'s params are {"config": {...}, "gpus": N}: the '
+                           "TrainConfig as an object with sections model, dataset, network, "
+                           "train, save, sample, and the number of GPUs (default 1)")
+    config = absolute_paths(TrainConfig.from_dict(params["config"]), base)
+    # a missing or unreadable base model or dataset fails here, before the job exists
+    detect_family(config.model.base)
+    d = config.dataset
+    gather_images(d.source, d.repeats, d.caption_extension, workspace)
+    return {"config": config.to_dict(), "gpus": check_gpus(params.get("gpus", 1))}
+
+
+def absolute_paths(config: TrainConfig, base: Path) -> TrainConfig:
+    """``config`` with its relative paths taken from ``base``; Hub ids and dataset names stay."""
+    d = config.to_dict()
+    m, data, save = d["model"], d["dataset"], d["save"]
+    for section, key in ((m, "base"), (m, "vae"), (m, "config"), (save, "output_dir")):
+        value = section[key]
+        if value and (key == "output_dir" or (base / Path(value).expanduser()).exists()
+                      or value.startswith((".", "~"))):
+            section[key] = os.path.normpath(base / Path(value).expanduser())
+    source = data["source"]  # a dataset name, unless it reads as a folder seen from ``base``
+    if "/" in source or source.startswith("~") or (base / source).is_dir():
+        data["source"] = os.path.normpath(base / Path(source).expanduser())
+    return TrainConfig.from_dict(d)
+
+
+def run_train_job(job: JobRecord, workspace: Workspace, *, resume: bool = False,
+                  on_event: OnEvent = None) -> TrainResult:
+    """Train as ``job``'s spec says: in this process, or with ``gpus`` data-parallel ranks."""
+    params = job.spec()["params"]
+    config = TrainConfig.from_dict(params["config"])
+    gpus = params.get("gpus", 1)
+    if gpus > 1:
+        return launch(job, gpus, resume, on_event)
+    return train(config, job, resume=resume, workspace=workspace, on_event=on_event)
+
+
+def train(config: TrainConfig, job: JobRecord | None = None, *, resume: bool = False,
+          workspace: Workspace | None = None, on_event: OnEvent = None) -> TrainResult:
+    """Run a training job to its end, recording it in ``job`` (a new one by default).
+
+    Under ``accelerate launch`` every rank calls this with the same job; rank 0 reports.
+    """
+    ws = workspace or Workspace()
+    job = job or JobRecord.create("train", {"config": config.to_dict(), "gpus": 1}, ws)
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
+        job.set_status("running", phase="validating", started_at=time.time())
+    try:
+        with job.heartbeat() if main else contextlib.nullcontext():
+            result = Trainer(config, job, ws, on_event).run(resume)
+    except BaseException as e:
+        if main:
+            job.record_end(e)
+        raise
+    if main:
+        done = {"output": str(result.output), "steps": result.steps, "seconds": result.seconds,
+                "loss": result.loss}
+        job.event({"type": "done", **done})
+        job.set_status("succeeded", phase="done", progress=1.0, **done)
+    return result
+
+
+def launch(job: JobRecord, gpus: int, resume: bool, on_event: OnEvent = None) -> TrainResult:
+    """Run the job as ``gpus`` ranks under ``accelerate launch``, passing their events on.
+
+    The ranks write to this process's own output (log.txt for a background job), never to a
+    pipe that could fill and stall them; they share its process group, so a cancel reaches them.
+    """
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+           str(gpus), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", "0", "-m", "lora_lab.training", str(job.path)]
+    cmd += ["--resume"] if resume else []
+    # ranks x threads within the cores (oversubscribed gloo ranks crawl)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    seen = len(job.events())
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None:
+            time.sleep(0.2)
+            seen = _pass_on(job, seen, on_event)
+    except KeyboardInterrupt:  # the ranks got the same Ctrl-C: let them save their checkpoint
+        proc.wait()
+        raise
+    _pass_on(job, seen, on_event)
+    status = job.status()
+    if proc.returncode != 0 or status["state"] != "succeeded":
+        cause = status.get("error") or f"accelerate launch exited with {proc.returncode}"
+        raise LoraLabError(f"training with {gpus} processes failed: {cause}")
+    return TrainResult(Path(status["output"]), status["steps"], status["seconds"], status["loss"])
+
+
+def _pass_on(job: JobRecord, seen: int, on_event: OnEvent) -> int:
+    events = job.events(seen)
+    for event in events:
+        if on_event:
+            on_event(event)
+    return seen + len(events)
