@@ -3,6 +3,7 @@ that wait for their GPU slot, one resume path, absolute paths in specs, LoRA nam
 replace another run's, job ids in creation order."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -158,3 +159,34 @@ def test_the_launcher_panel_asks_for_gpus_with_the_same_check(ws, tiny_models):
         launcher.train_button.click()
         assert launcher.notice.kind == "error" and words in launcher.notice.text
     assert launcher.job is None and list_jobs(ws) == []
+
+
+def test_on_a_gpu_machine_each_slot_is_its_own_gpu(ws, tmp_path, monkeypatch):
+    from lora_lab import devices
+    from lora_lab.jobs.slots import holding_slots
+
+    driver = tmp_path / "nvidia-gpus"
+    for bus in ("0000:01:00.0", "0000:02:00.0"):
+        (driver / bus).mkdir(parents=True)
+    monkeypatch.setattr(devices, "NVIDIA_GPUS", driver)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert devices.visible_devices() == (2, "GPU")
+    with pytest.raises(LoraLabError, match="this machine has 2 GPUs"):
+        devices.check_gpus(3)
+    job = JobRecord.create("caption", {}, ws)
+    with holding_slots(job, ws, 2, 1):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    (ws.jobs / ".slots").mkdir(exist_ok=True)
+    with open(ws.jobs / ".slots" / "slot-0.lock", "w") as other:  # another job's process holds GPU 0
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with holding_slots(job, ws, 2, 1):
+            assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # the pod's own choice is kept, and split
+        with holding_slots(job, ws, 2, 1):
+            assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "3,5"
+    with holding_slots(job, ws, 2, 2):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "3,5"
+    with holding_slots(job, ws, 1, 2):  # more GPUs than slots: it runs alone and sees them all
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "3,5"

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from ..devices import gpu_ids
 from ..errors import LoraLabError
 from ..jobdir import JobRecord, list_jobs, process_alive
 from ..workspace import Workspace
@@ -33,26 +34,40 @@ def gpu_slots() -> int:
 @contextlib.contextmanager
 def holding_slots(job: JobRecord, ws: Workspace, slots: int, need: int) -> Iterator[None]:
     """Wait for ``need`` of the ``slots`` (all of them when it asks for more), hold them while
-    the body runs. ``need`` 0 (a caption job on a remote server) takes none."""
-    need = min(need, slots)
-    with job.heartbeat():  # while it waits; the job's own code beats while it runs
-        locks = _wait(job, ws, slots, need) if need else []
+    the body runs. ``need`` 0 (a caption job on a remote server) takes none.
+
+    On a machine with GPUs, slot k is GPU k: the body sees only its slots' GPUs (through
+    ``$CUDA_VISIBLE_DEVICES``), so two jobs never land on one GPU by default. A job that took
+    every slot for more GPUs than there are slots runs alone and sees them all.
+    """
+    held: list[tuple[int, IO[str]]] = []
+    if min(need, slots):
+        with job.heartbeat():  # while it waits; the job's own code beats while it runs
+            held = _wait(job, ws, slots, min(need, slots))
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = gpu_ids()
+    if ids and held and len(held) == need:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids[k % len(ids)] for k, _ in held)
     try:
         yield
     finally:
-        for lock in locks:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
+        for _, lock in held:
             lock.close()
 
 
-def _wait(job: JobRecord, ws: Workspace, slots: int, need: int) -> list[IO[str]]:
+def _wait(job: JobRecord, ws: Workspace, slots: int, need: int) -> list[tuple[int, IO[str]]]:
     folder = ws.jobs / ".slots"
     folder.mkdir(parents=True, exist_ok=True)
     waiting = False
     while True:
         if _ahead(job, ws) < slots:
-            locks = _take(folder, slots, need)
-            if locks:
-                return locks
+            held = _take(folder, slots, need)
+            if held:
+                return held
         if not waiting:
             waiting = True
             job.set_status("queued", phase="waiting for a free slot")
@@ -61,9 +76,10 @@ def _wait(job: JobRecord, ws: Workspace, slots: int, need: int) -> list[IO[str]]
         time.sleep(POLL_S)
 
 
-def _take(folder: Path, slots: int, need: int) -> list[IO[str]]:
-    """``need`` slot locks at once, or none (a job never sits on some while waiting for more)."""
-    locks: list[IO[str]] = []
+def _take(folder: Path, slots: int, need: int) -> list[tuple[int, IO[str]]]:
+    """``need`` slots at once (their numbers and locks), or none: a job never sits on some
+    while it waits for more."""
+    held: list[tuple[int, IO[str]]] = []
     for k in range(slots):
         lock = open(folder / f"slot-{k}.lock", "w")
         try:
@@ -71,10 +87,10 @@ def _take(folder: Path, slots: int, need: int) -> list[IO[str]]:
         except BlockingIOError:
             lock.close()
             continue
-        locks.append(lock)
-        if len(locks) == need:
-            return locks
-    for lock in locks:
+        held.append((k, lock))
+        if len(held) == need:
+            return held
+    for _, lock in held:
         lock.close()
     return []
 
