@@ -55,7 +55,7 @@ def _run_train(job: JobRecord, ws: Workspace, resume: bool, on_event: OnEvent) -
 KINDS = {k.name: k for k in (
     # a caption server elsewhere (--server URL) needs no GPU here
     JobKind("caption", _check_caption, lambda p: 0 if p["server"] else 1, _run_caption),
-    JobKind("train", _check_train, lambda p: p["gpus"], _run_train),
+    JobKind("train", _check_train, lambda p: p.get("gpus", 1), _run_train),  # older specs: 1
 )}
 
 
