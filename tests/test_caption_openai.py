@@ -32,6 +32,8 @@ class FakeState:
 
     def reset(self):
         self.release.set()
+        with self.lock:  # replies of the last test still running would unbalance the count
+            self.lock.wait_for(lambda: getattr(self, "in_flight", 0) <= 0, timeout=15)
         self.release = threading.Event()
         self.models = ["tiny-vlm"]
         self.delay = 0.0
@@ -99,6 +101,7 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             with state.lock:
                 state.in_flight -= 1
+                state.lock.notify_all()
 
     def _reply(self, state: FakeState, body: dict, scripted):
         if scripted == "hang":
