@@ -159,6 +159,13 @@ def test_the_launcher_panel_asks_for_gpus_with_the_same_check(ws, tiny_models):
         launcher.train_button.click()
         assert launcher.notice.kind == "error" and words in launcher.notice.text
     assert launcher.job is None and list_jobs(ws) == []
+    for dotted, value in {"train.max_steps": 0, "train.epochs": 2, "dataset.repeats": 3,
+                          "train.batch_size": 2}.items():
+        launcher.fields[dotted].value = value
+    launcher.gpus.value = 1
+    one = launcher.steps
+    launcher.gpus.value = 2  # two ranks take two batches a step: the count halves, as the trainer's
+    assert (one, launcher.steps) == (24, 12) and "over 2 processes" in launcher.plan.value
 
 
 def test_on_a_gpu_machine_each_slot_is_its_own_gpu(ws, tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..devices import check_gpus
 from ..errors import LoraLabError
-from ..jobdir import JobRecord
+from ..jobdir import EventTail, JobRecord
 from ..workspace import Workspace
 from .base_model import detect_family
 from .config import TrainConfig
@@ -107,16 +107,17 @@ def launch(job: JobRecord, gpus: int, resume: bool, on_event: OnEvent = None) ->
     cmd += ["--resume"] if resume else []
     # ranks x threads within the cores (oversubscribed gloo ranks crawl)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    seen = len(job.events())
+    events = EventTail(job.path / "events.jsonl")
+    events.read_all()  # what earlier runs of the job wrote
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
     try:
         while proc.poll() is None:
             time.sleep(0.2)
-            seen = _pass_on(job, seen, on_event)
+            _pass_on(events, on_event)
     except KeyboardInterrupt:  # the ranks got the same Ctrl-C: let them save their checkpoint
         proc.wait()
         raise
-    _pass_on(job, seen, on_event)
+    _pass_on(events, on_event)
     status = job.status()
     if proc.returncode != 0 or status["state"] != "succeeded":
         cause = status.get("error") or f"accelerate launch exited with {proc.returncode}"
@@ -124,9 +125,8 @@ def launch(job: JobRecord, gpus: int, resume: bool, on_event: OnEvent = None) ->
     return TrainResult(Path(status["output"]), status["steps"], status["seconds"], status["loss"])
 
 
-def _pass_on(job: JobRecord, seen: int, on_event: OnEvent) -> int:
-    events = job.events(seen)
-    for event in events:
+def _pass_on(events: EventTail, on_event: OnEvent) -> None:
+    """The ranks' new events to ``on_event`` (read incrementally, not the whole file a poll)."""
+    for event in events.read_all():
         if on_event:
             on_event(event)
-    return seen + len(events)

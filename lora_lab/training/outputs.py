@@ -3,7 +3,6 @@ under a name that never replaces another run's."""
 from __future__ import annotations
 
 import io
-import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,18 +92,18 @@ def lora_name(config: TrainConfig, job_id: str) -> str:
 def place_lora(staged: Path, wanted: Path, job_id: str) -> Path:
     """Give a finished LoRA its name, or ``NAME-2``, ``NAME-3``... when another job's file has
     that name: a LoRA never silently replaces another run's (a resumed job replaces its own)."""
-    for n in itertools.count(1):
-        target = wanted if n == 1 else wanted.with_name(f"{wanted.stem}-{n}{wanted.suffix}")
-        if _written_by(target, job_id):
-            os.replace(staged, target)
-            return target
+    target, n = wanted, 1
+    while not _written_by(target, job_id):
         try:
             os.link(staged, target)  # fails if the name is taken, even by a run finishing now
         except FileExistsError:
+            n += 1
+            target = wanted.with_name(f"{wanted.stem}-{n}{wanted.suffix}")
             continue
         staged.unlink()
         return target
-    raise AssertionError("unreachable")
+    os.replace(staged, target)
+    return target
 
 
 def _written_by(path: Path, job_id: str) -> bool:

@@ -104,6 +104,7 @@ class TrainingLauncher(widgets.VBox):
         # data-parallel processes (accelerate launch), as `lora-lab train --gpus N`
         self.gpus = widgets.IntText(value=1, description="GPUs", style={"description_width": "40px"},
                                     layout={"width": "110px"})
+        self.gpus.observe(self._on_change, "value")  # the step count divides by it
         self.save_button.on_click(self._on_save)
         self.train_button.on_click(self._on_train)
         self.monitor_box = widgets.VBox()
@@ -204,7 +205,7 @@ class TrainingLauncher(widgets.VBox):
             self.plan.value = "<i>steps: fill in a valid form and an existing dataset</i>"
             return
         try:
-            plan = steps_for(cfg, sizes)
+            plan = steps_for(cfg, sizes, world=self.gpus.value)
         except LoraLabError as e:  # e.g. a resolution the family's default buckets cannot hold
             self.plan.value = f"<i>steps: {html.escape(str(e))}</i>"
             return
