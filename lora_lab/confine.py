@@ -2,9 +2,10 @@
 
 The CLI and the panels act for the person at the keyboard, who may name any file. A REST client
 may not: every path in what it submits is resolved inside the workspace (or, for ingest, inside
-the folders the server's admin lists), and the caption API key goes only to the servers the admin
-allows. These checks run before a job record exists or a byte is read; they return the request
-with every path made absolute, so the job reads exactly what was checked.
+the folders the server's admin lists and the Jupyter root, whose files the same user's file
+browser shows anyway), and the caption API key goes only to the servers the admin allows. These
+checks run before a job record exists or a byte is read; they return the request with every
+path made absolute, so the job reads exactly what was checked.
 """
 from __future__ import annotations
 
@@ -142,25 +143,44 @@ def check_caption_server(url: str, servers: Iterable[str]) -> None:
                            "servers or $LORA_LAB_ALLOWED_CAPTION_SERVERS")
 
 
-# -- ingest -----------------------------------------------------------------------------------------
-def ingest_source(source: str, ws: Workspace, roots: Iterable[Path]) -> Path:
-    """A zip or folder to ingest: inside the workspace (relative paths are the workspace's) or
-    inside one of the ``roots`` the admin listed; symlinks are followed before the check."""
+# -- ingest ----------------------------------------------------------------------------------------
+def ingest_source(source: str, ws: Workspace, roots: Iterable[Path],
+                  contents_root: Path | None = None) -> Path:
+    """A zip or folder to ingest: inside the workspace, inside one of the ``roots`` the admin
+    listed, or inside the Jupyter server's ``contents_root`` (its file browser already shows that
+    tree to the same user); symlinks are followed before the check. A relative path is the
+    workspace's, else (when the workspace has nothing by that name) the contents root's: the
+    folder a file browser shows."""
     if not source or "\x00" in source or source.startswith("~"):
         raise LoraLabError(f"source {source!r}: name a zip or folder inside the workspace")
     target = (ws.root / source).resolve()
-    roots = list(roots)
-    if target == ws.root:
-        raise LoraLabError("source: the workspace itself cannot be ingested; name a folder or "
-                           "zip inside it")
-    if not any(target == r or r in target.parents for r in (ws.root, *roots)):
-        listed = ", ".join(map(str, roots)) if roots else "none are set"
-        raise LoraLabError(f"source {source!r} is outside the workspace {ws.root} and the ingest "
-                           f"roots ({listed}); copy it into the workspace, or have the server's "
-                           "admin list its folder in LoraLabApp.ingest_roots")
+    if contents_root is not None and not _exists(target):
+        target = (contents_root / source).resolve()
+    allowed = [*roots, *([contents_root] if contents_root is not None else [])]
+    if target == ws.root or target in ws.root.parents:
+        raise LoraLabError("source: the workspace itself (or a folder holding it) cannot be "
+                           "ingested; name a folder or zip inside it")
+    if not any(target == r or r in target.parents for r in (ws.root, *allowed)):
+        listed = ", ".join(map(str, allowed)) if allowed else "none are set"
+        raise LoraLabError(f"source {source!r} is outside the workspace {ws.root}, the Jupyter "
+                           f"root and the ingest roots ({listed}); copy it into the workspace, "
+                           "or have the server's admin list its folder in LoraLabApp.ingest_roots")
     if not _exists(target):
         raise NotFound(f"source {source!r} does not exist")
     return target
+
+
+# -- the Jupyter contents root ----------------------------------------------------------------------
+def contents_path(path: Path | None, root: Path | None) -> str | None:
+    """``path`` as JupyterLab's file browser names it: relative to the server's root, in posix
+    form ("" for the root itself); None when it lies outside (the browser cannot show it)."""
+    if path is None or root is None:
+        return None
+    try:
+        rel = path.resolve().relative_to(root)
+    except ValueError:
+        return None
+    return "" if rel == Path() else rel.as_posix()
 
 
 def _exists(path: Path, links: bool = False) -> bool:

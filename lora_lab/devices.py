@@ -1,9 +1,12 @@
 """The devices a job may spread over, read without importing torch (the server checks
-requests with this, and must stay light)."""
+requests with this, and must stay light); and what the GPUs are doing now, read with NVIDIA's
+management library (NVML) for the sidebar's GPU strip."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 from .errors import LoraLabError
 
@@ -36,3 +39,53 @@ def check_gpus(gpus: object) -> int:
         raise LoraLabError(f"gpus = {gpus}, but this machine has {count} {what}"
                            f"{'s' if count > 1 else ''} to run on")
     return gpus
+
+
+_nvml_lock = threading.Lock()
+_nvml_ready = False  # NVML is started once per process and left running: a start enumerates
+# every GPU, too slow to repeat every poll
+
+
+def gpu_status() -> dict[str, Any]:
+    """Each GPU's name, utilization and memory now, as NVML reads them:
+    ``{"gpus": [gpu_reading(...), ...], "source": "nvml"}``; on a box without the library, the
+    driver or a GPU, ``{"gpus": [], "source": "none"}`` (the sidebar says "CPU only")."""
+    global _nvml_ready
+    try:
+        import pynvml  # nvidia-ml-py: ctypes only, but nothing else needs it
+    except ImportError:
+        return _no_gpus()
+    try:
+        with _nvml_lock:
+            if not _nvml_ready:
+                pynvml.nvmlInit()
+                _nvml_ready = True
+        gpus = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            gpus.append(gpu_reading(index, pynvml.nvmlDeviceGetName(handle),
+                                    _utilization(pynvml, handle), memory.used, memory.total))
+    except pynvml.NVMLError:  # no driver (NVMLError_LibraryNotFound), no GPU, a GPU gone
+        return _no_gpus()
+    return {"gpus": gpus, "source": "nvml"} if gpus else _no_gpus()
+
+
+def _no_gpus() -> dict[str, Any]:
+    return {"gpus": [], "source": "none"}
+
+
+def _utilization(pynvml: Any, handle: Any) -> int | None:
+    try:
+        return pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
+    except pynvml.NVMLError_NotSupported:  # a MIG slice reports memory only
+        return None
+
+
+def gpu_reading(index: int, name: str | bytes, utilization: int | None, used_bytes: int,
+                total_bytes: int) -> dict[str, Any]:
+    """One GPU as GET gpus shows it: utilization in percent, memory in MiB."""
+    if isinstance(name, bytes):  # older nvidia-ml-py versions return the C string as it is
+        name = name.decode("utf-8", errors="replace")
+    return {"index": index, "name": name, "utilization": utilization,
+            "memory_used_mb": used_bytes // 2**20, "memory_total_mb": total_bytes // 2**20}

@@ -155,3 +155,29 @@ async def test_invalid_jobs_are_refused_before_anything_starts(api, jp_ws_fetch,
     with pytest.raises(tornado.httpclient.HTTPClientError) as e:
         await jp_ws_fetch(*API, "jobs", job.id, "stream", params={"after": "-1"})
     assert e.value.code == 400
+
+
+async def test_500_jobs_come_in_pages_newest_first(api, ws):
+    ids = []
+    for _ in range(500):
+        job = JobRecord.create("caption", {}, ws)
+        job.set_status("succeeded", pid=None)
+        ids.append(job.id)
+    newest = ids[::-1]
+    code, page = await api("jobs", params={"limit": 50})
+    assert code == 200 and (page["total"], page["offset"], page["limit"]) == (500, 0, 50)
+    assert [j["id"] for j in page["jobs"]] == newest[:50]
+    code, page = await api("jobs", params={"offset": 480, "limit": 50})
+    assert [j["id"] for j in page["jobs"]] == newest[480:] and page["total"] == 500
+    code, page = await api("jobs", params={"offset": 600, "limit": 50})
+    assert code == 200 and page["jobs"] == [] and page["total"] == 500
+    code, everything = await api("jobs")  # without a limit: every job, as before paging
+    assert [j["id"] for j in everything["jobs"]] == newest and everything["limit"] is None
+
+
+@pytest.mark.parametrize("params, name", [
+    ({"limit": "-1"}, "limit"), ({"limit": "0"}, "limit"), ({"limit": "fifty"}, "limit"),
+    ({"limit": "1001"}, "limit"), ({"offset": "-5"}, "offset"), ({"offset": "x", "limit": 5}, "offset")])
+async def test_a_bad_page_is_refused(api, ws, params, name):
+    code, err = await api("jobs", params=params)
+    assert code == 400 and err["detail"].startswith(name), err

@@ -6,6 +6,7 @@ step and every surface can read and write job directories without an import circ
 from .follow import JobFollower
 from .record import ACTIVE, STATES, JobRecord, list_jobs, open_job, pid_alive, process_alive
 from .tail import EventTail, LineTail
+from .watch import JobsWatch
 
-__all__ = ["ACTIVE", "STATES", "EventTail", "JobFollower", "JobRecord", "LineTail", "list_jobs",
-           "open_job", "pid_alive", "process_alive"]
+__all__ = ["ACTIVE", "STATES", "EventTail", "JobFollower", "JobRecord", "JobsWatch", "LineTail",
+           "list_jobs", "open_job", "pid_alive", "process_alive"]

@@ -183,6 +183,10 @@ def open_job(job_id: str, workspace: Workspace | None = None) -> JobRecord:
     return job
 
 
+def is_job_id(name: str) -> bool:
+    return _ID.fullmatch(name) is not None
+
+
 def list_jobs(workspace: Workspace | None = None) -> list[JobRecord]:
     """Every job in the workspace, newest first."""
     ws = workspace or Workspace()

@@ -24,15 +24,15 @@ from .. import __version__
 from ..confine import server_prefix
 from ..errors import LoraLabError
 from ..workspace import Workspace, default_root
-from . import handlers_caption, handlers_datasets, handlers_jobs, handlers_meta
+from . import feed, handlers_caption, handlers_datasets, handlers_jobs, handlers_lab, handlers_meta
 from .base import API
 from .services import SETTINGS_KEY, Services, Settings
 
 
 def routes() -> list[tuple[str, type]]:
-    """Every (pattern relative to base_url, handler) of the REST API and the job stream."""
+    """Every (pattern relative to base_url, handler) of the REST API and the WebSockets."""
     table = (handlers_datasets.ROUTES + handlers_jobs.ROUTES + handlers_caption.ROUTES
-             + handlers_meta.ROUTES)
+             + handlers_meta.ROUTES + handlers_lab.ROUTES + feed.ROUTES)
     return [(f"{API}/{pattern}", handler) for pattern, handler in table]
 
 
@@ -140,7 +140,8 @@ class LoraLabApp(ExtensionApp):
             caption_model=self.caption_model, caption_mmproj=self.caption_mmproj,
             max_upload_mb=self.max_upload_mb, gpu_slots=self.gpu_slots,
             allowed_caption_servers=tuple(self.allowed_caption_servers),
-            ingest_roots=tuple(Path(r).expanduser().resolve() for r in self.ingest_roots))
+            ingest_roots=tuple(Path(r).expanduser().resolve() for r in self.ingest_roots),
+            contents_root=Path(self.serverapp.root_dir).expanduser().resolve())
         self.services = Services(Workspace(self.workspace), settings)
         self.settings[SETTINGS_KEY] = self.services
         self.log.info("lora_lab %s: workspace %s, %d GPU slot(s)", __version__,

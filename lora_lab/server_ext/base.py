@@ -131,7 +131,7 @@ class LoraLabHandler(APIHandler):
 
     def int_arg(self, name: str, default: int, lo: int, hi: int) -> int:
         raw = self.get_query_argument(name, None)
-        if raw is None or raw == "":
+        if raw is None:  # "?limit=" is no number either (the OpenAPI document says so)
             return default
         try:
             value = int(raw)

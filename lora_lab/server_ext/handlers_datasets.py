@@ -36,8 +36,8 @@ ITEM_FIELDS = ("file", "caption", "width", "height", "format", "bytes", "near_du
 @stream_request_body
 class DatasetsHandler(LoraLabHandler):
     """GET: every dataset. ``POST datasets?name=NAME[&add=1]``: a new dataset (or more images
-    for one), from JSON ``{source}`` naming a zip or folder inside the workspace or an ingest
-    root, or from a zip sent as the body, streamed to disk and refused (413) past the limit.
+    for one), from JSON ``{source}`` naming a zip or folder inside the workspace, an ingest
+    root or the Jupyter root, or from a zip sent as the body, streamed to disk and refused (413) past the limit.
     The JSON ``{name, source, add}`` of earlier versions still works."""
 
     _upload: Any = None  # the temp file a zip upload streams into
@@ -129,8 +129,10 @@ class DatasetsHandler(LoraLabHandler):
         super().on_connection_close()
 
     def _ingest_source(self, name: str, source: str, add: bool):
-        roots = self.services.settings.ingest_roots  # besides the workspace: what the admin lists
-        return ingest(ingest_source(source, self.ws, roots), name, workspace=self.ws, add=add)
+        # besides the workspace: what the admin lists, and what the file browser shows anyway
+        settings = self.services.settings
+        source_path = ingest_source(source, self.ws, settings.ingest_roots, settings.contents_root)
+        return ingest(source_path, name, workspace=self.ws, add=add)
 
     def _check_target(self, name: str, add: bool) -> None:
         """Refuse a bad or taken name before a byte of the upload is stored."""

@@ -13,9 +13,10 @@ from tornado.web import authenticated
 
 from ..confine import job_params
 from ..errors import LoraLabError, NotFound
-from ..jobdir import JobRecord, list_jobs, open_job
+from ..jobdir import JobRecord, open_job
 from ..jobdir.tail import EventTail
 from ..jobs import cancel, resume, submit
+from ..watch import job_page, job_view, with_browse
 from .base import LoraLabHandler, field
 from .stream import JOB, JobStreamHandler
 
@@ -24,6 +25,10 @@ class JobHandlerBase(LoraLabHandler):
     def job(self, job_id: str) -> JobRecord:
         return open_job(job_id, self.ws)
 
+    def view(self, job: JobRecord) -> dict[str, Any]:
+        """The job's view as served: with the paths the file browser opens (``browse``)."""
+        return job_view(job, self.ws, self.services.settings.contents_root)
+
     def accepted(self, job: JobRecord, view: dict[str, Any]) -> None:
         """202: the job runs on in its own process; its URL says where to watch it."""
         self.set_header("Location", self.api_url("jobs", job.id))
@@ -31,12 +36,16 @@ class JobHandlerBase(LoraLabHandler):
 
 
 class JobsHandler(JobHandlerBase):
-    """GET: every job, newest first. POST ``{"kind": "caption"|"train", "params": {...}}``:
-    check the parameters (400 naming the bad one), start the job, 202 with its id."""
+    """GET ``?offset=&limit=``: the jobs newest first (all without ``limit``) and their
+    ``total``. POST ``{"kind": "caption"|"train", "params": {...}}``: check the parameters (400
+    naming the bad one), start the job, 202 with its id."""
 
     @authenticated
     async def get(self) -> None:
-        self.reply({"jobs": await self.blocking(self._views)})
+        offset = self.int_arg("offset", 0, 0, 10**9)
+        limit = self.int_arg("limit", 0, 1, 1000) or None  # absent: every job, as before paging
+        root = self.services.settings.contents_root
+        self.reply(await self.blocking(job_page, self.ws, root, offset, limit))
 
     @authenticated
     async def post(self) -> None:
@@ -44,15 +53,6 @@ class JobsHandler(JobHandlerBase):
         kind, params = field(body, "kind", str), field(body, "params", dict, {})
         job, view = await self.blocking(self._submit, kind, params)
         self.accepted(job, view)
-
-    def _views(self) -> list[dict[str, Any]]:
-        views = []
-        for job in list_jobs(self.ws):
-            try:
-                views.append(job.view())
-            except (OSError, ValueError, KeyError):  # a folder mid-creation, or damaged by hand
-                continue
-        return views
 
     def _submit(self, kind: str, params: dict[str, Any]) -> tuple[JobRecord, dict[str, Any]]:
         # every path a request names stays in the workspace (relative ones are the workspace's,
@@ -62,7 +62,7 @@ class JobsHandler(JobHandlerBase):
         job = submit(kind, params, self.ws, slots=settings.gpu_slots, base=self.ws.root)
         if kind == "train":  # it will want the GPU memory the resident caption model holds
             self.services.close_caption_worker()
-        return job, job.view()
+        return job, self.view(job)
 
 
 class JobHandler(JobHandlerBase):
@@ -70,7 +70,7 @@ class JobHandler(JobHandlerBase):
 
     @authenticated
     async def get(self, job_id: str) -> None:
-        self.reply(await self.blocking(lambda: self.job(job_id).view()))
+        self.reply(await self.blocking(lambda: self.view(self.job(job_id))))
 
 
 class JobCancelHandler(JobHandlerBase):
@@ -80,7 +80,10 @@ class JobCancelHandler(JobHandlerBase):
     @authenticated
     async def post(self, job_id: str) -> None:
         # cancel waits up to its grace period for the job to exit: on the pool, not the loop
-        self.reply(await self.blocking(lambda: cancel(self.job(job_id))))
+        self.reply(await self.blocking(self._cancel, job_id))
+
+    def _cancel(self, job_id: str) -> dict[str, Any]:
+        return with_browse(cancel(self.job(job_id)), self.ws, self.services.settings.contents_root)
 
 
 class JobResumeHandler(JobHandlerBase):
@@ -93,7 +96,7 @@ class JobResumeHandler(JobHandlerBase):
 
     def _resume(self, job_id: str) -> tuple[JobRecord, dict[str, Any]]:
         job = resume(self.job(job_id), slots=self.services.settings.gpu_slots)
-        view = job.view()
+        view = self.view(job)
         if view["kind"] == "train":
             self.services.close_caption_worker()
         return job, view

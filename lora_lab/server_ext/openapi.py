@@ -70,6 +70,13 @@ def _op(summary: str, *, params: tuple = (), body: dict | None = None, ok: tuple
     return op
 
 
+def _socket(args: str, *errors: int) -> dict[str, Any]:
+    """The answers of a WebSocket route to its upgrade request."""
+    return {"101": {"description": "Switching to the WebSocket protocol"},
+            "400": {"description": f"Not a WebSocket upgrade request, or a bad {args}"},
+            **{str(code): {"description": ERROR_CODES[code]} for code in (403, *errors)}}
+
+
 def _opt(schema: dict[str, Any]) -> dict[str, Any]:
     """An optional body field: null means the default, as leaving it out does (an enum lists
     null too, as OpenAPI 3.0.3 wants)."""
@@ -92,9 +99,9 @@ def _datasets_post() -> dict[str, Any]:
                      _param("add", "query", BOOL, "add the images to an existing dataset")),
              ok=(200, 201), result=_ref("IngestReport"), errors=(400, 404, 409, 413, 507))
     op["parameters"][0]["required"] = True
-    source = schemas.rel_path("a zip or folder inside the workspace, relative to its root (an "
-                              "absolute path inside it or inside one of the server's ingest "
-                              "roots works too; see GET health)")
+    source = schemas.rel_path("a zip or folder inside the workspace, relative to its root, else "
+                              "relative to the Jupyter root (an absolute path inside either, or "
+                              "inside one of the server's ingest roots, works too; see GET health)")
     op["requestBody"] = {"required": True, "content": {
         "application/json": {"schema": _obj(("source",), closed=True, source=source)},
         "application/zip": {"schema": {"type": "string", "format": "binary"}}}}
@@ -120,7 +127,9 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
     caption = _obj(("kind", "params"), closed=True, kind={"enum": ["caption"]},
                    params=schemas.caption_job(settings.allowed_caption_servers))
     return {
-        "/health": {"get": _op("The server extension's version and settings", errors=())},
+        "/health": {"get": _op("The server extension's version and settings, and where the "
+                               "Jupyter file browser's root and the workspace are",
+                               result=_ref("Health"), errors=())},
         "/openapi.json": {"get": _op("This document", errors=())},
         "/datasets": {"get": _op("Every dataset with its image and caption counts", errors=()),
                       "post": _datasets_post()},
@@ -161,7 +170,10 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
                                           "exist yet",
                                           empty_ok=True))))},
         "/jobs": {
-            "get": _op("Every job, newest first", errors=()),
+            "get": _op("The jobs, newest first: `limit` of them from `offset` on (all without "
+                       "`limit`), and how many there are", result=_ref("JobPage"), errors=(400,),
+                       params=(_param("offset", "query", _int(0, 10**9)),
+                               _param("limit", "query", _int(1, 1000), "absent: every job"))),
             "post": _op("Submit a caption or training job; every path in it must lie inside the "
                         "workspace, and a caption server must be an allowed one", ok=(202,),
                         result=_ref("Accepted"), errors=(400, 404, 409),
@@ -187,11 +199,25 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
                        "log_offset=offset",
             "parameters": [JOB, after, _param("log_offset", "query", _int(0, 10**15),
                                               "the last log offset already seen")],
-            "responses": {"101": {"description": "Switching to the WebSocket protocol"},
-                          "400": {"description": "Not a WebSocket upgrade request, or a bad "
-                                                 "after / log_offset / job id"},
-                          "403": {"description": ERROR_CODES[403]},
-                          "404": {"description": ERROR_CODES[404]}}}},
+            "responses": _socket("after / log_offset / job id", 404)}},
+        "/stream": {"get": {
+            "summary": "WebSocket, the workspace feed: at open {type: jobs, jobs (the newest "
+                       "`limit`), total}, {type: datasets, datasets}, {type: gpus, ...GET gpus}; "
+                       "then only changes: {type: job, job, total}, {type: removed, id, total}, "
+                       "datasets and gpus again (jobs checked every second, the rest every two)",
+            "parameters": [_param("limit", "query", _int(1, 1000), "jobs in the opening "
+                                                                   "message (default 50)")],
+            "responses": _socket("limit")}},
+        "/gpus": {"get": _op("Each GPU's name, utilization and memory now (NVIDIA's management "
+                             "library); none on a box without an NVIDIA GPU or driver",
+                             result=_ref("Gpus"), errors=())},
+        "/presets": {"get": _op("The training presets, each with the whole config it starts "
+                                "from (base model and dataset source left empty)",
+                                result=_ref("Presets"), errors=())},
+        "/kit": {"post": _op("Copy the notebook kit (keeping notebooks edited there) into the "
+                             "workspace's notebooks/ when the Jupyter root holds the workspace, "
+                             "else into the root's lora-lab-notebooks/", result=_ref("Kit"),
+                             errors=(400, 409))},
         "/caption": {"post": _op(
             "Caption one image now with the resident caption model (undoable)",
             errors=(400, 404, 503), result=_ref("Captioned"),
@@ -206,6 +232,8 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 NULL_STR, NULL_NUM = {"type": "string", "nullable": True}, {"type": "number", "nullable": True}
+NULL_INT = {"type": "integer", "nullable": True}
+STRS = {"type": "array", "items": STR}
 SCHEMAS = {
     "Error": _obj(("error", "detail"), error=STR, detail=STR, problems={"type": "array", "items": STR}),
     "Caption": _obj(("file", "caption", "etag"), file=STR, caption=NULL_STR, etag=STR),
@@ -219,9 +247,23 @@ SCHEMAS = {
                          skipped={"type": "array", "items": OBJECT},
                          duplicates={"type": "array", "items": OBJECT},
                          near_duplicates={"type": "array", "items": OBJECT}),
-    "Job": _obj(("id", "kind", "state"), id=STR, kind=STR,
+    "Job": _obj(("id", "kind", "state", "browse"), id=STR, kind=STR,
                 state={"enum": ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]},
-                phase=NULL_STR, progress=NULL_NUM, error=NULL_STR),
+                phase=NULL_STR, progress=NULL_NUM, error=NULL_STR,
+                browse=_obj(("dir", "output"), closed=True, dir=NULL_STR, output=NULL_STR)),
+    "JobPage": _obj(("jobs", "total", "offset", "limit"), jobs={"type": "array", "items": _ref("Job")},
+                    total=INT, offset=INT, limit=NULL_INT),
+    "Health": _obj(("ok", "version", "workspace", "contents"), ok=BOOL, version=STR, workspace=STR,
+                   contents=_obj(("root", "workspace"), root=NULL_STR, workspace=NULL_STR)),
+    "Gpus": _obj(("gpus", "source"), source={"enum": ["nvml", "none"]}, gpus={"type": "array", "items": _obj(
+        ("index", "name", "utilization", "memory_used_mb", "memory_total_mb"), index=INT,
+        name=STR, utilization=NULL_INT, memory_used_mb=INT, memory_total_mb=INT)}),
+    "Presets": _obj(("presets",), presets={"type": "array", "items": _obj(
+        ("name", "description", "family", "config"), name=STR, label=STR, description=STR,
+        family=STR, config=OBJECT)}),
+    "Kit": _obj(("dest", "copied", "updated", "unchanged", "kept", "overwritten", "path", "open"),
+                dest=STR, copied=STRS, updated=STRS, unchanged=STRS, kept=STRS, overwritten=STRS,
+                path=NULL_STR, open=NULL_STR),
     "Accepted": _obj(("id", "job"), id=STR, job=_ref("Job")),
 }
 

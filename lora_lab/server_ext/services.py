@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..confine import contents_path
 from ..workspace import Workspace
 
 SETTINGS_KEY = "lora_lab_services"
@@ -29,6 +30,7 @@ class Settings:
     gpu_slots: int = 1
     allowed_caption_servers: tuple[str, ...] = ()
     ingest_roots: tuple[Path, ...] = ()
+    contents_root: Path | None = None  # the Jupyter server's root_dir (its file browser's root)
 
 
 class Services:
@@ -84,7 +86,9 @@ class Services:
                 "ingest_roots": [str(r) for r in s.ingest_roots],
                 "caption_model": str(model), "caption_mmproj": str(mmproj),
                 "caption_model_found": model.is_file() and mmproj.is_file(),
-                "caption_worker_running": bool(worker is not None and worker.pid)}
+                "caption_worker_running": bool(worker is not None and worker.pid),
+                "contents": {"root": str(s.contents_root) if s.contents_root else None,
+                             "workspace": contents_path(self.ws.root, s.contents_root)}}
 
 
 def _remove_stale_uploads(folder: Path, max_age_s: float = 86400) -> None:

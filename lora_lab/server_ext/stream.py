@@ -1,4 +1,5 @@
-"""The live stream of one job over a WebSocket: its events and its log lines as they are written.
+"""The live stream of one job over a WebSocket: its events and its log lines as they are written;
+and what every lora_lab WebSocket shares (:class:`LoraLabSocket`).
 
 ``WS jobs/ID/stream?after=N&log_offset=B`` sends text messages, each one JSON object:
 
@@ -18,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from jupyter_server.auth.decorator import ws_authenticated
 from jupyter_server.base.handlers import JupyterHandler
@@ -33,12 +35,13 @@ from .services import SETTINGS_KEY, Services
 
 JOB = r"(?P<job_id>[^/]+)"
 POLL_S = 0.2
+T = TypeVar("T")
 
 
-class JobStreamHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
-    """WS: a job's events and log lines, live, until it ends (see the module docstring)."""
+class LoraLabSocket(WebSocketMixin, WebSocketHandler, JupyterHandler):
+    """Base of the WebSockets: clients only listen, while :meth:`pump` sends; errors before
+    the upgrade are the REST routes' JSON. Subclasses decorate ``get`` with ``@ws_authenticated``."""
 
-    follower: JobFollower
     _pump: asyncio.Task | None = None
 
     def set_default_headers(self) -> None:
@@ -48,20 +51,17 @@ class JobStreamHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
     def services(self) -> Services:
         return self.settings[SETTINGS_KEY]
 
-    @ws_authenticated
-    async def get(self, job_id: str) -> None:
-        # An unknown job or a bad argument is an HTTP error before the upgrade, not a socket
-        # that opens and closes at once; so is a plain GET (tornado's 400: no Upgrade header).
-        try:
-            job = open_job(job_id, self.services.ws)
-        except LoraLabError as e:
-            raise HTTPError(status_of(e), str(e)) from None
-        self.follower = JobFollower(job, self._int_arg("after"), self._int_arg("log_offset"))
-        await super().get(job_id=job_id)
-
-    def open(self, job_id: str) -> None:  # type: ignore[override]
+    def open(self, *args: str, **kwargs: str) -> None:
         super().open()  # WebSocketMixin: keep-alive pings
-        self._pump = asyncio.ensure_future(self._send_until_done())
+        self._pump = asyncio.ensure_future(self._send_all())
+
+    async def pump(self) -> None:
+        """Send the socket's messages (with :meth:`send`) until there are no more."""
+        raise NotImplementedError
+
+    async def send(self, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            await self.write_message(json.dumps(message, default=str))
 
     def on_message(self, message: str | bytes) -> None:
         """Clients only listen; anything they send is ignored."""
@@ -79,27 +79,49 @@ class JobStreamHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(error_body(status_code, detail)))
 
-    async def _send_until_done(self) -> None:
-        loop = asyncio.get_running_loop()
-        executor = self.services.executor
+    def int_arg(self, name: str, default: int, lo: int, hi: int) -> int:
+        raw = self.get_query_argument(name, "") or str(default)
+        if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
+            raise HTTPError(400, f"{name} must be a whole number from {lo} to {hi}, not {raw!r}")
+        return int(raw)
+
+    async def _send_all(self) -> None:
         try:
-            while not self.follower.ended:
-                messages = await loop.run_in_executor(executor, self.follower.poll)
-                for message in messages:
-                    await self.write_message(json.dumps(message))
-                if not messages:
-                    await asyncio.sleep(POLL_S)
+            await self.pump()
             self.close()
-        except WebSocketClosedError:  # the client went away: it reconnects with after=n
+        except WebSocketClosedError:  # the client went away: it reconnects
             return
-        except Exception as e:  # the job folder vanished or cannot be read: say so and close
-            self.log.warning("job stream %s stopped: %s", self.follower.job.id, e)
+        except Exception as e:  # a folder vanished or cannot be read: say so and close
+            self.log.warning("%s stopped: %s", self.request.path, e)
             with contextlib.suppress(WebSocketClosedError):
                 await self.write_message(json.dumps({"type": "error", "detail": str(e)}))
             self.close()
 
-    def _int_arg(self, name: str) -> int:
-        raw = self.get_query_argument(name, "0") or "0"
-        if not (raw.isascii() and raw.isdigit()):
-            raise HTTPError(400, f"{name} must be a whole number >= 0, not {raw!r}")
-        return int(raw)
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the extension's thread pool: file reads stay off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.services.executor, fn, *args)
+
+
+class JobStreamHandler(LoraLabSocket):
+    """WS: a job's events and log lines, live, until it ends (see the module docstring)."""
+
+    follower: JobFollower
+
+    @ws_authenticated
+    async def get(self, job_id: str) -> None:
+        # An unknown job or a bad argument is an HTTP error before the upgrade, not a socket
+        # that opens and closes at once; so is a plain GET (tornado's 400: no Upgrade header).
+        try:
+            job = open_job(job_id, self.services.ws)
+        except LoraLabError as e:
+            raise HTTPError(status_of(e), str(e)) from None
+        self.follower = JobFollower(job, self.int_arg("after", 0, 0, 10**12),
+                                    self.int_arg("log_offset", 0, 0, 10**15))
+        await super().get(job_id=job_id)
+
+    async def pump(self) -> None:
+        while not self.follower.ended:
+            messages = await self.blocking(self.follower.poll)
+            await self.send(messages)
+            if not messages:
+                await asyncio.sleep(POLL_S)

@@ -8,8 +8,9 @@ trigger stay the user's. Every key here is a real TrainConfig key (tests check i
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_type_hints
 
 from ..errors import LoraLabError
 
@@ -71,3 +72,16 @@ def apply_preset(name: str, config: dict[str, Any]) -> dict[str, Any]:
     for table, values in get_preset(name).overrides.items():
         out.setdefault(table, {}).update(values)
     return out
+
+
+def preset_config(name: str) -> dict[str, dict[str, Any]]:
+    """Every TrainConfig field (the tables model, dataset, network, train, save, sample) at its
+    default with preset ``name``'s settings over them: what a form starts from. The base model
+    and the dataset source have no default and are left empty for the user to fill in."""
+    from .config import TrainConfig  # tomli_w and the sections: light, but only wanted here
+
+    defaults = {table: {f.name: "" if f.default is dataclasses.MISSING else
+                        list(f.default) if isinstance(f.default, tuple) else f.default
+                        for f in dataclasses.fields(section)}
+                for table, section in get_type_hints(TrainConfig).items()}
+    return apply_preset(name, defaults)
