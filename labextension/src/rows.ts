@@ -1,0 +1,84 @@
+/**
+ * One job's row in the sidebar's list: kind and time, state, phase, steps and loss, a progress
+ * bar, and the error of a job that failed.
+ */
+import { IJob } from './api';
+
+export function jobRow(job: IJob): HTMLElement {
+  const row = document.createElement('div');
+  row.className = 'lora-lab-job';
+  row.dataset.jobId = job.id;
+  row.tabIndex = 0;
+  row.setAttribute('role', 'option');
+  row.title = job.id;
+  row.innerHTML =
+    '<div class="lora-lab-job-head"><span class="lora-lab-job-name"></span>' +
+    '<span class="lora-lab-state"></span></div>' +
+    '<div class="lora-lab-job-meta"><span class="lora-lab-phase"></span>' +
+    '<span class="lora-lab-job-numbers"></span></div>' +
+    '<div class="lora-lab-progress" role="progressbar" aria-valuemin="0" aria-valuemax="100">' +
+    '<div class="lora-lab-progress-fill"></div></div>' +
+    '<div class="lora-lab-error"></div>';
+  updateJobRow(row, job);
+  return row;
+}
+
+/** Refresh the row's text from ``job``, writing only what changed. */
+export function updateJobRow(row: HTMLElement, job: IJob): void {
+  row.dataset.state = job.state;
+  const percent = job.state === 'succeeded' ? 100 : Math.round(100 * clamp(job.progress ?? 0));
+  const name = job.output ? basename(job.output) : when(job);
+  set(row, '.lora-lab-job-name', `${job.kind} · ${name}`);
+  set(row, '.lora-lab-state', job.state);
+  set(row, '.lora-lab-phase', job.phase && job.state === 'running' ? job.phase : '');
+  set(row, '.lora-lab-job-numbers', numbers(job, percent));
+  set(row, '.lora-lab-error', job.error ?? '');
+  const bar = row.querySelector<HTMLElement>('.lora-lab-progress')!;
+  if (bar.getAttribute('aria-valuenow') !== String(percent)) {
+    bar.setAttribute('aria-valuenow', String(percent));
+    bar.setAttribute('aria-label', `${job.kind} ${job.state}: ${percent}%`);
+    (bar.firstElementChild as HTMLElement).style.width = `${percent}%`;
+  }
+}
+
+function set(row: HTMLElement, selector: string, text: string): void {
+  const el = row.querySelector<HTMLElement>(selector)!;
+  if (el.textContent !== text) {
+    el.textContent = text;
+  }
+  el.hidden = !text;
+}
+
+function numbers(job: IJob, percent: number): string {
+  const parts: string[] = [];
+  if (job.state === 'running') {
+    parts.push(`${percent}%`);
+  } else if (job.steps) {
+    parts.push(`${job.steps} steps`);
+  }
+  if (typeof job.loss === 'number') {
+    parts.push(`loss ${job.loss.toPrecision(3)}`);
+  }
+  return parts.join(' · ');
+}
+
+function when(job: IJob): string {
+  if (!job.created) {
+    return job.id;
+  }
+  return new Date(job.created * 1000).toLocaleString(undefined, {
+    month: 'short',
+    day: 'numeric',
+    hour: '2-digit',
+    minute: '2-digit',
+    second: '2-digit'
+  });
+}
+
+function basename(path: string): string {
+  return path.split(/[\\/]/).pop() || path;
+}
+
+function clamp(x: number): number {
+  return Math.min(1, Math.max(0, x));
+}
