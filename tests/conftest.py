@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from wheel_env import WheelEnv, build_wheel
 
 from lora_lab import Workspace
 from lora_lab.cli import main
@@ -100,3 +101,10 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     from lora_lab.tiny import fabricate
 
     return fabricate(tmp_path_factory.mktemp("tiny-diffusion"), caption=False)
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(tmp_path_factory) -> WheelEnv:
+    """lora_lab's wheel, built offline from this checkout, alone in a fresh venv (tests/wheel_env.py)."""
+    wheel = build_wheel(tmp_path_factory.mktemp("wheel"))
+    return WheelEnv.create(tmp_path_factory.mktemp("wheel-venv"), wheel)
