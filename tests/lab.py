@@ -32,31 +32,48 @@ def chromium() -> str:
 
 
 class Lab:
-    """`jupyter lab` serving ``root``, with lora_lab's workspace at ``workspace``."""
+    """`jupyter lab` serving ``root``, with lora_lab's workspace at ``workspace``; by default
+    .venv's, or ``python`` with ``env`` (say a fresh venv's: tests/wheel_env.py). It runs from
+    ``root``, outside the checkout: ``python -m`` puts the working directory first on sys.path."""
 
-    def __init__(self, root: Path, workspace: Path):
+    def __init__(self, root: Path, workspace: Path, python: str | os.PathLike | None = None,
+                 env: dict[str, str] | None = None, base_url: str = "/"):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self.root = root
+        self.root, self.base_url, self.token = root, base_url, TOKEN
+        self.python = str(python or sys.executable)
         settings = root / ".lab-settings" / "@jupyterlab" / "apputils-extension"
         settings.mkdir(parents=True)  # no "get news?" toast over the screenshots
         (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
-        env = {**os.environ, "LORA_LAB_HOME": str(workspace),
-               "JUPYTERLAB_SETTINGS_DIR": str(root / ".lab-settings"),
-               "JUPYTER_CONFIG_DIR": str(root / ".jupyter")}
-        cmd = [sys.executable, "-m", "jupyterlab", f"--port={self.port}", "--no-browser",
-               "--allow-root", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
-               "--LabApp.expose_app_in_browser=True", "--LabApp.extension_manager=readonly"]
+        self.env = {**(os.environ if env is None else env), "LORA_LAB_HOME": str(workspace),
+                    "JUPYTERLAB_SETTINGS_DIR": str(root / ".lab-settings"),
+                    "JUPYTER_CONFIG_DIR": str(root / ".jupyter")}
         self.log = root / "lab.log"
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        self._start()
+
+    def _start(self) -> None:
+        cmd = [self.python, "-m", "jupyterlab", f"--port={self.port}", "--no-browser",
+               "--allow-root", f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
+               f"--ServerApp.base_url={self.base_url}", "--LabApp.expose_app_in_browser=True",
+               "--LabApp.extension_manager=readonly"]
+        self.proc = subprocess.Popen(cmd, env=self.env, cwd=self.root, stdout=self.log.open("a"),
+                                     stderr=subprocess.STDOUT)
         self._wait_ready()
+
+    def restart(self, token: str) -> None:
+        """Restart on the same port with a new token and new cookie secret (a fresh runtime
+        folder): what the open page holds is no longer a valid login."""
+        self.stop()
+        self.token = token
+        self.env = {**self.env, "JUPYTER_RUNTIME_DIR": str(self.root / f".runtime-{token}")}
+        self._start()
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + 60
         while True:
             try:
-                urllib.request.urlopen(f"{self.url}/api/status?token={TOKEN}", timeout=5)
+                urllib.request.urlopen(self.page("api/status"), timeout=5)
                 return
             except OSError:
                 assert self.proc.poll() is None, self.log.read_text()
@@ -67,25 +84,34 @@ class Lab:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def page(self, path: str) -> str:
+        """The URL of ``path`` under the base URL, with the token."""
+        return f"{self.url}{self.base_url}{path}{'&' if '?' in path else '?'}token={self.token}"
+
     def notebook(self, name: str, cells: list[str]) -> str:
         """Write a notebook of code cells; its URL in the lab."""
         nb = nbformat.v4.new_notebook()
         nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, self.root / name)
-        return f"{self.url}/lab/tree/{name}?token={TOKEN}"
+        return self.page(f"lab/tree/{name}")
 
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
 
 
-def run_all(page) -> None:
-    """Run every cell of the open notebook once its kernel is connected and idle (cells sent
-    before that are lost, and the lab never says so)."""
+def wait_for_kernel(page) -> None:
+    """Wait until the open notebook's kernel is connected and idle (cells sent before that are
+    lost, and the lab never says so)."""
     page.wait_for_function("""() => {
         const kernel = window.jupyterapp?.shell.currentWidget?.sessionContext?.session?.kernel;
         return kernel?.connectionStatus === "connected" && kernel?.status === "idle";
     }""", timeout=90_000)
+
+
+def run_all(page) -> None:
+    """Run every cell of the open notebook once its kernel is ready."""
+    wait_for_kernel(page)
     # not awaited: the command's promise only settles when every cell has run
     page.evaluate("void window.jupyterapp.commands.execute('notebook:run-all-cells')")
