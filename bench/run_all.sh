@@ -13,6 +13,8 @@
 # cost of a poller step) takes ~1 min.
 # bench_widgets.py (DatasetBrowser paging a 10,000-image dataset, against reading the page's
 # thumbnail bytes) takes ~2 min, most of it making the dataset.
+# bench_labextension.py (the JupyterLab extension: bundle size, time to a ready page with and
+# without it, the sidebar with 500 jobs) takes ~2 min; it needs chromium ($CHROMIUM).
 # BENCH_PYTHON picks the interpreter (default: the project's .venv).
 set -e
 cd "$(dirname "$0")/.."

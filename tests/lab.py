@@ -115,3 +115,16 @@ def run_all(page) -> None:
     wait_for_kernel(page)
     # not awaited: the command's promise only settles when every cell has run
     page.evaluate("void window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+
+def type_caption(page, ws, dataset: str, file: str, text: str) -> None:
+    """Type ``text`` into the open caption editor and wait until it is ``file``'s caption on disk."""
+    from lora_lab.datasets import Dataset
+
+    editor = page.locator(".lora-lab-caption-editor textarea")
+    editor.fill(text)
+    editor.blur()  # the editor saves when the text box loses focus
+    deadline = time.monotonic() + 60
+    while Dataset.open(dataset, ws).caption(file) != text:
+        assert time.monotonic() < deadline, f"the caption of {file} was not saved"
+        time.sleep(0.2)

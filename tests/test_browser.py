@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lab import CHROMIUM_ARGS, Lab, chromium, run_all
+from lab import CHROMIUM_ARGS, Lab, chromium, run_all, type_caption
 from test_train import config
 
 from lora_lab.datasets import Dataset, ingest
@@ -77,15 +77,9 @@ def test_the_panels_work_in_jupyterlab(ws, tiny_models, trained, page, tmp_path)
 
         first = tiles.first.locator("button").inner_text().strip()
         tiles.first.locator("button").click()
-        editor = page.locator(".lora-lab-caption-editor textarea")
         page.wait_for_function("document.querySelector('.lora-lab-caption-editor textarea')"
                                ".value.startsWith('sks')", timeout=WAIT_MS)
-        editor.fill("sks, typed in the browser")
-        editor.blur()  # the editor saves when the text box loses focus
-        deadline = time.monotonic() + 60
-        while Dataset.open("shapes", ws).caption(first) != "sks, typed in the browser":
-            assert time.monotonic() < deadline, f"the caption of {first} was not saved"
-            time.sleep(0.2)
+        type_caption(page, ws, "shapes", first, "sks, typed in the browser")
 
         monitor = page.locator(".lora-lab-monitor")
         monitor.locator("svg polyline").first.wait_for(timeout=WAIT_MS)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lab import CHROMIUM_ARGS, Lab, chromium, wait_for_kernel
+from lab import CHROMIUM_ARGS, Lab, chromium, type_caption, wait_for_kernel
 from test_train import config
 
 from lora_lab.datasets import Dataset, ingest
@@ -198,14 +198,8 @@ def test_a_run_from_the_launcher_card_followed_in_the_sidebar(ws, shapes, base, 
     tile.locator("button").wait_for(timeout=WAIT_MS)
     first = tile.locator("button").inner_text().strip()
     tile.locator("button").click()
-    editor = page.locator(".lora-lab-caption-editor textarea")
-    editor.wait_for(timeout=WAIT_MS)
-    editor.fill("typed in the quickstart")
-    editor.blur()  # the editor saves when the text box loses focus
-    deadline = time.monotonic() + 60
-    while Dataset.open("quickstart", ws).caption(first) != "typed in the quickstart":
-        assert time.monotonic() < deadline, f"the caption of {first} was not saved"
-        time.sleep(0.2)
+    page.locator(".lora-lab-caption-editor textarea").wait_for(timeout=WAIT_MS)
+    type_caption(page, ws, "quickstart", first, "typed in the quickstart")
 
 
 def run_above_the_first_training_cell(page) -> None:
