@@ -28,8 +28,9 @@ def with_browse(view: dict[str, Any], ws: Workspace, root: Path | None) -> dict[
 
 
 def job_view(job: JobRecord, ws: Workspace, root: Path | None) -> dict[str, Any]:
-    """The job's true state (:meth:`JobRecord.view`) with its ``browse`` paths."""
-    return with_browse(job.view(), ws, root)
+    """The job's true state (:meth:`JobRecord.view`) with its ``browse`` paths and ``bytes``,
+    its folder's size (a walk of the folder: the feed's polls leave it out)."""
+    return {**with_browse(job.view(), ws, root), "bytes": job.disk_bytes()}
 
 
 def job_page(ws: Workspace, root: Path | None, offset: int = 0,

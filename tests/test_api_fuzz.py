@@ -3,10 +3,11 @@ driving a real `jupyter server` with the extension: no 5xx, no schema-valid requ
 no status code the document does not list, responses as documented, and every method a route
 lacks answered 405 with an Allow header.
 
-The workspace holds one dataset, one finished job and the tiny caption model, and the test adds
-them to the document as examples, so the fuzzer reaches past the 404s. No job is ever started:
-a job submission can only succeed naming what exists, and those naming the one dataset are not
-sent (see starts_a_job); the server fixture checks that no job folder appeared.
+The workspace (a temporary one, the fuzzer's own) holds one dataset, one finished job and the
+tiny caption model, and the test adds them to the document as examples, so the fuzzer reaches
+past the 404s. No job is ever started: a job submission can only succeed naming what exists, and
+those naming the one dataset are not sent (see starts_a_job); the server fixture checks that no
+job folder appeared. A DELETE of the finished job does delete it: it is made again afterwards.
 """
 from __future__ import annotations
 
@@ -65,11 +66,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     ws = Workspace(root / "ws")
     ingest(write_samples(root / "samples"), "shapes", workspace=ws)
-    job = JobRecord(ws.jobs / JOB_ID)
-    job.path.mkdir()
-    (job.path / "spec.json").write_text(json.dumps({"kind": "train", "params": {}}))
-    job.log_path.write_text("step 1\n")
-    job.set_status("succeeded", pid=None)
+    example_job(ws)
     model, mmproj = gguf_models.write_caption_pair(ws.models / "caption")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -92,6 +89,15 @@ def server(tmp_path_factory):
         proc.wait(timeout=30)
         log.close()
     assert [p.name for p in ws.jobs.iterdir()] == [JOB_ID]
+
+
+def example_job(ws: Workspace) -> None:
+    """The finished job the document names as its example."""
+    job = JobRecord(ws.jobs / JOB_ID)
+    job.path.mkdir(parents=True)
+    (job.path / "spec.json").write_text(json.dumps({"kind": "train", "params": {}}))
+    job.log_path.write_text("step 1\n")
+    job.set_status("succeeded", pid=None)
 
 
 def _wait_until_up(port: int, proc: subprocess.Popen, log: Path) -> None:
@@ -180,3 +186,6 @@ def test_the_api_keeps_its_contract(case, server):
     url, ws = server
     if not starts_a_job(case, ws):
         case.call_and_validate(base_url=url)
+    if not (ws.jobs / JOB_ID).exists():  # deleted by DELETE jobs/{job_id}, as it should be
+        assert (case.method, case.operation.path) == ("DELETE", "/jobs/{job_id}")
+        example_job(ws)

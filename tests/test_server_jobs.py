@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 import tornado.httpclient
@@ -114,6 +115,16 @@ async def test_a_training_job_streams_its_events_and_logs_across_a_reconnect(
     (ws.root / "dl.safetensors").write_bytes(r.body)
     tensors, meta = read_lora(ws.root / "dl.safetensors")
     assert meta["ss_steps"] == "3" and all(k.startswith("lora_unet_") for k in tensors)
+    # deleted: its folder goes (the size GET reported is what was freed), its LoRA stays
+    assert view["bytes"] == sum(f["bytes"] for f in files["files"] if not f.get("output"))
+    code, err = await api("jobs", job_id, method="DELETE", params={"lora": "maybe"})
+    assert code == 400 and "lora must be keep or remove" in err["detail"]
+    code, deleted = await api("jobs", job_id, method="DELETE")
+    assert code == 200 and deleted["bytes"] == view["bytes"] and deleted["lora_removed"] is False
+    assert not (ws.jobs / job_id).exists() and Path(deleted["lora"]).is_file()
+    assert (await api("jobs", job_id))[0] == 404
+    code, err = await api("jobs", job_id, method="DELETE")
+    assert code == 404 and "no job" in err["detail"]
 
 
 async def test_cancel_a_running_job_then_resume_it(api, tiny_models, ws):
@@ -130,10 +141,18 @@ async def test_cancel_a_running_job_then_resume_it(api, tiny_models, ws):
     assert code == 202 and resumed["id"] == job_id and resumed["job"]["state"] in ACTIVE
     code, err = await api("jobs", job_id, "resume", method="POST")
     assert code == 409 and "still" in err["detail"]
+    await wait_for_state(api, job_id, ("running",))
+    spec = (ws.jobs / job_id / "spec.json").read_bytes()
+    code, err = await api("jobs", job_id, method="DELETE", params={"lora": "remove"})
+    assert code == 409 and "is still running; cancel it first" in err["detail"]
+    assert (ws.jobs / job_id / "spec.json").read_bytes() == spec and not list(ws.jobs.glob(".del*"))
+    assert open_job(job_id, ws).view()["state"] == "running"
     code, view = await api("jobs", job_id, "cancel", method="POST")
     assert code == 200 and view["state"] == "cancelled"
     code, events = await api("jobs", job_id, "events")
     assert [e["type"] for e in events["events"]].count("cancelled") == 2
+    code, deleted = await api("jobs", job_id, method="DELETE", params={"lora": "remove"})
+    assert code == 200 and deleted["lora"] is None and not (ws.jobs / job_id).exists()
 
 
 async def test_invalid_jobs_are_refused_before_anything_starts(api, jp_ws_fetch, ws, tiny_models):
@@ -181,3 +200,20 @@ async def test_500_jobs_come_in_pages_newest_first(api, ws):
 async def test_a_bad_page_is_refused(api, ws, params, name):
     code, err = await api("jobs", params=params)
     assert code == 400 and err["detail"].startswith(name), err
+
+
+async def test_delete_removes_a_lora_only_inside_the_workspace(api, ws, tmp_path):
+    ws.loras.mkdir(parents=True, exist_ok=True)
+    inside, outside = ws.loras / "mine.safetensors", tmp_path / "theirs.safetensors"
+    jobs = {}
+    for lora in (inside, outside):
+        lora.write_bytes(b"lora")
+        jobs[lora] = job = JobRecord.create("train", {}, ws)
+        job.set_status("succeeded", pid=None, output=str(lora))
+    code, deleted = await api("jobs", jobs[inside].id, method="DELETE", params={"lora": "remove"})
+    assert code == 200 and deleted["lora_removed"] is True and not inside.exists()
+    code, deleted = await api("jobs", jobs[outside].id, method="DELETE", params={"lora": "remove"})
+    assert code == 200 and deleted["lora_kept"] == "it is outside the workspace"
+    assert outside.read_bytes() == b"lora" and not jobs[outside].path.exists()
+    code, err = await api("jobs", "not-a-job", method="DELETE")
+    assert code == 400 and "is not a job id" in err["detail"]

@@ -1,4 +1,4 @@
-"""``lora-lab jobs submit|list|show|logs|cancel|resume``: background jobs from the terminal."""
+"""``lora-lab jobs submit|list|show|logs|cancel|resume|rm``: background jobs from the terminal."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..jobdir import JobFollower, JobRecord, list_jobs, open_job
-from ..jobs import cancel, resume, submit
+from ..jobs import LORA_CHOICES, cancel, delete, resume, submit
 from .caption_cmds import add_caption_arguments, caption_args
 from .output import add_json_flag, emit, workspace
 
@@ -53,6 +53,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name != "logs":
             add_json_flag(v)
         v.set_defaults(run=run)
+    rm = verbs.add_parser("rm", help="delete ended jobs: their folders (checkpoints, samples, logs)")
+    rm.add_argument("ids", nargs="+", metavar="ID", help="job ids (see `lora-lab jobs list`)")
+    rm.add_argument("--lora", choices=LORA_CHOICES, default="keep",
+                    help="the LoRA file a job wrote: keep it (default) or remove it too (only "
+                         "inside the workspace)")
+    add_json_flag(rm)
+    rm.set_defaults(run=cmd_rm)
 
 
 def cmd_submit_caption(args: argparse.Namespace) -> None:
@@ -73,18 +80,33 @@ def _submitted(args: argparse.Namespace, job: JobRecord) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    views = [job.view() for job in list_jobs(workspace(args))]
-    emit(args, views, "\n".join(_line(v) for v in views) or "no jobs yet")
+    views = [_sized(job) for job in list_jobs(workspace(args))]
+    total = f"total {_size(sum(v['bytes'] for v in views))} in {len(views)} jobs"
+    emit(args, views, "\n".join([*(_line(v) for v in views), total]) if views else "no jobs yet")
+
+
+def _sized(job: JobRecord) -> dict[str, Any]:
+    """The job's view with the size of its folder (read here only: it walks the folder)."""
+    return {**job.view(), "bytes": job.disk_bytes()}
 
 
 def _line(view: dict[str, Any]) -> str:
     progress = f"{view['progress']:.0%}" if view.get("progress") is not None else ""
-    return "\t".join([view["id"], view["state"], view.get("phase") or "", progress])
+    return "\t".join([view["id"], view["state"], view.get("phase") or "", progress,
+                      _size(view["bytes"])])
+
+
+def _size(n: float) -> str:
+    """Bytes as people read them: 812 B, 3.4 MB."""
+    units = ["B", "KB", "MB", "GB", "TB"]
+    while n >= 1000 and len(units) > 1:
+        n, units = n / 1000, units[1:]
+    return f"{n:.0f} B" if units[0] == "B" else f"{n:.1f} {units[0]}"
 
 
 def cmd_show(args: argparse.Namespace) -> None:
     job = open_job(args.id, workspace(args))
-    view = job.view()
+    view = _sized(job)
     lines = [_line(view), f"path: {job.path}"]
     if view.get("error"):
         lines.append(f"error: {view['error']}")
@@ -113,3 +135,19 @@ def cmd_cancel(args: argparse.Namespace) -> None:
 
 def cmd_resume(args: argparse.Namespace) -> None:
     _submitted(args, resume(open_job(args.id, workspace(args))))
+
+
+def cmd_rm(args: argparse.Namespace) -> None:
+    ws = workspace(args)
+    jobs = [open_job(job_id, ws) for job_id in dict.fromkeys(args.ids)]  # every id checked first
+    deleted = delete(jobs, ws, lora=args.lora)
+    emit(args, deleted, "\n".join(_deleted_line(d) for d in deleted))
+
+
+def _deleted_line(d: dict[str, Any]) -> str:
+    line = f"deleted {d['id']} ({_size(d['bytes'])})"
+    if d["lora_removed"]:
+        return f"{line}; removed its LoRA {d['lora']}"
+    if d["lora"]:
+        return f"{line}; kept its LoRA {d['lora']}" + (f": {d['lora_kept']}" if d["lora_kept"] else "")
+    return line

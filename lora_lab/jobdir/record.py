@@ -96,6 +96,11 @@ class JobRecord:
                                "restarted); resume it to continue")
         return status
 
+    def disk_bytes(self) -> int:
+        """The size of the job's files (checkpoints, samples, logs): a walk of its folder, so
+        asked only where it is shown, never on every poll of every job."""
+        return folder_bytes(self.path)
+
     @property
     def finished(self) -> bool:
         return self.view()["state"] not in ACTIVE
@@ -194,6 +199,24 @@ def list_jobs(workspace: Workspace | None = None) -> list[JobRecord]:
         return []
     return [JobRecord(p) for p in sorted(ws.jobs.iterdir(), reverse=True)
             if _ID.fullmatch(p.name) and (p / "status.json").is_file()]
+
+
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files under ``folder`` (links not followed); what vanishes meanwhile
+    counts as nothing."""
+    total, stack = 0, [os.fspath(folder)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):  # an old checkpoint rotated out
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                else:
+                    total += entry.stat(follow_symlinks=False).st_size
+    return total
 
 
 def pid_alive(pid: int | None) -> bool:

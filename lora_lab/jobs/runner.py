@@ -1,4 +1,4 @@
-"""Background jobs: submitted as detached processes, cancelled, resumed.
+"""Background jobs: submitted as detached processes, cancelled, resumed, deleted.
 
 A submitted job is a job directory plus its own OS process in a new session (``python -m
 lora_lab.jobs JOB_DIR``), so it outlives the server, kernel or terminal that started it; it
@@ -6,7 +6,10 @@ waits for its GPU slots there (see :mod:`.slots`).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import atomic
-from ..errors import Conflict, LoraLabError
-from ..jobdir import ACTIVE, JobRecord, pid_alive
+from ..errors import Conflict, LoraLabError, NotFound
+from ..jobdir import ACTIVE, JobRecord, list_jobs, pid_alive
 from ..workspace import Workspace
 from .kinds import check_params
 from .slots import gpu_slots
@@ -80,10 +83,96 @@ def cancel(job: JobRecord, grace_s: float = 10.0) -> dict[str, Any]:
     if not _exited(pid, grace_s):
         _signal(view, signal.SIGKILL)
         _exited(pid, 5.0)
-    if job.status()["state"] in ACTIVE:  # killed before it could record it
+    status = job.status()
+    # killed before it could record it; a run resumed meanwhile is another process: left alone
+    if status["state"] in ACTIVE and status.get("pid") == pid:
         job.event({"type": "cancelled", "forced": True})
         job.set_status("cancelled", error=None)
     return job.view()
+
+
+LORA_CHOICES = ("keep", "remove")
+
+
+def delete(jobs: list[JobRecord], workspace: Workspace | None = None, *,
+           lora: str = "keep") -> list[dict[str, Any]]:
+    """Remove ended jobs' folders (checkpoints, samples, logs), every one refused before any
+    is touched when one still runs. With ``lora="remove"``, the LoRA file a job wrote goes
+    too, unless it lies outside the workspace or a remaining job wrote it as well. Returns,
+    per job, the bytes freed and what became of its LoRA."""
+    ws = workspace or Workspace()
+    if lora not in LORA_CHOICES:
+        raise LoraLabError(f"lora must be keep or remove, not {lora!r}")
+    for job in jobs:
+        _refuse_active(job, _state(job))
+    return [_delete(job, ws, lora == "remove") for job in jobs]
+
+
+def _state(job: JobRecord) -> str:
+    """The job's true state; one damaged by hand (a file missing or not JSON) has ended."""
+    try:
+        return job.view()["state"]
+    except (OSError, ValueError, KeyError):
+        return "damaged"
+
+
+def _refuse_active(job: JobRecord, state: str) -> None:
+    if state in ACTIVE:
+        raise Conflict(f"job {job.id} is still {state}; cancel it first "
+                       f"(lora-lab jobs cancel {job.id}), then delete it")
+
+
+def _delete(job: JobRecord, ws: Workspace, remove_lora: bool) -> dict[str, Any]:
+    output = _output(job)
+    freed = job.disk_bytes()
+    # renamed aside first, to a name no job lister takes for a job: readers see the whole job
+    # or none of it, never half its files
+    aside = job.path.with_name(f".deleting-{job.id}-{secrets.token_hex(3)}")
+    try:
+        os.rename(job.path, aside)
+    except FileNotFoundError:
+        raise NotFound(f"no job {job.id}: it was deleted meanwhile") from None
+    state = _state(JobRecord(aside))
+    if state in ACTIVE:  # resumed between the check and the rename: put it back
+        os.rename(aside, job.path)
+        _refuse_active(job, state)
+    kept = _remove_lora(output, ws) if remove_lora and output else None
+    try:
+        shutil.rmtree(aside)
+    except OSError as e:
+        raise LoraLabError(f"job {job.id} is deleted, but not all its files could be removed "
+                           f"({e}); remove {aside} by hand") from None
+    return {"id": job.id, "bytes": freed, "lora": output,
+            "lora_removed": remove_lora and output is not None and kept is None, "lora_kept": kept}
+
+
+def _remove_lora(output: str, ws: Workspace) -> str | None:
+    """Remove the LoRA file at ``output``; None when done, else why it was kept."""
+    try:
+        path = ws.resolve(output)  # links followed: one pointing out is outside too
+    except LoraLabError:
+        return "it is outside the workspace"
+    if not path.is_file():
+        return "it no longer exists"
+    for other in list_jobs(ws):  # a later run of the same name: the file is its LoRA now
+        named = _output(other)
+        with contextlib.suppress(OSError, ValueError):
+            if named and (ws.root / named).resolve() == path:
+                return f"job {other.id} wrote it too"
+    try:
+        path.unlink()
+    except OSError as e:
+        return f"it could not be removed ({e})"
+    return None
+
+
+def _output(job: JobRecord) -> str | None:
+    """The LoRA file the job recorded as its output (train jobs that finished), if any."""
+    try:
+        output = job.status().get("output")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return output if isinstance(output, str) and output else None
 
 
 def _start(job: JobRecord, *, resume: bool, slots: int | None) -> None:

@@ -1,4 +1,4 @@
-"""REST handlers for background jobs: list, submit, show, cancel, resume, events, files.
+"""REST handlers for background jobs: list, submit, show, delete, cancel, resume, events, files.
 
 A job is its own process writing its own folder (see :mod:`lora_lab.jobs`); these handlers only
 start, signal and read it, so a job outlives the server and every client sees the same truth.
@@ -15,7 +15,7 @@ from ..confine import job_params
 from ..errors import LoraLabError, NotFound
 from ..jobdir import JobRecord, open_job
 from ..jobdir.tail import EventTail
-from ..jobs import cancel, resume, submit
+from ..jobs import cancel, delete, resume, submit
 from ..watch import job_page, job_view, with_browse
 from .base import LoraLabHandler, field
 from .stream import JOB, JobStreamHandler
@@ -66,11 +66,18 @@ class JobsHandler(JobHandlerBase):
 
 
 class JobHandler(JobHandlerBase):
-    """GET: the job's status (its true state: a job whose process died reads interrupted)."""
+    """GET: the job's status (its true state: a job whose process died reads interrupted).
+    DELETE ``?lora=keep|remove``: remove an ended job's folder, and with ``remove`` the LoRA
+    file it wrote (inside the workspace only); 409 while it is queued or running."""
 
     @authenticated
     async def get(self, job_id: str) -> None:
         self.reply(await self.blocking(lambda: self.view(self.job(job_id))))
+
+    @authenticated
+    async def delete(self, job_id: str) -> None:
+        lora = self.get_query_argument("lora", "keep")
+        self.reply(await self.blocking(lambda: delete([self.job(job_id)], self.ws, lora=lora)[0]))
 
 
 class JobCancelHandler(JobHandlerBase):

@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import __version__
 from ..devices import visible_devices
+from ..jobs import LORA_CHOICES
 from . import openapi_schemas as schemas
 from .openapi_schemas import BOOL, INT, OBJECT, STR
 from .services import Settings
@@ -179,7 +180,14 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
                         result=_ref("Accepted"), errors=(400, 404, 409),
                         body={"oneOf": [caption, train]}),
         },
-        "/jobs/{job_id}": {"get": _op("The job's status", params=(JOB,), result=_ref("Job"))},
+        "/jobs/{job_id}": {
+            "get": _op("The job's status", params=(JOB,), result=_ref("Job")),
+            "delete": _op("Delete an ended job's folder (checkpoints, samples, logs); with "
+                          "lora=remove the LoRA file it wrote too, when it lies inside the "
+                          "workspace and no other job wrote it",
+                          params=(JOB, _param("lora", "query", {"enum": list(LORA_CHOICES)},
+                                              "the job's LoRA file: keep (default) or remove")),
+                          result=_ref("JobDeleted"), errors=(400, 404, 409))},
         "/jobs/{job_id}/cancel": {"post": _op("Stop a queued or running job", params=(JOB,),
                                               result=_ref("Job"), errors=(400, 404, 409))},
         "/jobs/{job_id}/resume": {"post": _op(
@@ -249,8 +257,10 @@ SCHEMAS = {
                          near_duplicates={"type": "array", "items": OBJECT}),
     "Job": _obj(("id", "kind", "state", "browse"), id=STR, kind=STR,
                 state={"enum": ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]},
-                phase=NULL_STR, progress=NULL_NUM, error=NULL_STR,
+                phase=NULL_STR, progress=NULL_NUM, error=NULL_STR, bytes=INT,
                 browse=_obj(("dir", "output"), closed=True, dir=NULL_STR, output=NULL_STR)),
+    "JobDeleted": _obj(("id", "bytes", "lora", "lora_removed", "lora_kept"), id=STR, bytes=INT,
+                       lora=NULL_STR, lora_removed=BOOL, lora_kept=NULL_STR),
     "JobPage": _obj(("jobs", "total", "offset", "limit"), jobs={"type": "array", "items": _ref("Job")},
                     total=INT, offset=INT, limit=NULL_INT),
     "Health": _obj(("ok", "version", "workspace", "contents"), ok=BOOL, version=STR, workspace=STR,
