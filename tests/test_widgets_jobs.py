@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import signal
+import threading
 import time
 
 import pytest
@@ -18,6 +20,7 @@ from lora_lab.jobs import submit
 from lora_lab.training.config import TrainConfig
 from lora_lab.training.presets import PRESETS, apply_preset
 from lora_lab.widgets.chart import Curves, Series, line_chart_svg, loss_chart_svg, nice_ticks
+from lora_lab.widgets.common import Poller
 from lora_lab.widgets.jobs_panel import JobsPanel
 from lora_lab.widgets.launcher import TrainingLauncher
 from lora_lab.widgets.monitor import CURVE_POINTS, LOG_LINES, TrainingMonitor
@@ -74,6 +77,10 @@ def test_line_chart_has_axes_ticks_legend_and_an_empty_state():
     assert ">100<" in svg and ">0.3<" in svg  # round ticks covering both ranges
     assert "no data yet" in line_chart_svg({"loss": []})
     assert nice_ticks(0.0123, 0.2)[1] == (0.0, 0.2)
+    # every colour follows JupyterLab's theme (dark included), with a light fallback elsewhere
+    assert not re.search(r'(fill|stroke)="', svg) and 'style="fill:var(--jp-ui-font-color1, #333)"' in svg
+    assert svg.count("<text") == svg.count('style="fill:var(--jp-')
+    assert "var(--jp-layout-color0, #fff)" in svg and "var(--jp-brand-color1, #1f77b4)" in svg
     events = [{"type": "progress", "step": i, "total": 3, "loss": 0.1 * i, "lr": 1e-4} for i in (1, 2, 3)]
     assert loss_chart_svg(events).count("<polyline") == 2
     curves = Curves()
@@ -281,6 +288,10 @@ def test_monitor_copes_with_a_caption_job_and_throttles_and_stays_bounded(ws):
     assert len(monitor.follower.curves.loss) <= CURVE_POINTS + 1
     assert len(monitor.follower.log_lines) == LOG_LINES
     assert "line 4999" in monitor.log_view.value and "line 4799" not in monitor.log_view.value
+    # newest at the bottom, in a box that shows its bottom (column-reverse starts scrolled there)
+    shown = re.search(r"<pre[^>]*>(.*)</pre>", monitor.log_view.value, re.S).group(1).splitlines()
+    assert shown[-1] == "line 4999" and shown[0] == "line 4800" and len(shown) == LOG_LINES
+    assert "flex-direction:column-reverse" in monitor.log_view.value
     assert monitor.bar.bar_style == "success" and "step 20000/20000" in monitor.stats.value
 
 
@@ -318,3 +329,60 @@ def test_monitor_of_a_job_whose_directory_is_removed_stops_and_says_so(ws):
     assert monitor.tick() is False
     assert monitor.notice.kind == "error" and "was removed" in monitor.notice.text
     assert monitor.cancel_button.disabled and monitor.resume_button.disabled
+
+
+# -- cancel, then resume at once -------------------------------------------------------------------
+def test_cancel_then_resume_at_once_follows_the_resumed_job(ws, tiny_models):
+    job = long_job(ws, tiny_models)
+    monitor = follow(TrainingMonitor(job.id, ws, autostart=False), stepping)
+    panel = JobsPanel(ws, autostart=False)
+    for at_once in (True, False, True):
+        assert state(monitor) == "running", monitor.notice.text
+        monitor.cancel_button.click()
+        first = monitor.cancelling
+        monitor.cancel_button.click()  # a quick second click (click() ignores `disabled`)
+        assert monitor.cancelling is first and "already" in monitor.notice.text
+        if not at_once:  # the moment it reads cancelled, while its process may still be ending
+            follow(monitor, lambda m: not m.resume_button.disabled)
+        monitor.resume_button.click()
+        if monitor.resume_pending:  # clicked while the cancel still waits for the process
+            assert monitor.resume_button.disabled and "once the job has stopped" in monitor.notice.text
+        monitor.cancelling.join(timeout=120)
+        assert monitor.notice.kind == "ok" and "resumed" in monitor.notice.text, monitor.notice.text
+        before = monitor.follower.events_read
+        follow(monitor, lambda m, n=before: any(e["type"] == "progress" for e in job.events(n)))
+        monitor.refresh()
+        assert state(monitor) == "running" == job.view()["state"]  # the truth, and shown as such
+        assert "<b>running</b>" in monitor.state.value and monitor.bar.bar_style == "info"
+        assert not monitor.cancel_button.disabled and monitor.resume_button.disabled
+        assert {r["id"]: r["state"] for r in panel.refresh()}[job.id] == "running"
+    assert not [e for e in job.events() if e.get("forced")]  # never marked cancelled by force
+
+    monitor.cancel_button.click()
+    monitor.cancelling.join(timeout=120)
+    assert state(follow(monitor, ended)) == "cancelled" == job.view()["state"]
+    assert monitor.cancel_button.disabled and not monitor.resume_button.disabled
+    panel.close()
+
+
+def test_poller_started_while_its_last_tick_ends_keeps_polling():
+    deciding, resumed, ticks = threading.Event(), threading.Event(), []
+
+    def tick() -> bool:
+        ticks.append(1)
+        if len(ticks) == 1:  # the job reads ended ... and is resumed before this tick returns
+            deciding.set()
+            resumed.wait(10)
+            return False
+        return len(ticks) < 3
+
+    poller = Poller(tick, 0.01)
+    poller.start()
+    assert deciding.wait(10)
+    poller.start()  # Resume clicked now
+    resumed.set()
+    deadline = time.monotonic() + 10
+    while poller.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(ticks) == 3 and not poller.running  # it went on, then stopped when told
+

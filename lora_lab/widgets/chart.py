@@ -13,7 +13,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 Point = tuple[float, float]
-COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+COLORS = ("var(--jp-brand-color1, #1f77b4)", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+# JupyterLab's theme variables, so a chart reads in the light and the dark theme alike; the
+# fallbacks (light) apply where no theme is (an SVG shown as an image, a file opened alone).
+# As style properties: var() does not work in SVG presentation attributes.
+THEME = {"background": "var(--jp-layout-color0, #fff)", "text": "var(--jp-ui-font-color1, #333)",
+         "muted": "var(--jp-ui-font-color2, #888)", "axis": "var(--jp-border-color1, #999)",
+         "grid": "var(--jp-border-color2, #e0e0e0)"}
 EMA_WEIGHT = 0.9  # the smoothed loss: what kohya's and ai-toolkit's "average loss" show
 
 
@@ -79,8 +85,9 @@ def line_chart_svg(series: Mapping[str, Sequence[Point]], *, width: int = 480, h
     drawn = {name: pts for name, pts in series.items() if pts}
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-             f'<rect x="{pad_l}" y="{pad_t}" width="{plot_w}" height="{plot_h}" fill="#fff" '
-             'stroke="#999"/>']
+             f'<rect width="{width}" height="{height}" style="fill:{THEME["background"]}"/>',
+             f'<rect x="{pad_l}" y="{pad_t}" width="{plot_w}" height="{plot_h}" '
+             f'style="fill:none;stroke:{THEME["axis"]}"/>']
     if title:
         parts.append(_text(pad_l + plot_w / 2, 15, title, anchor="middle", bold=True))
     if x_label:
@@ -90,7 +97,7 @@ def line_chart_svg(series: Mapping[str, Sequence[Point]], *, width: int = 480, h
                            rotate=(12, pad_t + plot_h / 2)))
     if not drawn:
         parts.append(_text(pad_l + plot_w / 2, pad_t + plot_h / 2, "no data yet", anchor="middle",
-                           fill="#888"))
+                           fill=THEME["muted"]))
         return "".join(parts) + "</svg>"
     xs = [p[0] for pts in drawn.values() for p in pts]
     ys = [p[1] for pts in drawn.values() for p in pts]
@@ -105,16 +112,16 @@ def line_chart_svg(series: Mapping[str, Sequence[Point]], *, width: int = 480, h
 
     for t in x_ticks:
         parts.append(f'<line x1="{sx(t):.1f}" y1="{pad_t + plot_h}" x2="{sx(t):.1f}" '
-                     f'y2="{pad_t + plot_h + 4}" stroke="#999"/>')
+                     f'y2="{pad_t + plot_h + 4}" style="stroke:{THEME["axis"]}"/>')
         parts.append(_text(sx(t), pad_t + plot_h + 15, format_tick(t, x_ticks), anchor="middle"))
     for t in y_ticks:
         parts.append(f'<line x1="{pad_l}" y1="{sy(t):.1f}" x2="{pad_l + plot_w}" y2="{sy(t):.1f}" '
-                     'stroke="#eee"/>')
+                     f'style="stroke:{THEME["grid"]}"/>')
         parts.append(_text(pad_l - 4, sy(t) + 4, format_tick(t, y_ticks), anchor="end"))
     for i, (name, pts) in enumerate(drawn.items()):
         color = colors[i % len(colors)]
         path = _polyline(pts, (x0, x1, pad_l, plot_w), (y0, y1, pad_t + plot_h, -plot_h))
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{path}">'
+        parts.append(f'<polyline style="fill:none;stroke:{color};stroke-width:1.5" points="{path}">'
                      f"<title>{html.escape(name)}</title></polyline>")
         if len(drawn) > 1:
             parts.append(_text(pad_l + plot_w - 6, pad_t + 14 + 13 * i, name, anchor="end",
@@ -207,9 +214,9 @@ def _polyline(pts: Sequence[Point], xs: tuple[float, ...], ys: tuple[float, ...]
     return " ".join(f"{ox + (x - x0) * kx:.1f},{oy + (y - y0) * ky:.1f}" for x, y in pts)
 
 
-def _text(x: float, y: float, text: str, *, anchor: str = "start", fill: str = "#333",
+def _text(x: float, y: float, text: str, *, anchor: str = "start", fill: str = THEME["text"],
           bold: bool = False, rotate: tuple[float, float] | None = None) -> str:
     extra = (' font-weight="bold"' if bold else "") + \
         (f' transform="rotate(-90 {rotate[0]:.1f} {rotate[1]:.1f})"' if rotate else "")
-    return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" fill="{fill}"{extra}>'
+    return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" style="fill:{fill}"{extra}>'
             f"{html.escape(text)}</text>")

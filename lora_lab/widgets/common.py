@@ -61,31 +61,47 @@ def reporting(handler: Callable) -> Callable:
 class Poller:
     """Calls ``tick`` every ``interval`` seconds on a daemon thread until it returns False or
     :meth:`stop` is called. Panels do their reading here, so the kernel stays free; tests call
-    ``tick`` themselves and never start the thread."""
+    ``tick`` themselves and never start the thread.
+
+    A :meth:`start` always takes effect, even one made while a last tick is deciding to stop
+    (a job resumed just as its monitor saw it end): that tick's False is then ignored."""
 
     def __init__(self, tick: Callable[[], bool], interval: float):
         self.tick, self.interval = tick, interval
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._live = False  # a thread runs and has not decided to end
+        self._again = False  # start() was called since the current tick began
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._live
 
     def start(self) -> None:
-        if self.running:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="lora-lab poller", daemon=True)
-        self._thread.start()
+        with self._lock:
+            self._stop.clear()
+            self._again = True
+            if not self._live:
+                self._live = True
+                threading.Thread(target=self._run, name="lora-lab poller", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                if self.tick() is False:
+        while True:
+            stopped = self._stop.wait(self.interval)
+            with self._lock:
+                if stopped and self._stop.is_set():
+                    self._live = False
                     return
+                self._again = False
+            try:
+                go_on = self.tick() is not False
             except Exception:  # keep polling: a file half-written now reads fine next time
                 log.exception("panel update failed")
+                go_on = True
+            with self._lock:
+                if not go_on and not self._again:
+                    self._live = False
+                    return

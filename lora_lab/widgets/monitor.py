@@ -13,6 +13,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 import ipywidgets as widgets
@@ -121,7 +122,10 @@ class TrainingMonitor(widgets.VBox):
         self.interval = interval
         self.follower = MonitoredJob(self.job)
         self.notice = Notice()
-        self.cancelling: threading.Thread | None = None
+        self.cancelling: threading.Thread | None = None  # the latest cancel (tests join it)
+        self.stopping = False  # a cancel waits for the job's process to end
+        self.resume_pending = False  # Resume clicked meanwhile: done once the process has ended
+        self._buttons = threading.Lock()  # the cancel thread and a click both use the two above
         self._lock = threading.Lock()  # the poller thread and a caller may refresh at once
         self._last_render = -math.inf
         self._pending = False  # read but not yet shown
@@ -180,14 +184,14 @@ class TrainingMonitor(widgets.VBox):
         self.stats.value = html.escape(stats_line(f.progress, state))
         self.cancel_button.disabled = state not in ACTIVE
         self.cancel_button.button_style = "warning" if state in ACTIVE else ""  # no orange when idle
-        self.resume_button.disabled = state not in ("failed", "cancelled", "interrupted")
+        self.resume_button.disabled = self.resume_pending or \
+            state not in ("failed", "cancelled", "interrupted")
         self._show_error(f, state)
         if f.curves.has_loss:
             self.charts.value = f.curves.loss_svg(420, 220) + f.curves.lr_svg(420, 220)
             self.charts.layout.display = None
         self._show_samples(f)
-        self.log_view.value = ('<pre style="max-height:14em;overflow:auto;font-size:11px">'
-                               f"{html.escape(chr(10).join(f.log_lines))}</pre>" if f.log_lines else "")
+        self.log_view.value = log_html(f.log_lines)
 
     def _show_error(self, f: MonitoredJob, state: str) -> None:
         if f.error and state in ERROR_STATES:
@@ -210,11 +214,15 @@ class TrainingMonitor(widgets.VBox):
         state = self.job.view()["state"]
         if state not in ACTIVE:
             raise Conflict(f"job {self.job.id} is already {state}")
-        self.cancel_button.disabled = True
-        self.notice.show("cancelling: a training job saves a checkpoint first", "info")
+        with self._buttons:
+            if self.stopping:
+                raise Conflict(f"job {self.job.id} is already being cancelled")
+            self.stopping = True
         # cancel() waits for the job to stop (up to its grace period): not on the kernel's thread
         self.cancelling = threading.Thread(target=self._cancel, name=f"cancel {self.job.id}",
                                            daemon=True)
+        self.cancel_button.disabled = True
+        self.notice.show("cancelling: a training job saves a checkpoint first", "info")
         self.cancelling.start()
 
     def _cancel(self) -> None:
@@ -226,9 +234,28 @@ class TrainingMonitor(widgets.VBox):
         except Exception as e:  # a bug: say so in the panel, the thread has no one else to tell
             log.exception("cancelling %s failed", self.job.id)
             self.notice.show(f"{type(e).__name__}: {e}", "error")
+        with self._buttons:
+            self.stopping, pending, self.resume_pending = False, self.resume_pending, False
+        if pending:
+            self._resume()
+        else:
+            self.refresh()
 
     @reporting
     def _on_resume(self, _: Any = None) -> None:
+        # A job records "cancelled" before its process has ended, and cancel() marks a job it
+        # finds still active once that process ends: a resume in between would be marked
+        # cancelled while it runs. So a resume waits for the cancel to finish.
+        with self._buttons:
+            deferred = self.resume_pending = self.stopping
+        if deferred:
+            self.resume_button.disabled = True
+            self.notice.show("resuming once the job has stopped (it saves a checkpoint first)", "info")
+            return
+        self._resume()
+
+    @reporting
+    def _resume(self) -> None:
         resume(self.job)
         self.notice.show(f"job {self.job.id} resumed", "ok")
         self.refresh()
@@ -238,6 +265,18 @@ class TrainingMonitor(widgets.VBox):
     def close(self) -> None:
         self.poller.stop()
         super().close()
+
+
+def log_html(lines: Iterable[str]) -> str:
+    """The log tail, oldest line first and newest at the bottom, in a box that shows its bottom:
+    a column-reverse flex box starts scrolled to its end, and stays there as lines come."""
+    text = html.escape("\n".join(lines))
+    if not text:
+        return ""
+    return ('<div class="lora-lab-log" style="display:flex;flex-direction:column-reverse;'
+            'max-height:14em;overflow:auto;border:1px solid var(--jp-border-color2,#ddd)">'
+            f'<pre style="margin:0;font-size:11px;color:var(--jp-content-font-color1,inherit)">'
+            f"{text}</pre></div>")
 
 
 def _fraction(f: MonitoredJob) -> float:
