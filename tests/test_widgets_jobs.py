@@ -322,6 +322,31 @@ def test_jobs_panel_lists_true_states_and_opens_a_monitor(ws):
     panel.close()
 
 
+def test_jobs_panel_deletes_an_ended_job_and_refuses_a_running_one(ws):
+    running = hand_written_job(ws, "train", [])  # its pid is this test's: alive
+    lora = ws.root / "loras" / "old.safetensors"
+    lora.parent.mkdir(parents=True, exist_ok=True)
+    lora.write_bytes(b"not really a LoRA")
+    done = hand_written_job(ws, "train", [{"type": "done", "output": str(lora)}], "succeeded")
+    done.set_status("succeeded", output=str(lora))
+    panel = JobsPanel(ws, autostart=False)
+
+    panel.jobs.value = running.id
+    panel.delete_button.click()
+    assert panel.notice.kind == "error" and "cancel it first" in panel.notice.text
+    assert running.path.is_dir() and running.id in {r["id"] for r in panel.rows}
+
+    panel.jobs.value = done.id
+    panel.open_button.click()
+    panel.delete_lora.value = True
+    panel.delete_button.click()
+    assert panel.notice.kind == "info" and "and its LoRA file" in panel.notice.text, panel.notice.text
+    assert not done.path.exists() and not lora.exists()
+    assert done.id not in {r["id"] for r in panel.rows} and panel.monitor is None
+    assert [p.name for p in ws.jobs.iterdir()] == [running.id]  # nothing left aside
+    panel.close()
+
+
 def test_monitor_of_a_job_whose_directory_is_removed_stops_and_says_so(ws):
     job = hand_written_job(ws, "train", [{"type": "progress", "step": 1, "total": 9, "loss": 0.5}])
     monitor = TrainingMonitor(job.id, ws, autostart=False)

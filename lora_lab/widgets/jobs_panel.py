@@ -1,5 +1,5 @@
 """JobsPanel: every job in the workspace with its true state, phase and progress; pick one to
-open a TrainingMonitor on it (caption jobs too)."""
+open a TrainingMonitor on it (caption jobs too), or to delete it once it has ended."""
 from __future__ import annotations
 
 import threading
@@ -8,7 +8,8 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..errors import LoraLabError
-from ..jobdir import list_jobs
+from ..jobdir import list_jobs, open_job
+from ..jobs import delete
 from ..workspace import Workspace
 from .common import Notice, Poller, reporting, workspace_of
 from .monitor import TrainingMonitor
@@ -36,11 +37,17 @@ class JobsPanel(widgets.VBox):
         self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
         self.open_button = widgets.Button(description="Open monitor", icon="line-chart",
                                           button_style="primary")
+        self.delete_button = widgets.Button(description="Delete", icon="trash",
+                                            tooltip="delete the selected job's folder (it must have ended)")
+        self.delete_lora = widgets.Checkbox(description="and its LoRA file", indent=False,
+                                            layout={"width": "auto"})
         self.refresh_button.on_click(self._on_refresh)
         self.open_button.on_click(self._on_open)
+        self.delete_button.on_click(self._on_delete)
         self.monitor_box = widgets.VBox()
-        self.children = [widgets.HBox([self.refresh_button, self.open_button]), self.notice,
-                         self.jobs, self.monitor_box]
+        self.children = [widgets.HBox([self.refresh_button, self.open_button, self.delete_button,
+                                       self.delete_lora]),
+                         self.notice, self.jobs, self.monitor_box]
         self.refresh()
         if autostart:
             self.poller.start()
@@ -75,6 +82,20 @@ class JobsPanel(widgets.VBox):
         if not self.jobs.value:
             raise LoraLabError("select a job in the list first")
         self.open_monitor(self.jobs.value)
+
+    @reporting
+    def _on_delete(self, _: Any = None) -> None:
+        if not self.jobs.value:
+            raise LoraLabError("select a job in the list first")
+        job = open_job(self.jobs.value, self.ws)
+        (result,) = delete([job], self.ws, lora="remove" if self.delete_lora.value else "keep")
+        if self.monitor is not None and self.monitor.job.id == job.id:
+            self.monitor.close()
+            self.monitor, self.monitor_box.children = None, []
+        self.refresh()
+        lora = (" and its LoRA file" if result["lora_removed"] else
+                f" (its LoRA file is kept: {result['lora_kept']})" if result["lora_kept"] else "")
+        self.notice.show(f"deleted job {job.id}{lora}: {result['bytes'] / 2**20:.1f} MB freed", "info")
 
     def open_monitor(self, job_id: str) -> TrainingMonitor:
         """Show a monitor for ``job_id`` below the list, in place of the previous one."""
