@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from jupyter_server.auth.decorator import ws_authenticated
@@ -39,9 +39,11 @@ T = TypeVar("T")
 
 
 class LoraLabSocket(WebSocketMixin, WebSocketHandler, JupyterHandler):
-    """Base of the WebSockets: clients only listen, while :meth:`pump` sends; errors before
-    the upgrade are the REST routes' JSON. Subclasses decorate ``get`` with ``@ws_authenticated``."""
+    """Base of the WebSockets: clients only listen, while the subclass's ``pump`` sends (with
+    :meth:`send`) until there is no more; errors before the upgrade are the REST routes' JSON.
+    Subclasses decorate ``get`` with ``@ws_authenticated``."""
 
+    pump: Callable[[], Awaitable[None]]  # each subclass's own sending loop
     _pump: asyncio.Task | None = None
 
     def set_default_headers(self) -> None:
@@ -54,10 +56,6 @@ class LoraLabSocket(WebSocketMixin, WebSocketHandler, JupyterHandler):
     def open(self, *args: str, **kwargs: str) -> None:
         super().open()  # WebSocketMixin: keep-alive pings
         self._pump = asyncio.ensure_future(self._send_all())
-
-    async def pump(self) -> None:
-        """Send the socket's messages (with :meth:`send`) until there are no more."""
-        raise NotImplementedError
 
     async def send(self, messages: list[dict[str, Any]]) -> None:
         for message in messages:
