@@ -17,6 +17,7 @@ import pytest
 from conftest import jpeg_bytes
 from server_api import jp_server_config  # noqa: F401 (fixture)
 
+from lora_lab.captioning import Answer
 from lora_lab.captioning.batch import CaptionSettings, caption_dataset
 from lora_lab.datasets import Dataset, etag, ingest, list_datasets, lock
 from lora_lab.datasets.journal import read_entry
@@ -328,7 +329,7 @@ class EditedMeanwhile:
         self.caption_model, self.ws, self.file = caption_model, ws, file
         self.name = caption_model.name
 
-    def caption(self, image: bytes, prompt: str) -> str:
+    def caption(self, image: bytes, prompt: str) -> Answer:
         if self.file in prompt:  # the prompt names the image: "Describe {filename}."
             Dataset.open("photos", self.ws).set_caption(self.file, "typed by hand meanwhile")
         return self.caption_model.caption(image, prompt)

@@ -125,6 +125,21 @@ async def test_image_pages_filter_and_link_images_and_thumbnails(api, shapes, jp
     assert code == 404 and err["error"] == "Not Found"
 
 
+async def test_image_pages_filter_captions_cut_at_the_token_limit(api, shapes, ws):
+    ds = Dataset.open(shapes, ws)
+    entry = ds.journal.begin("caption test")
+    assert ds.write_caption(entry, "purple_square.jpg", None, "a caption that stops in the",
+                            {"model": "tiny", "prompt": "describe", "truncated": True})
+    entry.finish()
+    code, _, page = await api("datasets", shapes, "images", params={"truncated": "true"})
+    assert code == 200 and [(i["file"], i["caption_truncated"]) for i in page["items"]] == [
+        ("purple_square.jpg", True)]
+    code, _, page = await api("datasets", shapes, "images", params={"truncated": "false", "limit": 100})
+    assert page["total"] == 7 and not any(i["caption_truncated"] for i in page["items"])
+    code, _, err = await api("datasets", shapes, "images", params={"truncated": "maybe"})
+    assert code == 400 and "truncated" in err["detail"]
+
+
 async def test_caption_etags_refuse_a_stale_write(api, shapes, ws):
     code, headers, first = await api("datasets", shapes, "captions", "red_circle.jpg")
     assert code == 200 and first["caption"] == "a red circle above green grass"

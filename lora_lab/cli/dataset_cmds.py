@@ -40,6 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     state = c.add_mutually_exclusive_group()
     state.add_argument("--captioned", dest="captioned", action="store_const", const=True)
     state.add_argument("--uncaptioned", dest="captioned", action="store_const", const=False)
+    cut = c.add_mutually_exclusive_group()
+    cut.add_argument("--truncated", dest="truncated", action="store_const", const=True,
+                     help="only captions the caption model cut off at its token limit")
+    cut.add_argument("--not-truncated", dest="truncated", action="store_const", const=False,
+                     help="no caption cut off")
     c.set_defaults(run=cmd_images)
 
     c = cmds.add_parser("caption", help="print one image's caption, or set it")
@@ -148,7 +153,7 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 def cmd_images(args: argparse.Namespace) -> None:
     page = Dataset.open(args.name, workspace(args)).images(
-        args.offset, args.limit, q=args.query, captioned=args.captioned)
+        args.offset, args.limit, q=args.query, captioned=args.captioned, truncated=args.truncated)
     lines = [f"{r['file']}\t{r['width']}x{r['height']}\t{r['caption'] or '(no caption)'}"
              for r in page.items]
     lines.append(f"-- {args.offset + 1}-{args.offset + len(page.items)} of {page.total}")

@@ -1,7 +1,8 @@
 """Caption text and the bulk operations on it.
 
 A caption is either free text or comma-separated tags (booru style); the tag operations split
-on commas. Each operation is a pure function of one caption, described by a dict such as
+on commas, and :func:`caption_tags` tells the two apart for display (prose is not shown as
+tags). Each operation is a pure function of one caption, described by a dict such as
 ``{"op": "replace", "old": "dog", "new": "cat"}`` so that the CLI, REST and panels share them.
 """
 from __future__ import annotations
@@ -16,6 +17,34 @@ from ..errors import LoraLabError
 def split_tags(caption: str) -> list[str]:
     """Tags of a caption: comma-separated, whitespace collapsed, empties dropped."""
     return [t for t in (" ".join(p.split()) for p in caption.split(",")) if t]
+
+
+# A sentence ends at . ! or ? before a space or the end (so "1.5" does not end one).
+SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
+PROSE_WORDS = 6  # words per comma-part from which a caption reads as prose, periods or not
+SENTENCE_WORDS = 3  # ... and from which it does when it has a sentence end
+
+
+def is_sentence_caption(caption: str) -> bool:
+    """Whether a caption is prose ("A dog sits on the grass. It looks up.") rather than tags
+    ("dog, grass, looking up"): many words per comma-part, and sentence ends. Tags average one
+    to three words; a sentence with commas in it still averages more."""
+    return _is_prose(caption, split_tags(caption))
+
+
+def caption_tags(caption: str | None) -> list[str]:
+    """The tags a caption shows as tags: its comma-separated parts, none for prose."""
+    if not caption:
+        return []
+    tags = split_tags(caption)
+    return [] if _is_prose(caption, tags) else tags
+
+
+def _is_prose(caption: str, parts: list[str]) -> bool:
+    if not parts:
+        return False
+    words = sum(p.count(" ") + 1 for p in parts) / len(parts)  # parts' whitespace is collapsed
+    return words >= PROSE_WORDS or (words >= SENTENCE_WORDS and SENTENCE_END.search(caption) is not None)
 
 
 def join_tags(tags: list[str]) -> str:

@@ -131,7 +131,8 @@ class Dataset:
 
     def images(self, offset: int = 0, limit: int = 100, **query: Any) -> Page:
         """A page of image records; ``query`` filters and sorts them (see :class:`ImageQuery`:
-        ``q``, ``captioned``, ``shape``, ``min_side``, ``duplicates``, ``sort``)."""
+        ``q``, ``tag``, ``captioned``, ``truncated``, ``shape``, ``min_side``, ``duplicates``,
+        ``sort``). Any page costs about the same, however far in."""
         if offset < 0 or not 1 <= limit <= 1000:
             raise LoraLabError("offset must be >= 0 and limit between 1 and 1000")
         rows, total = self.index.page(offset, limit, ImageQuery(**query))
@@ -220,16 +221,16 @@ class Dataset:
             shown = ", ".join(changed_since[:3]) + (" ..." if len(changed_since) > 3 else "")
             raise Conflict(f"cannot undo {entry['label']!r}: {len(changed_since)} caption(s) changed "
                            f"since ({shown}); nothing was reverted")
-        for f, before, _ in reversed(entry["changes"]):
-            self._write_caption_file(f, before)
+        self._write_caption_files([(f, before) for f, before, _ in reversed(entry["changes"])])
         entry_path.unlink()
         self._mark_synced()
         return {"undone": entry["label"], "restored": len(entry["changes"])}
 
     def write_caption(self, entry: Entry, file: str, before: str | None, after: str,
-                      source: dict[str, str]) -> bool:
+                      source: dict[str, Any]) -> bool:
         """One caption of a batch: journaled first, then written atomically, with its source
-        (the model and prompt that made it) recorded in the index.
+        (the model and prompt that made it, ``"truncated": True`` when the token limit cut it)
+        recorded in the index and in the sources log, which a re-sync restores it from.
 
         Returns False, writing nothing, when the caption is no longer ``before`` (someone edited
         it while the model worked: that newer edit wins)."""
@@ -237,7 +238,7 @@ class Dataset:
             if self.caption_or_none(file) != before:
                 return False
             entry.add([(file, before, after)])
-            self._write_caption_file(file, after, source)
+            self._write_caption_files([(file, after)], source)
             with open(self.sources_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"file": file, "etag": etag(after.strip()), **source},
                                    ensure_ascii=False) + "\n")
@@ -255,19 +256,23 @@ class Dataset:
         # The journal entry goes first: a crash mid-way leaves an entry whose undo is refused
         # for the captions not yet written, never a change that cannot be undone.
         self.journal.record(label, [(f, b, a) for f, (b, a) in changes.items()])
-        for f, (_, after) in changes.items():
-            self._write_caption_file(f, after)
+        self._write_caption_files([(f, after) for f, (_, after) in changes.items()])
         self._mark_synced()
 
-    def _write_caption_file(self, file: str, text: str | None,
-                            source: dict[str, str] | None = None) -> None:
-        path = self.caption_path(file)
-        if text is None:
-            path.unlink(missing_ok=True)
-            self.index.set_caption(file, None, None)
-        else:
-            atomic.write_text(path, text)
-            self.index.set_caption(file, text, path.stat().st_mtime_ns, source)
+    def _write_caption_files(self, texts: list[tuple[str, str | None]],
+                             source: dict[str, Any] | None = None) -> None:
+        """Write each caption file atomically (None: remove it), then index them all in one
+        transaction: a bulk edit's thousands of captions cost the index one commit."""
+        indexed = []
+        for file, text in texts:
+            path = self.caption_path(file)
+            if text is None:
+                path.unlink(missing_ok=True)
+                indexed.append((file, None, None, None))
+            else:
+                atomic.write_text(path, text)
+                indexed.append((file, text, path.stat().st_mtime_ns, source))
+        self.index.set_captions(indexed)
 
     # -- index -----------------------------------------------------------------------------------
     def _dir_mtime(self) -> str:
@@ -311,7 +316,7 @@ class Dataset:
         self._mark_synced()
         return {"added": len(new_rows), "removed": len(gone), "captions": recaptioned}
 
-    def _caption_sources(self) -> dict[str, dict[str, str]]:
+    def _caption_sources(self) -> dict[str, dict[str, Any]]:
         """file -> the source of its last batch caption (a torn last line is ignored)."""
         sources = {}
         try:
@@ -327,7 +332,7 @@ class Dataset:
         return sources
 
     def _sync_captions(self) -> int:
-        updated, sources = 0, None
+        updated, sources = [], None
         for row in self.index.all():
             txt = self.path / Path(row["file"]).with_suffix(".txt")
             mtime = txt.stat().st_mtime_ns if self._own(txt) else None  # a link out: none
@@ -339,10 +344,10 @@ class Dataset:
                 sources = self._caption_sources() if sources is None else sources
                 source = sources.get(row["file"], {})
                 # The batch's source holds while the text is what the batch wrote.
-                self.index.set_caption(row["file"], text, mtime,
-                                       source if source.get("etag") == etag(text) else None)
-                updated += 1
-        return updated
+                updated.append((row["file"], text, mtime,
+                                source if source.get("etag") == etag(text) else None))
+        self.index.set_captions(updated)  # one transaction for them all
+        return len(updated)
 
     def add_rows(self, rows: list[dict[str, Any]]) -> None:
         """Index new image rows, flagging near-duplicates of earlier images."""

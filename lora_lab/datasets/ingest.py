@@ -13,11 +13,13 @@ happens under it, so concurrent ingests and edits into one dataset never interle
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import secrets
 import shutil
 import stat
+import tempfile
 import unicodedata
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -129,6 +131,51 @@ def ingest(source: str | os.PathLike | Iterable[str | os.PathLike], name: str, *
         raise LoraLabError(f"no images added to {name!r}, so it was not created"
                            + (f" ({reasons})" if reasons else " (the source holds no images)"))
     return report
+
+
+def add_uploads(files: list[tuple[str, bytes]], name: str, *,
+                workspace: Workspace | None = None) -> IngestReport:
+    """Add uploaded files, each (file name, content), to the existing dataset ``name``: zips,
+    images and their ``.txt`` captions. All are checked before any is read: one that is none of
+    these, or a ``.zip`` that is not a zip, refuses the whole upload and nothing is added."""
+    refused = [reason for fname, data in files if (reason := _not_uploadable(fname, data))]
+    if refused:
+        raise LoraLabError(f"upload refused, nothing was added: {'; '.join(refused)}")
+    ws = workspace or Workspace()
+    Dataset.open(name, ws).index.close()  # NotFound before anything is staged
+    staging = ws.root / ".uploads"
+    staging.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{name}-", dir=staging) as tmp:
+        paths = []
+        for i, (fname, data) in enumerate(files):  # a folder each: two uploads may share a name
+            path = Path(tmp) / str(i) / _upload_name(fname)
+            path.parent.mkdir()
+            path.write_bytes(data)
+            paths.append(path)
+        zips = [p for p in paths if p.suffix.lower() == ".zip"]
+        loose = [p for p in paths if p.suffix.lower() != ".zip"]
+        reports = [ingest(z, name, workspace=ws, add=True) for z in zips]
+        if loose:
+            reports.append(ingest(loose, name, workspace=ws, add=True))
+    merged = IngestReport(name)
+    for r in reports:
+        for key in ("added", "skipped", "duplicates", "near_duplicates"):
+            getattr(merged, key).extend(getattr(r, key))
+    return merged
+
+
+def _upload_name(fname: str) -> str:
+    return PurePosixPath(fname.replace("\\", "/")).name or "upload"
+
+
+def _not_uploadable(fname: str, data: bytes) -> str | None:
+    suffix = Path(_upload_name(fname)).suffix.lower()
+    if suffix == ".zip":
+        return None if zipfile.is_zipfile(io.BytesIO(data)) else f"{fname} is not a zip file"
+    if suffix in EXTENSIONS or suffix == ".txt":
+        return None  # an image is decoded by the ingest, which skips a broken one with why
+    return (f"{fname} is not a zip or an image ({', '.join(sorted(EXTENSIONS))}) or a caption "
+            "(.txt)")
 
 
 # -- listing sources -------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ from collections import Counter
 from typing import Any
 
 from ..buckets import FAMILIES, assign_bucket, family_buckets
-from .captions import split_tags
 from .dataset import Dataset
+from .tags import tag_counts
 
 MEGAPIXEL_BINS = [(0.25, "< 0.25 MP"), (0.5, "0.25-0.5 MP"), (1.0, "0.5-1 MP"), (2.0, "1-2 MP"),
                   (4.0, "2-4 MP"), (float("inf"), ">= 4 MP")]
@@ -34,13 +34,8 @@ def dataset_stats(ds: Dataset, top_tags: int = 30) -> dict[str, Any]:
     }
 
 
-def tag_counts(captions: list[str]) -> Counter[str]:
-    """How often each tag occurs in ``captions``."""
-    return Counter(t for c in captions for t in split_tags(c))
-
-
 def tag_frequency(ds: Dataset, top: int = 30) -> list[tuple[str, int]]:
-    """The ``top`` most frequent tags of the dataset's captions, most frequent first."""
+    """The ``top`` tags most images of the dataset carry, with how many, most first."""
     return tag_counts(ds.index.captions()).most_common(top)
 
 

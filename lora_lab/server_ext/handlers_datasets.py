@@ -186,8 +186,8 @@ class DatasetHandler(LoraLabHandler):
 
 
 class ImagesHandler(LoraLabHandler):
-    """GET ``?offset=&limit=&q=&tag=&captioned=&shape=&min_side=&duplicates=&sort=``: a page of
-    images (see ImageQuery), with their captions, ETags and image and thumbnail URLs."""
+    """GET ``?offset=&limit=&q=&tag=&captioned=&truncated=&shape=&min_side=&duplicates=&sort=``:
+    a page of images (see ImageQuery), with their captions, ETags and image and thumbnail URLs."""
 
     @authenticated
     async def get(self, name: str) -> None:
@@ -196,6 +196,7 @@ class ImagesHandler(LoraLabHandler):
         query = {"q": self.get_query_argument("q", None) or None,
                  "tag": self.get_query_argument("tag", None) or None,
                  "captioned": self._flag("captioned"),
+                 "truncated": self._flag("truncated"),
                  "shape": self.get_query_argument("shape", None) or None,
                  "min_side": self.int_arg("min_side", 0, 0, 10**6),
                  "duplicates": bool(self._flag("duplicates")),
@@ -215,7 +216,8 @@ class ImagesHandler(LoraLabHandler):
     def _page(self, name: str, offset: int, limit: int, query: dict[str, Any]) -> dict[str, Any]:
         with opened(name, self.ws) as ds:
             page = ds.images(offset, limit, **query)
-        items = [{k: row[k] for k in ITEM_FIELDS} for row in page.items]
+        items = [{**{k: row[k] for k in ITEM_FIELDS},
+                  "caption_truncated": bool(row["caption_truncated"])} for row in page.items]
         return {"items": items, "total": page.total, "offset": page.offset, "limit": page.limit}
 
 
