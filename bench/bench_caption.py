@@ -28,7 +28,7 @@ from benchlib import Row, Target, cpu_busy, own_cpu, print_machine, print_table,
 from PIL import Image, ImageDraw
 
 from lora_lab.captioning import prompts
-from lora_lab.captioning.base import MAX_CAPTION_PIXELS, data_uri, prepare_image
+from lora_lab.captioning.base import MAX_CAPTION_PIXELS, data_uri, prepare_image, retry_tokens
 from lora_lab.captioning.batch import CaptionSettings, caption_dataset
 from lora_lab.datasets import Dataset, ingest
 from lora_lab.workspace import Workspace
@@ -109,9 +109,9 @@ def bench_llama(args: argparse.Namespace, root: Path, ds: Dataset, files: list[s
             start = time.perf_counter()
             fn()
             total = time.perf_counter() - start
-            model_s, between_s = probes[name].split(total)
+            model_s, between_s = probes[name].split(total, len(paths))
             return {"model_s": model_s, "between_s": between_s, "writes_s": writes.mean_s(),
-                    "tokens": statistics.fmean(probes[name].tokens)}
+                    "tokens": sum(probes[name].tokens) / len(paths)}
         return go
 
     def lora() -> None:
@@ -133,8 +133,9 @@ def bench_llama(args: argparse.Namespace, root: Path, ds: Dataset, files: list[s
         f"caption {n} images with {model_desc}, max_tokens={args.max_tokens}, "
         f"best of {args.repeats} undisturbed runs (order alternated)",
         "a bare serial loop: prepare_image (decode, downscale to "
-        f"{MAX_CAPTION_PIXELS / 2**20:g} MP, JPEG) + data URI + create_chat_completion + "
-        "write the .txt, per image, on its own Llama with LlamaCaptioner's settings",
+        f"{MAX_CAPTION_PIXELS / 2**20:g} MP, JPEG) + data URI + create_chat_completion (asked "
+        "again at double the limit when max_tokens cut the answer, as lora_lab does) + write the "
+        ".txt, per image, on its own Llama with LlamaCaptioner's settings",
         [Row("lora_lab caption_dataset(LlamaCaptioner)", lora_run.seconds, bare.seconds,
              LLAMA_TARGET)])
     print(f"images/s: bare {n / bare.seconds:.2f}, lora_lab {n / lora_run.seconds:.2f}; tokens "
@@ -167,18 +168,21 @@ def bare_loop(llm, paths: list[Path], prompt: str, max_tokens: int, out_dir: Pat
     decoding would only make the floor slower.
     """
     for path in paths:
-        text = _complete(llm, prepare_image(path), prompt, max_tokens)
+        jpeg = prepare_image(path)
+        text, reason = _complete(llm, jpeg, prompt, max_tokens)
+        if reason == "length":  # a cut caption is asked again, so both do the same model work
+            text, _ = _complete(llm, jpeg, prompt, retry_tokens(max_tokens))
         (out_dir / f"{path.stem}.txt").write_text(text, encoding="utf-8")
 
 
-def _complete(llm, jpeg: bytes, prompt: str, max_tokens: int) -> str:
+def _complete(llm, jpeg: bytes, prompt: str, max_tokens: int) -> tuple[str, str | None]:
     messages = [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": data_uri(jpeg)}},
         {"type": "text", "text": prompt},
     ]}]
     out = llm.create_chat_completion(messages=messages, max_tokens=max_tokens,
                                      temperature=TEMPERATURE, seed=SEED)
-    return out["choices"][0]["message"]["content"] or ""
+    return out["choices"][0]["message"]["content"] or "", out["choices"][0]["finish_reason"]
 
 
 class Probe:
@@ -207,11 +211,11 @@ class Probe:
     def mean_s(self) -> float:
         return statistics.fmean(end - start for start, end in self.spans) if self.spans else 0.0
 
-    def split(self, total: float) -> tuple[float, float]:
-        """(time in the model, the rest) of a run that took ``total`` seconds, per image."""
-        n = len(self.spans)
+    def split(self, total: float, images: int) -> tuple[float, float]:
+        """(time in the model, the rest) of a run of ``images`` that took ``total`` seconds,
+        per image (an image whose answer was cut takes two calls)."""
         model = sum(end - start for start, end in self.spans)
-        return model / n, (total - model) / n
+        return model / images, (total - model) / images
 
 
 def prep_ms(paths: list[Path]) -> float:

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import jpeg_bytes
 
+from lora_lab.captioning import Answer
 from lora_lab.captioning.batch import CaptionSettings, caption_dataset
 from lora_lab.datasets import Dataset
 from lora_lab.errors import LoraLabError
+from lora_lab.jobdir import list_jobs
 
 
 @pytest.fixture
@@ -55,7 +57,40 @@ def test_cli_captions_only_uncaptioned_by_default(cli, ds, tiny_caption):
     job = ds.path.parent.parent / "jobs" / out["job"]
     assert json.loads((job / "status.json").read_text())["state"] == "succeeded"
     events = [json.loads(line) for line in (job / "events.jsonl").read_text().splitlines()]
-    assert [e["type"] for e in events] == ["progress"] * 8 + ["done"]
+    # the tiny model never stops by itself: each new caption also logs that it was cut
+    assert [e["type"] for e in events if e["type"] != "log"] == ["progress"] * 8 + ["done"]
+    assert [e["file"] for e in events if e["type"] == "log"] == out["truncated"]
+
+
+def test_a_model_that_always_hits_the_token_limit(cli, ws, ds, tiny_caption):
+    """Each answer is asked again at double the limit, then saved marked truncated: the index
+    filters them, a reindex keeps the mark, a hand edit clears it, and the job says so."""
+    rc, text, _ = cli("caption", "shapes", "--model", tiny_caption["caption_model"], "--mmproj",
+                      tiny_caption["caption_mmproj"], "--max-tokens", "8")
+    cut = ["purple_square.jpg", "white_circle.webp", "yellow_triangle.webp"]  # the uncaptioned
+    assert "3 answer(s) hit the token limit (--max-tokens) and were asked again" in text
+    assert "3 caption(s) still hit it: saved but marked truncated" in text
+    assert [line.strip() for line in text.splitlines() if "truncated " in line] == [
+        f"truncated {f}" for f in cut]
+    [job] = list_jobs(ws)
+    status = job.view()
+    assert (status["captioned"], status["retried"], status["truncated"]) == (3, 3, 3)
+    events = job.events()
+    logs = [e for e in events if e["type"] == "log"]
+    assert [e["file"] for e in logs] == cut and all(e["truncated"] for e in logs)
+    assert "may end mid-sentence, and is marked truncated" in logs[0]["message"]
+    assert (events[-2]["retried"], events[-2]["truncated"]) == (3, 3)  # the last progress
+    assert (events[-1]["retried"], events[-1]["truncated"]) == (3, cut)  # done
+
+    def marked():
+        return sorted(r["file"] for r in Dataset.open("shapes", ws).images(truncated=True).items)
+
+    assert marked() == cut and ds.images(truncated=False).total == 5
+    assert all(ds.image(f)["caption_truncated"] == 1 for f in cut)
+    cli("dataset", "reindex", "shapes")  # the index is a cache: the sources log restores the mark
+    assert marked() == cut
+    ds.set_caption("purple_square.jpg", "a purple square, whole now")
+    assert marked() == ["white_circle.webp", "yellow_triangle.webp"]
 
 
 @pytest.mark.parametrize("mode", ["overwrite", "append", "prepend"])
@@ -99,7 +134,7 @@ def test_a_broken_image_mid_batch_is_reported_and_the_rest_go_on(ds, caption_mod
                              on_event=events.append)
     assert [f["file"] for f in report.failed] == ["purple_square.jpg"]
     assert "cannot read" in report.failed[0]["error"] and report.captioned == 7
-    [log] = [e for e in events if e["type"] == "log"]
+    [log] = [e for e in events if e["type"] == "log" and not e.get("truncated")]
     assert log["level"] == "warning" and log["file"] == "purple_square.jpg"
     assert log["message"].startswith("purple_square.jpg: cannot read")
     assert [e["step"] for e in events if e["type"] == "progress"] == list(range(1, 9))
@@ -120,7 +155,7 @@ class Boilerplate(Interrupting):
 
     def caption(self, image, prompt):
         self.caption_model.caption(image, prompt)
-        return "The image shows"
+        return Answer("The image shows")
 
 
 def test_an_empty_answer_is_a_failure_not_an_empty_caption(ds, caption_model):
@@ -185,7 +220,7 @@ def test_caption_killed_with_sigkill_resumes_with_nothing_lost_or_doubled(cli, w
         proc.wait(timeout=60)
     ds = Dataset.open("many", ws)
     assert 0 < len(ds.journal.last()[1]["changes"]) < 40, "killed too late to test a resume"
-    assert events and events[-1]["type"] == "progress"
+    assert events and {e["type"] for e in events} <= {"progress", "log"}  # killed mid-way
 
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -16,15 +16,31 @@ from lora_lab.tiny import gguf_models
 def test_captions_every_sample_format_quietly(caption_model, tiny_caption, capfd):
     for path in sorted(tiny_caption["samples"].glob("*.*")):
         if path.suffix != ".txt":  # webp too: it is re-encoded, llama.cpp cannot read webp
-            assert caption_model.caption(prepare_image(path), "Describe the image.").strip()
+            assert caption_model.caption(prepare_image(path), "Describe the image.").text.strip()
     out, err = capfd.readouterr()
     assert err == ""  # llama.cpp's ~35 lines per caption go to logging, not stderr
     assert caption_model.name == "tiny-qwen25vl.gguf + tiny-qwen25vl-mmproj.gguf"
 
 
+def test_a_model_that_always_hits_the_token_limit_is_retried_once_then_marked(
+        caption_model, tiny_caption, monkeypatch):
+    """The random-weight model never stops by itself: every answer runs into max_tokens (8)."""
+    asked, generate = [], caption_model._llm.create_chat_completion
+
+    def recording(**kwargs):  # the real call, its limit and finish reason noted
+        out = generate(**kwargs)
+        asked.append((kwargs["max_tokens"], out["choices"][0]["finish_reason"]))
+        return out
+
+    monkeypatch.setattr(caption_model._llm, "create_chat_completion", recording)
+    answer = caption_model.caption_file(tiny_caption["samples"] / "red_circle.jpg", "Describe.")
+    assert asked == [(8, "length"), (16, "length")]  # once more at double, then given up
+    assert answer.truncated and answer.retried and answer.text.strip()
+
+
 def test_generic_mtmd_handler(tiny_caption):
     c = LlamaCaptioner(tiny_caption["caption_model"], tiny_caption["caption_mmproj"], handler="mtmd", max_tokens=4)
-    assert c.caption_file(tiny_caption["samples"] / "red_circle.jpg", "Describe.")
+    assert c.caption_file(tiny_caption["samples"] / "red_circle.jpg", "Describe.").text
     c.close()
     with pytest.raises(CaptionError, match="closed"):
         c.caption_file(tiny_caption["samples"] / "red_circle.jpg", "Describe.")
@@ -36,7 +52,7 @@ def test_enormous_image_is_capped_before_encoding(caption_model, tmp_path):
     prepared = prepare_image(big)
     with Image.open(io.BytesIO(prepared)) as im:
         assert im.width * im.height <= MAX_CAPTION_PIXELS and abs(im.width / im.height - 1.5) < 0.01
-    assert caption_model.caption(prepared, "Describe.")
+    assert caption_model.caption(prepared, "Describe.").text
 
 
 def test_exif_rotation_is_applied(tmp_path):

@@ -1,7 +1,9 @@
 """The OpenAI-compatible caption engine against a real HTTP server started here.
 
 The fake server speaks llama-server's JSON shapes, decodes the JPEG it is sent and describes it,
-so a caption proves the image travelled; it counts requests in flight to check the pipeline.
+so a caption proves the image travelled; it counts requests in flight to check the pipeline. Like
+a real server it honours ``max_tokens`` (a word is a token here): an answer cut at the limit
+comes back with ``finish_reason`` "length".
 """
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ import pytest
 from PIL import Image, ImageStat
 
 from lora_lab.captioning import openai_server
-from lora_lab.captioning.base import CaptionError, prepare_image
+from lora_lab.captioning.base import RETRY_MAX_TOKENS, Answer, CaptionError, prepare_image, retry_tokens
 from lora_lab.captioning.openai_server import OpenAIServerCaptioner, api_base
+from lora_lab.datasets import Dataset
+from lora_lab.jobdir import open_job
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (20, 40, 210)}
 
@@ -120,10 +124,14 @@ class Handler(BaseHTTPRequestHandler):
             if len(state.posts()) <= state.gate:
                 state.lock.wait_for(lambda: state.in_flight >= state.gate, timeout=15)
         state.release.wait(state.delay)
+        words = answer.split(" ")
+        finish = "length" if len(words) > body["max_tokens"] else "stop"
+        answer = " ".join(words[:body["max_tokens"]])
         self._send(200, {"id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
-                         "choices": [{"index": 0, "finish_reason": "stop",
+                         "choices": [{"index": 0, "finish_reason": finish,
                                       "message": {"role": "assistant", "content": answer}}],
-                         "usage": {"prompt_tokens": 80, "completion_tokens": 12, "total_tokens": 92}})
+                         "usage": {"prompt_tokens": 80, "completion_tokens": len(answer.split(" ")),
+                                   "total_tokens": 80 + len(answer.split(" "))}})
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +170,7 @@ def jpeg(colour: str = "red", size: tuple[int, int] = (64, 48)) -> bytes:
 def test_one_caption_sends_the_openai_request(fake, url):
     cap = OpenAIServerCaptioner(url, model="qwen2.5-vl", max_tokens=123, temperature=0.1)
     image = jpeg("red")
-    assert cap.caption(image, "Describe this image.") == "an image of 64x48 pixels, mostly red"
+    assert cap.caption(image, "Describe this image.") == Answer("an image of 64x48 pixels, mostly red")
     [post] = fake.posts()
     assert post["path"] == "/v1/chat/completions"
     body = post["body"]
@@ -178,8 +186,8 @@ def test_one_caption_sends_the_openai_request(fake, url):
 
 def test_the_answer_reflects_the_image_sent(fake, url):
     cap = OpenAIServerCaptioner(url)
-    assert cap.caption(jpeg("green", (100, 30)), "p") == "an image of 100x30 pixels, mostly green"
-    assert cap.caption(jpeg("blue", (20, 90)), "p") == "an image of 20x90 pixels, mostly blue"
+    assert cap.caption(jpeg("green", (100, 30)), "p").text == "an image of 100x30 pixels, mostly green"
+    assert cap.caption(jpeg("blue", (20, 90)), "p").text == "an image of 20x90 pixels, mostly blue"
 
 
 def test_caption_many_keeps_four_in_flight_and_keys_every_result(fake, url):
@@ -192,7 +200,7 @@ def test_caption_many_keeps_four_in_flight_and_keys_every_result(fake, url):
         nonlocal pulled
         for i in range(12):
             colour, size = list(COLOURS)[i % 3], (40 + i, 30 + 2 * i)
-            expected[f"img{i}"] = f"an image of {size[0]}x{size[1]} pixels, mostly {colour}"
+            expected[f"img{i}"] = Answer(f"an image of {size[0]}x{size[1]} pixels, mostly {colour}")
             pulled += 1
             yield f"img{i}", jpeg(colour, size), "Describe this image."
 
@@ -214,8 +222,29 @@ def test_caption_many_yields_a_failure_and_goes_on(fake, url):
     assert sorted(results) == [0, 1, 2]
     errors = [r for r in results.values() if isinstance(r, CaptionError)]
     assert len(errors) == 1 and "image too large" in str(errors[0])
-    assert sum(r == "an image of 64x48 pixels, mostly red" for r in results.values()) == 2
+    assert sum(r == Answer("an image of 64x48 pixels, mostly red") for r in results.values()) == 2
     assert list(cap.caption_many([])) == []
+
+
+def test_an_answer_cut_by_the_token_limit_is_asked_again_with_double(fake, url):
+    cap = OpenAIServerCaptioner(url, max_tokens=4)  # the answer is 7 "tokens": cut at 4, whole at 8
+    assert cap.caption(jpeg(), "p") == Answer("an image of 64x48 pixels, mostly red", retried=True)
+    assert [p["body"]["max_tokens"] for p in fake.posts()] == [4, 8]
+
+
+def test_an_answer_cut_even_at_double_comes_back_marked_truncated(fake, url):
+    cap = OpenAIServerCaptioner(url, max_tokens=2)
+    assert cap.caption(jpeg(), "p") == Answer("an image of 64x48", truncated=True, retried=True)
+    assert [p["body"]["max_tokens"] for p in fake.posts()] == [2, 4]
+
+
+def test_the_retry_limit_is_capped(fake, url):
+    assert (retry_tokens(300), retry_tokens(1500), retry_tokens(RETRY_MAX_TOKENS)) == (
+        600, RETRY_MAX_TOKENS, RETRY_MAX_TOKENS)
+    fake.script = [(200, {"choices": [{"finish_reason": "length", "message": {"content": "a red"}}]})]
+    cap = OpenAIServerCaptioner(url, max_tokens=RETRY_MAX_TOKENS)
+    assert cap.caption(jpeg(), "p") == Answer("a red", truncated=True)  # no larger limit to ask for
+    assert len(fake.posts()) == 1
 
 
 @pytest.mark.parametrize("failure", [
@@ -227,7 +256,7 @@ def test_caption_many_yields_a_failure_and_goes_on(fake, url):
 def test_a_transient_failure_is_retried(fake, url, failure):
     fake.script = [failure]
     cap = OpenAIServerCaptioner(url)
-    assert cap.caption(jpeg(), "p") == "an image of 64x48 pixels, mostly red"
+    assert cap.caption(jpeg(), "p") == Answer("an image of 64x48 pixels, mostly red")
     assert len(fake.posts()) == 2
 
 
@@ -329,3 +358,15 @@ def test_the_api_key_is_sent_as_a_bearer_token(fake, url, monkeypatch):
     OpenAIServerCaptioner(url).caption(jpeg(), "p")
     sent = [r["headers"].get("Authorization") for r in fake.requests]
     assert sent == ["Bearer sk-given"] * 2 + ["Bearer sk-openai"] * 2 + ["Bearer sk-lora-lab"] * 2
+
+
+def test_a_caption_job_through_the_server_saves_retried_answers_whole(fake, url, cli, ws, samples):
+    cli("dataset", "ingest", samples, "--name", "shapes")
+    out = json.loads(cli("caption", "shapes", "--server", url, "--max-tokens", "4",
+                         "--mode", "overwrite", "--json")[1])
+    assert (out["captioned"], out["retried"], out["truncated"], out["failed"]) == (8, 8, [], [])
+    assert sorted(p["body"]["max_tokens"] for p in fake.posts()) == [4] * 8 + [8] * 8  # 4 in flight
+    ds = Dataset.open("shapes", ws)
+    assert all(ds.caption(f).endswith(("red", "green", "blue")) for f in ds.select())  # whole
+    assert ds.images(truncated=True).total == 0
+    assert open_job(out["job"], ws).view()["retried"] == 8

@@ -26,7 +26,8 @@ def image(tiny_caption):
 
 
 def test_answers_like_the_model_in_process(worker, caption_model, image):
-    assert worker.caption(image, "Describe.") == caption_model.caption(image, "Describe.")
+    answer = worker.caption(image, "Describe.")  # text, retried and truncated, across the pipe
+    assert answer == caption_model.caption(image, "Describe.") and answer.truncated
     assert worker.name == caption_model.name
     pid = worker.pid
     worker.caption(image, "Describe again.")
@@ -40,7 +41,7 @@ def test_recaptions_one_dataset_image(cli, ws, worker, tiny_caption):
     report = caption_dataset(ds, worker, CaptionSettings("Describe.", trigger="sks",
                                                          mode="overwrite"),
                              files=["green_circle.jpg"])
-    assert report.captioned == 1
+    assert report.captioned == 1 and report.truncated == ["green_circle.jpg"]  # max_tokens=8
     after = ds.caption("green_circle.jpg")
     assert after != before and after.startswith("sks, ")
     assert ds.image("green_circle.jpg")["caption_model"] == worker.name
@@ -58,7 +59,7 @@ def test_a_crash_mid_request_is_an_error_then_a_fresh_worker(worker, image):
                                            "captioning; it restarts with the next request"):
         worker.caption(image, "Describe.")
     assert time.monotonic() - t0 < 10
-    assert worker.caption(image, "Describe.")
+    assert worker.caption(image, "Describe.").text
     assert worker.starts == starts + 1 and worker.pid != pid
 
 
@@ -73,7 +74,7 @@ def test_a_request_that_hangs_times_out(worker, image):
             os.kill(pid, 0)
     finally:
         worker.timeout = 300.0
-    assert worker.caption(image, "Describe.")
+    assert worker.caption(image, "Describe.").text
 
 
 def test_a_worker_that_died_idle_restarts_without_an_error(worker, image):
@@ -81,7 +82,7 @@ def test_a_worker_that_died_idle_restarts_without_an_error(worker, image):
     starts, pid = worker.starts, worker.pid
     os.kill(pid, signal.SIGKILL)
     time.sleep(0.2)
-    assert worker.caption(image, "Describe.")
+    assert worker.caption(image, "Describe.").text
     assert worker.starts == starts + 1
 
 

@@ -133,3 +133,37 @@ def test_non_utf8_caption_on_disk_is_a_clear_error(cli, ds):
     (ds.path / "red_circle.txt").write_bytes(b"\xff\xfe broken")
     msg = cli.fails("dataset", "caption", "shapes", "red_circle.jpg")
     assert "not UTF-8" in msg and "red_circle.txt" in msg
+
+
+@pytest.mark.parametrize("caption, prose", [
+    ("1girl, solo, long hair, looking at viewer", False),
+    ("green circle, grass, sky.", False),  # a stray period does not make tags prose
+    ("sks, a photo of a dog, outdoors", False),
+    ("score 1.5 ratio, x", False),
+    ("A red car.", True),
+    ("A dog sits on the grass, looking up at the camera, with a red collar.", True),
+    ("a blue square floating in a clear sky", True),  # no period, but far too long for a tag
+    ("", False),
+])
+def test_sentence_captions_are_told_from_tags(caption, prose):
+    assert ops.is_sentence_caption(caption) is prose
+    assert ops.caption_tags(caption) == ([] if prose else ops.split_tags(caption))
+
+
+def test_tags_are_counted_per_image_and_completed_from_a_prefix():
+    from lora_lab.datasets.tags import TagIndex, tag_counts
+
+    captions = ["red, red, ball", "red, long hair", "A red ball lies on the grass.", None, "Long Hat"]
+    assert tag_counts(captions) == {"red": 2, "ball": 1, "long hair": 1, "Long Hat": 1}
+    tags = TagIndex(captions)
+    assert tags.complete("re") == [("red", 2)]
+    assert tags.complete("  LONG  h") == [("Long Hat", 1), ("long hair", 1)]  # ties by name
+    assert tags.complete("hai") == [("long hair", 1)]  # a later word's start finds it too
+    assert tags.complete("", 2) == [("red", 2), ("Long Hat", 1)]
+    assert tags.complete("", 2, exclude=["red"]) == [("Long Hat", 1), ("ball", 1)]
+    assert tags.complete("zz") == [] and tags.top(1) == [("red", 2)]
+    tags.replace("red, long hair", "red, long hair, long hair, hat")  # one caption edited
+    tags.replace("red, red, ball", None)  # one caption removed
+    assert tags.counts == {"red": 1, "long hair": 1, "Long Hat": 1, "hat": 1}
+    assert tags.complete("ha") == [("hat", 1), ("Long Hat", 1), ("long hair", 1)]  # its start first
+    assert tags.complete("ba") == [] and len(tags) == 4

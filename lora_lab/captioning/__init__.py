@@ -4,7 +4,7 @@ Engines load their libraries lazily: ``lora_lab.captioning.llama.LlamaCaptioner`
 child-process form ``lora_lab.captioning.worker.CaptionWorker``, and
 ``lora_lab.captioning.openai_server.OpenAIServerCaptioner``.
 """
-from .base import Captioner, CaptionError, prepare_image
+from .base import Answer, Captioner, CaptionError, prepare_image
 from .batch import CaptionSettings, caption_dataset
 
-__all__ = ["CaptionError", "CaptionSettings", "Captioner", "caption_dataset", "prepare_image"]
+__all__ = ["Answer", "CaptionError", "CaptionSettings", "Captioner", "caption_dataset", "prepare_image"]

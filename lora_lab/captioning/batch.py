@@ -4,6 +4,10 @@ The next images are read and resized on a background thread while the model gene
 pipeline around the model costs next to nothing. A batch is one undo-journal entry: each caption
 is journaled, then written atomically, so a batch killed at any point and started again with the
 same settings continues where it stopped — no caption lost, duplicated or half-written.
+
+An answer the token limit cut is asked again with a larger limit (the engines do that, see
+:func:`~lora_lab.captioning.base.whole_answer`); one cut even then is saved with
+``"truncated": True`` in its source, so the index marks it and a filter finds it.
 """
 from __future__ import annotations
 
@@ -19,10 +23,13 @@ from typing import Any
 from ..datasets import Dataset
 from ..errors import LoraLabError
 from . import prompts
-from .base import Captioner, CaptionError, prepare_image
+from .base import Answer, Captioner, CaptionError, prepare_image
 
 MODES = ("skip", "overwrite", "append", "prepend")
 PREFETCH = 4  # images prepared ahead of the model
+TRUNCATED = ("the model hit its token limit, also when asked again with a larger one: the caption "
+             "is saved but may end mid-sentence, and is marked truncated (raise max_tokens and "
+             "caption it again, or edit it)")
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,8 @@ class BatchReport:
     captioned: int = 0
     already_done: int = 0  # captioned before (skip mode) or by the run this one resumes
     failed: list[dict[str, str]] = field(default_factory=list)  # file, error
+    retried: int = 0  # answers cut by the token limit, asked again with a larger one
+    truncated: list[str] = field(default_factory=list)  # saved although cut even after the retry
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,7 +71,8 @@ def caption_dataset(ds: Dataset, captioner: Captioner, settings: CaptionSettings
                     on_event: Callable[[dict[str, Any]], None] | None = None) -> BatchReport:
     """Caption the selected images (default all); per-image failures are reported, not raised.
 
-    ``on_event`` gets a ``progress`` event per image and a ``log`` event per failed image.
+    ``on_event`` gets a ``progress`` event per image and a ``log`` event per failed image and
+    per caption saved truncated.
     """
     check_settings(settings)
     selected = ds.select(files)
@@ -76,8 +86,8 @@ def caption_dataset(ds: Dataset, captioner: Captioner, settings: CaptionSettings
     emit = on_event or (lambda event: None)
     items = _prefetch(_prepare(ds, todo, settings), PREFETCH)
     for n, (item, answer) in enumerate(_generate(captioner, items), start=1):
-        failures = len(report.failed)
-        if item.error is None and isinstance(answer, str):
+        failures, truncated = len(report.failed), len(report.truncated)
+        if item.error is None and isinstance(answer, Answer):
             _store(ds, entry, item, answer, settings, captioner.name, report)
         elif item.error != "skip":
             report.failed.append({"file": item.file, "error": item.error or str(answer)})
@@ -86,6 +96,9 @@ def caption_dataset(ds: Dataset, captioner: Captioner, settings: CaptionSettings
         if len(report.failed) > failures:
             emit({"type": "log", "level": "warning", **report.failed[-1],
                   "message": f"{item.file}: {report.failed[-1]['error']}"})
+        if len(report.truncated) > truncated:
+            emit({"type": "log", "level": "warning", "file": item.file, "truncated": True,
+                  "message": f"{item.file}: {TRUNCATED}"})
         emit(_progress(report, n, len(todo), started, item.file))
     entry.finish()
     report.seconds = round(time.monotonic() - started, 3)
@@ -131,7 +144,7 @@ def _prepare(ds: Dataset, files: list[str], settings: CaptionSettings) -> Iterat
 
 
 def _generate(captioner: Captioner, items: Iterable[_Item]):
-    """(item, raw answer or CaptionError) per item; several in flight when the engine can."""
+    """(item, Answer or CaptionError) per item; several in flight when the engine can."""
     caption_many = getattr(captioner, "caption_many", None)
     if caption_many is None:
         for item in items:
@@ -163,9 +176,10 @@ def _drain(waiting: list[_Item]) -> Iterator[tuple[_Item, None]]:
         yield waiting.pop(0), None
 
 
-def _store(ds: Dataset, entry, item: _Item, answer: str, settings: CaptionSettings, model: str,
+def _store(ds: Dataset, entry, item: _Item, answer: Answer, settings: CaptionSettings, model: str,
            report: BatchReport) -> None:
-    new = prompts.clean_caption(answer, trigger=settings.trigger, max_words=settings.max_words,
+    report.retried += answer.retried
+    new = prompts.clean_caption(answer.text, trigger=settings.trigger, max_words=settings.max_words,
                                 style=settings.style)
     if not new:
         report.failed.append({"file": item.file, "error": "the model returned an empty caption"})
@@ -174,12 +188,16 @@ def _store(ds: Dataset, entry, item: _Item, answer: str, settings: CaptionSettin
     if not ds.path.is_dir():
         raise LoraLabError(f"dataset folder {ds.path} disappeared mid-batch; the captions "
                            "written before are kept")
-    if not ds.write_caption(entry, item.file, item.existing, after,
-                            {"model": model, "prompt": settings.prompt}):
+    source: dict[str, Any] = {"model": model, "prompt": settings.prompt}
+    if answer.truncated:
+        source["truncated"] = True
+    if not ds.write_caption(entry, item.file, item.existing, after, source):
         report.failed.append({"file": item.file, "error": "its caption was edited while the model "
                               "worked; that edit was kept (caption it again to replace it)"})
         return
     report.captioned += 1
+    if answer.truncated:
+        report.truncated.append(item.file)
 
 
 def _progress(report: BatchReport, n: int, total: int, started: float, file: str) -> dict[str, Any]:
@@ -187,6 +205,7 @@ def _progress(report: BatchReport, n: int, total: int, started: float, file: str
     rate = n / elapsed
     return {"type": "progress", "step": n, "total": total, "file": file,
             "captioned": report.captioned, "failed": len(report.failed),
+            "retried": report.retried, "truncated": len(report.truncated),
             "images_per_s": round(rate, 3), "eta_s": round((total - n) / rate, 1)}
 
 

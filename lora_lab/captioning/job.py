@@ -6,6 +6,7 @@ continues where it stopped (the batch journal skips what is done).
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,7 @@ from ..errors import LoraLabError
 from ..jobdir import JobRecord
 from ..workspace import Workspace
 from . import prompts
-from .base import Captioner
+from .base import Captioner, CaptionError
 from .batch import MODES, BatchReport, CaptionSettings, caption_dataset, check_settings
 
 HANDLERS = ("qwen25vl", "mtmd")
@@ -51,9 +52,35 @@ def caption_params(params: dict[str, Any], workspace: Workspace | None = None) -
                            f"{', '.join(HANDLERS)}")
     if full["concurrency"] < 1 or full["max_tokens"] < 1:
         raise LoraLabError("caption parameters concurrency and max_tokens must be at least 1")
-    Dataset.open(full["dataset"], workspace)
-    settings_of(full)
+    ds = Dataset.open(full["dataset"], workspace)
+    try:
+        settings_of(full)
+        if not ds.index.count():
+            raise LoraLabError(f"dataset {ds.name!r} has no images to caption; add some with "
+                               f"`lora-lab dataset ingest FOLDER_OR_ZIP --name {ds.name} --add` "
+                               "or the captioning panel's upload")
+    finally:
+        ds.index.close()
+    if not full["server"]:  # a caption server has its own model
+        _check_model(full["model"], full["mmproj"], workspace)
     return full
+
+
+def _check_model(model: str | None, mmproj: str | None, workspace: Workspace | None) -> None:
+    """The GGUF pair the job would load is there and whole (headers read, nothing loaded)."""
+    from .llama import check_gguf, model_paths
+
+    for key, given, path, env in zip(("model", "mmproj"), (model, mmproj),
+                                     model_paths(model, mmproj, workspace),
+                                     ("LORA_LAB_CAPTION_MODEL", "LORA_LAB_CAPTION_MMPROJ")):
+        came = "as given" if given else f"from ${env}" if os.environ.get(env) else "the default"
+        try:
+            check_gguf(path, "caption model" if key == "model" else "mmproj")
+        except CaptionError as e:
+            raise LoraLabError(
+                f"caption parameter {key}: {e}; that path is {came} (a REST request names the "
+                "files as params model and mmproj; without them, the Qwen2.5-VL-7B pair is "
+                f"looked for in {(workspace or Workspace()).models / 'caption'})") from None
 
 
 def settings_of(params: dict[str, Any]) -> CaptionSettings:
@@ -97,7 +124,9 @@ def run_caption_job(job: JobRecord, workspace: Workspace | None = None,
         job.record_end(e)
         raise
     job.event({"type": "done", **report.to_dict()})
-    job.set_status("succeeded", phase="done", progress=1.0)
+    # the counts a job list shows; the done event holds the files
+    job.set_status("succeeded", phase="done", progress=1.0, captioned=report.captioned,
+                   retried=report.retried, truncated=len(report.truncated))
     return report
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..workspace import Workspace
-from .base import CaptionError, data_uri, prepare_image
+from .base import Answer, CaptionError, data_uri, prepare_image, whole_answer
 
 log = logging.getLogger("lora_lab.captioning.llama")
 
@@ -124,15 +124,16 @@ class LlamaCaptioner:
             raise CaptionError(f"mmproj {self.mmproj_path.name} does not work with model "
                                f"{self.model_path.name}: {_cause(e)}") from None
 
-    def caption(self, image: bytes, prompt: str) -> str:
+    def caption(self, image: bytes, prompt: str) -> Answer:
         try:
-            return self._generate(image, prompt, self.max_tokens)
+            return whole_answer(lambda limit: self._generate(image, prompt, limit), self.max_tokens)
         except CaptionError:
             raise
         except Exception as e:
             raise CaptionError(f"caption generation failed: {_cause(e)}") from None
 
-    def _generate(self, image: bytes, prompt: str, max_tokens: int) -> str:
+    def _generate(self, image: bytes, prompt: str, max_tokens: int) -> tuple[str, str | None]:
+        """The answer's text and its finish reason ("length" when ``max_tokens`` cut it)."""
         _recent_errors.clear()
         messages = [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": data_uri(image)}},
@@ -143,9 +144,10 @@ class LlamaCaptioner:
                 raise CaptionError("the caption model was closed")
             out = self._llm.create_chat_completion(messages=messages, max_tokens=max_tokens,
                                                    temperature=self.temperature, seed=self.seed)
-        return out["choices"][0]["message"]["content"] or ""
+        choice = out["choices"][0]
+        return choice["message"]["content"] or "", choice.get("finish_reason")
 
-    def caption_file(self, path: str | os.PathLike, prompt: str) -> str:
+    def caption_file(self, path: str | os.PathLike, prompt: str) -> Answer:
         """Prepare and caption one image file."""
         return self.caption(prepare_image(path), prompt)
 

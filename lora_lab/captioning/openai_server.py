@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
-from .base import CaptionError, data_uri
+from .base import Answer, CaptionError, data_uri, whole_answer
 
 K = TypeVar("K")
 
@@ -79,27 +79,32 @@ class OpenAIServerCaptioner:
                                f"{_snippet(reply)}")
         return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id")]
 
-    def caption(self, image: bytes, prompt: str) -> str:
-        """One prepared JPEG and prompt -> the model's raw answer text."""
+    def caption(self, image: bytes, prompt: str) -> Answer:
+        """One prepared JPEG and prompt -> the model's raw answer, asked again with a larger
+        limit when ``max_tokens`` cut it (``finish_reason`` "length")."""
+        return whole_answer(lambda limit: self._generate(image, prompt, limit), self.max_tokens)
+
+    def _generate(self, image: bytes, prompt: str, max_tokens: int) -> tuple[str, str | None]:
         reply = self._call("/chat/completions", {
             "model": self.model,
             "messages": [{"role": "user", "content": [
                 {"type": "image_url", "image_url": {"url": data_uri(image)}},
                 {"type": "text", "text": prompt},
             ]}],
-            "max_tokens": self.max_tokens,
+            "max_tokens": max_tokens,
             "temperature": self.temperature,
         })
         try:
-            content = reply["choices"][0]["message"]["content"]
+            choice = reply["choices"][0]
+            content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
             content = None
         if not isinstance(content, str):
             raise CaptionError(f"caption server at {self.base} sent no choices[0].message.content: "
                                f"{_snippet(reply)}")
-        return content
+        return content, choice.get("finish_reason")
 
-    def caption_many(self, items: Iterable[tuple[K, bytes, str]]) -> Iterator[tuple[K, str | CaptionError]]:
+    def caption_many(self, items: Iterable[tuple[K, bytes, str]]) -> Iterator[tuple[K, Answer | CaptionError]]:
         """Caption ``(key, image, prompt)`` items with up to ``concurrency`` requests in flight.
 
         Results come as they complete, in any order, each with its key; a failed item comes back
@@ -107,7 +112,7 @@ class OpenAIServerCaptioner:
         free slots reach, so a generator that prepares images never runs far ahead.
         """
         source = iter(items)
-        pending: dict[Future[str], K] = {}
+        pending: dict[Future[Answer], K] = {}
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="lora-lab-caption")
         try:
             self._fill(pool, source, pending)
@@ -120,7 +125,7 @@ class OpenAIServerCaptioner:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _fill(self, pool: ThreadPoolExecutor, source: Iterator[tuple[K, bytes, str]],
-              pending: dict[Future[str], K]) -> None:
+              pending: dict[Future[Answer], K]) -> None:
         for key, image, prompt in itertools.islice(source, self.concurrency - len(pending)):
             pending[pool.submit(self.caption, image, prompt)] = key
 
@@ -174,7 +179,7 @@ class OpenAIServerCaptioner:
         return CaptionError(f"caption server at {self.base} failed: {_describe(cause)}")
 
 
-def _outcome(future: Future[str]) -> str | CaptionError:
+def _outcome(future: Future[Answer]) -> Answer | CaptionError:
     try:
         return future.result()
     except CaptionError as e:

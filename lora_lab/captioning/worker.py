@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from .base import CaptionError
+from .base import Answer, CaptionError
 from .llama import model_name, model_paths
 
 _POLL_S = 0.1  # how often a waiting caller checks that the worker is still alive
@@ -48,7 +48,7 @@ class CaptionWorker:
         with self._lock:
             self._ensure_running()
 
-    def caption(self, image: bytes, prompt: str) -> str:
+    def caption(self, image: bytes, prompt: str) -> Answer:
         with self._lock:
             self._ensure_running()
             self._conn.send((image, prompt))
@@ -80,7 +80,8 @@ class CaptionWorker:
         self.starts += 1
         self._reply(self.load_timeout, "loading the caption model")
 
-    def _reply(self, timeout: float, doing: str) -> str:
+    def _reply(self, timeout: float, doing: str) -> Any:
+        """The worker's next message: the model's name once loaded, then an Answer per caption."""
         deadline = time.monotonic() + timeout
         try:
             while not self._conn.poll(_POLL_S):

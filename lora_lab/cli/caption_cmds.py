@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..captioning.batch import MODES
+from ..captioning.batch import MODES, BatchReport
 from ..captioning.job import PARAMS
 from ..jobdir import JobRecord
 from ..jobs import check_params, run_here
@@ -35,7 +35,9 @@ def add_caption_arguments(c: argparse.ArgumentParser) -> None:
                    help="skip captioned images (default), or overwrite / append / prepend")
     c.add_argument("--trigger", default="", help="trigger word put first in every caption")
     c.add_argument("--max-words", type=int, help="cut captions at this many words")
-    c.add_argument("--max-tokens", type=int, default=300, help="generation limit per caption")
+    c.add_argument("--max-tokens", type=int, default=300,
+                   help="generation limit per caption; a caption cut there is asked again at "
+                        "double the limit, then saved marked truncated")
     c.add_argument("--files", nargs="+", metavar="FILE", help="only these images")
 
 def cmd_caption(args: argparse.Namespace) -> None:
@@ -48,9 +50,23 @@ def cmd_caption(args: argparse.Namespace) -> None:
         progress_end()
     lines = [f"captioned {report.captioned} of {report.selected} images in {report.seconds:.1f} s "
              f"({report.already_done} already done, {len(report.failed)} failed) with {report.model}",
+             *_token_limit_lines(report),
              f"job record: {job.path}"]
     lines += [f"  failed {f['file']}: {f['error']}" for f in report.failed]
+    lines += [f"  truncated {f}" for f in report.truncated]
     emit(args, {**report.to_dict(), "job": job.id}, "\n".join(lines))
+
+def _token_limit_lines(report: BatchReport) -> list[str]:
+    """What the token limit did to the batch, if anything."""
+    lines = []
+    if report.retried:
+        lines.append(f"{report.retried} answer(s) hit the token limit (--max-tokens) and were "
+                     "asked again with a larger one")
+    if report.truncated:
+        lines.append(f"{len(report.truncated)} caption(s) still hit it: saved but marked "
+                     "truncated, they may end mid-sentence (raise --max-tokens and caption them "
+                     "again with --mode overwrite, or edit them)")
+    return lines
 
 def caption_args(args: argparse.Namespace) -> dict[str, Any]:
     """The caption job parameters the command line gives."""

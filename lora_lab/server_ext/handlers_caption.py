@@ -23,7 +23,8 @@ FIELDS = ("dataset", "file", "preset", "prompt", "trigger", "mode", "max_words")
 
 class CaptionOneHandler(LoraLabHandler):
     """POST ``{dataset, file, preset?, prompt?, trigger?, mode?, max_words?}``: caption one
-    image now (mode defaults to overwrite) and return the new caption and its ETag."""
+    image now (mode defaults to overwrite) and return the new caption and its ETag, and whether
+    the token limit cut the answer (``retried``: asked again larger; ``truncated``: cut even then)."""
 
     @authenticated
     async def post(self) -> None:
@@ -48,6 +49,7 @@ class CaptionOneHandler(LoraLabHandler):
             raise CaptionError(f"{file}: {report.failed[0]['error']}")
         return {"dataset": params["dataset"], "file": file, "caption": caption,
                 "etag": etag(caption), "captioned": report.captioned == 1,
+                "retried": report.retried == 1, "truncated": bool(report.truncated),
                 "model": report.model, "seconds": report.seconds}
 
 
