@@ -15,6 +15,7 @@ from .confine import contents_path
 from .datasets import list_datasets
 from .devices import gpu_status
 from .jobdir import JobRecord, JobsWatch, list_jobs
+from .jobs import summarize
 from .workspace import Workspace
 
 
@@ -28,9 +29,11 @@ def with_browse(view: dict[str, Any], ws: Workspace, root: Path | None) -> dict[
 
 
 def job_view(job: JobRecord, ws: Workspace, root: Path | None) -> dict[str, Any]:
-    """The job's true state (:meth:`JobRecord.view`) with its ``browse`` paths and ``bytes``,
-    its folder's size (a walk of the folder: the feed's polls leave it out)."""
-    return {**with_browse(job.view(), ws, root), "bytes": job.disk_bytes()}
+    """The job's true state (:meth:`JobRecord.view`) with its ``browse`` paths, what every
+    list of jobs shows (:func:`~lora_lab.jobs.summarize`) and ``bytes``, its folder's size (a
+    walk of the folder: the feed's polls leave it out)."""
+    view = job.view()
+    return {**with_browse(view, ws, root), **summarize(view, job.spec()), "bytes": job.disk_bytes()}
 
 
 def job_page(ws: Workspace, root: Path | None, offset: int = 0,
@@ -75,7 +78,11 @@ class WorkspaceWatch:
         return messages
 
     def _served(self, view: dict[str, Any]) -> dict[str, Any]:
-        return with_browse(view, self.ws, self.root)
+        try:
+            summary = summarize(view, JobRecord(self.ws.jobs / view["id"]).spec())
+        except (OSError, ValueError):  # removed meanwhile: its removal comes next
+            summary = {}
+        return {**with_browse(view, self.ws, self.root), **summary}
 
     def _poll_datasets(self) -> list[dict[str, Any]]:
         """The datasets again when a dataset folder changed (an image or caption file added,

@@ -42,9 +42,10 @@ def test_rm_deletes_a_trained_job_and_keeps_its_lora(cli, ws, tiny_models, tmp_p
     size = folder_size(job.path)
     listed = {v["id"]: v for v in json.loads(cli("jobs", "list", "--json")[1])}
     assert listed[job.id]["bytes"] == size > 0 and listed[other.id]["bytes"] == folder_size(other.path)
-    lines = cli("jobs", "list")[1].splitlines()
-    assert len(lines) == 3 and lines[-1].startswith("total ") and lines[-1].endswith("in 2 jobs")
-    assert lines[1].startswith(job.id) and lines[1].split("\t")[-1].endswith("KB")
+    lines = cli("jobs", "list")[1].splitlines()  # a header, the jobs newest first, the total
+    assert len(lines) == 4 and lines[-1].startswith("total ") and lines[-1].endswith("in 2 jobs")
+    assert lines[0].startswith("ID") and lines[2].startswith(job.id)
+    assert lines[2][lines[0].index("SIZE"):].split()[1] == "KB"  # its size column
     assert json.loads(cli("jobs", "show", job.id, "--json")[1])["bytes"] == size
 
     out = cli("jobs", "rm", job.id)[1]

@@ -21,6 +21,8 @@ from lora_lab.datasets import ingest
 from lora_lab.errors import Conflict, LoraLabError
 from lora_lab.jobdir import JobRecord, list_jobs, open_job
 from lora_lab.jobs import cancel, resume, submit
+from lora_lab.training.config import TrainConfig
+from lora_lab.training.job import train
 from lora_lab.training.lora_file import read_lora
 
 LORA_LAB = str(Path(sys.executable).parent / "lora-lab")
@@ -125,11 +127,19 @@ def test_a_lora_never_replaces_another_runs(cli, ws, tiny_models, tmp_path):
     path = config(tiny_models, dataset={"source": "cats"}, save={"name": "same"}).write(
         tmp_path / "run.toml")
     first = json.loads(cli("train", path, "--json")[1])
-    second = json.loads(cli("train", path, "--json")[1])
     assert Path(first["output"]).name == "same.safetensors"
-    assert Path(second["output"]).name == "same-2.safetensors"
+    jobs = [job.id for job in list_jobs(ws)]
+    # a second run of that name is refused before it exists (the name is taken) ...
+    refused = cli.fails("train", path)
+    assert f"'same' is taken: {first['output']} is the LoRA of job {first['job']}" in refused
+    assert [job.id for job in list_jobs(ws)] == jobs
+    # ... and one past that check (its name taken while it ran) ends under the next free name
+    cfg = TrainConfig.load(path)
+    second = train(cfg, JobRecord.create("train", {"config": cfg.to_dict(), "gpus": 1}, ws),
+                   workspace=ws)
+    assert second.output.name == "same-2.safetensors"
     assert read_lora(first["output"])[1]["ss_session_id"] == first["job"]  # untouched
-    warning = [e["message"] for e in open_job(second["job"], ws).events() if e["type"] == "log"
+    warning = [e["message"] for e in list_jobs(ws)[0].events() if e["type"] == "log"
                and e.get("level") == "warning"]
     assert any("another run's LoRA" in m for m in warning)
     unnamed = json.loads(cli("train", path, "--set", "save.name=", "--json")[1])

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 
 import pytest
+import torch
+from conftest import tree_digest
+from safetensors.torch import save_file
 from test_train import config
 
-from lora_lab.datasets import Dataset
+from lora_lab.datasets import Dataset, ingest
 from lora_lab.errors import Conflict, LoraLabError, NotFound
 from lora_lab.jobdir import JobRecord, list_jobs, open_job
 from lora_lab.jobdir.record import STALE_S, pid_alive
@@ -158,6 +162,48 @@ def test_bad_submissions_are_refused_before_anything_starts(ws, tiny_models, sam
             open_job(bad, ws)
     with pytest.raises(NotFound, match="no job 20261123-101500-train-abcdef"):
         open_job("20261123-101500-train-abcdef", ws)
+
+
+def test_runs_bound_to_fail_are_refused_by_the_cli_and_leave_no_job_record(
+        cli, ws, tiny_models, tmp_path, monkeypatch):
+    ingest(tiny_models["samples"], "shapes", workspace=ws)  # 3 of its 8 images lack a caption
+    shutil.copytree(tiny_models["sd15"], ws.models / "sd15")
+    done = JobRecord.create("train", {}, ws)  # an earlier run, whose LoRA holds a name
+    done.set_status("succeeded", pid=None)
+    save_file({"x": torch.zeros(1)}, ws.loras / "mine.safetensors",
+              metadata={"ss_session_id": done.id})
+    jobs = tree_digest(ws.jobs)
+
+    def fails(*argv: str) -> str:
+        line = cli.fails(*argv)
+        assert tree_digest(ws.jobs) == jobs  # nothing written, not even a failed record
+        return line
+
+    uncaptioned = config(tiny_models, dataset={"source": "shapes", "trigger": ""}).write(
+        tmp_path / "uncaptioned.toml")
+    for verb in (("train",), ("jobs", "submit", "train")):
+        line = fails(*verb, uncaptioned)
+        assert "dataset.trigger: 3 of 8 images have no caption (e.g. purple_square.jpg" in line
+        assert "`lora-lab caption shapes`" in line and "or set dataset.trigger" in line
+        line = fails(*verb, uncaptioned, "--set", "dataset.trigger=sks", "--set",
+                     f"model.base={ws.models / 'sd15x'}")
+        assert f"model.base: {ws.models / 'sd15x'} does not exist; models in {ws.models}: " \
+               "sd15 (sd15)" in line
+        line = fails(*verb, uncaptioned, "--set", "dataset.trigger=sks", "--set", "save.name=mine")
+        assert f"save.name: 'mine' is taken: {ws.loras / 'mine.safetensors'} is the LoRA of job " \
+               f"{done.id}" in line and f"`lora-lab jobs rm {done.id} --lora remove`" in line
+    monkeypatch.delenv("LORA_LAB_CAPTION_MODEL", raising=False)
+    for verb in (("caption",), ("jobs", "submit", "caption")):
+        line = fails(*verb, "shapes")
+        assert "caption parameter model: caption model file not found: " \
+               f"{ws.models / 'caption'}" in line and "that path is the default" in line
+        assert "$LORA_LAB_CAPTION_MODEL" in line
+        line = fails(*verb, "shapes", "--model", tmp_path / "typo.gguf")
+        assert f"not found: {tmp_path / 'typo.gguf'}" in line and "that path is as given" in line
+    monkeypatch.setenv("LORA_LAB_CAPTION_MODEL", str(tmp_path / "env.gguf"))
+    assert "that path is from $LORA_LAB_CAPTION_MODEL" in fails("caption", "shapes")
+    Dataset.create("empty", ws)
+    assert "dataset 'empty' has no images to caption" in fails("caption", "empty")
 
 
 def pipeline_notebook(path, body: str):

@@ -7,9 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import tornado.httpclient
+from conftest import tree_digest
+from safetensors.torch import save_file
 from server_api import jp_server_config, workspace_models  # noqa: F401 (fixture)
 
+from lora_lab.datasets import ingest
 from lora_lab.jobdir import JobRecord, open_job
 from lora_lab.training.lora_file import read_lora
 
@@ -174,6 +178,48 @@ async def test_invalid_jobs_are_refused_before_anything_starts(api, jp_ws_fetch,
     with pytest.raises(tornado.httpclient.HTTPClientError) as e:
         await jp_ws_fetch(*API, "jobs", job.id, "stream", params={"after": "-1"})
     assert e.value.code == 400
+
+
+async def test_runs_bound_to_fail_are_refused_with_the_reason_and_leave_no_job_record(
+        api, ws, tiny_models, monkeypatch):
+    config = train_config(ws, tiny_models, 3)
+    ingest(tiny_models["samples"], "shapes", workspace=ws)  # 3 of its 8 images lack a caption
+    done = JobRecord.create("train", {}, ws)  # an earlier run: its intermediate save holds "mine"
+    done.set_status("succeeded", pid=None)
+    save_file({"x": torch.zeros(1)}, ws.loras / "mine-000200.safetensors",
+              metadata={"ss_session_id": done.id})
+    jobs = tree_digest(ws.jobs)
+
+    async def refused(kind: str, params: dict, code: int) -> dict:
+        status, err = await api("jobs", method="POST", body={"kind": kind, "params": params})
+        assert status == code, err
+        assert tree_digest(ws.jobs) == jobs  # no job record, not even a failed one
+        return err
+
+    def train(**sections) -> dict:
+        return {"config": {**config, **{k: {**config.get(k, {}), **v} for k, v in sections.items()}}}
+
+    err = await refused("train", train(dataset={"source": "shapes", "trigger": ""}), 400)
+    assert err["detail"].startswith("dataset.trigger: 3 of 8 images have no caption")
+    assert "`lora-lab caption shapes`" in err["detail"]
+    err = await refused("train", train(model={"base": "models/sd15x"}), 400)  # a mistyped path
+    assert err["detail"] == (f"model.base: {ws.models / 'sd15x'} does not exist; "
+                             f"models in {ws.models}: sd15 (sd15)")
+    err = await refused("train", train(save={"name": "mine"}), 409)
+    assert err["detail"].startswith(f"save.name: 'mine' is taken: {ws.loras / 'mine-000200.safetensors'}"
+                                    f" is the LoRA of job {done.id}")
+    err = await refused("train", train(model={"base": "models/sd15x"}, save={"name": "mine"},
+                                       dataset={"source": "shapes", "trigger": ""}), 400)
+    assert [p.split(":")[0] for p in err["problems"]] == ["model.base", "dataset.trigger", "save.name"]
+    monkeypatch.delenv("LORA_LAB_CAPTION_MODEL", raising=False)
+    err = await refused("caption", {"dataset": "shapes"}, 400)
+    assert err["detail"].startswith("caption parameter model: caption model file not found: "
+                                    f"{ws.models / 'caption'}")
+    assert "params model and mmproj" in err["detail"]
+    code, accepted = await api("jobs", method="POST", body={"kind": "train", "params": train(
+        dataset={"source": "shapes", "trigger": "sks"}, save={"name": "mine-2"})})
+    assert code == 202  # with a trigger word and a free name, the same run is accepted
+    assert (await wait_for_state(api, accepted["id"], ("succeeded", "failed")))["state"] == "succeeded"
 
 
 async def test_500_jobs_come_in_pages_newest_first(api, ws):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import shutil
 
 import pytest
@@ -28,7 +29,10 @@ def fails(ws, cfg, match, **kw) -> JobRecord:
     with pytest.raises(LoraLabError, match=match):
         run(ws, cfg, job=job, **kw)
     assert job.status()["state"] == "failed"
-    assert not list(ws.loras.iterdir())  # no LoRA file, not even a partial one
+    # no final LoRA, not even a partial one; intermediate saves already written are whole
+    assert not [p for p in ws.loras.iterdir() if not re.search(r"-\d{6}\.safetensors$", p.name)]
+    for p in ws.loras.iterdir():
+        load_file(p)
     return job
 
 

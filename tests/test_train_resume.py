@@ -47,15 +47,20 @@ def _wait_for(ws, proc, kind: str, step: int) -> JobRecord:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_models):
-    """The LoRA of an uninterrupted run (in a subprocess, like the runs it is compared with)."""
+def reference_run(tmp_path_factory, tiny_models) -> Path:
+    """The final LoRA file of an uninterrupted run (in a subprocess, like the runs it is
+    compared with), its intermediate saves beside it."""
     root = tmp_path_factory.mktemp("reference")
     from lora_lab import Workspace
 
     ws = Workspace(root / "ws")
     cfg = _config(tiny_models).write(root / "run.toml")
-    out = json.loads(_run(ws, "train", cfg, "--json").stdout)
-    return load_file(out["output"])
+    return Path(json.loads(_run(ws, "train", cfg, "--json").stdout)["output"])
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+    return load_file(reference_run)
 
 
 def _config(tiny_models):
@@ -74,7 +79,7 @@ def _same_weights(a: dict, b: dict) -> None:
 
 
 def test_kill_9_after_a_checkpoint_then_resume_gives_the_same_lora(ws, tiny_models, tmp_path,
-                                                                     reference):
+                                                                     reference, reference_run):
     cfg = _config(tiny_models).write(tmp_path / "run.toml")
     proc = _start(ws, "train", cfg)
     job = _wait_for(ws, proc, "checkpoint", 10)
@@ -88,6 +93,11 @@ def test_kill_9_after_a_checkpoint_then_resume_gives_the_same_lora(ws, tiny_mode
     assert any(e.get("message", "").startswith("resumed from step-0000")
                for e in job.events() if e["type"] == "log")
     _same_weights(load_file(out["output"]), reference)
+    # the intermediate saves too, those of the run killed and those of the resumed one alike
+    for step in range(5, STEPS, 5):
+        name = f"resumed-{step:06d}.safetensors"
+        _same_weights(load_file(ws.loras / name), load_file(reference_run.parent / name))
+    assert [f["step"] for f in job.view()["loras"]] == [5, 10, 15, 20, 25, None]
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_then_resume_finishes(ws, tiny_models, tmp_path,

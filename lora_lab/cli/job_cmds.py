@@ -6,8 +6,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..jobdir import JobFollower, JobRecord, list_jobs, open_job
-from ..jobs import LORA_CHOICES, cancel, delete, resume, submit
+from ..jobdir import STATES, JobFollower, JobRecord, open_job
+from ..jobs import KINDS, LORA_CHOICES, cancel, delete, job_summaries, job_summary, resume, submit
+from ..jobs.summary import COLUMNS, cells, format_bytes, table
 from .caption_cmds import add_caption_arguments, caption_args
 from .output import add_json_flag, emit, workspace
 
@@ -42,7 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                             ("cancel", cmd_cancel, "stop a queued or running job"),
                             ("resume", cmd_resume, "continue an interrupted, failed or cancelled job")):
         v = verbs.add_parser(name, help=text)
-        if name != "list":
+        if name == "list":
+            v.add_argument("--state", choices=STATES, help="only the jobs in this state")
+            v.add_argument("--kind", choices=tuple(KINDS), help="only the jobs of this kind")
+        else:
             v.add_argument("id", help="job id (see `lora-lab jobs list`)")
         if name == "logs":
             v.add_argument("-f", "--follow", action="store_true",
@@ -80,39 +84,41 @@ def _submitted(args: argparse.Namespace, job: JobRecord) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    views = [_sized(job) for job in list_jobs(workspace(args))]
-    total = f"total {_size(sum(v['bytes'] for v in views))} in {len(views)} jobs"
-    emit(args, views, "\n".join([*(_line(v) for v in views), total]) if views else "no jobs yet")
+    ws = workspace(args)
+    rows = [{**s, "bytes": JobRecord(ws.jobs / s["id"]).disk_bytes()}
+            for s in job_summaries(ws, state=args.state, kind=args.kind)]
+    if not rows:
+        which = " ".join(f for f in (args.state, args.kind) if f)
+        emit(args, rows, f"no {which} jobs" if which else "no jobs yet")
+        return
+    total = f"total {format_bytes(sum(r['bytes'] for r in rows))} in {len(rows)} jobs"
+    emit(args, rows, "\n".join([*table([_cells(r) for r in rows], LIST_COLUMNS), total]))
 
 
-def _sized(job: JobRecord) -> dict[str, Any]:
-    """The job's view with the size of its folder (read here only: it walks the folder)."""
-    return {**job.view(), "bytes": job.disk_bytes()}
+LIST_COLUMNS = (*COLUMNS[:-1], "size", COLUMNS[-1])  # the reason last: the longest
 
 
-def _line(view: dict[str, Any]) -> str:
-    progress = f"{view['progress']:.0%}" if view.get("progress") is not None else ""
-    return "\t".join([view["id"], view["state"], view.get("phase") or "", progress,
-                      _size(view["bytes"])])
-
-
-def _size(n: float) -> str:
-    """Bytes as people read them: 812 B, 3.4 MB."""
-    units = ["B", "KB", "MB", "GB", "TB"]
-    while n >= 1000 and len(units) > 1:
-        n, units = n / 1000, units[1:]
-    return f"{n:.0f} B" if units[0] == "B" else f"{n:.1f} {units[0]}"
+def _cells(summary: dict[str, Any]) -> dict[str, str]:
+    """A summary's table cells, with the size of its folder."""
+    return {**cells(summary), "size": format_bytes(summary["bytes"])}
 
 
 def cmd_show(args: argparse.Namespace) -> None:
     job = open_job(args.id, workspace(args))
-    view = _sized(job)
-    lines = [_line(view), f"path: {job.path}"]
+    view = {**job_summary(job), "bytes": job.disk_bytes()}
+    lines = [*table([_cells(view)], LIST_COLUMNS[:-1]), f"path: {job.path}"]
     if view.get("error"):
         lines.append(f"error: {view['error']}")
+    lines += [_lora_line(f) for f in view["loras"]]
     lines += [f"  {e['type']} " + " ".join(f"{k}={v}" for k, v in e.items() if k not in ("type", "time"))
               for e in job.events()[-5:]]
     emit(args, {**view, "events": job.events()[-20:]}, "\n".join(lines))
+
+
+def _lora_line(f: dict[str, Any]) -> str:
+    """One LoRA file of a job: which save, where, how big (or that it was deleted since)."""
+    which = "LoRA" if f["step"] is None else f"step {f['step']}"
+    return f"{which}: {f['path']} ({'missing' if f['bytes'] is None else format_bytes(f['bytes'])})"
 
 
 def cmd_logs(args: argparse.Namespace) -> None:
@@ -145,7 +151,9 @@ def cmd_rm(args: argparse.Namespace) -> None:
 
 
 def _deleted_line(d: dict[str, Any]) -> str:
-    line = f"deleted {d['id']} ({_size(d['bytes'])})"
+    line = f"deleted {d['id']} ({format_bytes(d['bytes'])})"
+    if d["step_loras_removed"]:
+        line += f"; removed its {d['step_loras_removed']} intermediate LoRA file(s)"
     if d["lora_removed"]:
         return f"{line}; removed its LoRA {d['lora']}"
     if d["lora"]:

@@ -1,7 +1,8 @@
 """The job directory, the contract between a running job and whoever watches it.
 
     jobs/ID/spec.json      kind and parameters, written once
-    jobs/ID/status.json    state, phase, pid, heartbeat, progress, timestamps, error (replaced atomically)
+    jobs/ID/status.json    state, phase, pid, heartbeat, progress, timestamps, error, the LoRA
+                           files written (replaced atomically)
     jobs/ID/events.jsonl   append-only: phase, progress, checkpoint, sample, log, done / failed / cancelled
     jobs/ID/log.txt        the job process's own output, when the job runner started it
 
@@ -28,6 +29,7 @@ from ..workspace import Workspace
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
+RESUMABLE = ("failed", "cancelled", "interrupted")  # ended, but `resume` continues them
 HEARTBEAT_S = 5.0  # a live job rewrites its heartbeat this often ...
 STALE_S = 60.0  # ... so one older than this means its process hangs or is gone
 # date-time to the millisecond, so ids sort in creation order (ids of older versions, to the
@@ -87,13 +89,14 @@ class JobRecord:
             atomic.write_text(path, json.dumps(status, indent=2))
 
     def view(self) -> dict[str, Any]:
-        """The status with its kind and the true state: an active job whose process is gone
-        or silent reads ``interrupted``."""
+        """The status with its kind and the true state (an active job whose process is gone
+        or silent reads ``interrupted``), and the LoRA files it wrote (:func:`lora_files`)."""
         status = {**self.status(), "id": self.id, "kind": self.spec()["kind"]}
         if status["state"] in ACTIVE and not process_alive(status):
             status["state"] = "interrupted"
             status["error"] = ("its process ended without finishing (killed, or the machine "
                                "restarted); resume it to continue")
+        status["loras"] = lora_files(status)
         return status
 
     def disk_bytes(self) -> int:
@@ -199,6 +202,27 @@ def list_jobs(workspace: Workspace | None = None) -> list[JobRecord]:
         return []
     return [JobRecord(p) for p in sorted(ws.jobs.iterdir(), reverse=True)
             if _ID.fullmatch(p.name) and (p / "status.json").is_file()]
+
+
+def lora_files(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The LoRA files a job recorded (``loras`` in status.json: intermediate saves by step,
+    then the final file, step None; older jobs recorded only their ``output``), each with its
+    size now: ``bytes`` None and ``missing`` true for one deleted since."""
+    recorded = status.get("loras")
+    if not isinstance(recorded, list):
+        output = status.get("output")
+        recorded = [{"path": output, "step": None}] if isinstance(output, str) and output else []
+    files = []
+    for entry in recorded:
+        try:
+            size: int | None = os.stat(entry["path"]).st_size
+        except OSError:
+            size = None
+        except (TypeError, KeyError, ValueError):  # damaged by hand: not a file
+            continue
+        files.append({"path": entry["path"], "step": entry.get("step"), "bytes": size,
+                      **({"missing": True} if size is None else {})})
+    return files
 
 
 def folder_bytes(folder: Path) -> int:

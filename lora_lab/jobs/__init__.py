@@ -6,6 +6,7 @@ runs jobs: the kinds (:mod:`.kinds`), the GPU slots (:mod:`.slots`) and the runn
 from .execute import run_here, run_job
 from .kinds import KINDS, check_params
 from .runner import LORA_CHOICES, cancel, delete, reopen, resume, submit
+from .summary import job_summaries, job_summary, summarize
 
-__all__ = ["KINDS", "LORA_CHOICES", "cancel", "check_params", "delete", "reopen", "resume",
-           "run_here", "run_job", "submit"]
+__all__ = ["KINDS", "LORA_CHOICES", "cancel", "check_params", "delete", "job_summaries",
+           "job_summary", "reopen", "resume", "run_here", "run_job", "submit", "summarize"]

@@ -27,11 +27,11 @@ class JobKind:
 def _check_caption(params: dict[str, Any], ws: Workspace, base: Path) -> dict[str, Any]:
     from ..captioning.job import caption_params
 
-    params = caption_params(params, ws)
-    for key in ("model", "mmproj"):
-        if params[key]:
+    params = dict(params)
+    for key in ("model", "mmproj"):  # absolute first: the files are checked where the job reads them
+        if isinstance(params.get(key), str) and params[key]:
             params[key] = str(base / Path(params[key]).expanduser())
-    return params
+    return caption_params(params, ws)
 
 
 def _run_caption(job: JobRecord, ws: Workspace, resume: bool, on_event: OnEvent) -> Any:
@@ -69,7 +69,13 @@ def check_params(kind: str, params: Any, workspace: Workspace | None = None,
                  base: str | os.PathLike | None = None) -> dict[str, Any]:
     """A job's parameters checked, completed with defaults and with every path absolute
     (relative ones are taken from ``base``, default the current folder), before anything
-    starts: a job runs in its own directory, where a relative path would mean another file."""
+    starts: a job runs in its own directory, where a relative path would mean another file.
+
+    The one check before a job exists, for ``jobs submit``, ``train``, ``caption``, REST POST
+    jobs and the launcher alike: it reads, never writes, and refuses (LoraLabError) what the
+    job would fail on at its start: for a train job see :mod:`lora_lab.training.preflight`;
+    a caption job needs a dataset with images and its GGUF model files (or a caption server).
+    """
     job_kind = kind_of(kind)
     if not isinstance(params, dict):
         raise LoraLabError(f"a {kind} job's params must be an object, not {type(params).__name__}")

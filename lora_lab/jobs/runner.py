@@ -20,7 +20,8 @@ from typing import Any
 
 from .. import atomic
 from ..errors import Conflict, LoraLabError, NotFound
-from ..jobdir import ACTIVE, JobRecord, list_jobs, pid_alive
+from ..jobdir import ACTIVE, JobRecord, list_jobs, lora_files, pid_alive
+from ..training.loras import written_by
 from ..workspace import Workspace
 from .kinds import check_params
 from .slots import gpu_slots
@@ -98,8 +99,8 @@ def delete(jobs: list[JobRecord], workspace: Workspace | None = None, *,
            lora: str = "keep") -> list[dict[str, Any]]:
     """Remove ended jobs' folders (checkpoints, samples, logs), every one refused before any
     is touched when one still runs. With ``lora="remove"``, the LoRA file a job wrote goes
-    too, unless it lies outside the workspace or a remaining job wrote it as well. Returns,
-    per job, the bytes freed and what became of its LoRA."""
+    too, unless it lies outside the workspace or a remaining job wrote it as well, and so do
+    its intermediate LoRA files. Returns, per job, the bytes freed and what became of its LoRAs."""
     ws = workspace or Workspace()
     if lora not in LORA_CHOICES:
         raise LoraLabError(f"lora must be keep or remove, not {lora!r}")
@@ -137,13 +138,15 @@ def _delete(job: JobRecord, ws: Workspace, remove_lora: bool) -> dict[str, Any]:
         os.rename(aside, job.path)
         _refuse_active(job, state)
     kept = _remove_lora(output, ws) if remove_lora and output else None
+    steps = _remove_step_loras(JobRecord(aside), job.id, ws) if remove_lora else 0
     try:
         shutil.rmtree(aside)
     except OSError as e:
         raise LoraLabError(f"job {job.id} is deleted, but not all its files could be removed "
                            f"({e}); remove {aside} by hand") from None
     return {"id": job.id, "bytes": freed, "lora": output,
-            "lora_removed": remove_lora and output is not None and kept is None, "lora_kept": kept}
+            "lora_removed": remove_lora and output is not None and kept is None, "lora_kept": kept,
+            "step_loras_removed": steps}
 
 
 def _remove_lora(output: str, ws: Workspace) -> str | None:
@@ -164,6 +167,24 @@ def _remove_lora(output: str, ws: Workspace) -> str | None:
     except OSError as e:
         return f"it could not be removed ({e})"
     return None
+
+
+def _remove_step_loras(job: JobRecord, job_id: str, ws: Workspace) -> int:
+    """Remove the intermediate LoRA files (``NAME-000500.safetensors``) that ``job`` (job
+    ``job_id``, renamed aside) recorded, those inside the workspace that it wrote itself; how
+    many went."""
+    try:
+        files = [f for f in lora_files(job.status()) if f["step"] is not None]
+    except (OSError, ValueError):
+        return 0
+    removed = 0
+    for f in files:
+        with contextlib.suppress(LoraLabError, OSError):
+            path = ws.resolve(f["path"])
+            if written_by(path) == job_id:
+                path.unlink()
+                removed += 1
+    return removed
 
 
 def _output(job: JobRecord) -> str | None:

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.utils import url_path_join
 from traitlets import Int, List, TraitError, Unicode, default, validate
 
 from .. import __version__
 from ..confine import server_prefix
 from ..errors import LoraLabError
+from ..served import export_server
 from ..workspace import Workspace, default_root
 from . import feed, handlers_caption, handlers_datasets, handlers_jobs, handlers_lab, handlers_meta
 from .base import API
@@ -144,6 +146,8 @@ class LoraLabApp(ExtensionApp):
             contents_root=Path(self.serverapp.root_dir).expanduser().resolve())
         self.services = Services(Workspace(self.workspace), settings)
         self.settings[SETTINGS_KEY] = self.services
+        # the kernels this server starts inherit it: their panels then link LoRA files for download
+        export_server(url_path_join(self.serverapp.base_url, API), self.services.ws)
         self.log.info("lora_lab %s: workspace %s, %d GPU slot(s)", __version__,
                       self.services.ws.root, self.gpu_slots)
 

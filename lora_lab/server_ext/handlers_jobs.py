@@ -13,7 +13,7 @@ from tornado.web import authenticated
 
 from ..confine import job_params
 from ..errors import LoraLabError, NotFound
-from ..jobdir import JobRecord, open_job
+from ..jobdir import JobRecord, lora_files, open_job
 from ..jobdir.tail import EventTail
 from ..jobs import cancel, delete, resume, submit
 from ..watch import job_page, job_view, with_browse
@@ -127,8 +127,10 @@ class JobEventsHandler(JobHandlerBase):
 
 
 class JobFilesHandler(JobHandlerBase):
-    """GET ``jobs/ID/files``: the job's files (samples, checkpoints, log.txt, and the LoRA file
-    it wrote); ``jobs/ID/files/PATH``: one of them. Paths outside the job folder are refused."""
+    """GET ``jobs/ID/files``: the job's files (samples, checkpoints, log.txt, and the LoRA
+    files it wrote, each with its ``step``, null for the final one); ``jobs/ID/files/PATH``: one
+    of them, a LoRA file by its name (downloaded as an attachment). Paths outside the job
+    folder are refused, and so are LoRA files outside the workspace."""
 
     @authenticated
     async def get(self, job_id: str, path: str | None = None) -> None:
@@ -139,9 +141,9 @@ class JobFilesHandler(JobHandlerBase):
 
     def _file(self, job_id: str, rel: str) -> Path:
         job = self.job(job_id)
-        output = self._output(job)
-        if output is not None and rel == output.name and not (job.path / rel).exists():
-            return output
+        lora = self._loras(job).get(rel)
+        if lora is not None and not (job.path / rel).exists():
+            return lora[0]
         target = self.ws.resolve(rel, job.path)  # symlinks followed: a link out is refused too
         if job.path.resolve() not in target.parents:
             raise LoraLabError(f"{rel!r} is outside job {job.id}; refused")
@@ -157,23 +159,24 @@ class JobFilesHandler(JobHandlerBase):
             rel = p.relative_to(job.path).as_posix()
             out.append({"path": rel, "bytes": p.stat().st_size,
                         "url": self.api_url("jobs", job.id, "files", *rel.split("/"))})
-        output = self._output(job)
-        if output is not None and not (job.path / output.name).exists():
-            out.append({"path": output.name, "bytes": output.stat().st_size, "output": True,
-                        "url": self.api_url("jobs", job.id, "files", output.name)})
+        for name, (path, step) in self._loras(job).items():
+            if not (job.path / name).exists():
+                out.append({"path": name, "bytes": path.stat().st_size, "output": True,
+                            "step": step, "url": self.api_url("jobs", job.id, "files", name)})
         return out
 
-    def _output(self, job: JobRecord) -> Path | None:
-        """The LoRA file a training job wrote (under loras/, outside its folder), served as one
-        of its files by name; one saved outside the workspace is not served."""
-        raw = job.status().get("output")
-        if not isinstance(raw, str) or not raw:
-            return None
-        try:
-            path = self.ws.resolve(raw)
-        except LoraLabError:
-            return None
-        return path if path.is_file() else None
+    def _loras(self, job: JobRecord) -> dict[str, tuple[Path, int | None]]:
+        """The LoRA files a training job wrote (under loras/, outside its folder) that are still
+        there, by name, with their steps; those saved outside the workspace are not served."""
+        served = {}
+        for f in lora_files(job.status()):
+            try:
+                path = self.ws.resolve(f["path"])
+            except LoraLabError:
+                continue
+            if path.is_file():
+                served[path.name] = (path, f["step"])
+        return served
 
 
 ROUTES = [

@@ -114,6 +114,8 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
             _param("q", "query", STR, "text in the file name or caption"),
             _param("tag", "query", STR, "one of the caption's comma-separated tags, exactly"),
             _param("captioned", "query", BOOL),
+            _param("truncated", "query", BOOL, "only captions the caption model cut off at its "
+                   "token limit (true), or none of them (false)"),
             _param("shape", "query", {"enum": ["portrait", "landscape", "square"]}),
             _param("min_side", "query", _int(0, 10**6), "shortest side at least this many pixels"),
             _param("duplicates", "query", BOOL, "only near-duplicates, grouped"),
@@ -176,7 +178,11 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
                        params=(_param("offset", "query", _int(0, 10**9)),
                                _param("limit", "query", _int(1, 1000), "absent: every job"))),
             "post": _op("Submit a caption or training job; every path in it must lie inside the "
-                        "workspace, and a caption server must be an allowed one", ok=(202,),
+                        "workspace, and a caption server must be an allowed one. A job bound to "
+                        "fail at its start is refused before its record exists: a dataset "
+                        "without images, uncaptioned images and no trigger word, a base or "
+                        "caption model that is missing or of an unknown family (400, every "
+                        "problem in `problems`), a LoRA name another run holds (409)", ok=(202,),
                         result=_ref("Accepted"), errors=(400, 404, 409),
                         body={"oneOf": [caption, train]}),
         },
@@ -184,7 +190,7 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
             "get": _op("The job's status", params=(JOB,), result=_ref("Job")),
             "delete": _op("Delete an ended job's folder (checkpoints, samples, logs); with "
                           "lora=remove the LoRA file it wrote too, when it lies inside the "
-                          "workspace and no other job wrote it",
+                          "workspace and no other job wrote it, and its intermediate LoRA files",
                           params=(JOB, _param("lora", "query", {"enum": list(LORA_CHOICES)},
                                               "the job's LoRA file: keep (default) or remove")),
                           result=_ref("JobDeleted"), errors=(400, 404, 409))},
@@ -198,7 +204,8 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
         "/jobs/{job_id}/files": {"get": _op(
             "The job's files: samples, checkpoints, LoRA files, log.txt", params=(JOB,))},
         "/jobs/{job_id}/files/{path}": {"get": _op(
-            "One file of the job", content=ANY_FILE, extra=NOT_MODIFIED,
+            "One file of the job, or one of its LoRA files by name (as listed in its `loras`, "
+            "when inside the workspace), as an attachment", content=ANY_FILE, extra=NOT_MODIFIED,
             params=(JOB, _param("path", "path", schemas.rel_path(
                 "relative path inside the job folder, e.g. samples/step-000100.png"))))},
         "/jobs/{job_id}/stream": {"get": {
@@ -246,11 +253,12 @@ SCHEMAS = {
     "Error": _obj(("error", "detail"), error=STR, detail=STR, problems={"type": "array", "items": STR}),
     "Caption": _obj(("file", "caption", "etag"), file=STR, caption=NULL_STR, etag=STR),
     "Captioned": _obj(("dataset", "file", "caption", "etag", "captioned"), dataset=STR, file=STR,
-                      caption=NULL_STR, etag=STR, captioned=BOOL, model=NULL_STR, seconds=NULL_NUM),
+                      caption=NULL_STR, etag=STR, captioned=BOOL, retried=BOOL, truncated=BOOL,
+                      model=NULL_STR, seconds=NULL_NUM),
     "ImagePage": _obj(("items", "total", "offset", "limit"), total=INT, offset=INT, limit=INT,
                       items={"type": "array", "items": _obj(
                           file=STR, caption=NULL_STR, width=INT, height=INT,
-                          etag=STR, url=STR, thumbnail=STR)}),
+                          caption_truncated=BOOL, etag=STR, url=STR, thumbnail=STR)}),
     "IngestReport": _obj(dataset=STR, added={"type": "array", "items": OBJECT},
                          skipped={"type": "array", "items": OBJECT},
                          duplicates={"type": "array", "items": OBJECT},
@@ -258,9 +266,15 @@ SCHEMAS = {
     "Job": _obj(("id", "kind", "state", "browse"), id=STR, kind=STR,
                 state={"enum": ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]},
                 phase=NULL_STR, progress=NULL_NUM, error=NULL_STR, bytes=INT,
-                browse=_obj(("dir", "output"), closed=True, dir=NULL_STR, output=NULL_STR)),
+                browse=_obj(("dir", "output"), closed=True, dir=NULL_STR, output=NULL_STR),
+                loras={"type": "array", "items": _obj(
+                    ("path", "step", "bytes"), path=STR, step=NULL_INT, bytes=NULL_INT,
+                    missing=BOOL)},
+                dataset=NULL_STR, lora_name=NULL_STR, started_at=NULL_NUM, duration_s=NULL_NUM,
+                reason=NULL_STR),
     "JobDeleted": _obj(("id", "bytes", "lora", "lora_removed", "lora_kept"), id=STR, bytes=INT,
-                       lora=NULL_STR, lora_removed=BOOL, lora_kept=NULL_STR),
+                       lora=NULL_STR, lora_removed=BOOL, lora_kept=NULL_STR,
+                       step_loras_removed=INT),
     "JobPage": _obj(("jobs", "total", "offset", "limit"), jobs={"type": "array", "items": _ref("Job")},
                     total=INT, offset=INT, limit=NULL_INT),
     "Health": _obj(("ok", "version", "workspace", "contents"), ok=BOOL, version=STR, workspace=STR,

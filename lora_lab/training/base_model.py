@@ -5,8 +5,10 @@ path or an unsupported model fails in a second, not after minutes of loading.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,10 +65,40 @@ def detect_family(base: str) -> str:
         return _family_of_class(name, path)
     if path.suffix.lower() in SINGLE_FILE or path.exists() or base.startswith((".", "/", "~")):
         return _family_of_checkpoint(path)
-    if base.count("/") == 1:  # a Hub id: only its name can tell before downloading
+    if is_hub_id(base):  # only its name can tell before downloading
         return "sdxl" if "xl" in base.lower() else "sd15"
-    raise LoraLabError(f"model.base: {base!r} is not a diffusers folder, a .safetensors/.ckpt "
-                       "file, or a Hub id like org/name")
+    raise LoraLabError(f"model.base: {path.absolute()} does not exist (a base model is a "
+                       "diffusers folder, a .safetensors file, or a Hub id like org/name)")
+
+
+def is_hub_id(ref: str) -> bool:
+    """Whether a model reference reads as a Hub id (org/name) rather than a local path: one
+    slash, nothing here by that name, and not written as a path or a checkpoint file."""
+    return (ref.count("/") == 1 and not ref.startswith((".", "/", "~"))
+            and Path(ref).suffix.lower() not in SINGLE_FILE and not Path(ref).expanduser().exists())
+
+
+def local_models(folder: Path) -> list[tuple[Path, str]]:
+    """The base models in ``folder`` (a workspace's models/) and its subfolders one level
+    down, each with its family: diffusers folders and .safetensors checkpoints. What is no
+    SD1.5/SDXL model (a LoRA, a caption GGUF, a .ckpt, which is never read) is left out."""
+    found: list[tuple[Path, str]] = []
+
+    def visit(where: Path, depth: int) -> None:
+        try:
+            entries = sorted(p for p in where.iterdir() if not p.name.startswith("."))
+        except OSError:
+            return
+        for p in entries:
+            is_model = (p / "model_index.json").is_file() if p.is_dir() else p.suffix == ".safetensors"
+            if is_model:
+                with contextlib.suppress(LoraLabError):
+                    found.append((p, detect_family(str(p))))
+            elif p.is_dir() and depth:
+                visit(p, depth - 1)
+
+    visit(folder, 1)
+    return found
 
 
 def _family_of_class(name: str, where: Path) -> str:
@@ -83,12 +115,9 @@ def _family_of_checkpoint(path: Path) -> str:
     if path.suffix.lower() != ".safetensors":
         raise LoraLabError(f"model.base: {path.name}: only .safetensors checkpoints are read "
                            "(a .ckpt can run code when loaded; convert it first)")
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), "pt") as f:
-            keys = list(f.keys())
-    except Exception as e:
+        keys = safetensors_keys(path)
+    except (OSError, ValueError, struct.error) as e:
         raise LoraLabError(f"model.base: {path} is not a readable .safetensors file ({e})") from None
     if any(k.startswith("conditioner.embedders.1.") for k in keys):
         return "sdxl"
@@ -96,6 +125,19 @@ def _family_of_checkpoint(path: Path) -> str:
         return "sd15"
     raise LoraLabError(f"model.base: {path.name} is not an SD1.5 or SDXL checkpoint "
                        "(a LoRA or another architecture?)")
+
+
+def safetensors_keys(path: Path) -> list[str]:
+    """The tensor names of a .safetensors file, from its header alone (no torch, no weights):
+    8 bytes of header length, then the header, a JSON object."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        if size > min(100 * 2**20, os.fstat(f.fileno()).st_size - 8):
+            raise ValueError("its header length is out of bounds")
+        header = json.loads(f.read(size))
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
+    return [k for k in header if k != "__metadata__"]
 
 
 def load_base_model(base: str, family: str, vae: str = "", config: str = "") -> BaseModel:

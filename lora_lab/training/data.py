@@ -20,6 +20,7 @@ from ..datasets import Dataset
 from ..datasets.captions import join_tags, prefix, split_tags
 from ..datasets.dataset import read_caption
 from ..datasets.images import EXTENSIONS
+from ..datasets.index import ImageQuery
 from ..errors import LoraLabError, NotFound
 from ..workspace import Workspace
 from .base_model import detect_family
@@ -109,6 +110,58 @@ def measure_images(source: str, workspace: Workspace | None = None) -> list[Imag
     return [_header_size(p, n) for d, n in folders for p in _image_files(d)]
 
 
+@dataclass(frozen=True)
+class SourceCaptions:
+    """Which images of a training source have a caption: what the checks before a job and the
+    launcher's default sample prompts read."""
+    where: str  # as messages name it: "dataset 'cats'" or "folder /data/cats"
+    dataset: str | None  # the dataset's name; None for a folder
+    images: int
+    uncaptioned: list[str]  # the images without a caption (file names), in order
+    captions: list[str]  # the captions there are
+    other_sidecars: list[str]  # for a folder: caption-like extensions beside uncaptioned images
+
+    @classmethod
+    def of_images(cls, source: str, images: list[TrainImage]) -> SourceCaptions:
+        dataset = source if is_dataset_name(source) else None
+        return cls(f"dataset {source!r}" if dataset else f"folder {source}", dataset, len(images),
+                   [img.path.name for img in images if not img.caption],
+                   [img.caption for img in images if img.caption], [])
+
+
+SIDECARS = (".txt", ".caption", ".tags", ".cap")  # what kohya-style tools name caption files
+
+
+def source_captions(source: str, caption_extension: str = ".txt",
+                    workspace: Workspace | None = None) -> SourceCaptions:
+    """The captions :func:`gather_images` would read, cheaply: from a dataset's index, or from
+    a folder's caption files (no image opened)."""
+    ws = workspace or Workspace()
+    if is_dataset_name(source):
+        try:
+            ds = Dataset.open(source, ws)
+        except NotFound:
+            raise NotFound(f"dataset.source: {source!r} is neither a dataset in {ws.datasets} nor "
+                           "a folder (see `lora-lab dataset list`)") from None
+        try:
+            return SourceCaptions(f"dataset {source!r}", source, ds.index.count(),
+                                  ds.index.files(ImageQuery(captioned=False)), ds.index.captions(), [])
+        finally:
+            ds.index.close()
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        raise LoraLabError(f"dataset.source: folder {path} does not exist")
+    subdirs = sorted(d for d in path.iterdir() if d.is_dir() and _KOHYA_DIR.match(d.name))
+    files = [p for d in subdirs or [path] for p in _image_files(d)]
+    captions = {p: read_caption(p.with_suffix(caption_extension))
+                if p.with_suffix(caption_extension).is_file() else "" for p in files}
+    missing = [p for p in files if not captions[p]]
+    others = sorted({ext for p in missing for ext in SIDECARS
+                     if ext != caption_extension and p.with_suffix(ext).is_file()})
+    return SourceCaptions(f"folder {path}", None, len(files), [p.name for p in missing],
+                          [c for c in captions.values() if c], others)
+
+
 def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir()
                   if p.suffix.lower() in EXTENSIONS and p.is_file() and not p.name.startswith("."))
@@ -170,7 +223,12 @@ def assign_buckets(images: Sequence[TrainImage | ImageSize], resolution: int, mi
                    max_side: int, step: int = 64) -> list[tuple[int, int]]:
     """Each image's (width, height) bucket: the closest aspect ratio within the pixel budget."""
     buckets = make_buckets(resolution, min_side, max_side, step)
-    return [assign_bucket(img.width, img.height, buckets) for img in images]
+    chosen: dict[tuple[int, int], tuple[int, int]] = {}  # photos share a few sizes: once each
+    for img in images:
+        size = (img.width, img.height)
+        if size not in chosen:
+            chosen[size] = assign_bucket(*size, buckets)
+    return [chosen[img.width, img.height] for img in images]
 
 
 def samples_per_bucket(buckets: list[tuple[int, int]], repeats: list[int]) -> dict[tuple[int, int], int]:

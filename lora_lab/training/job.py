@@ -19,9 +19,8 @@ from ..devices import check_gpus
 from ..errors import LoraLabError
 from ..jobdir import EventTail, JobRecord
 from ..workspace import Workspace
-from .base_model import detect_family
 from .config import TrainConfig
-from .data import gather_images
+from .preflight import check_train
 from .trainer import Trainer, TrainResult
 
 OnEvent = Callable[[dict[str, Any]], None] | None
@@ -29,33 +28,35 @@ PARAMS = ("config", "gpus")
 
 
 def train_params(params: dict[str, Any], workspace: Workspace, base: Path) -> dict[str, Any]:
-    """``{"config": {...}, "gpus": N}`` checked, with every path in the config absolute
-    (relative ones taken from ``base``) and the base model's family readable."""
+    """``{"config": {...}, "gpus": N}`` checked as :mod:`.preflight` says (every problem at
+    once), with every path in the config absolute (relative ones taken from ``base``)."""
     if not isinstance(params.get("config"), dict) or set(params) - set(PARAMS):
         raise LoraLabError('a train job\'s params are {"config": {...}, "gpus": N}: the '
                            "TrainConfig as an object with sections model, dataset, network, "
                            "train, save, sample, and the number of GPUs (default 1)")
-    config = absolute_paths(TrainConfig.from_dict(params["config"]), base)
-    # a missing or unreadable base model or dataset fails here, before the job exists
-    detect_family(config.model.base)
-    d = config.dataset
-    gather_images(d.source, d.repeats, d.caption_extension, workspace)
+    config = check_train(absolute_paths(params["config"], base), workspace, base)
     return {"config": config.to_dict(), "gpus": check_gpus(params.get("gpus", 1))}
 
 
-def absolute_paths(config: TrainConfig, base: Path) -> TrainConfig:
-    """``config`` with its relative paths taken from ``base``; Hub ids and dataset names stay."""
-    d = config.to_dict()
-    m, data, save = d["model"], d["dataset"], d["save"]
-    for section, key in ((m, "base"), (m, "vae"), (m, "config"), (save, "output_dir")):
-        value = section[key]
+def absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """TrainConfig data with its relative paths taken from ``base``; Hub ids and dataset names
+    stay, and so does a value of the wrong type (for the validation to report)."""
+    d = {table: dict(values) if isinstance(values, dict) else values for table, values in data.items()}
+
+    def path_of(table: str, key: str) -> str | None:
+        section = d.get(table)
+        value = section.get(key) if isinstance(section, dict) else None
+        return value if isinstance(value, str) and value else None
+
+    for table, key in (("model", "base"), ("model", "vae"), ("model", "config"), ("save", "output_dir")):
+        value = path_of(table, key)
         if value and (key == "output_dir" or (base / Path(value).expanduser()).exists()
                       or value.startswith((".", "~"))):
-            section[key] = os.path.normpath(base / Path(value).expanduser())
-    source = data["source"]  # a dataset name, unless it reads as a folder seen from ``base``
-    if "/" in source or source.startswith("~") or (base / source).is_dir():
-        data["source"] = os.path.normpath(base / Path(source).expanduser())
-    return TrainConfig.from_dict(d)
+            d[table][key] = os.path.normpath(base / Path(value).expanduser())
+    source = path_of("dataset", "source")  # a dataset name, unless it reads as a folder from ``base``
+    if source and ("/" in source or source.startswith("~") or (base / source).is_dir()):
+        d["dataset"]["source"] = os.path.normpath(base / Path(source).expanduser())
+    return d
 
 
 def run_train_job(job: JobRecord, workspace: Workspace, *, resume: bool = False,

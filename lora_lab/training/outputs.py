@@ -1,9 +1,8 @@
-"""What a training run hands over: sample images along the way, and the LoRA file at the end,
-under a name that never replaces another run's."""
+"""What a training run hands over: sample images and intermediate LoRA files along the way,
+and the LoRA file at the end, under names that never replace another run's (see :mod:`.loras`)."""
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,8 @@ from typing import Any
 import torch
 
 from .. import atomic
-from .config import TrainConfig
+from ..errors import LoraLabError
+from .loras import SUFFIX, base_of, lora_name, lora_path, place_lora
 from .metadata import run_facts
 
 
@@ -66,54 +66,53 @@ class TrainerOutputs:
                          steps_per_epoch=self.steps_per_epoch, base_name=self.base.name,
                          started_at=self.job.status().get("started_at"), job_id=self.job.id)
 
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.save.output_dir).expanduser() if self.cfg.save.output_dir else self.ws.loras
+
+    @property
+    def lora_name(self) -> str:
+        return lora_name(self.cfg.save.name, self.cfg.dataset.source, self.job.id)
+
+    def _save_step_lora(self, step: int) -> None:
+        """An intermediate save, ``NAME-000500.safetensors`` beside where the final file goes."""
+        if not self.main:
+            return
+        try:
+            self._place_lora(step, final=False)
+        except OSError as e:
+            raise LoraLabError(f"could not save the LoRA of step {step} in {self.out_dir} ({e}); "
+                               "free some space, or set save.output_dir") from None
+
+    def _place_lora(self, step: int, final: bool) -> Path:
+        """Save the LoRA as it is at ``step`` under this run's name (see :mod:`.loras`) and
+        record it in the job's status, where every view of the job lists it."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        staged = self._save_lora(self.out_dir / f".{self.job.id}.part{SUFFIX}", step)
+        name, named_step = self.lora_name, None if final else step
+        path = place_lora(staged, self.out_dir, name, named_step, self.job.id)
+        saved = [e for e in self.job.status().get("loras") or [] if e.get("step") != named_step]
+        if base_of(path) != name and base_of(path) not in {base_of(Path(e["path"])) for e in saved}:
+            self.emit({"type": "log", "level": "warning", "message":
+                       f"{name} in {self.out_dir} is another run's LoRA name, its files kept as "
+                       f"they are; this run's files are named {base_of(path)}"})
+        saved.append({"path": str(path), "step": named_step})
+        self.job.set_status("running", loras=sorted(saved, key=_step_order))
+        self.emit({"type": "lora", "step": named_step, "path": str(path)})
+        return path
+
     def _export(self, step: int, loss: float, seconds: float) -> TrainResult:
         self.acc.wait_for_everyone()
-        out_dir = Path(self.cfg.save.output_dir).expanduser() if self.cfg.save.output_dir else self.ws.loras
-        output = out_dir / f"{lora_name(self.cfg, self.job.id)}.safetensors"
+        output = lora_path(self.out_dir, self.lora_name, None)
         if self.main:
             self.phase("exporting")
-            out_dir.mkdir(parents=True, exist_ok=True)
-            staged = self._save_lora(out_dir / f".{self.job.id}.part.safetensors", step)
-            wanted, output = output, place_lora(staged, output, self.job.id)
-            if output != wanted:
-                self.emit({"type": "log", "level": "warning", "message":
-                           f"{wanted} is another run's LoRA, kept as it is; this one is {output.name}"})
+            output = self._place_lora(step, final=True)
         self.acc.wait_for_everyone()
         return TrainResult(output, step, round(seconds, 3), loss)
 
 
-def lora_name(config: TrainConfig, job_id: str) -> str:
-    """save.name, or by default the dataset's name and the job's date and time (to the second)."""
-    if config.save.name:
-        return config.save.name
-    return f"{Path(config.dataset.source).name}-{job_id[:15]}"
-
-
-def place_lora(staged: Path, wanted: Path, job_id: str) -> Path:
-    """Give a finished LoRA its name, or ``NAME-2``, ``NAME-3``... when another job's file has
-    that name: a LoRA never silently replaces another run's (a resumed job replaces its own)."""
-    target, n = wanted, 1
-    while not _written_by(target, job_id):
-        try:
-            os.link(staged, target)  # fails if the name is taken, even by a run finishing now
-        except FileExistsError:
-            n += 1
-            target = wanted.with_name(f"{wanted.stem}-{n}{wanted.suffix}")
-            continue
-        staged.unlink()
-        return target
-    os.replace(staged, target)
-    return target
-
-
-def _written_by(path: Path, job_id: str) -> bool:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            return (f.metadata() or {}).get("ss_session_id") == job_id
-    except (OSError, SafetensorError):
-        return False
+def _step_order(entry: dict[str, Any]) -> tuple[bool, int]:
+    return entry["step"] is None, entry["step"] or 0  # by step, the final file last
 
 
 def _png(image) -> bytes:

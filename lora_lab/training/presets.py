@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
+from ..datasets.captions import prefix, split_tags
 from ..errors import LoraLabError
 
 
@@ -85,3 +87,29 @@ def preset_config(name: str) -> dict[str, dict[str, Any]]:
                         for f in dataclasses.fields(section)}
                 for table, section in get_type_hints(TrainConfig).items()}
     return apply_preset(name, defaults)
+
+
+SAMPLE_ROUNDS = 4  # how often a form's default samples the run: a quarter, half, ... the end
+
+
+def sample_prompts(captions: list[str], trigger: str, n: int = 2) -> list[str]:
+    """Default sample prompts: the trigger word alone (what the LoRA learned on its own), then
+    the ``n`` captions most typical of the dataset (those whose tags the most images share;
+    the shortest on a tie), each with the trigger word first as training puts it."""
+    shared = Counter(t for c in captions for t in set(split_tags(c)))
+
+    def typical(caption: str) -> float:
+        tags = set(split_tags(caption))
+        return sum(shared[t] for t in tags) / max(len(tags), 1)
+
+    picked = sorted(set(captions), key=lambda c: (-typical(c), len(c), c))[:n]
+    prompts = ([trigger] if trigger else []) + [prefix(c, trigger) if trigger else c for c in picked]
+    return list(dict.fromkeys(prompts))
+
+
+def sample_every(total_steps: int) -> int:
+    """Default sample.every_n_steps: about :data:`SAMPLE_ROUNDS` rounds over the run, at a
+    round number (750, 250, 60, 6)."""
+    every = max(1, total_steps // SAMPLE_ROUNDS)
+    unit = 50 if every >= 100 else 5 if every >= 10 else 1
+    return every // unit * unit

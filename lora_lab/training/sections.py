@@ -126,11 +126,13 @@ class TrainSection:
 @dataclass(frozen=True)
 class SaveSection:
     name: str = _f("", "file name of the LoRA, without extension; empty = the dataset's name and "
-                   "the job's date and time (a taken name gets -2, -3...)",
+                   "the job's date and time; a name another run's LoRA files hold is refused",
                    pattern=f"(?:{_STEM['pattern']})?", what=f"{_STEM['what']} or empty")
     format: Literal["kohya", "diffusers"] = _f("kohya", "kohya for ComfyUI/A1111/Forge")
-    every_n_steps: int = _f(0, "also save every this many updates; 0 = only at the end", lo=0)
-    keep_last: int = _f(3, "intermediate saves kept; older ones are deleted", lo=1)
+    every_n_steps: int = _f(0, "also save NAME-000500.safetensors and a resumable checkpoint every "
+                            "this many updates; 0 = only at the end", lo=0)
+    keep_last: int = _f(3, "resumable checkpoints kept in the job folder; older ones are deleted "
+                        "(the intermediate LoRA files all stay)", lo=1)
     output_dir: str = _f("", "where LoRAs go; empty = the workspace's loras/")
     comment: str = _f("", "note stored in the file's metadata")
 

@@ -29,10 +29,19 @@ from . import checkpoints
 from .adapters import add_adapters, build_optimizer
 from .base_model import BaseModel, check_buckets, detect_family, load_base_model
 from .config import TrainConfig, check_optimizer
-from .data import BatchPlan, CaptionRules, TrainImage, assign_buckets, gather_images, stable_seed
+from .data import (
+    BatchPlan,
+    CaptionRules,
+    SourceCaptions,
+    TrainImage,
+    assign_buckets,
+    gather_images,
+    stable_seed,
+)
 from .latents import LatentEncoder, sample_latents
 from .objective import encode_prompts, sdxl_time_ids, snr_weights
 from .outputs import TrainerOutputs, TrainResult
+from .preflight import check_captions
 
 
 class Trainer(TrainerOutputs):
@@ -82,12 +91,8 @@ class Trainer(TrainerOutputs):
                                       d.bucket_step)
         self.rules = CaptionRules(d.trigger, d.shuffle_tags, d.keep_tokens, d.caption_dropout,
                                   d.tag_dropout, d.flip)
-        uncaptioned = [img.path.name for img in self.images if not img.caption]
-        if uncaptioned and not d.trigger:
-            raise LoraLabError(
-                f"{len(uncaptioned)} of {len(self.images)} images have no caption (e.g. "
-                f"{', '.join(uncaptioned[:3])}); caption them (lora-lab caption) or set "
-                "dataset.trigger to train them on the trigger word alone")
+        # checked before the job existed too; again here, for captions removed since
+        check_captions(SourceCaptions.of_images(d.source, self.images), d.trigger)
         t = self.cfg.train
         world = self.acc.num_processes
         self.plan = BatchPlan(self.images, self.buckets, t.batch_size, t.seed, world)
@@ -278,6 +283,7 @@ class Trainer(TrainerOutputs):
     def _after_step(self, step: int) -> None:
         s, every = self.cfg.sample, self.cfg.save.every_n_steps
         if every and step % every == 0 and step < self.total:
+            self._save_step_lora(step)  # first: a resume from this checkpoint never skips it
             self._checkpoint(step)
         if s.every_n_steps and step % s.every_n_steps == 0:
             self._samples(step)
@@ -294,7 +300,6 @@ class Trainer(TrainerOutputs):
             if self.main:
                 torch.save({"adapters": self._adapter_state(), "optimizer": self.optimizer.state_dict(),
                             "scheduler": self.lr_scheduler.state_dict()}, tmp / "training.pt")
-                self._save_lora(tmp / "lora.safetensors", step)
             self.acc.wait_for_everyone()
             if self.main:
                 final = checkpoints.commit(tmp, {"step": step, "family": self.family,
