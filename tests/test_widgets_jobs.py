@@ -79,7 +79,8 @@ def test_line_chart_has_axes_ticks_legend_and_an_empty_state():
     assert nice_ticks(0.0123, 0.2)[1] == (0.0, 0.2)
     # every colour follows JupyterLab's theme (dark included), with a light fallback elsewhere
     assert not re.search(r'(fill|stroke)="', svg) and 'style="fill:var(--jp-ui-font-color1, #333)"' in svg
-    assert svg.count("<text") == svg.count('style="fill:var(--jp-')
+    texts = re.findall(r"<text[^>]*>", svg)  # the legend too: its names read on any theme
+    assert len(texts) > 10 and all('style="fill:var(--jp-ui-font-color1' in t for t in texts)
     assert "var(--jp-layout-color0, #fff)" in svg and "var(--jp-brand-color1, #1f77b4)" in svg
     events = [{"type": "progress", "step": i, "total": 3, "loss": 0.1 * i, "lr": 1e-4} for i in (1, 2, 3)]
     assert loss_chart_svg(events).count("<polyline") == 2
@@ -140,6 +141,10 @@ def test_launcher_counts_steps_saves_toml_trains_and_monitors(ws, tiny_models, t
     assert "phase phase=training" in monitor.log_view.value
     assert monitor.cancel_button.disabled and monitor.resume_button.disabled
     assert (ws.loras / "from_panel.safetensors").is_file()
+    # samples are on by default: the trigger and two captions, about 4 times over the run
+    sample = launcher.config().sample
+    assert sample.prompts[0] == "sks" and len(sample.prompts) == 3 and sample.every_n_steps == 1
+    assert len(list((launcher.job.path / "samples").glob("step-*.png"))) == 3 * 3
 
 
 def test_launcher_invalid_values_are_marked_inline_and_nothing_is_submitted(ws, tiny_models, tmp_path):
@@ -148,7 +153,8 @@ def test_launcher_invalid_values_are_marked_inline_and_nothing_is_submitted(ws, 
     launcher.fields["dataset.resolution"].value = 100
     launcher.fields["train.lr"].value = -1.0
     launcher.fields["save.name"].value = "../escape"
-    launcher.fields["sample.every_n_steps"].value = 2  # without a prompt
+    launcher.fields["sample.prompts"].value = ""  # the default prompts taken out ...
+    launcher.fields["sample.every_n_steps"].value = 2  # ... while samples are asked for
     assert set(launcher.problems) == {"dataset.resolution", "train.lr", "save.name", "sample.prompts"}
     assert "not a multiple of 64" in launcher.messages["dataset.resolution"].value
     assert "out of range" in launcher.messages["train.lr"].value
@@ -264,6 +270,26 @@ def hand_written_job(ws, kind: str, events: list[dict], state: str = "running") 
     return job
 
 
+def test_a_monitor_follows_a_resume_made_elsewhere(ws):
+    """Cancelled, the job is still watched (one stat a tick): a resume from the sidebar or the
+    CLI shows as running with Cancel enabled; once it has succeeded, the watch ends."""
+    job = hand_written_job(ws, "train", [], state="cancelled")
+    monitor = TrainingMonitor(job.id, ws, autostart=False)
+    assert monitor.cancel_button.disabled and not monitor.resume_button.disabled
+    assert monitor.tick() is True  # resumable: keep watching
+    job.event({"type": "log_line", "line": "unseen until the status changes"})
+    assert monitor.tick() is True and not monitor.follower.log_lines  # nothing read
+
+    job.set_status("running", phase="training")  # resumed elsewhere (this process: alive)
+    assert monitor.tick() is True
+    assert state(monitor) == "running" and "running" in monitor.state.value
+    assert not monitor.cancel_button.disabled and monitor.resume_button.disabled
+    assert list(monitor.follower.log_lines) == ["unseen until the status changes"]
+
+    job.set_status("succeeded", phase="done")
+    assert monitor.tick() is False and "succeeded" in monitor.state.value
+
+
 def test_monitor_copes_with_a_caption_job_and_throttles_and_stays_bounded(ws):
     progress = [{"type": "progress", "step": i, "total": 10, "file": f"{i}.jpg", "captioned": i,
                  "failed": 0, "images_per_s": 2.5, "eta_s": (10 - i) / 2.5} for i in range(1, 4)]
@@ -306,7 +332,7 @@ def test_jobs_panel_lists_true_states_and_opens_a_monitor(ws):
     rows = {r["id"]: r for r in panel.rows}
     assert rows[caption.id]["state"] == "running" and rows[dead.id]["state"] == "interrupted"
     labels = dict((v, k) for k, v in panel.jobs.options)
-    assert "caption" in labels[caption.id] and " 50.0%" in labels[caption.id]
+    assert "caption" in labels[caption.id] and "\u00a050%\u00a0" in labels[caption.id]
     assert "interrupted" in labels[dead.id] and "training" in labels[dead.id]
 
     panel.open_button.click()  # nothing selected
@@ -387,6 +413,31 @@ def test_cancel_then_resume_at_once_follows_the_resumed_job(ws, tiny_models):
     monitor.cancelling.join(timeout=120)
     assert state(follow(monitor, ended)) == "cancelled" == job.view()["state"]
     assert monitor.cancel_button.disabled and not monitor.resume_button.disabled
+    panel.close()
+
+
+def test_jobs_panel_cancel_then_resume_at_once_ends_running(ws, tiny_models):
+    job = long_job(ws, tiny_models)
+    panel = JobsPanel(ws, autostart=False)
+    panel.jobs.value = job.id
+    follow(panel.open_monitor(job.id), stepping)
+    for _ in range(2):
+        panel.cancel_button.click()
+        panel.resume_button.click()  # at once: held back until the job has stopped
+        monitor = panel.monitor  # Cancel and Resume went through the selected job's monitor
+        assert monitor.job.id == job.id and monitor.cancelling is not None
+        monitor.cancelling.join(timeout=120)
+        assert monitor.notice.kind == "ok" and "resumed" in monitor.notice.text, monitor.notice.text
+        before = monitor.follower.events_read
+        follow(monitor, lambda m, n=before: any(e["type"] == "progress" for e in job.events(n)))
+        assert {r["id"]: r["state"] for r in panel.refresh()}[job.id] == "running" == job.view()["state"]
+        assert not panel.cancel_button.disabled and panel.resume_button.disabled
+    panel.cancel_button.click()
+    panel.monitor.cancelling.join(timeout=120)
+    follow(panel.monitor, ended)
+    assert {r["id"]: r["state"] for r in panel.refresh()}[job.id] == "cancelled"
+    assert panel.cancel_button.disabled and not panel.resume_button.disabled
+    assert not [e for e in job.events() if e.get("forced")]
     panel.close()
 
 

@@ -9,13 +9,11 @@ values show in the panel's notice line and leave the page as it was.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import html
 import io
 import os
 import threading
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from itertools import zip_longest
 from typing import Any
@@ -30,11 +28,12 @@ from ..datasets.index import ImageQuery
 from ..datasets.thumbs import SIZES, cached_thumbnail, make_thumbnail_of
 from ..errors import LoraLabError
 from ..workspace import Workspace
-from .common import Notice, reporting, workspace_of
+from .common import Notice, Quiet, reporting, workspace_of
 
 DEFAULT_QUERY: dict[str, Any] = {"q": "", "tag": "", "captioned": None, "shape": None, "min_side": 0,
-                                 "duplicates": False, "sort": "file"}
+                                 "duplicates": False, "truncated": None, "sort": "file"}
 CAPTIONED = {"all": None, "captioned": True, "uncaptioned": False}
+TRUNCATED = {False: None, True: True}  # the checkbox: ticked shows only captions cut off
 SHAPES = {"any shape": None, "portrait": "portrait", "landscape": "landscape", "square": "square"}
 SORTS = [("name A-Z", "file"), ("name Z-A", "-file"), ("most pixels", "-pixels"),
          ("fewest pixels", "pixels"), ("widest", "-aspect"), ("tallest", "aspect"),
@@ -44,6 +43,7 @@ CAPTION_CHARS = 90  # shown under a tile; the whole caption is its tooltip
 # three whole lines at most, the last one ending in an ellipsis when cut
 CAPTION_STYLE = ("line-height:1.3em;font-size:90%;display:-webkit-box;-webkit-line-clamp:3;"
                  "-webkit-box-orient:vertical;overflow:hidden")
+TRUNCATED_BORDER = "2px solid #8a5a00"  # a caption the model cut off at its token limit
 
 
 def check_query(query: dict[str, Any]) -> ImageQuery:
@@ -93,7 +93,8 @@ def tile_parts(size: int) -> dict[str, widgets.Widget]:
 
 
 class Tile(widgets.VBox):
-    """One image of the grid: thumbnail, shortened caption, a select box and an edit button."""
+    """One image of the grid: thumbnail, shortened caption, a select box and an edit button
+    (class ``lora-lab-open``: the JupyterLab extension makes a click on the image click it)."""
 
     def __init__(self, parts: dict[str, widgets.Widget]):
         self.file = ""
@@ -101,6 +102,7 @@ class Tile(widgets.VBox):
         self.caption = widgets.HTML(layout=parts["caption"], style=parts["html_style"])
         self.check = widgets.Checkbox(indent=False, layout=parts["check"], style=parts["check_style"])
         self.edit_button = widgets.Button(layout=parts["button"], style=parts["button_style"])
+        self.edit_button.add_class("lora-lab-open")
         super().__init__([self.image, self.caption,
                           widgets.HBox([self.check, self.edit_button], layout=parts["row"])],
                          layout=widgets.Layout(display="none", padding="4px"))
@@ -118,7 +120,16 @@ class Tile(widgets.VBox):
             self.edit_button.description = self.file
             self.edit_button.tooltip = f"{self.file} ({row['width']}x{row['height']}): edit its caption"
             self.edit_button.button_style = "info" if current else ""
+        self._mark_truncated(bool(row.get("caption_truncated")))
         self.layout.display = None
+
+    def _mark_truncated(self, truncated: bool) -> None:
+        if truncated:
+            self.add_class("lora-lab-truncated")
+            self.layout.border = TRUNCATED_BORDER
+        else:
+            self.remove_class("lora-lab-truncated")
+            self.layout.border = None
 
     def hide(self) -> None:
         self.file = ""
@@ -131,16 +142,17 @@ class Tile(widgets.VBox):
             self.caption.value.rsplit("</div>", 1)[0].rsplit(">", 1)[-1])
 
 
-class DatasetBrowser(widgets.VBox):
+class DatasetBrowser(Quiet, widgets.VBox):
     """``DatasetBrowser("mydata")``: page through a dataset's images and their captions, filter
     and sort them, select some. Other panels observe ``selected`` (the selected files) and
-    ``current`` (the image last opened for editing)."""
+    ``current`` (the image last opened for editing). A panel that holds a browser may pass its
+    own ``notice`` line, which the browser then writes to instead of showing one of its own."""
 
     selected = traitlets.List(traitlets.Unicode())
     current = traitlets.Unicode()
 
     def __init__(self, dataset: str, workspace: Workspace | str | None = None,
-                 page_size: int = 100, thumb_size: int = 160):
+                 page_size: int = 100, thumb_size: int = 160, notice: Notice | None = None):
         # First: close() (also run by __del__ when this constructor raises) shuts it down.
         self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
                                         thread_name_prefix="lora-lab thumbs")
@@ -152,16 +164,15 @@ class DatasetBrowser(widgets.VBox):
         self.dataset = Dataset.open(dataset, self.workspace)  # NotFound names the dataset
         self.page_size, self.thumb_size = page_size, thumb_size
         self.query, self.offset, self.total, self.rows = dict(DEFAULT_QUERY), 0, 0, []
-        self.notice = Notice()
-        self._lock = threading.RLock()  # painting vs thumbnails arriving from the pool
-        self._quiet = False  # set while the panel itself changes controls: no feedback loops
+        self.notice = notice or Notice()
+        self._lock = threading.RLock()  # paging and painting vs thumbnails and pollers' refreshes
         self._generation = 0
         self._pending: list[Future] = []
         parts = tile_parts(thumb_size)
         self.tiles = [Tile(parts) for _ in range(page_size)]
         self._build_controls()
-        super().__init__([self.title, self._filter_bar(), self._paging_bar(), self.notice,
-                          self.grid])
+        super().__init__([self.title, self._filter_bar(), self._paging_bar()]
+                         + ([] if notice else [self.notice]) + [self.grid])
         self.add_class("lora-lab-browser")  # for CSS, and for the browser test to find it
         self._wire()
         self._go(0)
@@ -179,6 +190,8 @@ class DatasetBrowser(widgets.VBox):
             "min_side": widgets.IntText(0, description="min side", continuous_update=False,
                                         layout=widgets.Layout(width="150px")),
             "duplicates": widgets.Checkbox(description="near-duplicates only", indent=False),
+            "truncated": widgets.Checkbox(description="cut-off captions only", indent=False,
+                                          tooltip="captions the model stopped at its token limit"),
             "sort": widgets.Dropdown(options=SORTS, description="sort",
                                      layout=widgets.Layout(width="210px")),
         }
@@ -216,7 +229,8 @@ class DatasetBrowser(widgets.VBox):
     def show(self, **query: Any) -> None:
         """Set filters and sort, from the first page: ``q`` (text in captions or file names),
         ``captioned`` (True/False/None), ``shape`` (portrait/landscape/square/None),
-        ``min_side`` (pixels), ``duplicates`` (near-duplicates only), ``sort`` (file, pixels,
+        ``min_side`` (pixels), ``duplicates`` (near-duplicates only), ``truncated`` (True: only
+        captions cut off at the caption model's token limit), ``sort`` (file, pixels,
         aspect, bytes, caption, modified; a leading "-" reverses). Filters not named keep
         their values; a bad one raises and changes nothing."""
         merged = {**self.query, **query}
@@ -262,13 +276,14 @@ class DatasetBrowser(widgets.VBox):
 
     # -- reading and painting --------------------------------------------------------------------
     def _go(self, offset: int) -> None:
-        query = vars(check_query(self.query))
-        page = self.dataset.images(max(offset, 0), self.page_size, **query)
-        if page.total and offset >= page.total:  # the filters now show fewer: the last page
-            last = (page.total - 1) // self.page_size * self.page_size
-            page = self.dataset.images(last, self.page_size, **query)
-        self.offset, self.total, self.rows = page.offset, page.total, page.items
-        self._paint()
+        with self._lock:  # a poller's refresh and a click never paint one page over the other
+            query = vars(check_query(self.query))
+            page = self.dataset.images(max(offset, 0), self.page_size, **query)
+            if page.total and offset >= page.total:  # the filters now show fewer: the last page
+                last = (page.total - 1) // self.page_size * self.page_size
+                page = self.dataset.images(last, self.page_size, **query)
+            self.offset, self.total, self.rows = page.offset, page.total, page.items
+            self._paint()
 
     def _paint(self) -> None:
         selected, missing = set(self.selected), []
@@ -317,15 +332,6 @@ class DatasetBrowser(widgets.VBox):
             for key, control in self.filters.items():
                 control.value = _control_value(key, self.query[key])
 
-    @contextlib.contextmanager
-    def _quietly(self) -> Iterator[None]:
-        """While active, the panel's own changes to its controls trigger no handlers."""
-        before, self._quiet = self._quiet, True
-        try:
-            yield
-        finally:
-            self._quiet = before
-
     # -- events ----------------------------------------------------------------------------------
     @reporting
     def _on_filter(self, key: str, change: dict[str, Any]) -> None:
@@ -371,11 +377,13 @@ class DatasetBrowser(widgets.VBox):
 
 def _control_value(key: str, value: Any) -> Any:
     """The filter control's value for a query value."""
+    if key == "truncated":  # a checkbox: show(truncated=False), whole captions only, is unticked
+        return value is True
     names = {"captioned": CAPTIONED, "shape": SHAPES}.get(key)
     return next(k for k, v in names.items() if v == value) if names else value
 
 
 def _query_value(key: str, value: Any) -> Any:
     """The query value for a filter control's value."""
-    names = {"captioned": CAPTIONED, "shape": SHAPES}.get(key)
+    names = {"captioned": CAPTIONED, "shape": SHAPES, "truncated": TRUNCATED}.get(key)
     return names[value] if names else value

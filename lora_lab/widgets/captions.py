@@ -3,38 +3,36 @@
 Every write goes through the dataset (``set_caption`` with the etag the text was read with,
 ``edit`` and ``undo`` for bulk operations), so the panel and every other surface share one undo
 journal. The AI captions run off the kernel's thread: one image on the resident caption model
-(a :class:`~lora_lab.captioning.worker.CaptionWorker` kept for the panel's life), a selection
-as a caption job whose progress a :class:`~lora_lab.widgets.common.Poller` reads.
+(a :class:`~lora_lab.widgets.caption_parts.ResidentCaptioner`, kept for the panel's life), a
+selection as a caption job whose progress a :class:`~lora_lab.widgets.common.Poller` reads.
 """
 from __future__ import annotations
 
 import functools
 import html
 import os
-import threading
 from typing import Any
 
 import ipywidgets as widgets
 
-from ..captioning.base import CaptionError
-from ..captioning.batch import MODES, caption_dataset
+from ..captioning.batch import MODES, BatchReport
 from ..captioning.job import settings_of
-from ..captioning.llama import model_paths
 from ..captioning.prompts import DEFAULT_PRESET, PRESETS
-from ..datasets import Dataset, StaleCaption, etag
+from ..datasets import Dataset
 from ..datasets.stats import tag_frequency
 from ..datasets.thumbs import thumbnail_path
 from ..jobdir import JobRecord
 from ..jobdir.tail import EventTail
 from ..jobs import submit
 from .browser import DatasetBrowser
-from .common import Notice, Poller, reporting
+from .caption_parts import OpenCaption, ResidentCaptioner, TagTable
+from .common import Notice, Poller, Quiet, reporting
 
 PREVIEW_SIZE = 384
 ENDED = ("succeeded", "failed", "cancelled", "interrupted")
 
 
-class CaptionEditor(widgets.VBox):
+class CaptionEditor(Quiet, widgets.VBox):
     """``CaptionEditor(browser)``: the caption of ``browser.current`` in a text box that saves
     itself, previous/next, bulk operations on ``browser.selected`` with undo, the most frequent
     tags (click one to filter the browser), and "Caption with AI" for one image or the selection.
@@ -50,18 +48,16 @@ class CaptionEditor(widgets.VBox):
                  top_tags: int = 30, interval: float = 1.0, autostart: bool = True):
         # First: close() (also run by __del__ when this constructor raises) needs these.
         self.poller = Poller(self._tick_job, interval)
-        self._worker: Any = None
+        self.ai = ResidentCaptioner(model, mmproj, browser.workspace, max_tokens, autostart)
         self.browser, self.autostart, self.max_tokens = browser, autostart, max_tokens
-        self.model, self.mmproj = model_paths(model, mmproj, browser.workspace)
+        self.model, self.mmproj = self.ai.model, self.ai.mmproj
         self.notice = Notice()
         self.job: JobRecord | None = None
-        self._file, self._etag, self._conflict = "", etag(None), None
-        self._quiet = False
-        self._thread: threading.Thread | None = None
+        self.opened = OpenCaption(browser.dataset)
         self._events: EventTail | None = None  # the caption job's events, read as they come
         self._build(top_tags)
         super().__init__([self.header, widgets.HBox([self.preview, self._edit_box()]), self.notice,
-                          self._bulk_box(), self._ai_box(), self._tags_box()])
+                          self._bulk_box(), self._ai_box(), self.tag_table])
         self.add_class("lora-lab-caption-editor")
         self._wire()
         browser.observe(self._on_current, "current")
@@ -107,9 +103,9 @@ class CaptionEditor(widgets.VBox):
         self.progress = widgets.FloatProgress(min=0.0, max=1.0, layout=widgets.Layout(
             width="300px", visibility="hidden"))
         self.progress_label = widgets.Label()
-        self.tag_buttons = [widgets.Button(layout=widgets.Layout(width="auto", display="none"))
-                            for _ in range(top_tags)]
-        self._tags: list[str] = []
+        self.tag_table = TagTable(top_tags, "<b>Most frequent tags</b> (click one to show its images)",
+                                  self._on_tag)
+        self.tag_buttons = self.tag_table.buttons
 
     def _edit_box(self) -> widgets.Box:
         return widgets.VBox([self.text, widgets.HBox([self.prev_button, self.next_button,
@@ -128,10 +124,6 @@ class CaptionEditor(widgets.VBox):
                              self.progress, self.progress_label],
                             layout=widgets.Layout(flex_flow="row wrap"))
 
-    def _tags_box(self) -> widgets.Box:
-        return widgets.VBox([widgets.HTML("<b>Most frequent tags</b> (click one to show its images)"),
-                             widgets.HBox(self.tag_buttons, layout=widgets.Layout(flex_flow="row wrap"))])
-
     def _wire(self) -> None:
         self.text.observe(self._on_text, "value")
         self.prev_button.on_click(lambda _: self._step(-1))
@@ -145,15 +137,11 @@ class CaptionEditor(widgets.VBox):
         self.undo_button.on_click(self._on_undo)
         self.ai_button.on_click(self._on_ai_current)
         self.ai_selection_button.on_click(self._on_ai_selection)
-        for i, button in enumerate(self.tag_buttons):
-            button.on_click(functools.partial(self._on_tag, i))
 
     # -- the current caption ---------------------------------------------------------------------
     def _load(self, file: str) -> None:
         """Show ``file``'s caption as it is on disk now ("" for none open)."""
-        caption = self.dataset.caption(file) if file else None
-        self._file, self._etag, self._conflict = file, etag(caption), None
-        self._set_text(caption or "")
+        self._set_text(self.opened.open(file))
         self.text.disabled = not file
         self.preview.layout.visibility = "visible" if file else "hidden"  # no broken-image icon
         if not file:
@@ -166,39 +154,31 @@ class CaptionEditor(widgets.VBox):
         self.preview.value = thumbnail_path(self.dataset, file, PREVIEW_SIZE).read_bytes()
 
     def _set_text(self, text: str) -> None:
-        self._quiet = True
-        try:
+        with self._quietly():
             self.text.value = text
-        finally:
-            self._quiet = False
 
-    def _save(self, if_match: str) -> None:
-        try:
-            self._etag = self.dataset.set_caption(self._file, self.text.value, if_match=if_match)
-        except StaleCaption:
-            theirs = self.dataset.caption(self._file)
-            self._conflict = etag(theirs)
-            self.notice.show(f"{self._file}: the caption on disk changed since you opened it "
-                             f"(now: {theirs or '(none)'!r}). Your text is kept here: save writes "
-                             "it over that one, reload takes the one on disk.", "warning")
+    def _save(self, force: bool = False) -> None:
+        conflict = self.opened.save(self.text.value, force)
+        if conflict:
+            self.notice.show(f"{conflict} Your text is kept here: save writes it over that one, "
+                             "reload takes the one on disk.", "warning")
             return
-        self._conflict = None
-        self.notice.show(f"saved {self._file}", "ok")
+        self.notice.show(f"saved {self.opened.file}", "ok")
         self._changed()
 
     @reporting
     def _on_text(self, change: dict[str, Any]) -> None:
-        if not self._quiet and self._file:
-            self._save(self._etag)
+        if not self._quiet and self.opened.file:
+            self._save()
 
     @reporting
     def _on_save(self, _: Any = None) -> None:
         if self._need_current():
-            self._save(self._conflict or self._etag)  # after a conflict: mine over theirs, asked for
+            self._save(force=True)  # after a conflict: mine over theirs, asked for
 
     @reporting
     def _on_reload(self, _: Any = None) -> None:
-        self._load(self._file)
+        self._load(self.opened.file)
         self.notice.clear()
 
     @reporting
@@ -210,9 +190,9 @@ class CaptionEditor(widgets.VBox):
         self.browser.step(delta)
 
     def _need_current(self) -> str:
-        if not self._file:
+        if not self.opened.file:
             self.notice.show("open an image first: click its name in the browser", "warning")
-        return self._file
+        return self.opened.file
 
     # -- bulk operations on the selection --------------------------------------------------------
     def _selection(self) -> list[str]:
@@ -257,35 +237,23 @@ class CaptionEditor(widgets.VBox):
         """Captions changed on disk: show them everywhere."""
         self.browser.refresh()
         self.refresh_tags()
-        if reload and self._conflict is None:  # a conflicted text is the user's: keep it
-            self._load(self._file)
+        if reload and self.opened.conflict is None:  # a conflicted text is the user's: keep it
+            self._load(self.opened.file)
 
     # -- tags ------------------------------------------------------------------------------------
     def refresh_tags(self) -> None:
         """Count the tags again (the panel does after every change it makes)."""
-        counts = tag_frequency(self.dataset, len(self.tag_buttons))
-        self._tags = [tag for tag, _ in counts]
-        for i, button in enumerate(self.tag_buttons):
-            with button.hold_sync():
-                if i < len(counts):
-                    button.description = f"{counts[i][0]} ({counts[i][1]})"
-                    button.tooltip = f"show the images tagged {counts[i][0]!r}"
-                    button.layout.display = None
-                else:
-                    button.layout.display = "none"
+        self.tag_table.show(tag_frequency(self.dataset, len(self.tag_buttons)))
 
     @reporting
-    def _on_tag(self, i: int, _: Any = None) -> None:
-        self.browser.show(q="", tag=self._tags[i])
+    def _on_tag(self, tag: str) -> None:
+        self.browser.show(q="", tag=tag)
 
     # -- AI captions -----------------------------------------------------------------------------
     def _check_model(self) -> bool:
-        missing = [p for p in (self.model, self.mmproj) if not p.is_file()]
+        missing = self.ai.missing("CaptionEditor")
         if missing:
-            self.notice.show(f"no caption model: {', '.join(map(str, missing))} not found. Pass "
-                             "model= and mmproj= to CaptionEditor, set $LORA_LAB_CAPTION_MODEL and "
-                             "$LORA_LAB_CAPTION_MMPROJ, or put the Qwen2.5-VL GGUF pair under "
-                             f"{self.browser.workspace.models / 'caption'}", "error")
+            self.notice.show(missing, "error")
         return not missing
 
     def _settings(self, mode: str) -> dict[str, Any]:
@@ -296,36 +264,20 @@ class CaptionEditor(widgets.VBox):
         file = self._need_current()
         if not file or not self._check_model():
             return
-        if self._thread is not None and self._thread.is_alive():
+        if self.ai.busy:
             self.notice.show("the AI is still captioning the last image", "warning")
             return
         settings = settings_of({**self._settings("overwrite"), "prompt": None, "max_words": None})
         self.ai_button.disabled = True
         self.notice.show(f"captioning {file} with {self.model.name} ...", "info")
-        if self.autostart:
-            self._thread = threading.Thread(target=self._caption_one, args=(file, settings),
-                                            name="lora-lab caption", daemon=True)
-            self._thread.start()
-        else:
-            self._caption_one(file, settings)
+        self.ai.start(self._caption_one, file, settings)
 
     @reporting
     def _caption_one(self, file: str, settings: Any) -> None:
         try:
-            if self._worker is None:  # loaded once, kept for the panel's life
-                from ..captioning.worker import CaptionWorker
-
-                self._worker = CaptionWorker(self.model, self.mmproj, max_tokens=self.max_tokens)
-            # Its own connection: this runs beside the kernel's thread, which reads the index.
-            ds = Dataset.open(self.dataset.name, self.browser.workspace)
-            try:
-                report = caption_dataset(ds, self._worker, settings, files=[file])
-            finally:
-                ds.index.close()
-            if report.failed:
-                raise CaptionError(f"{file}: {report.failed[0]['error']}")
-            self.notice.show(f"captioned {file} in {report.seconds:.1f} s", "ok")
-            self._changed(reload=file == self._file)
+            report = self.ai.caption(self.dataset.name, file, settings)
+            self.notice.show(*one_caption_notice(file, report))
+            self._changed(reload=file == self.opened.file)
         finally:
             self.ai_button.disabled = False
 
@@ -367,11 +319,13 @@ class CaptionEditor(widgets.VBox):
         self.progress_label.value = f"job {self.job.id}: {view['state']}"
         if ok:
             done = next((e for e in reversed(self.job.events()) if e["type"] == "done"), {})
-            failed = len(done.get("failed", []))
+            failed, truncated = len(done.get("failed", [])), len(done.get("truncated", []))
             self.progress.value = 1.0
             self.notice.show(f"caption job {self.job.id} done: {done.get('captioned', 0)} "
-                             f"captioned" + (f", {failed} failed (see its log)" if failed else ""),
-                             "warning" if failed else "ok")
+                             f"captioned" + (f", {failed} failed (see its log)" if failed else "")
+                             + (f", {truncated} cut at the token limit even after a retry: saved, "
+                                "marked truncated" if truncated else ""),
+                             "warning" if failed or truncated else "ok")
         else:
             self.notice.show(f"caption job {self.job.id} {view['state']}: "
                              f"{view.get('error') or 'see its log'}", "error")
@@ -380,7 +334,19 @@ class CaptionEditor(widgets.VBox):
     def close(self) -> None:
         """Stop following the job and let the resident caption model go."""
         self.poller.stop()
-        self.browser.unobserve(self._on_current, "current")
-        if self._worker is not None:
-            self._worker.close()
+        if self.comm is not None:  # open (__del__ closes a closed editor again)
+            self.browser.unobserve(self._on_current, "current")
+        self.ai.close()
         super().close()
+
+
+def one_caption_notice(file: str, report: BatchReport) -> tuple[str, str]:
+    """The notice for one image captioned with AI: whether the token limit cut its answer."""
+    done = f"captioned {file} in {report.seconds:.1f} s"
+    if report.truncated:
+        return (f"{done}, but the model hit its token limit even when asked again with a larger "
+                "one: the caption may end mid-sentence (saved, marked truncated; raise max_tokens "
+                "or edit it)", "warning")
+    if report.retried:
+        return f"{done} (its first answer hit the token limit; asked again with a larger one)", "ok"
+    return done, "ok"

@@ -123,9 +123,11 @@ def line_chart_svg(series: Mapping[str, Sequence[Point]], *, width: int = 480, h
         path = _polyline(pts, (x0, x1, pad_l, plot_w), (y0, y1, pad_t + plot_h, -plot_h))
         parts.append(f'<polyline style="fill:none;stroke:{color};stroke-width:1.5" points="{path}">'
                      f"<title>{html.escape(name)}</title></polyline>")
-        if len(drawn) > 1:
-            parts.append(_text(pad_l + plot_w - 6, pad_t + 14 + 13 * i, name, anchor="end",
-                               fill=color))
+        if len(drawn) > 1:  # a swatch in the line's colour, the name in the theme's text colour
+            x, y = pad_l + plot_w - 6, pad_t + 14 + 13 * i
+            parts.append(f'<line x1="{x - 14}" y1="{y - 4}" x2="{x}" y2="{y - 4}" '
+                         f'style="stroke:{color};stroke-width:2"/>')
+            parts.append(_text(x - 18, y, name, anchor="end"))
     return "".join(parts) + "</svg>"
 
 

@@ -2,11 +2,12 @@
 raising, and a background poller that keeps a panel current without blocking the kernel."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ipywidgets as widgets
@@ -40,6 +41,22 @@ class Notice(widgets.HTML):
     def text(self) -> str:
         """The message without its markup (what a test or a screen reader reads)."""
         return html.unescape(self.value.split(">", 1)[-1].rsplit("<", 1)[0]) if self.value else ""
+
+
+class Quiet:
+    """For a panel that sets its own controls: while :meth:`_quietly` is active, its handlers
+    (which return early on ``_quiet``) ignore those changes, so there are no feedback loops."""
+
+    _quiet = False
+
+    @contextlib.contextmanager
+    def _quietly(self) -> Iterator[None]:
+        """While active, the panel's own changes to its controls trigger no handlers."""
+        before, self._quiet = self._quiet, True
+        try:
+            yield
+        finally:
+            self._quiet = before
 
 
 def reporting(handler: Callable) -> Callable:

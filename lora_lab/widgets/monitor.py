@@ -14,13 +14,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
 
 from ..errors import Conflict, LoraLabError
-from ..jobdir import ACTIVE, JobFollower, JobRecord, open_job
+from ..jobdir import ACTIVE, RESUMABLE, JobFollower, JobRecord, open_job
 from ..jobs import cancel, resume
+from ..jobs.summary import format_bytes
+from ..served import job_file_url
 from ..workspace import Workspace
 from .chart import Curves
 from .common import Notice, Poller, reporting, workspace_of
@@ -50,6 +53,7 @@ class MonitoredJob:
         self.phase: str | None = None
         self.error: str | None = None
         self.view: dict[str, Any] = {}
+        self._stamp: tuple[int, ...] | None = None  # status.json's identity at the last read
 
     @property
     def events_read(self) -> int:
@@ -60,10 +64,27 @@ class MonitoredJob:
     def active(self) -> bool:
         return self.view.get("state") in ACTIVE
 
+    @property
+    def resumable(self) -> bool:
+        return self.view.get("state") in RESUMABLE
+
+    def status_changed(self) -> bool:
+        """Whether status.json was rewritten since the last :meth:`read`: one stat, so the
+        monitor of an ended job can watch for a resume made elsewhere (the sidebar, the CLI)."""
+        return self._status_stamp() != self._stamp
+
+    def _status_stamp(self) -> tuple[int, ...] | None:
+        try:
+            st = (self.job.path / "status.json").stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size  # written atomically: a new inode each time
+
     def read(self) -> bool:
         """Take in everything new; whether anything changed. The state is read first, so an
         ended job's files are complete when they are read after it."""
         before = self.view
+        self._stamp = self._status_stamp()
         try:
             self.view = self.job.view()
         except FileNotFoundError:  # someone deleted the job directory: nothing more will come
@@ -99,13 +120,14 @@ class MonitoredJob:
 
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
-    keys = ("state", "phase", "progress", "error")
+    keys = ("state", "phase", "progress", "error", "loras")
     return any(before.get(k) != after.get(k) for k in keys)
 
 
 class TrainingMonitor(widgets.VBox):
     """Live view of one job: state, phase, progress, speed and ETA, loss and learning-rate
-    curves, samples, the log tail, and cancel / resume.
+    curves, samples, the LoRA files it wrote (path, size, download link), the log tail, and
+    cancel / resume.
 
     ``job`` is a job id or a JobRecord; an unknown id raises NotFound here, as every other
     surface refuses it. ``autostart=False`` leaves the background poller off (call
@@ -133,7 +155,7 @@ class TrainingMonitor(widgets.VBox):
         self._build()
         self.follow = autostart
         self.refresh()
-        if autostart and self.follower.active:
+        if autostart and (self.follower.active or self.follower.resumable):
             self.poller.start()
 
     def _build(self) -> None:
@@ -144,6 +166,8 @@ class TrainingMonitor(widgets.VBox):
         self.charts = widgets.HTML(layout={"display": "none"})
         self.samples = widgets.HBox(layout={"flex_flow": "row wrap"})
         self.log_view = widgets.HTML()  # not ``log``: that name is a widget trait
+        self.loras = widgets.HTML()
+        self.loras.add_class("lora-lab-loras")
         self.cancel_button = widgets.Button(description="Cancel", icon="stop",
                                             button_style="warning")
         self.resume_button = widgets.Button(description="Resume", icon="play")
@@ -151,8 +175,8 @@ class TrainingMonitor(widgets.VBox):
         self.resume_button.on_click(self._on_resume)
         self.children = [self.title, widgets.HBox([self.state, self.cancel_button,
                                                    self.resume_button]),
-                         self.bar, self.stats, self.notice, self.charts, self.samples,
-                         self.log_view]
+                         self.bar, self.stats, self.notice, self.loras, self.charts,
+                         self.samples, self.log_view]
 
     # -- reading and showing ---------------------------------------------------------------------
     def refresh(self) -> bool:
@@ -164,13 +188,17 @@ class TrainingMonitor(widgets.VBox):
 
     def tick(self) -> bool:
         """The poller's step: read what is new, show it at most once per ``interval``; False
-        (stop polling) once the job has ended and all of it is shown."""
+        (stop polling) once the job has ended for good and all of it is shown. A job that can
+        be resumed is still watched, at the cost of one stat a tick until its status changes."""
         with self._lock:
-            self._pending |= self.follower.read()
-            ended = not self.follower.active
+            f = self.follower
+            if not f.active and not f.status_changed():
+                return f.resumable
+            self._pending |= f.read()
+            ended = not f.active
             if self._pending and (ended or time.monotonic() - self._last_render >= self.interval):
                 self._render()
-            return not ended
+            return not ended or f.resumable
 
     def _render(self) -> None:
         self._last_render, self._pending = time.monotonic(), False
@@ -185,12 +213,13 @@ class TrainingMonitor(widgets.VBox):
         self.cancel_button.disabled = state not in ACTIVE
         self.cancel_button.button_style = "warning" if state in ACTIVE else ""  # no orange when idle
         self.resume_button.disabled = self.resume_pending or \
-            state not in ("failed", "cancelled", "interrupted")
+            state not in RESUMABLE
         self._show_error(f, state)
         if f.curves.has_loss:
             self.charts.value = f.curves.loss_svg(420, 220) + f.curves.lr_svg(420, 220)
             self.charts.layout.display = None
         self._show_samples(f)
+        self.loras.value = loras_html(f.view.get("loras") or [], self.ws, self.job.id)
         self.log_view.value = log_html(f.log_lines)
 
     def _show_error(self, f: MonitoredJob, state: str) -> None:
@@ -277,6 +306,32 @@ def log_html(lines: Iterable[str]) -> str:
             'max-height:14em;overflow:auto;border:1px solid var(--jp-border-color2,#ddd)">'
             f'<pre style="margin:0;font-size:11px;color:var(--jp-content-font-color1,inherit)">'
             f"{text}</pre></div>")
+
+
+def loras_html(files: list[dict[str, Any]], ws: Workspace, job_id: str) -> str:
+    """The LoRA files of a job (its view's ``loras``): the final one on top, then the
+    intermediate saves, each with its path, size and, where a Jupyter server serves this
+    workspace, a download link (:mod:`lora_lab.served`)."""
+    final = [f for f in files if f["step"] is None]
+    steps = [f for f in files if f["step"] is not None]
+    parts = [f"<div><b>LoRA</b> {_lora_file_html(f, ws, job_id)}</div>" for f in final]
+    if steps:
+        rows = "".join(f"<tr><td>step&nbsp;{f['step']}</td><td>{_lora_file_html(f, ws, job_id)}</td></tr>"
+                       for f in steps)
+        # folded once the final file is there: it is what most people came for
+        parts.append(f"<details{'' if final else ' open'}><summary>intermediate saves "
+                     f"({len(steps)})</summary><table>{rows}</table></details>")
+    return "".join(parts)
+
+
+def _lora_file_html(f: dict[str, Any], ws: Workspace, job_id: str) -> str:
+    path = f"<code>{html.escape(f['path'])}</code>"
+    if f["bytes"] is None:
+        return f"{path} · <i>missing: deleted since it was written</i>"
+    url = job_file_url(ws, job_id, f["path"])
+    link = (f' · <a href="{html.escape(url)}" download="{html.escape(Path(f["path"]).name)}">'
+            "download</a>") if url else ""
+    return f"{path} · {format_bytes(f['bytes'])}{link}"
 
 
 def _fraction(f: MonitoredJob) -> float:

@@ -144,6 +144,7 @@ class CaptionPipeline(Pipeline):
                  f"{done['seconds']:.1f} s with `{done['model']}` ({done['already_done']} were "
                  f"already done, {len(done['failed'])} failed).",
                  *(f"- failed `{f['file']}`: {f['error']}" for f in done["failed"]),
+                 *_token_limit_markdown(done),
                  f"\nCaptions are beside the images in `{Dataset.open(done['dataset'], self.ws).path}`."]
         _markdown("\n".join(lines))
 
@@ -154,6 +155,20 @@ class CaptionPipeline(Pipeline):
         from IPython.display import HTML, display
 
         display(HTML(captions_html(self.params["dataset"], self.params["files"], self.ws)))
+
+
+def _token_limit_markdown(done: dict[str, Any]) -> list[str]:
+    """What the token limit did to the batch: answers asked again, captions saved cut."""
+    lines, truncated = [], done.get("truncated", [])  # absent from jobs of older versions
+    if done.get("retried"):
+        lines.append(f"\n{done['retried']} answer(s) hit the token limit and were asked again with "
+                     "a larger one.")
+    if truncated:
+        lines.append(f"\n**{len(truncated)} caption(s) still hit it**: saved, but they may "
+                     "end mid-sentence and are marked truncated (raise `max_tokens` and caption "
+                     "them again with `mode = \"overwrite\"`, or edit them):")
+        lines += [f"- truncated `{f}`" for f in truncated]
+    return lines
 
 
 # -- checks ----------------------------------------------------------------------------------------

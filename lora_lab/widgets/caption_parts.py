@@ -1,0 +1,134 @@
+"""What CaptionEditor and CaptionPanel share: the caption open for editing with its etag, the
+resident caption model for "Caption with AI" on one image, and the table of the most used tags.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as widgets
+
+from ..captioning.base import CaptionError
+from ..captioning.batch import caption_dataset
+from ..captioning.llama import model_paths
+from ..datasets import Dataset, StaleCaption, etag
+from ..workspace import Workspace
+
+
+class OpenCaption:
+    """The caption open in an editor: its file, the etag of the text it was read with and,
+    after a refused save, the etag of the text then on disk (which a forced save writes over,
+    and only that one)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.file, self.etag, self.conflict = "", etag(None), None
+
+    def open(self, file: str) -> str:
+        """Read ``file``'s caption as it is on disk now ("" when it has none; no file: close)."""
+        caption = self.dataset.caption(file) if file else None
+        self.file, self.etag, self.conflict = file, etag(caption), None
+        return caption or ""
+
+    def save(self, text: str, force: bool = False) -> str | None:
+        """Write ``text`` unless the caption on disk changed since it was read (``force``, after
+        a conflict: since the conflict was reported). Returns None once written; else the
+        conflict, said for the user, and nothing is written."""
+        try:
+            self.etag = self.dataset.set_caption(
+                self.file, text, if_match=self.conflict if force and self.conflict else self.etag)
+        except StaleCaption:
+            return self.refuse(self.dataset.caption(self.file))
+        self.conflict = None
+        return None
+
+    def refuse(self, theirs: str | None) -> str:
+        """The caption on disk is now ``theirs``, not the one read: remember it as the conflict
+        (the one a forced save may write over) and say so."""
+        self.conflict = etag(theirs)
+        return f"{self.file}: the caption on disk changed since you opened it (now: {theirs or '(none)'!r})."
+
+
+class ResidentCaptioner:
+    """The caption model a panel keeps loaded for "Caption with AI" on one image: a
+    :class:`~lora_lab.captioning.worker.CaptionWorker` started on first use, kept for the
+    panel's life. With ``autostart`` a caption runs on a thread (the kernel stays free);
+    without, in the call."""
+
+    def __init__(self, model: str | os.PathLike | None, mmproj: str | os.PathLike | None,
+                 workspace: Workspace, max_tokens: int, autostart: bool):
+        self.model, self.mmproj = model_paths(model, mmproj, workspace)
+        self.workspace, self.max_tokens, self.autostart = workspace, max_tokens, autostart
+        self.worker: Any = None
+        self.thread: threading.Thread | None = None
+
+    def missing(self, panel: str) -> str | None:
+        """What is missing for a caption, said for the user of ``panel``; None when nothing."""
+        gone = [p for p in (self.model, self.mmproj) if not p.is_file()]
+        if not gone:
+            return None
+        return (f"no caption model: {', '.join(map(str, gone))} not found. Pass model= and mmproj= "
+                f"to {panel}, set $LORA_LAB_CAPTION_MODEL and $LORA_LAB_CAPTION_MMPROJ, or put the "
+                f"Qwen2.5-VL GGUF pair under {self.workspace.models / 'caption'}")
+
+    @property
+    def busy(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self, run: Callable[..., None], *args: Any) -> None:
+        """Call ``run(*args)`` (which calls :meth:`caption`) on a thread, or here without autostart."""
+        if not self.autostart:
+            run(*args)
+            return
+        self.thread = threading.Thread(target=run, args=args, name="lora-lab caption", daemon=True)
+        self.thread.start()
+
+    def caption(self, dataset: str, file: str, settings: Any) -> Any:
+        """Caption one image of ``dataset`` now; returns the batch's report, raises on failure."""
+        if self.worker is None:
+            from ..captioning.worker import CaptionWorker
+
+            self.worker = CaptionWorker(self.model, self.mmproj, max_tokens=self.max_tokens)
+        # Its own connection: this runs beside the kernel's thread, which reads the index.
+        ds = Dataset.open(dataset, self.workspace)
+        try:
+            report = caption_dataset(ds, self.worker, settings, files=[file])
+        finally:
+            ds.index.close()
+        if report.failed:
+            raise CaptionError(f"{file}: {report.failed[0]['error']}")
+        return report
+
+    def close(self) -> None:
+        """Let the model go (its process ends)."""
+        if self.worker is not None:
+            self.worker.close()
+
+
+class TagTable(widgets.VBox):
+    """The tags most images carry, each a button "tag (images)"; a click calls ``pick(tag)``.
+    The buttons are made once and relabelled, so a recount sends only what changed."""
+
+    def __init__(self, size: int, title: str, pick: Callable[[str], None]):
+        self.buttons = [widgets.Button(layout=widgets.Layout(width="auto", display="none"))
+                        for _ in range(size)]
+        self.tags: list[str] = []
+        self._pick = pick
+        for i, button in enumerate(self.buttons):
+            button.on_click(lambda _, i=i: self._pick(self.tags[i]))
+        super().__init__([widgets.HTML(title),
+                          widgets.HBox(self.buttons, layout=widgets.Layout(flex_flow="row wrap"))])
+
+    def show(self, counts: list[tuple[str, int]]) -> None:
+        """Show ``counts`` ((tag, images), most first); buttons beyond them hide."""
+        self.tags = [tag for tag, _ in counts]
+        for i, button in enumerate(self.buttons):
+            with button.hold_sync():
+                if i < len(counts):
+                    button.description = f"{counts[i][0]} ({counts[i][1]})"
+                    button.tooltip = f"show the images tagged {counts[i][0]!r}"
+                    button.layout.display = None
+                else:
+                    button.layout.display = "none"
