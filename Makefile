@@ -92,7 +92,7 @@ lint: $(STAMP)
 # the README's pictures of the panels, taken by the browser test in a real JupyterLab
 screenshots: $(STAMP) $(CHROMIUM)
 	LORA_LAB_SCREENSHOTS=$(CURDIR)/docs/screenshots CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest tests/test_browser.py \
-	    tests/test_labextension.py -k "panels or launcher_card"
+	    tests/test_labextension.py -k "panels or launcher_card or keyboard_captioning"
 
 bench: $(STAMP)
 	sh bench/run_all.sh

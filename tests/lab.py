@@ -128,3 +128,35 @@ def type_caption(page, ws, dataset: str, file: str, text: str) -> None:
     while Dataset.open(dataset, ws).caption(file) != text:
         assert time.monotonic() < deadline, f"the caption of {file} was not saved"
         time.sleep(0.2)
+
+
+def set_theme(page, theme: str) -> None:
+    """Switch JupyterLab to ``theme`` ("JupyterLab Light", "JupyterLab Dark") as its Settings
+    menu does, and wait until the theme's stylesheet applies."""
+    page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})", theme)
+    # the splash screen JupyterLab shows while it loads a theme must have faded out too
+    page.wait_for_function("t => document.body.dataset.jpThemeName === t && "
+                           "!document.querySelector('#jupyterlab-splash')", arg=theme, timeout=60_000)
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
+def rgba(css: str) -> tuple[float, float, float, float]:
+    """A computed CSS colour, ``rgb(...)`` or ``rgba(...)``, as 0-1 channels and alpha."""
+    values = [float(v) for v in css[css.index("(") + 1:css.index(")")].split(",")]
+    return values[0] / 255, values[1] / 255, values[2] / 255, values[3] if len(values) > 3 else 1.0
+
+
+def luminance(rgb: tuple[float, ...]) -> float:
+    """The relative luminance (WCAG) of 0-1 channels."""
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb[:3]]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def contrast(fg: str, bg: str) -> float:
+    """The WCAG contrast ratio of computed colour ``fg`` drawn over ``bg`` (1: invisible,
+    21: black on white); a translucent ``fg`` is blended over ``bg`` first, as it shows."""
+    *f, alpha = rgba(fg)
+    b = rgba(bg)[:3]
+    shown = [alpha * c + (1 - alpha) * d for c, d in zip(f, b)]
+    hi, lo = sorted((luminance(shown), luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)

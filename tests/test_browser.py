@@ -1,8 +1,9 @@
 """The panels in a real JupyterLab in a real browser: they render, a search typed into the
 browser filters it, a caption typed into the editor lands on disk, the monitor draws its curves.
 
-With ``LORA_LAB_SCREENSHOTS=DIR`` the test also saves each panel's picture there (`make
-screenshots` refreshes the README's pictures in docs/screenshots/ this way)."""
+With ``LORA_LAB_SCREENSHOTS=DIR`` the test also saves each panel's picture there, and the
+monitor's in the dark theme too (`make screenshots` refreshes the README's pictures in
+docs/screenshots/ this way)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lab import CHROMIUM_ARGS, Lab, chromium, run_all, type_caption
+from lab import CHROMIUM_ARGS, Lab, chromium, contrast, luminance, rgba, run_all, set_theme, type_caption
 from test_train import config
 
 from lora_lab.datasets import Dataset, ingest
@@ -86,17 +87,38 @@ def test_the_panels_work_in_jupyterlab(ws, tiny_models, trained, page, tmp_path)
         monitor.locator("img").first.wait_for(timeout=WAIT_MS)  # a sample image
         assert "succeeded" in monitor.inner_text()
         jobs = page.locator(".lora-lab-jobs")
-        jobs.locator("option", has_text=trained).wait_for(state="attached", timeout=WAIT_MS)
+        listing = jobs.locator(".lora-lab-jobs-list select")  # (the filters are selects too)
+        listing.locator("option", has_text=trained).wait_for(state="attached", timeout=WAIT_MS)
         jobs.screenshot(path=shots / "jobs.png")  # the list, before a monitor opens under it
-        listed = jobs.locator("option").all_text_contents()
-        jobs.locator("select").select_option(index=next(
+        listed = listing.locator("option").all_text_contents()
+        listing.select_option(index=next(
             i for i, text in enumerate(listed) if trained in text and "succeeded" in text))
         jobs.get_by_text("Open monitor").click()
         jobs.locator(".lora-lab-monitor svg polyline").first.wait_for(timeout=WAIT_MS)
         assert "steps" in page.locator(".lora-lab-launcher").inner_text()
 
+        page.set_viewport_size({"width": 1280, "height": 1400})  # the monitor whole, for its picture
         for name in ("caption-editor", "launcher", "monitor"):
             page.locator(f".lora-lab-{name}").first.screenshot(path=shots / f"{name}.png")
         assert all((shots / f"{n}.png").stat().st_size > 5_000 for n in ("browser", "monitor", "jobs"))
+        monitor = monitor.first  # (the JobsPanel shows one too now)
+        assert_charts_readable(monitor, dark=False)
+
+        # the dark theme: the charts follow it, their labels as readable as in the light one
+        set_theme(page, "JupyterLab Dark")
+        assert_charts_readable(monitor, dark=True)
+        monitor.screenshot(path=shots / "monitor-dark.png")
     finally:
         lab.stop()
+
+
+def assert_charts_readable(monitor, dark: bool) -> None:
+    """Every label of the monitor's charts (titles, ticks, legend) stands out from the chart's
+    background, and that background is the theme's: dark in the dark theme."""
+    labels = monitor.locator("svg text").evaluate_all("""texts => texts.map(t => [t.textContent,
+        getComputedStyle(t).fill, getComputedStyle(t.ownerSVGElement.querySelector('rect')).fill])""")
+    assert len(labels) > 10, labels
+    for text, fill, background in labels:
+        assert contrast(fill, background) >= 3, (text, fill, background)
+    backgrounds = {background for _, _, background in labels}
+    assert all((luminance(rgba(b)) < 0.18) == dark for b in backgrounds), backgrounds

@@ -2,9 +2,13 @@
 into a fresh venv (tests/wheel_env.py), JupyterLab under a non-root base_url as behind a pod's
 proxy, driven in Debian's chromium. Launcher cards start a run and open the quickstart; the
 sidebar follows the run live (through a dropped WebSocket), cancels and resumes, opens the LoRA
-in the file browser, pages 500 jobs and explains each failure it can meet.
+in the file browser, pages 500 jobs, explains each failure it can meet and deletes ended jobs.
+A day's work end to end: 20 images captioned with the keyboard alone in the CaptionPanel, a run
+from the TrainingLauncher cancelled and resumed in the sidebar, its LoRA files found, an old job
+deleted.
 
-With ``LORA_LAB_SCREENSHOTS=DIR`` the test also saves a picture of the sidebar beside the launcher there (`make
+With ``LORA_LAB_SCREENSHOTS=DIR`` the tests also save pictures there: the sidebar beside the
+launcher, and the captioning panel and the sidebar in the light and the dark theme (`make
 screenshots` refreshes docs/screenshots/ this way)."""
 from __future__ import annotations
 
@@ -16,12 +20,13 @@ import time
 from pathlib import Path
 
 import pytest
-from lab import CHROMIUM_ARGS, Lab, chromium, type_caption, wait_for_kernel
+from lab import CHROMIUM_ARGS, Lab, chromium, run_all, set_theme, type_caption, wait_for_kernel
 from test_train import config
 
 from lora_lab.datasets import Dataset, ingest
 from lora_lab.jobdir import JobRecord, list_jobs, open_job
 from lora_lab.jobs import submit
+from lora_lab.tiny.samples import draw
 
 pytestmark = pytest.mark.slow
 BASE_URL = "/pod/8888/"  # RunPod and JupyterHub serve JupyterLab under a prefix like this
@@ -68,12 +73,13 @@ def shots(tmp_path) -> Path:
     return folder
 
 
-def open_lab(browser, lab: Lab, routes=lambda page: None):
-    """A page on JupyterLab, restored; ``routes(page)`` runs before it loads (JupyterLab keeps
-    the WebSocket class it finds at load, so a WebSocket route must be in place by then)."""
+def open_lab(browser, lab: Lab, routes=lambda page: None, url: str | None = None):
+    """A page on JupyterLab (at ``url``, say a notebook's), restored; ``routes(page)`` runs before
+    it loads (JupyterLab keeps the WebSocket class it finds at load, so a WebSocket route must be
+    in place by then)."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     routes(page)
-    page.goto(lab.page("lab?reset"))
+    page.goto(url or lab.page("lab?reset"))
     page.wait_for_function("window.jupyterapp !== undefined", timeout=WAIT_MS)
     page.evaluate("window.jupyterapp.restored")
     return page
@@ -203,12 +209,12 @@ def test_a_run_from_the_launcher_card_followed_in_the_sidebar(ws, shapes, base, 
 
 
 def run_above_the_first_training_cell(page) -> None:
-    """Run the quickstart's cells up to its captioning-with-AI cell: the dataset, the browser and
-    the caption editor (the rest captions and trains, which this test does not need)."""
+    """Run the quickstart's cells up to its training cell: the dataset, the browser and the
+    caption editor (the rest builds the launcher and the jobs list, which this test does not need)."""
     wait_for_kernel(page)
     index = page.evaluate("""() => {
         const cells = window.jupyterapp.shell.currentWidget.content.widgets;
-        return cells.findIndex(c => c.model.sharedModel.getSource().includes('ai_selection_button'));
+        return cells.findIndex(c => c.model.sharedModel.getSource().includes('TrainingLauncher(dataset'));
     }""")
     assert index > 0
     page.evaluate(f"""() => {{
@@ -275,3 +281,260 @@ def test_without_the_server_extension_the_sidebar_names_the_fix(tmp_path, ws, wh
         assert page.locator(".lora-lab-notice").is_visible()
     finally:
         lab.stop()
+
+
+def ended_run(ws, name: str) -> tuple[JobRecord, Path]:
+    """A training job that has ended: a checkpoint in its folder, and its LoRA files in loras/
+    (an intermediate save, then the final file), as the trainer records them."""
+    job = JobRecord.create("train", {"config": {}, "gpus": 1}, ws)
+    (job.path / "checkpoints").mkdir()
+    (job.path / "checkpoints" / "state.bin").write_bytes(os.urandom(250_000))
+    ws.loras.mkdir(parents=True, exist_ok=True)
+    step, final = ws.loras / f"{name}-000005.safetensors", ws.loras / f"{name}.safetensors"
+    for path in (step, final):
+        path.write_bytes(os.urandom(2_000))
+    job.set_status("succeeded", phase="done", progress=1.0, steps=10, output=str(final),
+                   loras=[{"path": str(step), "step": 5}, {"path": str(final), "step": None}])
+    return job, final
+
+
+def delete_selected(page, remove_lora: bool | None) -> None:
+    """Click Delete in the job view and confirm; ``remove_lora`` ticks (or not) the box that the
+    dialog shows for a job with a LoRA file (None: it must show none)."""
+    page.locator(".lora-lab-jobview .lora-lab-delete").click()
+    dialog = page.locator(".jp-Dialog")
+    dialog.wait_for(timeout=WAIT_MS)
+    box = dialog.locator('input[name="remove-lora"]')
+    assert box.is_visible() == (remove_lora is not None)
+    if remove_lora:
+        box.check()
+    dialog.get_by_role("button", name="Delete", exact=True).click()
+    dialog.wait_for(state="detached", timeout=WAIT_MS)
+
+
+def test_the_sidebar_deletes_ended_jobs_and_refuses_a_running_one(ws, lab, browser):
+    kept, kept_lora = ended_run(ws, "kept")
+    gone, gone_lora = ended_run(ws, "gone")
+    running = JobRecord.create("train", {"config": {}, "gpus": 1}, ws)
+    running.set_status("running", phase="training", progress=0.3)  # this process: alive
+    with running.heartbeat():
+        page = open_lab(browser, lab)
+        open_sidebar(page)
+        view = page.locator(".lora-lab-jobview")
+        wait_state(page, kept.id, "succeeded")
+        page.locator(".lora-lab-heading", has_text="Jobs (3)").wait_for(timeout=WAIT_MS)
+
+        # selected, an ended job shows its folder's size (in its row too) and its LoRA files
+        row(page, kept.id).click()
+        size = f"{kept.disk_bytes() / 1000:.1f} KB"
+        wait_text(page, ".lora-lab-jobview-header", size)
+        assert size in row(page, kept.id).locator(".lora-lab-job-numbers").inner_text()
+        loras = view.locator(".lora-lab-jobview-lora")
+        assert [" ".join(text.split()) for text in loras.all_inner_texts()] == [
+            "kept-000005.safetensors step 5 · 2.0 KB", "kept.safetensors final · 2.0 KB"]
+        loras.first.locator(".lora-lab-open-lora-file").click()
+        selected = page.locator(".jp-DirListing-item.jp-mod-selected")
+        selected.wait_for(timeout=WAIT_MS)
+        assert "kept-000005.safetensors" in selected.inner_text()
+
+        # deleted, keeping its LoRA (the default)
+        open_sidebar(page)
+        delete_selected(page, remove_lora=False)
+        row(page, kept.id).wait_for(state="detached", timeout=WAIT_MS)
+        notice = f"Deleted job {kept.id} (its LoRA file kept.safetensors is kept)"
+        page.get_by_text(notice).first.wait_for(timeout=WAIT_MS)
+        assert not kept.path.exists() and kept_lora.is_file()
+        assert view.is_hidden()
+
+        # deleted with its LoRA file
+        row(page, gone.id).click()
+        delete_selected(page, remove_lora=True)
+        row(page, gone.id).wait_for(state="detached", timeout=WAIT_MS)
+        assert not gone.path.exists() and not gone_lora.exists()
+
+        # a running job is refused with the server's reason, and nothing of it is touched
+        files = sorted(p.name for p in running.path.iterdir())
+        row(page, running.id).click()
+        delete_selected(page, remove_lora=None)
+        wait_text(page, ".lora-lab-jobview-message", "is still running; cancel it first")
+        assert row(page, running.id).is_visible()
+        assert sorted(p.name for p in running.path.iterdir()) == files
+        page.locator(".lora-lab-heading", has_text="Jobs (1)").wait_for(timeout=WAIT_MS)
+        running.set_status("cancelled")
+
+
+SCENES = [(f"scene-{i:02d}.jpg", ((256, 192), (192, 256), (224, 224))[i % 3],
+           ("circle", "square", "triangle")[i % 3],
+           ("red", "blue", "yellow", "green", "purple", "orange", "white", "cyan")[i % 8])
+          for i in range(22)]
+
+
+@pytest.fixture
+def scenes(ws, tmp_path) -> Dataset:
+    """22 drawn scenes (a coloured shape over hills and sky, in three aspect ratios), none
+    captioned."""
+    folder = tmp_path / "scenes-in"
+    folder.mkdir()
+    for seed, (name, size, shape, colour) in enumerate(SCENES):
+        draw(size, shape, colour, seed).save(folder / name, quality=85)
+    ingest(folder, "scenes", workspace=ws)
+    return Dataset.open("scenes", ws)
+
+
+def caption_of(name: str, size: tuple[int, int], shape: str, colour: str) -> str:
+    """What the test types for a scene: tags, as a user would."""
+    return f"sks, a {colour} {shape}, blue sky, green hills"
+
+
+def test_keyboard_captioning_then_a_run_cancelled_resumed_and_cleaned_up(ws, scenes, base, lab,
+                                                                         browser, shots):
+    """The day the issue asks for, in chromium: 20 images captioned in the CaptionPanel with
+    the keyboard alone, a run started from the TrainingLauncher, cancelled and resumed in the
+    sidebar, its LoRA files found there, and an old job deleted. The panel and the sidebar are
+    pictured in the light and the dark theme."""
+    old, old_lora = ended_run(ws, "old")
+    cells = ['from lora_lab.widgets import CaptionPanel, TrainingLauncher\nCaptionPanel("scenes")',
+             f'TrainingLauncher("scenes", base={str(base)!r})']
+    page = open_lab(browser, lab, url=lab.notebook("day.ipynb", cells))
+    page.set_viewport_size({"width": 1400, "height": 1300})  # the whole panel, for its picture
+    page.evaluate("window.jupyterapp.shell.collapseLeft()")  # and the page's width
+    run_all(page)
+    panel = page.locator(".lora-lab-caption-panel")
+    caption_by_keyboard(page, panel, scenes)
+    picture(page, panel, shots / "caption-panel-light.png")
+
+    job_id = train_from_the_launcher(page)
+    open_sidebar(page)
+    view = page.locator(".lora-lab-jobview")
+    wait_state(page, job_id, "running")
+    row(page, job_id).click()
+    # cancelled once it has saved an intermediate LoRA, then resumed, from the sidebar
+    view.locator(".lora-lab-jobview-lora").first.wait_for(timeout=WAIT_MS)
+    view.locator(".lora-lab-cancel").click()
+    wait_state(page, job_id, "cancelled")
+    assert view.locator(".lora-lab-cancel").is_disabled()
+    stopped_at = open_job(job_id, ws).status().get("steps") or 0
+    view.locator(".lora-lab-resume").click()
+    wait_state(page, job_id, "succeeded", timeout=300_000)
+    assert stopped_at < STEPS == open_job(job_id, ws).status()["steps"]
+    find_the_lora(page, ws)
+
+    # an old job deleted from the sidebar; its LoRA file stays (the default)
+    row(page, old.id).click()
+    delete_selected(page, remove_lora=False)
+    row(page, old.id).wait_for(state="detached", timeout=WAIT_MS)
+    assert not old.path.exists() and old_lora.is_file()
+    assert open_job(job_id, ws).path.is_dir()
+
+    row(page, job_id).click()
+    view.locator(".lora-lab-sample img").wait_for(timeout=WAIT_MS)
+    picture(page, panel, shots / "sidebar-light.png", whole_page=True)  # the sidebar beside the panel
+    set_theme(page, "JupyterLab Dark")
+    picture(page, panel, shots / "sidebar-dark.png", whole_page=True)
+    page.evaluate("window.jupyterapp.shell.collapseLeft()")
+    picture(page, panel, shots / "caption-panel-dark.png")
+
+    # the launcher's monitor followed the run through the cancel and the resume made elsewhere
+    saves = len(range(SAVE_EVERY, STEPS, SAVE_EVERY))
+    wait_text(page, ".lora-lab-launcher .lora-lab-loras", f"intermediate saves ({saves})")
+    monitor = page.locator(".lora-lab-launcher .lora-lab-monitor")
+    assert "succeeded" in monitor.inner_text() and "scenes-lora.safetensors" in monitor.inner_text()
+
+
+def picture(page, panel, path: Path, whole_page: bool = False) -> None:
+    """A screenshot of the caption panel (or the whole page), the panel at the top of the
+    notebook and no notification over it."""
+    page.evaluate("window.jupyterapp.commands.execute('apputils:dismiss-notification')")
+    page.locator(".Toastify__toast").first.wait_for(state="detached", timeout=WAIT_MS)
+    panel.evaluate("el => el.scrollIntoView({block: 'start'})")
+    (page if whole_page else panel).screenshot(path=path)
+
+
+IN_CAPTION_BOX = "document.activeElement.closest('.lora-lab-caption-text') !== null"
+
+
+def wait_open(page, file: str) -> None:
+    """Wait until the caption panel shows ``file`` in its editor."""
+    page.wait_for_function("f => document.querySelector('.lora-lab-caption-panel .lora-lab-current b')"
+                           "?.textContent === f", arg=file, timeout=WAIT_MS)
+
+
+def caption_by_keyboard(page, panel, scenes: Dataset) -> None:
+    """Caption the first 20 scenes with keys only: Tab to the caption box, then type and
+    Ctrl+Enter (save and next; not the notebook's: it would run the cell again) for each; then
+    Alt+arrows move, Alt+C captions with AI, and a click on a tile's picture opens it."""
+    tiles = panel.locator(".lora-lab-tile:visible")
+    tiles.nth(len(SCENES) - 1).locator("img").wait_for(timeout=WAIT_MS)
+    files = [tile.locator(".lora-lab-open").inner_text().strip() for tile in tiles.all()]
+    assert files == [name for name, *_ in SCENES]
+    wait_open(page, files[0])  # the panel opens the first image by itself
+    for _ in range(300):  # the only way in without a pointer: through the page's controls
+        if page.evaluate(IN_CAPTION_BOX):
+            break
+        page.keyboard.press("Tab")
+    assert page.evaluate(IN_CAPTION_BOX), "Tab never reached the caption box"
+    for i, scene in enumerate(SCENES[:20]):
+        if i == 2:  # the kernel busy a moment (as with a thumbnail): the text still goes first
+            page.evaluate("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
+                          ".requestExecute({code: 'import time; time.sleep(2)', silent: true})")
+        page.keyboard.type(caption_of(*scene))
+        page.keyboard.press("Control+Enter")
+        wait_open(page, files[i + 1])
+    written = {p.name: p.read_text(encoding="utf-8").strip() for p in scenes.path.glob("*.txt")}
+    assert written == {Path(scene[0]).with_suffix(".txt").name: caption_of(*scene) for scene in SCENES[:20]}
+    assert page.locator(".jp-InputPrompt").first.inner_text().strip() == "[1]:", "the cell ran again"
+
+    page.keyboard.press("Alt+C")  # no caption model in this workspace: the panel says so
+    wait_text(page, ".lora-lab-caption-panel .lora-lab-notice", "no caption model")
+    # Alt+arrows move, and Alt+Left is not the browser's Back
+    url = page.url
+    page.keyboard.press("Alt+ArrowLeft")
+    wait_open(page, files[19])
+    assert page.url == url
+    page.keyboard.press("Alt+ArrowRight")
+    wait_open(page, files[20])
+    # a button of the panel focused (the notebook's command mode): the keys are still the panel's
+    panel.locator(".lora-lab-next").focus()
+    page.keyboard.press("Control+Enter")
+    wait_open(page, files[21])
+    assert page.locator(".jp-InputPrompt").first.inner_text().strip() == "[1]:"
+    assert not (scenes.path / files[20]).with_suffix(".txt").exists(), "unedited: nothing saved"
+    # a click on a tile's picture opens it, with the focus in the caption box for the keys
+    tiles.nth(18).locator("img").click()
+    wait_open(page, files[18])
+    assert page.evaluate(IN_CAPTION_BOX)
+
+
+STEPS, SAVE_EVERY = 60, 10
+
+
+def train_from_the_launcher(page) -> str:
+    """Fill in the TrainingLauncher below the panel for a short run on the tiny SD1.5 with an
+    intermediate LoRA every SAVE_EVERY steps, click Train; the job's id."""
+    launcher = page.locator(".lora-lab-launcher")
+    launcher.scroll_into_view_if_needed()
+    for label, value in {"Trigger word": "sks", "Resolution": "64", "Max steps (0 = epochs)": str(STEPS),
+                         "Rank": "4", "Learning rate": "0.001", "Save name": "scenes-lora",
+                         "Save every N steps": str(SAVE_EVERY), "Sample every N steps": str(STEPS),
+                         "Sample prompts (one a line)": "sks, a red circle, blue sky, green hills"}.items():
+        field = launcher.get_by_label(label, exact=True)
+        field.fill(value)
+        field.press("Tab")  # the form checks a field once it is left
+    launcher.get_by_label("Precision", exact=True).select_option("no")  # bf16 crawls on a CPU
+    wait_text(page, ".lora-lab-launcher", f"{STEPS} steps:")
+    launcher.locator("button", has_text=re.compile("^Train$")).click()
+    wait_text(page, ".lora-lab-launcher", "submitted job ")
+    return re.search(r"submitted job (\S+)", launcher.inner_text())[1]
+
+
+def find_the_lora(page, ws) -> None:
+    """The sidebar lists the run's intermediate saves, from before the cancel and after the
+    resume alike, then its final file, each on disk."""
+    page.wait_for_function("document.querySelector('.lora-lab-jobview-loras')?.textContent"
+                           ".includes('final')", timeout=WAIT_MS)
+    listed = page.locator(".lora-lab-jobview .lora-lab-jobview-lora").all_inner_texts()
+    steps = range(SAVE_EVERY, STEPS, SAVE_EVERY)
+    names = [f"scenes-lora-{step:06d}.safetensors" for step in steps] + ["scenes-lora.safetensors"]
+    assert [" ".join(text.split()).split(" · ")[0] for text in listed] == [
+        *(f"{name} step {step}" for name, step in zip(names, steps)), f"{names[-1]} final"]
+    assert all((ws.loras / name).is_file() for name in names)

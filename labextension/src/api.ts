@@ -9,6 +9,9 @@ import { ServerConnection } from '@jupyterlab/services';
 
 const API = 'lora-lab/api';
 
+/** The states of a job that has not ended (it cannot be resumed or deleted yet). */
+export const ACTIVE = ['queued', 'running'];
+
 /** One job as the server shows it (status.json plus its id, kind and file-browser paths). */
 export interface IJob {
   id: string;
@@ -23,6 +26,29 @@ export interface IJob {
   output?: string | null;
   created?: number;
   browse?: { dir: string | null; output: string | null };
+  /** The job folder's size: in REST views, not in the feed's (a walk of the folder). */
+  bytes?: number;
+  /** The LoRA files a training job wrote: intermediate saves and the final one (step null). */
+  loras?: ILora[];
+}
+
+export interface ILora {
+  path: string;
+  step: number | null;
+  /** null, and ``missing`` true, for a file deleted since the job wrote it. */
+  bytes: number | null;
+  missing?: boolean;
+}
+
+/** What ``DELETE jobs/ID`` did: the bytes freed, and what became of the job's LoRA file. */
+export interface IJobDeleted {
+  id: string;
+  bytes: number;
+  lora: string | null;
+  lora_removed: boolean;
+  lora_kept: string | null;
+  /** Its intermediate LoRA files removed (those it wrote itself). */
+  step_loras_removed?: number;
 }
 
 export interface IDataset {
@@ -133,6 +159,13 @@ export async function postJson<T>(parts: string[], body: unknown = {}): Promise<
     headers: { 'Content-Type': 'application/json' }
   };
   return (await request(parts, init)).json();
+}
+
+export async function deleteJson<T>(
+  parts: string[],
+  query: Record<string, string | number> = {}
+): Promise<T> {
+  return (await request(parts, { method: 'DELETE' }, query)).json();
 }
 
 /** A zip sent as the request body: the server streams it to disk, no form encoding. */

@@ -1,6 +1,7 @@
 /**
  * lora_lab in JupyterLab: launcher cards and palette entries (Quickstart, New dataset, New
- * training run) and the "LoRA Lab" sidebar with the workspace's jobs, datasets and GPUs.
+ * training run), the "LoRA Lab" sidebar with the workspace's jobs, datasets and GPUs, and the
+ * captioning panel's keys.
  */
 import {
   ILayoutRestorer,
@@ -11,6 +12,7 @@ import { ICommandPalette } from '@jupyterlab/apputils';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { ILauncher } from '@jupyterlab/launcher';
 
+import { addCaptionKeys } from './captionKeys';
 import { addCommands, addToLauncher, addToPalette } from './commands';
 import { loraLabIcon } from './icons';
 import { LabModel } from './model';
@@ -33,6 +35,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     app.shell.add(sidebar, 'left', { rank: 850 });
     restorer?.add(sidebar, sidebar.id);
     addCommands(app, sidebar, browser);
+    addCaptionKeys(app);
     if (launcher) {
       addToLauncher(launcher);
     }

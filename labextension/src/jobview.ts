@@ -1,27 +1,42 @@
 /**
  * The selected job, live: its log (the last MAX_LINES lines, kept scrolled to the newest), its
- * loss curve, its newest sample, cancel / resume, and links into the file browser. Fed by the
- * job's own WebSocket (``jobs/ID/stream``), which resumes from the last event number and log
- * offset it saw after a drop, so nothing is missed and nothing comes twice.
+ * loss curve, its newest sample, cancel / resume / delete, the LoRA files it wrote, its folder's
+ * size once it has ended, and links into the file browser. Fed by the job's own WebSocket
+ * (``jobs/ID/stream``), which resumes from the last event number and log offset it saw after a
+ * drop, so nothing is missed and nothing comes twice.
  */
 import { Notification } from '@jupyterlab/apputils';
 import { CommandRegistry } from '@lumino/commands';
 import { Widget } from '@lumino/widgets';
 
-import { IJob, jobFileUrl, openSocket, postJson } from './api';
+import {
+  ACTIVE,
+  getJson,
+  IHealth,
+  IJob,
+  ILora,
+  jobFileUrl,
+  openSocket,
+  postJson
+} from './api';
 import { LossChart } from './chart';
+import { deletedText, deleteJob } from './deleteJob';
+import { basename, browsePath, fileSize } from './format';
 import { LiveSocket } from './socket';
 
 const MAX_LINES = 1000;
-const ACTIVE = ['queued', 'running'];
 const RESUMABLE = ['failed', 'cancelled', 'interrupted'];
 
 export interface IJobViewOptions {
   commands: CommandRegistry;
   /** Called when the job socket drops: probes the server and sets the sidebar's notice. */
   probe: () => Promise<boolean>;
-  /** A job view a cancel or resume answered with. */
+  /** A job view a cancel or resume answered with, or a fuller one read over REST. */
   changed: (job: IJob) => void;
+  /** The job deleted from here. */
+  removed: (id: string) => void;
+  /** Where the Jupyter root and the workspace are: to show a LoRA file in the file browser. */
+  contents: () => Promise<IHealth['contents'] | undefined>;
 }
 
 interface ISample {
@@ -39,16 +54,27 @@ export class JobView extends Widget {
     this.message.className = 'lora-lab-jobview-message';
     const actions = document.createElement('div');
     actions.className = 'lora-lab-actions';
-    actions.append(this.cancel, this.resume, this.openDir, this.openLora);
+    actions.append(this.cancel, this.resume, this.remove, this.openDir, this.openLora);
+    this.loras.className = 'lora-lab-jobview-loras';
+    this.loras.hidden = true;
     this.sample.className = 'lora-lab-sample';
     this.sample.append(this.image, this.sampleCaption);
     this.sample.hidden = true;
     this.image.alt = 'newest sample';
     this.log.className = 'lora-lab-log';
     this.log.setAttribute('aria-live', 'off');
-    this.node.append(this.header, actions, this.message, this.chart.node, this.sample, this.log);
+    this.node.append(
+      this.header,
+      actions,
+      this.message,
+      this.loras,
+      this.chart.node,
+      this.sample,
+      this.log
+    );
     this.cancel.onclick = () => void this.act('cancel');
     this.resume.onclick = () => void this.act('resume');
+    this.remove.onclick = () => void this.delete();
     this.openDir.onclick = () => this.goTo(this.job?.browse?.dir);
     this.openLora.onclick = () => this.goTo(this.job?.browse?.output);
     this.hide();
@@ -70,6 +96,7 @@ export class JobView extends Widget {
     this.chart.clear();
     this.clearSample();
     this.message.textContent = '';
+    this.detailsRead = '';
     this.setHidden(!job);
     if (job) {
       this.follow();
@@ -83,15 +110,26 @@ export class JobView extends Widget {
       return;
     }
     this.job = job;
-    const phase = job.phase && ACTIVE.includes(job.state) ? ` · ${job.phase}` : '';
-    this.header.textContent = `${job.kind} ${job.id} · ${job.state}${phase}`;
-    this.cancel.disabled = !ACTIVE.includes(job.state);
+    const active = ACTIVE.includes(job.state);
+    const phase = job.phase && active ? ` · ${job.phase}` : '';
+    const size = typeof job.bytes === 'number' && !active ? ` · ${fileSize(job.bytes)}` : '';
+    this.header.textContent = `${job.kind} ${job.id} · ${job.state}${phase}${size}`;
+    this.cancel.disabled = !active;
     this.resume.disabled = !RESUMABLE.includes(job.state);
+    this.remove.title = active
+      ? 'A job that is still running cannot be deleted: cancel it first'
+      : 'Delete the job folder (checkpoints, samples, log); its LoRA file stays unless ticked';
     this.link(this.openDir, job.browse?.dir, 'the job folder is outside the Jupyter root');
     this.link(this.openLora, job.browse?.output, 'no LoRA file yet, or outside the Jupyter root');
-    if (ACTIVE.includes(job.state) && this.ended) {
+    if (active && this.ended) {
       this.follow(); // resumed: its stream goes on from where it ended
     }
+    const read = `${job.id} ${job.state}`;
+    if (!active && job.bytes === undefined && this.detailsRead !== read) {
+      this.detailsRead = read; // once per job and state
+      void this.readDetails(job.id);
+    }
+    this.renderLoras(job.loras ?? []);
     this.scheduleRender();
   }
 
@@ -243,6 +281,82 @@ export class JobView extends Widget {
     }
   }
 
+  /** The job's REST view, with its folder's size (the feed leaves that out: a walk). */
+  private async readDetails(id: string): Promise<void> {
+    try {
+      const view = await getJson<IJob>(['jobs', id]);
+      if (view.id === this.job?.id) {
+        this.options.changed(view);
+      }
+    } catch {
+      // deleted meanwhile, or the server is away: the feed and the notice say so
+    }
+  }
+
+  private async delete(): Promise<void> {
+    const job = this.job;
+    if (!job) {
+      return;
+    }
+    this.remove.disabled = true;
+    this.message.textContent = '';
+    try {
+      const done = await deleteJob(job);
+      if (done) {
+        this.options.removed(job.id);
+        Notification.success(deletedText(done), { autoClose: 5000 });
+      }
+    } catch (e) {
+      if (job.id === this.job?.id) {
+        this.message.textContent = `Could not delete job ${job.id}: ${(e as Error).message}`;
+      }
+    } finally {
+      this.remove.disabled = false;
+    }
+  }
+
+  /** The LoRA files the job wrote (intermediate saves, then the final one), each a link into
+   * the file browser; redrawn only when they changed. */
+  private renderLoras(loras: ILora[]): void {
+    const shown = JSON.stringify(loras);
+    if (shown === this.lorasShown) {
+      return;
+    }
+    this.lorasShown = shown;
+    this.loras.hidden = !loras.length;
+    this.loras.replaceChildren(
+      ...loras.map(lora => {
+        const row = document.createElement('div');
+        row.className = 'lora-lab-jobview-lora';
+        const there = typeof lora.bytes === 'number';
+        const link = button(
+          basename(lora.path),
+          'lora-lab-open-lora-file lora-lab-link',
+          there ? `Show ${lora.path} in the file browser` : `${lora.path} no longer exists`
+        );
+        link.onclick = () => void this.goToFile(lora.path);
+        link.disabled = !there;
+        const info = document.createElement('span');
+        const step = lora.step === null ? 'final' : `step ${lora.step}`;
+        const size = there ? fileSize(lora.bytes!) : 'deleted';
+        info.textContent = `${step} · ${size}`;
+        row.append(link, info);
+        return row;
+      })
+    );
+  }
+
+  /** Show a file named by its path on the server's disk, when it is under the Jupyter root. */
+  private async goToFile(path: string): Promise<void> {
+    const rel = browsePath(path, await this.options.contents());
+    if (rel === null) {
+      this.message.textContent =
+        `${path} is outside the Jupyter root: the file browser cannot show it`;
+    } else {
+      this.goTo(rel);
+    }
+  }
+
   private goTo(path: string | null | undefined): void {
     if (path) {
       this.options.commands.execute('filebrowser:go-to-path', { path }).catch(e => {
@@ -267,6 +381,8 @@ export class JobView extends Widget {
   private newestSample: ISample | null = null;
   private shownSample: string | null = null;
   private objectUrl: string | null = null;
+  private detailsRead = '';
+  private lorasShown = '';
   private chart = new LossChart();
   private header = document.createElement('div');
   private message = document.createElement('div');
@@ -274,12 +390,14 @@ export class JobView extends Widget {
   private image = document.createElement('img');
   private sampleCaption = document.createElement('figcaption');
   private log = document.createElement('div');
+  private loras = document.createElement('div');
   private cancel = button(
     'Cancel',
     'lora-lab-cancel',
     'Stop the job (a training run saves a checkpoint first)'
   );
   private resume = button('Resume', 'lora-lab-resume', 'Continue the job from its last checkpoint');
+  private remove = button('Delete', 'lora-lab-delete', '');
   private openDir = button('Job folder', 'lora-lab-open-dir lora-lab-link', '');
   private openLora = button('LoRA file', 'lora-lab-open-lora lora-lab-link', '');
 }

@@ -77,16 +77,24 @@ export class LabModel {
     );
     if (page) {
       this.total = page.total;
-      page.jobs.forEach(job => this.byId.set(job.id, job));
+      page.jobs.forEach(job => this.put(job));
       this.jobsChanged();
     }
   }
 
   /** A job the client knows of before the feed does (it just submitted it). */
   upsert(job: IJob): void {
-    this.byId.set(job.id, job);
+    this.put(job);
     this.total = Math.max(this.total, this.byId.size);
     this.jobsChanged();
+  }
+
+  /** A job the client deleted, gone before the feed says so. */
+  remove(id: string): void {
+    if (this.byId.delete(id)) {
+      this.total = Math.max(0, this.total - 1);
+      this.jobsChanged();
+    }
   }
 
   /**
@@ -120,7 +128,7 @@ export class LabModel {
         break;
       case 'job':
         this.total = message.total;
-        this.byId.set(message.job.id, message.job);
+        this.put(message.job);
         this.jobsChanged();
         break;
       case 'removed':
@@ -149,8 +157,16 @@ export class LabModel {
         this.byId.delete(job.id);
       }
     }
-    jobs.forEach(job => this.byId.set(job.id, job));
+    jobs.forEach(job => this.put(job));
     this.jobsChanged();
+  }
+
+  /** Keep ``job``; a folder size known from REST stays while the feed's views (which leave it
+   * out) find the job in the same state. */
+  private put(job: IJob): void {
+    const old = this.byId.get(job.id);
+    const keep = job.bytes === undefined && old?.bytes !== undefined && old.state === job.state;
+    this.byId.set(job.id, keep ? { ...job, bytes: old!.bytes } : job);
   }
 
   /** The feed dropped: say why, and keep the panel current over REST until it is back. */

@@ -1,8 +1,9 @@
 /**
- * One job's row in the sidebar's list: kind and time, state, phase, steps and loss, a progress
- * bar, and the error of a job that failed.
+ * One job's row in the sidebar's list: kind and time, state, phase, steps and loss, the size of
+ * an ended job's folder (when known), a progress bar, and the error of a job that failed.
  */
-import { IJob } from './api';
+import { ACTIVE, IJob } from './api';
+import { basename, fileSize } from './format';
 
 export function jobRow(job: IJob): HTMLElement {
   const row = document.createElement('div');
@@ -59,6 +60,9 @@ function numbers(job: IJob, percent: number): string {
   if (typeof job.loss === 'number') {
     parts.push(`loss ${job.loss.toPrecision(3)}`);
   }
+  if (typeof job.bytes === 'number' && !ACTIVE.includes(job.state)) {
+    parts.push(fileSize(job.bytes)); // an active job's folder grows: its size would be stale
+  }
   return parts.join(' · ');
 }
 
@@ -73,10 +77,6 @@ function when(job: IJob): string {
     minute: '2-digit',
     second: '2-digit'
   });
-}
-
-function basename(path: string): string {
-  return path.split(/[\\/]/).pop() || path;
 }
 
 function clamp(x: number): number {

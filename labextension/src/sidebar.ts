@@ -26,7 +26,9 @@ export class Sidebar extends Panel {
     this.jobView = new JobView({
       commands,
       probe: () => model.probe(),
-      changed: job => model.upsert(job)
+      changed: job => model.upsert(job),
+      removed: id => model.remove(id),
+      contents: () => model.contents()
     });
     const top = new Widget();
     top.addClass('lora-lab-overview');
