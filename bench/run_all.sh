@@ -13,8 +13,13 @@
 # cost of a poller step) takes ~1 min.
 # bench_widgets.py (DatasetBrowser paging a 10,000-image dataset, against reading the page's
 # thumbnail bytes) takes ~2 min, most of it making the dataset.
+# bench_caption_panel.py (CaptionPanel on 10,000 images: opening it, save-and-next, tag
+# completion over 5,000 tags, against the DatasetBrowser + CaptionEditor pair and a plain scan)
+# takes ~6 min, most of it making the dataset.
 # bench_labextension.py (the JupyterLab extension: bundle size, time to a ready page with and
 # without it, the sidebar with 500 jobs) takes ~2 min; it needs chromium ($CHROMIUM).
+# bench_index.py (a page anywhere in a 100,000-image index, each sort and filter, against the
+# old OFFSET queries; the index's writes) takes ~7 min, most of it the old queries.
 # BENCH_PYTHON picks the interpreter (default: the project's .venv).
 set -e
 cd "$(dirname "$0")/.."

@@ -7,6 +7,7 @@ import ast
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from test_jobs import ended, wait_until
 
 from lora_lab import Workspace
-from lora_lab.datasets import ingest
+from lora_lab.datasets import Dataset, ingest
 from lora_lab.errors import LoraLabError
 from lora_lab.jobdir import JobRecord, list_jobs, open_job
 from lora_lab.jobdir.record import pid_alive
@@ -93,6 +94,9 @@ def test_caption_pipeline_captions_and_records_it(lab, captioned):
     markdown = "\n".join(outputs(captioned, "text/markdown"))
     assert f"Caption job `{job.id}`" in markdown and 'trigger = "sks"' in markdown  # params, as TOML
     assert "Captioned **3** of 8 images" in markdown and str(lab.datasets / "shapes") in markdown
+    # max_tokens=8 cuts every answer of the tiny model, also at 16: the record says which
+    assert "3 answer(s) hit the token limit" in markdown and "**3 caption(s) still hit it**" in markdown
+    assert all(f"- truncated `{f}`" in markdown for f in done["truncated"])
     assert "Dataset **shapes**" in markdown and "| captioned | 8 |" in markdown  # stats after it
     table = outputs(captioned, "text/html")[-1]
     assert table.count('<img src="data:image/jpeg;base64,') == 8 and table.count("sks") >= 3
@@ -244,17 +248,87 @@ def test_notebooks_command_copies_keeps_edits_and_forces(cli, ws, tmp_path):
     assert "is a file" in cli.fails("notebooks", tmp_path / "file")
 
 
-@pytest.mark.parametrize("notebook", INTERACTIVE, ids=[p.stem for p in INTERACTIVE])
-def test_interactive_notebook_runs_top_to_bottom(notebook, tiny_models, tiny_caption, tmp_path):
-    models = tmp_path / "models"  # the layout `lora-lab tiny` writes, without fabricating again
+@pytest.fixture
+def tiny_layout(tiny_models, tiny_caption, tmp_path) -> Path:
+    """The layout `lora-lab tiny` writes, without fabricating again."""
+    models = tmp_path / "models"
     models.mkdir()
     for key, name in (("sd15", "sd15"), ("samples", "samples")):
         (models / name).symlink_to(tiny_models[key])
     (models / "caption").symlink_to(tiny_caption["caption_model"].parent)
+    return models
+
+
+def errors_in(nb: nbformat.NotebookNode) -> list:
+    return [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+
+
+def with_cells(notebook: Path, out: Path, *sources: str) -> Path:
+    """A copy of ``notebook`` with ``sources`` as code cells after its own: what a user does
+    after Run All."""
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells += [nbformat.v4.new_code_cell(source) for source in sources]
+    nbformat.write(nb, out)
+    return out
+
+
+@pytest.mark.parametrize("notebook", INTERACTIVE, ids=[p.stem for p in INTERACTIVE])
+def test_interactive_notebook_runs_top_to_bottom(notebook, tiny_layout, tmp_path):
     executed = execute(notebook, tmp_path / notebook.name, workspace=str(tmp_path / "ws"),
-                       models=str(models))
-    errors = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
+                       models=str(tiny_layout))
+    assert not errors_in(executed)
     widgets = outputs(executed, "application/vnd.jupyter.widget-view+json")
     assert widgets  # the panels were displayed
     assert (tmp_path / "ws" / "loras").is_dir()
+    assert list_jobs(Workspace(tmp_path / "ws")) == []  # Run All starts no job: the buttons do
+
+
+CLICKS = """
+import time
+
+editor.ai_selection_button.click()  # what the user does after Run All: caption, then train
+while not editor.job.finished:
+    time.sleep(0.2)
+launcher.train_button.click()
+while not launcher.job.finished:
+    time.sleep(0.5)
+print("caption", editor.job.view()["state"], "train", launcher.job.view()["state"])
+"""
+
+
+def test_quickstart_demo_trains_when_the_buttons_are_clicked(tiny_layout, tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    out = with_cells(KIT / "interactive" / "quickstart.ipynb", tmp_path / "quickstart.ipynb",
+                     "from lora_lab.jobdir import list_jobs\nprint('jobs after Run All:', len(list_jobs(ws)))",
+                     CLICKS)
+    executed = execute(out, tmp_path / "run.ipynb", workspace=str(ws.root), models=str(tiny_layout))
+    assert not errors_in(executed)
+    printed = "".join(outputs(executed, "stream"))
+    assert "jobs after Run All: 0" in printed and "caption succeeded train succeeded" in printed
+    caption_job, train_job = sorted(list_jobs(ws), key=lambda j: j.view()["created"])
+    assert caption_job.spec()["params"]["max_tokens"] == 300  # the normal limit, not a demo's
+    assert train_job.spec()["params"]["config"]["dataset"]["trigger"] == "lolab"
+    assert list(ws.loras.glob("*.safetensors"))
+    ds = Dataset.open("quickstart", ws)
+    assert all(r["caption"] for r in ds.index.all())  # the uncaptioned three were captioned
+
+
+def test_quickstart_on_your_own_images_changes_nothing_until_you_click(tiny_models, tmp_path):
+    """Real data: no tiny model made or used, no caption touched, the normal limits, no job."""
+    photos = tmp_path / "holiday"
+    shutil.copytree(tiny_models["samples"], photos)
+    captions = {p.name: p.read_text() for p in photos.glob("*.txt")}
+    ws = Workspace(tmp_path / "ws")
+    look = ("print('state:', launcher.fields['dataset.resolution'].value, repr(editor.trigger_text.value), "
+            "editor.max_tokens, editor.model.parent == ws.models / 'caption', browser.selected)")
+    out = with_cells(KIT / "interactive" / "quickstart.ipynb", tmp_path / "quickstart.ipynb", look)
+    executed = execute(out, tmp_path / "run.ipynb", workspace=str(ws.root), images=str(photos))
+    assert not errors_in(executed)
+    printed = "".join(outputs(executed, "stream"))
+    uncaptioned = sorted(p.name for p in photos.iterdir()
+                         if p.suffix != ".txt" and not p.with_suffix(".txt").exists())
+    assert f"state: 512 '' 300 True {uncaptioned}" in printed  # ticked, not captioned
+    assert list_jobs(ws) == [] and not (ws.models / "tiny").exists()
+    ds = Dataset.open("holiday", ws)
+    on_disk = {f"{Path(f).stem}.txt": ds.caption(f) for f in ds.select()}
+    assert {k: v for k, v in on_disk.items() if v} == {k: v.strip() for k, v in captions.items()}
