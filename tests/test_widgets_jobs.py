@@ -274,7 +274,7 @@ def test_a_monitor_follows_a_resume_made_elsewhere(ws):
     """Cancelled, the job is still watched (one stat a tick): a resume from the sidebar or the
     CLI shows as running with Cancel enabled; once it has succeeded, the watch ends."""
     job = hand_written_job(ws, "train", [], state="cancelled")
-    monitor = TrainingMonitor(job.id, ws, autostart=False)
+    monitor = TrainingMonitor(job.id, ws, interval=0, autostart=False)  # every tick shows
     assert monitor.cancel_button.disabled and not monitor.resume_button.disabled
     assert monitor.tick() is True  # resumable: keep watching
     job.event({"type": "log_line", "line": "unseen until the status changes"})
