@@ -12,12 +12,11 @@ without a kernel: their own work is measured, the widget messages are not sent a
 """
 from __future__ import annotations
 
-import argparse
 import random
 import tempfile
 from pathlib import Path
 
-from benchlib import Row, Target, generate_jpegs, p50, print_machine, print_table, timed
+from benchlib import Row, Target, dataset_args, generate_jpegs, p50, print_machine, print_table, timed
 
 from lora_lab.datasets import Dataset, ingest
 from lora_lab.datasets.tags import TagIndex
@@ -37,7 +36,7 @@ CHEAP_REPEATS = 10
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parse_args(argv)
+    args = dataset_args(__doc__.splitlines()[0], argv, min_images=2 * PANEL["page_size"])
     print_machine()
     vocabulary = _vocabulary(min(TAGS, args.images))
     with tempfile.TemporaryDirectory(prefix="lora-lab-bench-") as tmp:
@@ -182,17 +181,6 @@ def _scan(counts: dict[str, int], typed: str) -> list[tuple[str, int]]:
             if any(w.startswith(typed) for w in [t.casefold(), *t.casefold().split(" ")[1:]])]
     return sorted(hits, key=lambda tn: (-tn[1], not tn[0].casefold().startswith(typed), tn[0]))[:10]
 
-
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=10_000, help="images in the dataset")
-    parser.add_argument("--size", type=int, default=256, help="their width and height")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement")
-    args = parser.parse_args(argv)
-    if args.images < 2 * PANEL["page_size"] or min(args.size, args.repeats) < 1:
-        parser.error(f"--images must be at least {2 * PANEL['page_size']}; --size and --repeats "
-                     "at least 1")
-    return args
 
 
 if __name__ == "__main__":

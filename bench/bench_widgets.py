@@ -9,12 +9,11 @@ setting and serialising widget values) and the messages are not sent anywhere.
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 from pathlib import Path
 
-from benchlib import Row, Target, generate_jpegs, p50, print_machine, print_table, timed, warm
+from benchlib import Row, Target, dataset_args, generate_jpegs, p50, print_machine, print_table, timed, warm
 
 from lora_lab.datasets import Dataset, ingest
 from lora_lab.datasets.thumbs import build_thumbnails, cached_thumbnail
@@ -29,7 +28,7 @@ TAGS = 5  # captions carry one of this many "tagN" words: the filtered page show
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parse_args(argv)
+    args = dataset_args(__doc__.splitlines()[0], argv, min_images=2 * PAGE)
     print_machine()
     with tempfile.TemporaryDirectory(prefix="lora-lab-bench-") as tmp:
         root = Path(tmp)
@@ -103,16 +102,6 @@ def _floor(browser: DatasetBrowser, runs: int) -> float:
         raise SystemExit(f"the page shows {len(paths)} images, expected {PAGE}")
     return p50([timed(lambda: [p.read_bytes() for p in paths]) for _ in range(runs)])
 
-
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=10_000, help="images in the dataset")
-    parser.add_argument("--size", type=int, default=256, help="their width and height")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement")
-    args = parser.parse_args(argv)
-    if args.images < 2 * PAGE or min(args.size, args.repeats) < 1:
-        parser.error(f"--images must be at least {2 * PAGE}; --size and --repeats at least 1")
-    return args
 
 
 if __name__ == "__main__":

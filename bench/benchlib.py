@@ -5,6 +5,7 @@ same job) measured in the same run, so the ratio holds on any machine; absolute 
 """
 from __future__ import annotations
 
+import argparse
 import io
 import math
 import os
@@ -19,6 +20,20 @@ from pathlib import Path
 import numpy as np
 import PIL
 from PIL import Image, ImageDraw
+
+
+# -- arguments -------------------------------------------------------------------------------------
+def dataset_args(description: str, argv: list[str] | None, min_images: int) -> argparse.Namespace:
+    """The arguments of a benchmark over a dataset of generated JPEGs: how many, how large,
+    and how many runs per measurement."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--images", type=int, default=10_000, help="images in the dataset")
+    parser.add_argument("--size", type=int, default=256, help="their width and height")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement")
+    args = parser.parse_args(argv)
+    if args.images < min_images or min(args.size, args.repeats) < 1:
+        parser.error(f"--images must be at least {min_images}; --size and --repeats at least 1")
+    return args
 
 
 # -- test images -----------------------------------------------------------------------------------
