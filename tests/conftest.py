@@ -82,7 +82,7 @@ def tiny_caption(tmp_path_factory) -> dict[str, Path]:
     """The tiny Qwen2.5-VL GGUF pair and the sample images (no diffusion pipelines)."""
     from lora_lab.tiny import fabricate
 
-    return fabricate(tmp_path_factory.mktemp("tiny"), sd15=False, sdxl=False)
+    return fabricate(tmp_path_factory.mktemp("tiny"), sd15=False, sdxl=False, flow=())
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +100,15 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """The tiny SD1.5 and SDXL pipelines and the sample images (no caption model)."""
     from lora_lab.tiny import fabricate
 
-    return fabricate(tmp_path_factory.mktemp("tiny-diffusion"), caption=False)
+    return fabricate(tmp_path_factory.mktemp("tiny-diffusion"), caption=False, flow=())
+
+
+@pytest.fixture(scope="session")
+def tiny_flow(tmp_path_factory) -> dict[str, Path]:
+    """The five tiny flow-matching pipelines (keys: lora_lab.tiny.FLOW_FAMILIES) and the sample images."""
+    from lora_lab.tiny import fabricate
+
+    return fabricate(tmp_path_factory.mktemp("tiny-flow"), sd15=False, sdxl=False, caption=False)
 
 
 @pytest.fixture(scope="session")

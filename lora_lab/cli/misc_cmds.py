@@ -7,7 +7,11 @@ from pathlib import Path
 from ..buckets import FAMILIES
 from ..calc import StepPlan, plan_steps
 from ..errors import LoraLabError
+from ..tiny import FLOW_FAMILIES
 from .output import add_json_flag, emit, workspace
+
+# what `lora-lab tiny --only` may name
+_TINY_PARTS = ("sd15", "sdxl", "caption", "samples", *FLOW_FAMILIES)
 
 # calc flag -> the config key it sets (given flags override a --config's values)
 _SETTINGS = {"family": "model.family", "repeats": "dataset.repeats",
@@ -36,8 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(c)
     c.set_defaults(run=cmd_calc)
 
-    c = sub.add_parser("tiny", help="fabricate tiny SD1.5/SDXL pipelines, caption GGUFs and samples")
+    c = sub.add_parser("tiny", help="fabricate tiny SD1.5/SDXL and flow-matching (Z-Image, Flux, Flux.2 klein, "
+                                    "Qwen-Image, Chroma) pipelines, caption GGUFs and samples")
     c.add_argument("dir", help="output folder")
+    c.add_argument("--only", nargs="+", choices=_TINY_PARTS, metavar="NAME",
+                   help=f"write only these ({' '.join(_TINY_PARTS)}); default: all")
     add_json_flag(c)
     c.set_defaults(run=cmd_tiny)
 
@@ -85,6 +92,11 @@ def _flat_plan(args: argparse.Namespace) -> StepPlan:
 def cmd_tiny(args: argparse.Namespace) -> None:
     from ..tiny import fabricate
 
-    paths = fabricate(Path(args.dir))
+    if args.only:
+        only = set(args.only)
+        paths = fabricate(Path(args.dir), sd15="sd15" in only, sdxl="sdxl" in only, caption="caption" in only,
+                          samples="samples" in only, flow=[f for f in FLOW_FAMILIES if f in only])
+    else:
+        paths = fabricate(Path(args.dir))
     emit(args, {k: str(v) for k, v in paths.items()},
          "\n".join(f"{k}: {v}" for k, v in paths.items()))

@@ -57,8 +57,9 @@ def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     return symbols
 
 
-def _word_merges(words: tuple[str, ...]) -> list[str]:
-    """BPE merges that make each word one token ("t h", "th e</w>").
+def _word_merges(words: tuple[str, ...], end: str = "</w>") -> list[str]:
+    """BPE merges that make each word one token ("t h", "th e</w>"); ``end`` marks a word's last
+    character (CLIP's "</w>"; byte-level BPEs without it, such as Qwen's, pass "").
 
     A word first takes the merges earlier words added (as the tokenizer will), then gets a new
     one for the first two pieces left, until it is whole. So every merge joins two tokens that
@@ -67,18 +68,18 @@ def _word_merges(words: tuple[str, ...]) -> list[str]:
     """
     ranks: dict[tuple[str, str], int] = {}
     for word in words:
-        symbols = [*word[:-1], word[-1] + "</w>"]
+        symbols = [*word[:-1], word[-1] + end]
         while len(pieces := _bpe(symbols, ranks)) > 1:
             ranks[pieces[0], pieces[1]] = len(ranks)
     return [f"{a} {b}" for a, b in ranks]
 
 
-def _clip_tokenizer() -> CLIPTokenizer:
-    """A CLIP BPE tokenizer over a hand-made vocabulary (567 ids instead of 49408)."""
+def _clip_tokenizer(words: tuple[str, ...] = _WORDS) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer over a hand-made vocabulary (567 ids instead of 49408 for _WORDS)."""
     alphabet = _byte_alphabet()
-    merges = _word_merges(_WORDS)
-    words = dict.fromkeys(m.replace(" ", "") for m in merges)  # two merges may spell one token
-    tokens = [*alphabet, *(c + "</w>" for c in alphabet), *words, "<|startoftext|>", "<|endoftext|>"]
+    merges = _word_merges(words)
+    merged = dict.fromkeys(m.replace(" ", "") for m in merges)  # two merges may spell one token
+    tokens = [*alphabet, *(c + "</w>" for c in alphabet), *merged, "<|startoftext|>", "<|endoftext|>"]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         vocab = {token: i for i, token in enumerate(tokens)}
