@@ -57,12 +57,12 @@ def model_ref(ws: Workspace, value: str, what: str) -> str:
 
 def train_config(config: dict[str, Any], ws: Workspace) -> dict[str, Any]:
     """A submitted training config with every path in it inside the workspace: model.base,
-    model.vae, model.config, dataset.source (when not a dataset name), save.output_dir.
+    model.vae, model.config, model.adapter, dataset.source (when not a dataset name), save.output_dir.
     Fields of the wrong type are left for the config's own validation to report."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     model, data, save = (out.get(k) if isinstance(out.get(k), dict) else {}
                          for k in ("model", "dataset", "save"))
-    for key in ("base", "vae", "config"):
+    for key in ("base", "vae", "config", "adapter"):
         if isinstance(model.get(key), str):
             model[key] = model_ref(ws, model[key], f"model.{key}")
     if isinstance(data.get("source"), str) and data["source"]:

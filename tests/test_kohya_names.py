@@ -15,7 +15,7 @@ from peft.utils import get_peft_model_state_dict
 from ui_rules import a1111_compvis, a1111_lookup, a1111_modules, comfy_ldm_layout
 
 from lora_lab.tiny.diffusion import build_sd15, build_sdxl
-from lora_lab.training.adapters import CONV_TARGETS, UNET_TARGETS
+from lora_lab.training.families.sd import CONV_TARGETS, UNET_TARGETS
 from lora_lab.training.kohya_names import ldm_unet_path, unet_naming
 from lora_lab.training.lora_file import describe_lora, read_lora, save_lora
 

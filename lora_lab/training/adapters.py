@@ -1,34 +1,74 @@
-"""What is trained: LoRA adapters on the UNet (and text encoders), and the optimizer over them."""
+"""What is trained: LoRA adapters on the denoiser (and text encoders), and the optimizer over them;
+and the training adapter some distilled models are trained through."""
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
+from ..errors import LoraLabError
 from .base_model import BaseModel
 from .config import NetworkSection, TrainSection
 
-UNET_TARGETS = {
-    "attn": ["to_q", "to_k", "to_v", "to_out.0"],
-    "attn_mlp": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"],
-}
-# LoCon: the ResNet and resampling convolutions too (kohya's conv_dim), at their own rank.
-CONV_TARGETS = ["conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv"]
-TE_TARGETS = {"attn": ["q_proj", "k_proj", "v_proj", "out_proj"],
-              "attn_mlp": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]}
-
 
 def add_adapters(base: BaseModel, network: NetworkSection, seed: int) -> list[torch.nn.Module]:
-    """Freeze the base model, add the adapters; the modules that train, UNet first."""
-    for module in (base.unet, base.vae, *base.text_encoders):
+    """Freeze the base model, add the adapters; the modules that train, the denoiser first."""
+    spec = base.spec
+    for module in (base.denoiser, base.vae, *base.text_encoders):
         module.requires_grad_(False)
     targets = "attn" if network.targets == "attn" else "attn_mlp"
     torch.manual_seed(seed)  # the adapters' initial weights
-    base.unet.add_adapter(_lora_config(network, UNET_TARGETS[targets], network.targets == "locon"))
-    trained = [base.unet]
+    conv = spec.conv_targets if network.targets == "locon" else []
+    base.denoiser.add_adapter(_lora_config(network, spec.targets[targets], conv))
+    trained = [base.denoiser]
     if network.train_text_encoder:
         for te in base.text_encoders:
-            inject_lora(te, _lora_config(network, TE_TARGETS[targets]))
+            inject_lora(te, _lora_config(network, spec.text_encoder_targets[targets]))
             trained.append(te)
     return trained
+
+
+TRAINING_ADAPTER = "training_adapter"
+
+
+def merge_training_adapter(base: BaseModel, path: str) -> None:
+    """ai-toolkit's recipe for a distilled model (Z-Image Turbo): a LoRA that undoes the
+    distillation is merged into the base, so a LoRA trains on an undistilled model and does not
+    break the distillation; :func:`without_training_adapter` takes it out for the samples."""
+    _load_adapter(base, path)
+    base.pipeline.fuse_lora(components=[base.spec.denoiser], adapter_names=[TRAINING_ADAPTER])
+    base.pipeline.unload_lora_weights()  # the merged weights stay
+
+
+@contextlib.contextmanager
+def without_training_adapter(base: BaseModel, path: str) -> Iterator[None]:
+    """The denoiser as plain Turbo plus the LoRA being trained: the training adapter, merged
+    in, is applied again at -1 for as long as the block runs."""
+    _load_adapter(base, path)
+    denoiser = base.denoiser
+    try:
+        denoiser.set_adapters(["default", TRAINING_ADAPTER], [1.0, -1.0])
+        yield
+    finally:
+        denoiser.delete_adapters(TRAINING_ADAPTER)
+        denoiser.set_adapters(["default"], [1.0])
+
+
+def _load_adapter(base: BaseModel, path: str) -> None:
+    if not Path(path).expanduser().is_file():
+        raise LoraLabError(f"model.adapter: {path} is not a file (a training adapter is a LoRA "
+                           ".safetensors file)")
+    with torch.random.fork_rng():  # peft draws initial weights: the run's RNG stays as it was
+        try:
+            base.pipeline.load_lora_weights(str(Path(path).expanduser()), adapter_name=TRAINING_ADAPTER)
+        except (ValueError, KeyError, RuntimeError, OSError) as e:
+            raise LoraLabError(f"model.adapter: {path} does not load into this "
+                               f"{base.spec.title} model ({str(e).splitlines()[0]})") from None
+    if TRAINING_ADAPTER not in getattr(base.denoiser, "peft_config", {}):
+        raise LoraLabError(f"model.adapter: {path} adapts nothing in this {base.spec.title} model "
+                           "(a LoRA of another family?)")
 
 
 def inject_lora(model: torch.nn.Module, config) -> None:
@@ -40,12 +80,13 @@ def inject_lora(model: torch.nn.Module, config) -> None:
     model.peft_config = {"default": config}  # where the LoRA writers read rank and alpha
 
 
-def _lora_config(n: NetworkSection, targets: list[str], conv: bool = False):
+def _lora_config(n: NetworkSection, targets: list[str], conv: list[str] | None = None):
+    """``conv``: LoCon's convolution targets, at network.conv_rank."""
     from peft import LoraConfig
 
-    ranks = {name: n.conv_rank for name in CONV_TARGETS} if conv else {}
+    ranks = {name: n.conv_rank for name in conv or []}
     return LoraConfig(r=n.rank, lora_alpha=n.alpha, lora_dropout=n.dropout, use_dora=n.dora,
-                      target_modules=targets + (CONV_TARGETS if conv else []), rank_pattern=ranks,
+                      target_modules=targets + list(conv or []), rank_pattern=ranks,
                       alpha_pattern={k: conv_alpha(n) for k in ranks})
 
 
@@ -55,7 +96,7 @@ def conv_alpha(n: NetworkSection) -> float:
 
 
 def build_optimizer(trained: list[torch.nn.Module], t: TrainSection) -> torch.optim.Optimizer:
-    """One parameter group for the UNet's adapters, one per text encoder (its own LR)."""
+    """One parameter group for the denoiser's adapters, one per text encoder (its own LR)."""
     groups = [{"params": [p for p in trained[0].parameters() if p.requires_grad], "lr": t.lr}]
     for te in trained[1:]:
         groups.append({"params": [p for p in te.parameters() if p.requires_grad],

@@ -1,6 +1,6 @@
 """The base model a LoRA is trained on: a diffusers folder, a single-file checkpoint, or a Hub id.
 
-The family (SD1.5 or SDXL) is read from the files before anything heavy is loaded, so a bad
+The family (:mod:`.families`) is read from the files before anything heavy is loaded, so a bad
 path or an unsupported model fails in a second, not after minutes of loading.
 """
 from __future__ import annotations
@@ -11,13 +11,14 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..buckets import make_buckets
 from ..errors import LoraLabError
 from .config import DatasetSection
 
-FAMILIES = ("sd15", "sdxl")
+if TYPE_CHECKING:
+    from .families import Family
+
 SINGLE_FILE = (".safetensors", ".ckpt")
 # The Hub repos whose configs describe a single-file checkpoint's architecture.
 SINGLE_FILE_CONFIGS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -27,8 +28,19 @@ SINGLE_FILE_CONFIGS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
 @dataclass
 class BaseModel:
     family: str
-    pipeline: Any  # StableDiffusionPipeline or StableDiffusionXLPipeline
+    pipeline: Any  # the family's diffusers pipeline
     name: str  # as kohya's ss_sd_model_name records it
+
+    @property
+    def spec(self) -> Family:
+        from .families import get_family
+
+        return get_family(self.family)
+
+    @property
+    def denoiser(self):
+        """What a LoRA adapts: the UNet or the transformer."""
+        return getattr(self.pipeline, self.spec.denoiser)
 
     @property
     def unet(self):
@@ -40,17 +52,11 @@ class BaseModel:
 
     @property
     def text_encoders(self) -> list:
-        return [te for te in (self.pipeline.text_encoder,
-                              getattr(self.pipeline, "text_encoder_2", None)) if te is not None]
-
-    @property
-    def tokenizers(self) -> list:
-        return [t for t in (self.pipeline.tokenizer,
-                            getattr(self.pipeline, "tokenizer_2", None)) if t is not None]
+        return [getattr(self.pipeline, name) for name in self.spec.text_encoders]
 
 
 def detect_family(base: str) -> str:
-    """``sd15`` or ``sdxl`` from a diffusers folder's model_index.json, a checkpoint's keys, or
+    """The family's name, from a diffusers folder's model_index.json, a checkpoint's keys, or
     (for a Hub id) its name."""
     path = Path(base).expanduser()
     if path.is_dir():
@@ -66,7 +72,10 @@ def detect_family(base: str) -> str:
     if path.suffix.lower() in SINGLE_FILE or path.exists() or base.startswith((".", "/", "~")):
         return _family_of_checkpoint(path)
     if is_hub_id(base):  # only its name can tell before downloading
-        return "sdxl" if "xl" in base.lower() else "sd15"
+        from .families import FAMILIES
+
+        named = [f.name for f in FAMILIES.values() if any(w in base.lower() for w in f.hub_names)]
+        return named[-1] if named else "sd15"
     raise LoraLabError(f"model.base: {path.absolute()} does not exist (a base model is a "
                        "diffusers folder, a .safetensors file, or a Hub id like org/name)")
 
@@ -102,11 +111,13 @@ def local_models(folder: Path) -> list[tuple[Path, str]]:
 
 
 def _family_of_class(name: str, where: Path) -> str:
-    if name == "StableDiffusionXLPipeline":
-        return "sdxl"
-    if name == "StableDiffusionPipeline":
-        return "sd15"
-    raise LoraLabError(f"model.base: {where} is a {name}; lora_lab trains SD1.5 and SDXL")
+    from .families import FAMILIES, family_of_pipeline
+
+    family = family_of_pipeline(name)
+    if family is None:
+        titles = ", ".join(f.title for f in FAMILIES.values())
+        raise LoraLabError(f"model.base: {where} is a {name}; lora_lab trains {titles}")
+    return family.name
 
 
 def _family_of_checkpoint(path: Path) -> str:
@@ -146,22 +157,30 @@ def load_base_model(base: str, family: str, vae: str = "", config: str = "") -> 
     A single-file checkpoint holds only weights: its configs and tokenizers come from
     ``config`` (a local diffusers folder works offline), else the family's base repo.
     """
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    import diffusers
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()  # ours is the only progress bar
     transformers_logging.disable_progress_bar()
 
-    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    from .families import get_family
+
+    spec = get_family(family)
+    cls = getattr(diffusers, spec.pipeline)
     path = Path(base).expanduser()
-    # The trainer never runs a safety checker or an IP-Adapter image encoder, so neither they nor
-    # the image processor feeding them are loaded.
-    extra: dict[str, Any] = {"feature_extractor": None, "image_encoder": None}
+    extra: dict[str, Any] = {}
+    if spec.denoiser == "unet":
+        # The trainer never runs a safety checker or an IP-Adapter image encoder, so neither
+        # they nor the image processor feeding them are loaded.
+        extra.update(feature_extractor=None, image_encoder=None)
     if vae:
         extra["vae"] = _load_vae(vae)
     if family == "sd15":
         extra.update(safety_checker=None, requires_safety_checker=False)
+    if path.is_file() and family not in SINGLE_FILE_CONFIGS:
+        raise LoraLabError(f"model.base: {path.name}: a {spec.title} model is read from a diffusers "
+                           "folder or a Hub id, not a single file")
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     try:
@@ -215,18 +234,5 @@ def _load_vae(vae: str):
 
 
 def check_buckets(base: BaseModel, dataset: DatasetSection) -> None:
-    """Every bucket must fit the model: at least half its native size (below that SD models
-    make noise), and latents the UNet can halve at each of its down blocks."""
-    unet, scale = base.unet.config, base.pipeline.vae_scale_factor
-    native = unet.sample_size * scale
-    factor = scale * 2 ** (len(unet.down_block_types) - 1)
-    d = dataset
-    if d.resolution < native // 2:
-        raise LoraLabError(f"dataset.resolution: {d.resolution} is below this model's minimum "
-                           f"{native // 2} (half its native {native} px)")
-    for w, h in make_buckets(d.resolution, d.min_bucket, d.max_bucket, d.bucket_step):
-        if w % factor or h % factor or min(w, h) < native // 2:
-            raise LoraLabError(
-                f"bucket {w}x{h} does not fit this model: sides must be multiples of "
-                f"{factor} and at least {native // 2}; raise dataset.min_bucket or "
-                f"set dataset.bucket_step to {factor}")
+    """Refuse a resolution or buckets the model cannot take (its family says which)."""
+    base.spec.check_buckets(base.pipeline, dataset)

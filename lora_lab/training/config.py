@@ -149,7 +149,24 @@ class TrainConfig:
             if d[table][key] == 0:
                 d[table][key], notes[dotted] = value, note
         d["model"]["family"] = family
+        _check_family(family, self.network)
         return _validate(d, notes)
+
+
+def _check_family(name: str, n: NetworkSection) -> None:
+    """What the family cannot train or save, refused before any work."""
+    from .families import get_family
+
+    family = get_family(name)
+    if n.train_text_encoder and not family.trains_text_encoder:
+        raise ConfigError(f"network.train_text_encoder: {family.title}'s text encoder is too large "
+                          "to train with a LoRA here; set it to false (the LoRA adapts the transformer)")
+    if n.targets == "locon" and not family.conv_targets:
+        raise ConfigError(f"network.targets: locon adapts a UNet's convolutions; {family.title} has "
+                          "none, use attn or attn_mlp")
+    if n.dora and family.file_layout != "kohya":
+        raise ConfigError(f"network.dora: DoRA is saved for SD1.5 and SDXL only; turn it off for "
+                          f"{family.title}")
 
 
 _SECTIONS: dict[str, type] = get_type_hints(TrainConfig)

@@ -48,7 +48,8 @@ def absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         value = section.get(key) if isinstance(section, dict) else None
         return value if isinstance(value, str) and value else None
 
-    for table, key in (("model", "base"), ("model", "vae"), ("model", "config"), ("save", "output_dir")):
+    for table, key in (("model", "base"), ("model", "vae"), ("model", "config"), ("model", "adapter"),
+                       ("save", "output_dir")):
         value = path_of(table, key)
         if value and (key == "output_dir" or (base / Path(value).expanduser()).exists()
                       or value.startswith((".", "~"))):

@@ -1,5 +1,9 @@
 """LoRA files: what a training run hands to ComfyUI, A1111 and diffusers.
 
+For the transformer families (Z-Image, ...) the UI layout is ComfyUI's: the diffusers module
+paths under `diffusion_model.`, each with `.lora_A.weight`, `.lora_B.weight` and `.alpha`
+(ComfyUI maps them onto its fused layers; diffusers' loaders read them too).
+
 The default is the kohya layout every UI loads: `lora_unet_<module path with _>` /
 `lora_te_…` (SD1.5) or `lora_te1_…` / `lora_te2_…` (SDXL), each module with `.lora_down.weight`,
 `.lora_up.weight` and a 0-dim `.alpha` (scale = alpha / rank), plus sd-scripts' `ss_*`,
@@ -28,18 +32,20 @@ from safetensors.torch import save as safetensors_bytes
 from lora_lab.atomic import write_bytes
 from lora_lab.errors import LoraLabError
 
+from ..buckets import FAMILIES as DEFAULT_BUCKETS
+from .families import FAMILIES, get_family
 from .kohya_names import ldm_unet_path, unet_naming, uses_ldm_names
 
-Family = Literal["sd15", "sdxl"]
-Format = Literal["kohya", "diffusers"]
+Format = Literal["kohya", "diffusers", "comfyui"]  # comfyui: read only (save writes it as "kohya")
 
 # kohya names text encoders by how many the model has: SD1.5 one, SDXL two
 _TE_PREFIXES = {0: (), 1: ("lora_te",), 2: ("lora_te1", "lora_te2")}
-_TE_COUNT = {"sd15": 1, "sdxl": 2}
 _DIFFUSERS_TE_NAMES = ("text_encoder", "text_encoder_2")
 # file key prefix -> part of the model (SD1.5's single encoder counts as te1)
 _KOHYA_PARTS = {"lora_unet_": "unet", "lora_te_": "te1", "lora_te1_": "te1", "lora_te2_": "te2"}
-_DIFFUSERS_PARTS = {"unet.": "unet", "text_encoder.": "te1", "text_encoder_2.": "te2"}
+_DIFFUSERS_PARTS = {"unet.": "unet", "transformer.": "transformer", "text_encoder.": "te1",
+                    "text_encoder_2.": "te2"}
+_COMFYUI_PARTS = {"diffusion_model.": "transformer"}
 _DOWN_SUFFIXES = (".lora_down.weight", ".lora_A.weight", ".lora.down.weight")
 
 
@@ -135,6 +141,21 @@ def kohya_state_dict(
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
+def comfyui_state_dict(denoiser: torch.nn.Module, *, adapter_name: str = "default"
+                       ) -> dict[str, torch.Tensor]:
+    """ComfyUI's tensors for the adapter on a transformer: `diffusion_model.<module>` with
+    `.lora_A.weight`, `.lora_B.weight` and the `.alpha` that gives peft's scale."""
+    out: dict[str, torch.Tensor] = {}
+    for name, layer in _lora_layers(denoiser, adapter_name):
+        key = f"diffusion_model.{name}"
+        out[f"{key}.lora_A.weight"] = layer.lora_A[adapter_name].weight
+        out[f"{key}.lora_B.weight"] = layer.lora_B[adapter_name].weight
+        out[f"{key}.alpha"] = torch.tensor(_kohya_alpha(layer, adapter_name))
+    if not out:
+        raise ValueError(f"no model carries a LoRA adapter named {adapter_name!r}")
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+
 def _diffusers_te_key(model: torch.nn.Module, key: str) -> str:
     # transformers 5 loads text-encoder adapters through its own key renaming, which finds a
     # DoRA magnitude only when spelled `….lora_magnitude_vector.weight` (peft reads both)
@@ -142,16 +163,18 @@ def _diffusers_te_key(model: torch.nn.Module, key: str) -> str:
     return f"{key}.weight" if key.endswith(".lora_magnitude_vector") else key
 
 
-def _diffusers_tensors(path: Path, unet, text_encoders, family: Family, dtype, adapter_name) -> tuple:
+def _diffusers_tensors(path: Path, denoiser, text_encoders, family: str, dtype, adapter_name) -> tuple:
     """Write with the pipeline's own save_lora_weights (alpha travels in its adapter metadata)."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    import diffusers
     from peft.utils import get_peft_model_state_dict
 
-    pipeline = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    spec = get_family(family)
+    pipeline = getattr(diffusers, spec.pipeline)
     kwargs: dict[str, Any] = {}
-    for name, model in _adapted([("unet", unet), *zip(_DIFFUSERS_TE_NAMES, text_encoders)], adapter_name):
+    parts = [(spec.denoiser, denoiser), *zip(_DIFFUSERS_TE_NAMES, text_encoders)]
+    for name, model in _adapted(parts, adapter_name):
         tensors = get_peft_model_state_dict(model, adapter_name=adapter_name)
-        if name != "unet":
+        if name != spec.denoiser:
             tensors = {_diffusers_te_key(model, k): v for k, v in tensors.items()}
         kwargs[f"{name}_lora_layers"] = {k: v.detach().to("cpu", dtype).contiguous() for k, v in tensors.items()}
         kwargs[f"{name}_lora_adapter_metadata"] = model.peft_config[adapter_name].to_dict()
@@ -183,8 +206,8 @@ def _timestamp(value: float | datetime.datetime) -> float:
     return value.timestamp() if isinstance(value, datetime.datetime) else float(value)
 
 
-def _resolution(value: int | Sequence[int] | None, sdxl: bool) -> tuple[int, int]:
-    value = value or (1024 if sdxl else 512)  # sd-scripts' defaults when no resolution is known
+def _resolution(value: int | Sequence[int] | None, family: str) -> tuple[int, int]:
+    value = value or DEFAULT_BUCKETS[family][0]  # the family's default when no resolution is known
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
@@ -202,7 +225,7 @@ def _network(facts: Mapping[str, Any]) -> dict[str, str]:
 def ss_metadata(facts: Mapping[str, Any] | None = None, /, **more: Any) -> dict[str, str]:
     """The metadata sd-scripts writes, from plain facts named like its keys without `ss_`.
 
-    Required: family ("sd15"/"sdxl"), network_dim, network_alpha. Optional: conv_dim,
+    Required: family (a name in :mod:`.families`), network_dim, network_alpha. Optional: conv_dim,
     conv_alpha, dora, resolution (int or (w, h)), tag_frequency ({dir: {tag: n}}),
     dataset_dirs ({dir: {"n_repeats": n, "img_count": m}}), training_started_at/_finished_at
     (epoch seconds or datetime), sd_model_name, the modelspec facts (title, author, ...) and
@@ -213,12 +236,12 @@ def ss_metadata(facts: Mapping[str, Any] | None = None, /, **more: Any) -> dict[
     missing = {"family", "network_dim", "network_alpha"} - set(facts)
     if unknown or missing:
         raise ValueError(f"LoRA metadata facts: unknown {sorted(unknown)}, missing {sorted(missing)}")
-    sdxl = {"sd15": False, "sdxl": True}[facts["family"]]
-    width, height = _resolution(facts.get("resolution"), sdxl)
+    spec = get_family(facts["family"])
+    width, height = _resolution(facts.get("resolution"), spec.name)
     meta = {f"ss_{k}": str(facts[k]) for k in _DIRECT_FACTS if k in facts}
     meta |= _network(facts) | {
         "ss_v2": "False",
-        "ss_base_model_version": "sdxl_base_v1-0" if sdxl else "sd_v1",
+        "ss_base_model_version": spec.model_version,
         "ss_resolution": str((width, height)),
     }
     for key in ("tag_frequency", "dataset_dirs"):
@@ -234,12 +257,12 @@ def ss_metadata(facts: Mapping[str, Any] | None = None, /, **more: Any) -> dict[
                       or datetime.datetime.now())
     meta |= {
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": ("stable-diffusion-xl-v1-base" if sdxl else "stable-diffusion-v1") + "/lora",
-        "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if sdxl else "diffusers",
+        "modelspec.architecture": f"{spec.architecture}/lora",
+        "modelspec.implementation": spec.implementation,
         "modelspec.title": str(facts.get("title") or facts.get("output_name") or f"LoRA@{when}"),
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.date": datetime.datetime.fromtimestamp(int(when)).isoformat(),
-        "modelspec.prediction_type": "epsilon",
+        "modelspec.prediction_type": spec.prediction,
     }
     meta |= {f"modelspec.{k}": str(facts[k]) for k in _MODELSPEC_FACTS if facts.get(k) is not None}
     return meta
@@ -276,16 +299,18 @@ def file_model_hash(path: str | os.PathLike) -> str:
 
 def save_lora(
     path: str | os.PathLike,
-    unet: torch.nn.Module | None,
+    denoiser: torch.nn.Module | None,
     text_encoders: Sequence[torch.nn.Module | None],
     *,
-    family: Family,
+    family: str,
     fmt: Format = "kohya",
     metadata: Mapping[str, str] | None = None,
     dtype: torch.dtype = torch.float16,
     adapter_name: str = "default",
 ) -> Path:
-    """Write the adapter as one .safetensors file, atomically; returns the path.
+    """Write the adapter on the denoiser (UNet or transformer) and the text encoders as one
+    .safetensors file, atomically; returns the path. ``fmt`` "kohya" is the layout the UIs
+    load: kohya's for SD1.5/SDXL, ComfyUI's for the transformer families.
 
     fp16 by default, as kohya_ss and most published LoRAs ship (sd-scripts itself keeps the
     training dtype unless --save_precision is given); kohya alphas stay float32 so they are exact.
@@ -293,15 +318,17 @@ def save_lora(
     path = Path(path)
     if path.suffix != ".safetensors":
         raise LoraLabError(f"LoRA file name must end in .safetensors (UIs list only those): {path.name}")
-    if family not in _TE_COUNT or len(text_encoders) not in (0, _TE_COUNT[family]):
-        raise ValueError(f"family {family!r} takes {_TE_COUNT.get(family)} text encoders (or none)")
+    spec = get_family(family)
+    if len(text_encoders) not in (0, len(spec.text_encoders)):
+        raise ValueError(f"family {family!r} takes {len(spec.text_encoders)} text encoders (or none)")
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "kohya":
-        raw = kohya_state_dict(unet, text_encoders, adapter_name=adapter_name)
+        raw = comfyui_state_dict(denoiser, adapter_name=adapter_name) if spec.file_layout == "comfyui" \
+            else kohya_state_dict(denoiser, text_encoders, adapter_name=adapter_name)
         tensors = {k: v if k.endswith(".alpha") else v.to(dtype) for k, v in raw.items()}
         base_meta: dict[str, str] = {}
     elif fmt == "diffusers":
-        tensors, base_meta = _diffusers_tensors(path, unet, text_encoders, family, dtype, adapter_name)
+        tensors, base_meta = _diffusers_tensors(path, denoiser, text_encoders, family, dtype, adapter_name)
     else:
         raise ValueError(f"unknown LoRA format {fmt!r}: use 'kohya' or 'diffusers'")
     meta = {**base_meta, **(metadata or {})}
@@ -323,8 +350,9 @@ def read_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
         raise LoraLabError(f"{path.name} is not a readable .safetensors file ({e}); "
                            "LoRAs are read and written as safetensors only") from e
     if _format(tensors) is None:
-        raise LoraLabError(f"{path.name} holds no LoRA weights (no lora_unet_/lora_te keys, no diffusers "
-                           f"unet./text_encoder. lora keys): is it a base model or another kind of file?")
+        raise LoraLabError(f"{path.name} holds no LoRA weights (no kohya lora_unet_/lora_te keys, no "
+                           "diffusers unet./transformer./text_encoder. or ComfyUI diffusion_model. "
+                           "lora keys): is it a base model or another kind of file?")
     return tensors, metadata
 
 
@@ -333,6 +361,8 @@ def _format(tensors: Mapping[str, torch.Tensor]) -> Format | None:
         return "kohya"
     if any(k.startswith(tuple(_DIFFUSERS_PARTS)) and ".lora" in k for k in tensors):
         return "diffusers"
+    if any(k.startswith(tuple(_COMFYUI_PARTS)) and ".lora" in k for k in tensors):
+        return "comfyui"
     return None
 
 
@@ -340,6 +370,9 @@ def _family(tensors, metadata: Mapping[str, str], parts: Mapping[str, int]) -> s
     if parts["te2"] or any(k.startswith("lora_te1_") for k in tensors):
         return "sdxl"
     version = metadata.get("ss_base_model_version", "")
+    named = [f.name for f in FAMILIES.values() if f.model_version == version]
+    if named:
+        return named[0]
     if version:
         return "sdxl" if version.startswith("sdxl") else "sd15" if version.startswith("sd_v1") else version
     return "sd15" if any(k.startswith(("lora_te_", "text_encoder.")) for k in tensors) else "unknown"
@@ -356,7 +389,7 @@ def describe_lora(path: str | os.PathLike) -> dict[str, Any]:
     and for kohya files the UNet naming ("ldm" as sd-scripts writes SDXL, or "diffusers")."""
     tensors, metadata = read_lora(path)
     fmt = _format(tensors)
-    prefixes = _KOHYA_PARTS if fmt == "kohya" else _DIFFUSERS_PARTS
+    prefixes = {"kohya": _KOHYA_PARTS, "comfyui": _COMFYUI_PARTS}.get(fmt, _DIFFUSERS_PARTS)
     parts: dict[str, int] = {"unet": 0, "te1": 0, "te2": 0}
     ranks, conv = set(), 0
     for key, down in tensors.items():
@@ -366,7 +399,7 @@ def describe_lora(path: str | os.PathLike) -> dict[str, Any]:
             ranks.add(down.shape[0])
             conv += down.dim() == 4 and tuple(down.shape[2:]) != (1, 1)
     alphas = {round(v.item(), 6) for k, v in tensors.items() if k.endswith(".alpha")} \
-        if fmt == "kohya" else _diffusers_alphas(metadata)
+        if fmt != "diffusers" else _diffusers_alphas(metadata)
     return {
         "path": str(path), "format": fmt, "family": _family(tensors, metadata, parts), "modules": parts,
         "unet_names": unet_naming(tensors) if fmt == "kohya" else None,

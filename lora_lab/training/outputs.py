@@ -2,6 +2,7 @@
 and the LoRA file at the end, under names that never replace another run's (see :mod:`.loras`)."""
 from __future__ import annotations
 
+import contextlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 
 from .. import atomic
 from ..errors import LoraLabError
+from .adapters import without_training_adapter
 from .loras import SUFFIX, base_of, lora_name, lora_path, place_lora
 from .metadata import run_facts
 
@@ -29,25 +31,30 @@ class TrainerOutputs:
     def _samples(self, step: int) -> None:
         if self.main:
             self.phase("sampling")
-            s = self.cfg.sample
             folder = self.job.path / "samples"
             folder.mkdir(exist_ok=True)
             for model in self.models:
                 model.eval()
-            for i, prompt in enumerate(s.prompts):
-                g = torch.Generator().manual_seed(s.seed + i)
-                with torch.no_grad():
-                    image = self.base.pipeline(prompt, negative_prompt=s.negative or None,
-                                               num_inference_steps=s.steps, guidance_scale=s.guidance,
-                                               width=s.width, height=s.height, generator=g).images[0]
-                path = folder / f"step-{step:06d}-{i}.png"
-                atomic.write_bytes(path, _png(image))
-                self.emit({"type": "sample", "step": step, "prompt": prompt,
-                           "path": str(path.relative_to(self.job.path))})
+            adapter = self.cfg.model.adapter
+            with without_training_adapter(self.base, adapter) if adapter else contextlib.nullcontext():
+                self._render_samples(step, folder)
             for model in self.models:
                 model.train()
             self.phase("training", total=self.total)
         self.acc.wait_for_everyone()
+
+    def _render_samples(self, step: int, folder: Path) -> None:
+        s = self.cfg.sample
+        for i, prompt in enumerate(s.prompts):
+            g = torch.Generator().manual_seed(s.seed + i)
+            with torch.no_grad():
+                image = self.base.pipeline(prompt, negative_prompt=s.negative or None,
+                                           num_inference_steps=s.steps, guidance_scale=s.guidance,
+                                           width=s.width, height=s.height, generator=g).images[0]
+            path = folder / f"step-{step:06d}-{i}.png"
+            atomic.write_bytes(path, _png(image))
+            self.emit({"type": "sample", "step": step, "prompt": prompt,
+                       "path": str(path.relative_to(self.job.path))})
 
     def _save_lora(self, path: Path, step: int) -> Path:
         from .lora_file import save_lora, ss_metadata

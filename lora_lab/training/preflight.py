@@ -62,6 +62,7 @@ def check_train(data: Any, workspace: Workspace, folder: Path) -> TrainConfig:
     family = run(("model.base",), lambda base: check_base_model(base, workspace, folder))
     for key in ("model.vae", "model.config"):
         run((key,), lambda ref, key=key: check_model_part(key, ref, workspace, folder))
+    run(("model.adapter",), lambda ref: check_adapter(ref, family))
     run(("train.optimizer",), check_optimizer)
     run(("dataset.source", "dataset.caption_extension", "dataset.trigger"),
         lambda source, ext, trigger: check_source(source, ext, trigger, workspace))
@@ -114,6 +115,21 @@ def check_model_part(key: str, ref: str, workspace: Workspace, folder: Path) -> 
         raise LoraLabError(f"{key}: {ref} does not exist")
     _check_hub_ref(key, ref, (folder, workspace.root),
                    "config.json" if key == "model.vae" else "model_index.json")
+
+
+def check_adapter(ref: str, family: str | None) -> None:
+    """model.adapter: empty, or a LoRA file of the base model's family."""
+    if not ref:
+        return
+    from .lora_file import describe_lora
+
+    try:
+        described = describe_lora(Path(ref).expanduser())
+    except LoraLabError as e:  # missing, unreadable, or no LoRA
+        raise LoraLabError(f"model.adapter: {e}") from None
+    if family and described["family"] not in (family, "unknown"):
+        raise LoraLabError(f"model.adapter: {Path(ref).name} is a {described['family']} LoRA; "
+                           f"the base model is {family}")
 
 
 def _check_hub_ref(key: str, ref: str, folders: tuple[Path, ...], probe: str) -> None:

@@ -1,5 +1,5 @@
 """Starting points for a training config: the settings kohya and ai-toolkit users reach for
-first on SD1.5 and SDXL, and low-VRAM variants that trade speed for memory.
+first on SD1.5, SDXL and Z-Image, and low-VRAM variants that trade speed for memory.
 
 A preset is a set of TrainConfig overrides ({table: {key: value}}), with the buckets back at
 the family's defaults (0) so they fit its resolution; the base model, the dataset and the
@@ -50,6 +50,13 @@ def _low_vram(overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]
 
 
 _SD15, _SDXL = _preset("sd15", 512, 2, False), _preset("sdxl", 1024, 1, True)
+# Z-Image Turbo samples in 8 steps without guidance; the base model wants both, as ai-toolkit's
+# presets have them. bf16 in both: the transformer overflows in fp16.
+_ZIMAGE_TURBO = {**_preset("zimage", 1024, 1, True), "sample": {"steps": 8, "guidance": 0.0}}
+_ZIMAGE_BASE = {**_preset("zimage", 1024, 1, True), "sample": {"steps": 30, "guidance": 4.0}}
+_ZIMAGE_LOW = {**_ZIMAGE_TURBO, "dataset": {**_ZIMAGE_TURBO["dataset"], "resolution": 768},
+               "network": {"rank": 16, "alpha": 8.0},
+               "train": {**_ZIMAGE_TURBO["train"], "optimizer": "adamw8bit"}}
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("sd15", "SD 1.5", "512 px, rank 32 / alpha 16, AdamW at 1e-4, batch 2, bf16", _SD15),
     Preset("sd15-lowvram", "SD 1.5, low VRAM (6-8 GB)", "rank 16, batch 1, gradient "
@@ -58,6 +65,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "gradient checkpointing (fits 24 GB)", _SDXL),
     Preset("sdxl-lowvram", "SDXL, low VRAM (12-16 GB)", "rank 16, batch 1, gradient "
            "checkpointing, 8-bit AdamW, fp16, UNet only", _low_vram(_SDXL)),
+    Preset("zimage-turbo", "Z-Image Turbo", "1024 px, rank 32 / alpha 16, AdamW at 1e-4, batch 1, "
+           "bf16, gradient checkpointing; samples in 8 steps without guidance", _ZIMAGE_TURBO),
+    Preset("zimage-turbo-lowvram", "Z-Image Turbo, low VRAM (16-24 GB)", "768 px, rank 16, "
+           "8-bit AdamW, bf16, gradient checkpointing", _ZIMAGE_LOW),
+    Preset("zimage", "Z-Image (base)", "1024 px, rank 32 / alpha 16, AdamW at 1e-4, batch 1, bf16, "
+           "gradient checkpointing; samples in 30 steps at guidance 4", _ZIMAGE_BASE),
 )}
 
 

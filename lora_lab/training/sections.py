@@ -66,18 +66,20 @@ _STEM = dict(pattern=r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,98}[A-Za-z0-9_-])?",
 @dataclass(frozen=True)
 class ModelSection:
     base: str = _f(doc="a diffusers folder, a .safetensors/.ckpt file or a Hub id (org/name)", nonempty=True)
-    family: Literal["auto", "sd15", "sdxl"] = _f("auto", "model family; auto detects it from the model")
+    family: Literal["auto", "sd15", "sdxl", "zimage"] = _f("auto", "model family; auto detects it from the model")
     vae: str = _f("", "a VAE to use instead of the base model's own (empty = its own)")
     config: str = _f("", "for a single-file base: a diffusers folder or Hub id with its configs "
                          "and tokenizers (empty = the SD1.5 / SDXL base repo)")
     prediction: Literal["auto", "epsilon", "v_prediction"] = _f("auto", "auto = as the model says")
+    adapter: str = _f("", "a training adapter: a LoRA merged into the base for training and taken "
+                          "out of the samples (Z-Image Turbo's de-distilling LoRA); empty = none")
 
 
 @dataclass(frozen=True)
 class DatasetSection:
     source: str = _f(doc="a dataset name or a folder (kohya N_name subfolders repeat N times)", nonempty=True)
     repeats: int = _f(1, "times each image is seen per epoch", lo=1, hi=10_000)
-    resolution: int = _f(0, "training resolution; 0 = the family's (512 sd15, 1024 sdxl)", **_SIDE)
+    resolution: int = _f(0, "training resolution; 0 = the family's (512 sd15, 1024 sdxl and zimage)", **_SIDE)
     min_bucket: int = _f(0, "smallest bucket side; 0 = the family's", **_SIDE)
     max_bucket: int = _f(0, "largest bucket side; 0 = the family's", **_SIDE)
     bucket_step: Literal[8, 16, 32, 64] = _f(64, "bucket sides are multiples of this")
@@ -128,7 +130,8 @@ class SaveSection:
     name: str = _f("", "file name of the LoRA, without extension; empty = the dataset's name and "
                    "the job's date and time; a name another run's LoRA files hold is refused",
                    pattern=f"(?:{_STEM['pattern']})?", what=f"{_STEM['what']} or empty")
-    format: Literal["kohya", "diffusers"] = _f("kohya", "kohya for ComfyUI/A1111/Forge")
+    format: Literal["kohya", "diffusers"] = _f("kohya", "kohya: what ComfyUI/A1111/Forge load (ComfyUI's "
+                                               "layout for Z-Image); diffusers: peft keys")
     every_n_steps: int = _f(0, "also save NAME-000500.safetensors and a resumable checkpoint every "
                             "this many updates; 0 = only at the end", lo=0)
     keep_last: int = _f(3, "resumable checkpoints kept in the job folder; older ones are deleted "

@@ -1,4 +1,4 @@
-"""The LoRA training loop on diffusers + peft + accelerate, for SD1.5 and SDXL.
+"""The LoRA training loop on diffusers + peft + accelerate, for every family in :mod:`.families`.
 
 One code path runs on a CPU, one GPU or several (``accelerate launch``). Phases, progress,
 checkpoints and samples are reported as events in the job directory. Every random draw
@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..calc import plan_steps
 from ..errors import LoraLabError
 from ..jobdir import JobRecord
 from ..workspace import Workspace
 from . import checkpoints
-from .adapters import add_adapters, build_optimizer
+from .adapters import add_adapters, build_optimizer, merge_training_adapter
 from .base_model import BaseModel, check_buckets, detect_family, load_base_model
 from .config import TrainConfig, check_optimizer
 from .data import (
@@ -38,8 +37,8 @@ from .data import (
     gather_images,
     stable_seed,
 )
-from .latents import LatentEncoder, sample_latents
-from .objective import encode_prompts, sdxl_time_ids, snr_weights
+from .families import Batch, Conditioning
+from .latents import LatentEncoder
 from .outputs import TrainerOutputs, TrainResult
 from .preflight import check_captions
 
@@ -113,20 +112,18 @@ class Trainer(TrainerOutputs):
         self.phase("preparing model")
         m = self.cfg.model
         self.base: BaseModel = load_base_model(m.base, self.family, m.vae, m.config)
-        pipe = self.base.pipeline
+        self.spec = self.base.spec
         check_buckets(self.base, self.cfg.dataset)
-        from diffusers import DDPMScheduler
-
-        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        self.prediction = (self.noise_scheduler.config.prediction_type if m.prediction == "auto"
-                           else m.prediction)
+        self.objective = self.spec.objective(self.base.pipeline, self.cfg.train, m.prediction)
+        if m.adapter:
+            merge_training_adapter(self.base, m.adapter)
         self.trained = trained = add_adapters(self.base, self.cfg.network, self.cfg.train.seed)
         if self.cfg.train.gradient_checkpointing:
-            self.base.unet.enable_gradient_checkpointing()
+            self.base.denoiser.enable_gradient_checkpointing()
             for te in trained[1:]:
                 te.gradient_checkpointing_enable()
         self._place_modules()
-        self.dtype = self.base.unet.dtype  # read once: diffusers walks every module to answer
+        self.dtype = self.base.denoiser.dtype  # read once: diffusers walks every module to answer
         self.optimizer = build_optimizer(trained, self.cfg.train)
         from diffusers.optimization import get_scheduler
 
@@ -141,7 +138,7 @@ class Trainer(TrainerOutputs):
         if device.type != "cuda":
             return  # loaded on the CPU, in fp32
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.cfg.train.mixed_precision)
-        for module in (self.base.unet, *self.base.text_encoders):
+        for module in (self.base.denoiser, *self.base.text_encoders):
             module.to(device, dtype=dtype)
         self.base.vae.to(device)  # fp32: the SDXL VAE overflows in fp16
         if dtype is not None:
@@ -167,49 +164,29 @@ class Trainer(TrainerOutputs):
                 raise LoraLabError(f"could not write the latent cache in {cache_dir} ({e}); free "
                                    "some space, or set dataset.cache_latents = false") from None
             self.acc.wait_for_everyone()
-        self.text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None
+        # Captions that never change are encoded once (the family's encoders then sit idle).
+        self.text_cache: dict[str, Conditioning] | None = None
         if not self.cfg.network.train_text_encoder and not self.rules.randomised:
-            captions = {self.rules.caption(img.caption, None) for img in self.images}
+            captions = sorted({self.rules.caption(img.caption, None) for img in self.images})
             with torch.no_grad():
-                self.text_cache = {c: self._encode_text([c]) for c in sorted(captions)}
+                self.text_cache = {c: self.spec.encode(self.base.pipeline, [c], self.acc.device)
+                                   for c in captions}
 
     # -- the step --------------------------------------------------------------------------------
-    def _encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _encode_text(self, captions: list[str]) -> Conditioning:
         if self.text_cache is None:
-            return encode_prompts(self.base, captions, self.acc.device)
-        parts = [self.text_cache[c] for c in captions]
-        pooled = [p[1] for p in parts if p[1] is not None]
-        return torch.cat([p[0] for p in parts]), torch.cat(pooled) if pooled else None
+            return self.spec.encode(self.base.pipeline, captions, self.acc.device)
+        return self.spec.collate([self.text_cache[c] for c in captions])
 
     def micro_batch_loss(self, m: int) -> torch.Tensor:
         """The loss of micro-batch ``m`` (counted over all ranks from the start)."""
         samples = self.plan.samples(m, self.rules)
+        images = [self.images[s.image] for s in samples]
         bucket = self.buckets[samples[0].image]
         g = torch.Generator().manual_seed(stable_seed(self.cfg.train.seed, "noise", m))
-        vae = self.base.vae.config
-        params = self.latents.batch([self.images[s.image] for s in samples], bucket,
-                                    [s.flip for s in samples])
-        latents = sample_latents(params, g, vae.scaling_factor, getattr(vae, "shift_factor", None))
-        noise = torch.randn(latents.shape, generator=g)
-        if self.cfg.train.noise_offset:
-            noise += self.cfg.train.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=g)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(samples),),
-                          generator=g)
-        device, dtype = self.acc.device, self.dtype
-        latents, noise, t = latents.to(device), noise.to(device), t.to(device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        target = noise if self.prediction == "epsilon" else \
-            self.noise_scheduler.get_velocity(latents, noise, t)
-        hidden, pooled = self._encode_text([s.caption for s in samples])
-        extra = {}
-        if self.family == "sdxl":
-            extra["added_cond_kwargs"] = {"text_embeds": pooled.to(device, dtype),
-                                          "time_ids": sdxl_time_ids(self.images, samples, bucket).to(device, dtype)}
-        pred = self.models[0](noisy.to(dtype), t, hidden.to(dtype), return_dict=False, **extra)[0]
-        loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        weights = snr_weights(self.noise_scheduler.alphas_cumprod, t, self.cfg.train.min_snr_gamma,
-                              self.prediction)
-        return (loss * weights).mean()
+        params = self.latents.batch(images, bucket, [s.flip for s in samples])
+        batch = Batch(params, self._encode_text([s.caption for s in samples]), images, bucket, g)
+        return self.objective.loss(self.models[0], batch, self.acc.device, self.dtype)
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> TrainResult:

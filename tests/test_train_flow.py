@@ -1,0 +1,146 @@
+"""Training the flow-matching families on their tiny models: the CLI run and its records, files
+that reload in the family's diffusers pipeline, exact resume, and what a family refuses."""
+from __future__ import annotations
+
+import json
+import signal
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from test_train import config
+from test_train_resume import _run, _same_weights, _start, _wait_for
+
+from lora_lab import Workspace
+from lora_lab.jobdir import JobRecord, list_jobs
+from lora_lab.training.base_model import load_base_model
+from lora_lab.training.config import ConfigError
+from lora_lab.training.lora_file import describe_lora
+from lora_lab.training.trainer import Trainer
+
+FAMILIES = ["zimage"]
+STEPS = 12
+
+
+def _images(pipe, prompt="sks, a red circle"):
+    return pipe(prompt, num_inference_steps=2, height=64, width=64, guidance_scale=0.0,
+                output_type="np", generator=torch.Generator().manual_seed(0)).images[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cli_trains_with_checkpoints_samples_and_ui_files(cli, ws, tiny_flow, tmp_path, family):
+    path = config(tiny_flow, family, train={"max_steps": 4}, save={"every_n_steps": 2},
+                  sample={"every_n_steps": 4, "prompts": ["sks, a red circle"], "steps": 2,
+                          "guidance": 0.0}).write(tmp_path / "run.toml")
+    out = json.loads(cli("train", path, "--json")[1])
+    job = JobRecord(ws.jobs / out["job"])
+    assert job.status()["state"] == "succeeded" and out["steps"] == 4
+    events = job.events()
+    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [2]
+    assert len(list((job.path / "samples").glob("step-*.png"))) == 1
+    assert all(np.isfinite(e["loss"]) for e in events if e["type"] == "progress")
+    described = describe_lora(out["output"])  # ComfyUI's layout, as `lora-lab lora inspect` reads it
+    assert described["format"] == "comfyui" and described["family"] == family
+    assert described["modules"]["transformer"] > 0 and described["alphas"] == [16.0]
+    assert described["metadata"]["ss_base_model_version"] == family
+    assert described["metadata"]["modelspec.prediction_type"] == "flow"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("fmt", ["kohya", "diffusers"])
+def test_the_saved_lora_reproduces_the_trained_model(ws, tiny_flow, family, fmt):
+    cfg = config(tiny_flow, family, network={"rank": 4, "alpha": 2, "targets": "attn_mlp"},
+                 save={"format": fmt})
+    trainer = Trainer(cfg, JobRecord.create("train", {}, ws), ws)
+    result = trainer.run()
+    trainer.models[0].eval()
+    trained = _images(trainer.base.pipeline)
+    fresh = load_base_model(str(tiny_flow[family]), family).pipeline
+    untouched = _images(fresh)
+    fresh.load_lora_weights(str(result.output))
+    assert np.allclose(_images(fresh), trained, atol=1e-5)
+    assert not np.allclose(untouched, trained, atol=1e-3)  # the LoRA did something
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kill_9_then_resume_gives_the_same_lora(ws, tiny_flow, tmp_path, family):
+    cfg = config(tiny_flow, family, train={"max_steps": STEPS, "scheduler": "cosine",
+                                           "warmup_steps": 3, "batch_size": 2},
+                 network={"rank": 4, "dropout": 0.1}, dataset={"flip": True, "caption_dropout": 0.2},
+                 save={"every_n_steps": 4}).write(tmp_path / "run.toml")
+    elsewhere = Workspace(tmp_path / "reference")  # its events must not look like the run's
+    reference = load_file(json.loads(_run(elsewhere, "train", cfg, "--json").stdout)["output"])
+    proc = _start(ws, "train", cfg)
+    job = _wait_for(ws, proc, "checkpoint", 4)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert max(e["step"] for e in job.events() if e["type"] == "progress") < STEPS
+    out = json.loads(_run(ws, "train", "--resume", job.id, "--json").stdout)
+    assert out["steps"] == STEPS
+    _same_weights(load_file(out["output"]), reference)
+
+
+@pytest.mark.parametrize("network, message", [
+    ({"train_text_encoder": True}, "text encoder is too large to train"),
+    ({"targets": "locon"}, "has none, use attn or attn_mlp"),
+    ({"dora": True}, "DoRA is saved for SD1.5 and SDXL only"),
+])
+def test_what_zimage_refuses_before_a_job_exists(cli, ws, tiny_flow, tmp_path, network, message):
+    cfg = config(tiny_flow, "zimage", network=network)
+    with pytest.raises(ConfigError, match=message):
+        cfg.resolved("zimage")
+    assert message in cli.fails("train", cfg.write(tmp_path / "run.toml"))
+    assert not list_jobs(ws)
+
+
+def test_buckets_the_transformer_cannot_take_are_refused(ws, tiny_flow):
+    cfg = config(tiny_flow, "zimage", dataset={"resolution": 128, "max_bucket": 256, "bucket_step": 8})
+    with pytest.raises(Exception, match="sides must be multiples of 16; set dataset.bucket_step"):
+        Trainer(cfg, JobRecord.create("train", {}, ws), ws).run()
+
+
+def test_a_lora_of_one_family_does_not_load_onto_another(ws, tiny_flow, tiny_models):
+    cfg = config(tiny_flow, "zimage", network={"rank": 4})
+    output = Trainer(cfg, JobRecord.create("train", {}, ws), ws).run().output
+    assert describe_lora(output)["family"] == "zimage"
+    sd15 = load_base_model(str(tiny_models["sd15"]), "sd15").pipeline
+    with pytest.raises(ValueError, match="Invalid LoRA checkpoint"):
+        sd15.load_lora_weights(str(output))
+
+
+def test_turbo_trains_through_a_training_adapter_and_samples_without_it(ws, tiny_flow, tmp_path):
+    """ai-toolkit's Z-Image Turbo recipe: a de-distilling LoRA merged in for training, taken out
+    (applied at -1) for the samples, so they show the new LoRA on the plain model."""
+    adapter = Trainer(config(tiny_flow, "zimage", network={"rank": 4}, save={"name": "dedistill"}),
+                      JobRecord.create("train", {}, ws), ws).run().output
+    sample = {"every_n_steps": 4, "prompts": ["sks, a red circle"], "steps": 2, "guidance": 0.0}
+    cfg = config(tiny_flow, "zimage", model={"adapter": str(adapter)}, network={"rank": 4},
+                 sample=sample)
+    trainer = Trainer(cfg, JobRecord.create("train", {}, ws), ws)
+    result = trainer.run()
+    fresh = load_base_model(str(tiny_flow["zimage"]), "zimage").pipeline
+    merged = {n.replace(".base_layer", ""): p for n, p in trainer.base.denoiser.named_parameters()}
+    assert any(not torch.equal(p, merged[n]) for n, p in fresh.transformer.named_parameters()
+               if n in merged), "the adapter was not merged in for training"
+    fresh.load_lora_weights(str(result.output))  # the new LoRA alone, on the plain model
+    expected = np.asarray(fresh("sks, a red circle", num_inference_steps=2, guidance_scale=0.0,
+                                width=64, height=64, generator=torch.Generator().manual_seed(0)).images[0])
+    shown = np.asarray(Image.open(trainer.job.path / "samples" / "step-000004-0.png"))
+    assert np.abs(shown.astype(int) - expected.astype(int)).max() <= 2
+
+
+@pytest.mark.parametrize("adapter, message", [
+    ("missing.safetensors", "model.adapter: LoRA file not found"),
+    ("sd15-lora", "is a sd15 LoRA; the base model is zimage"),
+])
+def test_a_training_adapter_that_does_not_fit_is_refused(cli, ws, tiny_flow, tiny_models, tmp_path,
+                                                        adapter, message):
+    if adapter == "sd15-lora":
+        adapter = Trainer(config(tiny_models, "sd15"), JobRecord.create("train", {}, ws), ws).run().output
+        for job in list_jobs(ws):
+            job.path.rename(tmp_path / job.id)  # only the refused run's record would count
+    cfg = config(tiny_flow, "zimage", model={"adapter": str(tmp_path / adapter)})
+    assert message in cli.fails("train", cfg.write(tmp_path / "run.toml"))
+    assert not list_jobs(ws)
