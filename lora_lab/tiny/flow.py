@@ -46,7 +46,6 @@ from transformers import (
     T5Tokenizer,
 )
 
-from lora_lab.tiny import FLOW_FAMILIES
 from lora_lab.tiny.diffusion import (
     _WORDS,
     _byte_alphabet,
@@ -57,7 +56,7 @@ from lora_lab.tiny.diffusion import (
 )
 from lora_lab.tiny.samples import SAMPLES
 
-__all__ = ["FLOW_FAMILIES", "build_flow", "write_flow"]
+__all__ = ["build_flow", "write_flow"]
 
 _WIDTH = 32  # hidden size of every tiny text encoder
 
@@ -283,12 +282,11 @@ def _chroma() -> ChromaPipeline:
 
 _BUILDERS: dict[str, Callable[[], DiffusionPipeline]] = {
     "zimage": _zimage, "flux": _flux, "flux2klein": _flux2klein, "qwenimage": _qwenimage, "chroma": _chroma,
-}
-assert tuple(_BUILDERS) == FLOW_FAMILIES
+}  # keyed as lora_lab.tiny.FLOW_FAMILIES (test_tiny builds each)
 
 
 def build_flow(family: str, seed: int = 0) -> DiffusionPipeline:
-    """The tiny pipeline of one of FLOW_FAMILIES, random weights; the same seed gives the same weights."""
+    """The tiny pipeline of one of lora_lab.tiny.FLOW_FAMILIES, random weights; the same seed gives the same weights."""
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # leave the caller's RNG as it was
         # diffusers' own Chroma model builds its deprecated FluxPosEmbed: not for our users to fix
         warnings.filterwarnings("ignore", message=".*FluxPosEmbed", category=FutureWarning)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LoraLabError
-from .config import DatasetSection
+from .sections import DatasetSection
 
 if TYPE_CHECKING:
     from .families import Family

@@ -25,19 +25,9 @@ from ..errors import LoraLabError, NotFound
 from ..workspace import Workspace
 from .base_model import detect_family
 from .config import TrainConfig
+from .train_image import TrainImage
 
 _KOHYA_DIR = re.compile(r"^(\d+)_(.+)$")  # "10_sks woman": 10 repeats
-
-
-@dataclass(frozen=True)
-class TrainImage:
-    path: Path
-    caption: str
-    width: int  # as displayed (EXIF orientation applied)
-    height: int
-    sha256: str
-    repeats: int
-    folder: str  # the folder it came from, as kohya's ss_dataset_dirs names it
 
 
 def stable_seed(*key: object) -> int:

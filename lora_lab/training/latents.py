@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .. import atomic
-from .data import TrainImage
+from .train_image import TrainImage
 
 
 def fit(width: int, height: int, bucket: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:

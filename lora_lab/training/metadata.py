@@ -8,7 +8,7 @@ from typing import Any
 from ..datasets.captions import split_tags
 from .adapters import conv_alpha
 from .config import TrainConfig
-from .data import TrainImage
+from .train_image import TrainImage
 
 
 def run_facts(cfg: TrainConfig, family: str, images: list[TrainImage], *, step: int, total: int,

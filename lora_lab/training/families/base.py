@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..config import DatasetSection, TrainSection
+from ..sections import DatasetSection, TrainSection
 
 if TYPE_CHECKING:
-    from ..data import TrainImage
+    from ..train_image import TrainImage
 
 Conditioning = tuple[Any, ...]  # one caption's (or a batch's) text conditioning: tensors, lists, None
 

@@ -9,7 +9,7 @@ import torch
 
 from ...buckets import make_buckets
 from ...errors import LoraLabError
-from ..config import DatasetSection
+from ..sections import DatasetSection
 
 
 class FlowPath:

@@ -9,12 +9,12 @@ import torch.nn.functional as F
 
 from ...buckets import make_buckets
 from ...errors import LoraLabError
-from ..config import DatasetSection, TrainSection
 from ..latents import fit, sample_latents
+from ..sections import DatasetSection, TrainSection
 from .base import Batch, Conditioning, Family, Objective
 
 if TYPE_CHECKING:
-    from ..data import TrainImage
+    from ..train_image import TrainImage
 
 UNET_TARGETS = {
     "attn": ["to_q", "to_k", "to_v", "to_out.0"],

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import DatasetSection, TrainSection
 from ..latents import sample_latents
+from ..sections import DatasetSection, TrainSection
 from .base import Batch, Conditioning, Family, Objective
 from .flow import FlowPath, check_patch_buckets
 
