@@ -36,9 +36,10 @@ $(LABEXT)/package.json: $(LABEXT_SRC)
 	rm -rf $(LABEXT) labextension/lib labextension/tsconfig.tsbuildinfo
 	cd labextension && npm ci --no-audit --no-fund && npm run build
 
-# Refresh the lock from pyproject.toml's ranges (then run make test on a fresh clone).
+# Refresh the lock from pyproject.toml's ranges, keeping the pins that still satisfy them;
+# `make lock UPGRADE=--upgrade` moves everything to the newest (then make test on a fresh clone).
 lock: $(UV)
-	$(UV) pip compile pyproject.toml --extra caption --extra test --upgrade \
+	$(UV) pip compile pyproject.toml --extra caption --extra memory --extra test $(UPGRADE) \
 	    --python-version 3.11 --python-platform x86_64-manylinux_2_28 --find-links /opt/wheels \
 	    --override requirements/overrides.txt --quiet -o $(LOCK)
 

@@ -1,28 +1,43 @@
 """Library log messages that tell a user nothing to act on, dropped exactly (nothing else).
 
-transformers 5 without torchvision warns "`CLIPImageProcessor` requires torchvision (not
-installed); falling back to `CLIPImageProcessorPil`" as soon as diffusers' pipeline modules
-import an image processor by name, which they do at import time, whether or not a pipeline
-ever uses one; lora_lab never does (see training.base_model). The filter sits on the logger
-that emits it, so it holds before and after transformers is imported.
+- transformers 5 without torchvision warns "`CLIPImageProcessor` requires torchvision (not
+  installed); falling back to `CLIPImageProcessorPil`" as soon as diffusers' pipeline modules
+  import an image processor by name, whether or not a pipeline ever uses one; lora_lab never
+  does (see training.base_model).
+- With torchao installed (the `memory` extra), importing diffusers imports torchao, which reports
+  its optional CUDA kernels missing on a CPU build, registers enums torch now handles itself,
+  and lacks tensor types diffusers looks for to load torchao-serialized checkpoints (lora_lab
+  quantizes in memory and never loads those).
+
+Each filter sits on the logger that emits its message, so it holds before and after the
+library is imported.
 """
 from __future__ import annotations
 
 import logging
 import re
 
-_TORCHVISION_FALLBACK = re.compile(r"`\w+ImageProcessor` requires torchvision \(not installed\); "
-                                   r"falling back to `\w+ImageProcessorPil`")
-_EMITTER = "transformers.utils.import_utils"
+_NOISE = {
+    "transformers.utils.import_utils": r"`\w+ImageProcessor` requires torchvision \(not installed\); "
+                                       r"falling back to `\w+ImageProcessorPil`",
+    "torchao": r"Failed to load \S+/torchao/_C\w*\.\S+\.so: ",
+    "torch.utils._pytree": r"<enum '\w+'> is an Enum subclass and is now natively supported by torch.compile",
+    "diffusers.quantizers.torchao.torchao_quantizer": r"Unable to import `torchao` Tensor objects",
+}
 
 
-class _DropTorchvisionFallback(logging.Filter):
+class _DropNoise(logging.Filter):
+    def __init__(self, pattern: str):
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not _TORCHVISION_FALLBACK.match(record.getMessage())
+        return not self.pattern.match(record.getMessage())
 
 
 def drop_library_noise() -> None:
-    """Install the filter (once per process; calling again changes nothing)."""
-    logger = logging.getLogger(_EMITTER)
-    if not any(isinstance(f, _DropTorchvisionFallback) for f in logger.filters):
-        logger.addFilter(_DropTorchvisionFallback())
+    """Install the filters (once per process; calling again changes nothing)."""
+    for name, pattern in _NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise(pattern))

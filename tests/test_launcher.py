@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from lora_lab.datasets import ingest
 from lora_lab.jobdir import JobRecord
 from lora_lab.training.config import TrainConfig
-from lora_lab.widgets.launcher import ADVANCED, COMMON, TrainingLauncher
+from lora_lab.widgets.launcher import ADVANCED, COMMON, MEMORY, TrainingLauncher
 
 
 def launcher_on(ws, tiny_models, dataset=None, **values) -> TrainingLauncher:
@@ -97,7 +97,8 @@ def test_every_config_field_is_reachable_with_its_help_and_the_rest_is_advanced(
     launcher = launcher_on(ws, tiny_models, **{"dataset.trigger": "sks"})
     everything = {f"{table}.{f.name}" for table, section in get_type_hints(TrainConfig).items()
                   for f in dataclasses.fields(section)}
-    assert set(launcher.fields) == everything and set(ADVANCED) == everything - set(COMMON)
+    assert set(launcher.fields) == everything
+    assert set(ADVANCED) == everything - set(COMMON) - set(MEMORY)
     assert launcher.advanced.selected_index is None  # collapsed
     section = launcher.advanced.children[0]
     shown = {c.children[0] for c in section.children if isinstance(c, widgets.HBox)}
@@ -119,6 +120,19 @@ def test_every_config_field_is_reachable_with_its_help_and_the_rest_is_advanced(
     assert "larger than dataset.resolution" in launcher.messages["dataset.min_bucket"].value
     assert launcher.advanced.selected_index == 0 and launcher.train_button.disabled
     assert "dataset.min_bucket" in launcher.reason.value
+
+
+def test_the_memory_settings_are_shown_apart_each_with_its_explanation(ws, tiny_models):
+    launcher = launcher_on(ws, tiny_models, **{"dataset.trigger": "sks"})
+    rows = {row.children[0]: row for row in launcher.children if isinstance(row, widgets.HBox)}
+    for dotted in MEMORY:
+        explanation = rows[launcher.fields[dotted]].children[1].value
+        assert "lora-lab-field-doc" in explanation and "lora-lab-field-doc" not in \
+            launcher.messages[dotted].value
+    said = rows[launcher.fields["model.quantize"]].children[1].value
+    assert "8 bits" in said and list(launcher.fields["model.quantize"].options) == ["none", "int8", "fp8"]
+    launcher.fields["model.quantize"].value = "int8"
+    assert launcher.config().model.quantize == "int8"
 
 
 def test_the_base_model_is_picked_from_the_workspace_or_a_mistype_is_named(ws, tiny_models):

@@ -445,4 +445,4 @@ def test_the_public_names_still_import_from_config():
     for name in ("ModelSection", "DatasetSection", "NetworkSection", "TrainSection", "SaveSection",
                  "SampleSection"):
         assert getattr(config, name) is getattr(sections, name)
-    assert callable(config.check_optimizer) and callable(config.default_toml)
+    assert callable(config.check_package) and callable(config.default_toml)

@@ -34,8 +34,8 @@ from .sections import (
     show_value,
 )
 
-__all__ = ["ConfigError", "DatasetSection", "ModelSection", "NetworkSection", "OPTIMIZER_PACKAGES",
-           "SampleSection", "SaveSection", "TrainConfig", "TrainSection", "check_optimizer",
+__all__ = ["ConfigError", "DatasetSection", "ModelSection", "NetworkSection", "PACKAGES",
+           "SampleSection", "SaveSection", "TrainConfig", "TrainSection", "check_package",
            "default_toml"]
 
 
@@ -275,7 +275,7 @@ def _cross_checks(v: dict[str, dict[str, Any]], bad: set[str], notes: dict[str, 
         note = notes.get(dotted)
         return f"{dotted} ({v[table][key]}{', ' + note if note else ''})"
 
-    ds, tr, sm = v["dataset"], v["train"], v["sample"]
+    ds, tr, sm, md = v["dataset"], v["train"], v["sample"], v["model"]
     res, lo, hi = ds["resolution"], ds["min_bucket"], ds["max_bucket"]
     if lo and res and lo > res and ok("dataset.min_bucket", "dataset.resolution"):
         out.append(f"dataset.min_bucket: {lo} is larger than {show('dataset.resolution')}")
@@ -285,21 +285,30 @@ def _cross_checks(v: dict[str, dict[str, Any]], bad: set[str], notes: dict[str, 
         out.append(f"dataset.min_bucket: {lo} is larger than {show('dataset.max_bucket')}")
     if 0 < tr["max_steps"] < tr["warmup_steps"] and ok("train.warmup_steps", "train.max_steps"):
         out.append(f"train.warmup_steps: {tr['warmup_steps']} is more than {show('train.max_steps')}")
+    if md["quantize"] != "none" and v["network"]["dora"] and ok("model.quantize", "network.dora"):
+        out.append(f"network.dora: DoRA needs the full-precision weights that {show('model.quantize')} "
+                   "stores in 8 bits; turn one of them off")
     if sm["every_n_steps"] and not sm["prompts"] and ok("sample.every_n_steps", "sample.prompts"):
         out.append("sample.prompts: at least one prompt is needed when sample.every_n_steps is set"
                    " (or set sample.every_n_steps = 0)")
     return out
 
 
-OPTIMIZER_PACKAGES = {"adamw8bit": "bitsandbytes", "prodigy": "prodigyopt"}
+# what a setting needs installed (the config alone cannot tell): (package, how to get it, fallback)
+PACKAGES = {
+    ("train.optimizer", "adamw8bit"): ("bitsandbytes", "pip install 'lora-lab[memory]'", "adamw"),
+    ("train.optimizer", "prodigy"): ("prodigyopt", "pip install prodigyopt", "adamw"),
+    ("model.quantize", "int8"): ("torchao", "pip install 'lora-lab[memory]'", "none"),
+    ("model.quantize", "fp8"): ("torchao", "pip install 'lora-lab[memory]'", "none"),
+}
 
 
-def check_optimizer(name: str) -> None:
-    """Refuse an optimizer whose package is not installed (the config alone cannot tell)."""
-    package = OPTIMIZER_PACKAGES.get(name)
+def check_package(field: str, value: str) -> None:
+    """Refuse a ``field`` = ``value`` whose package is not installed."""
+    package, install, fallback = PACKAGES.get((field, value), (None, "", ""))
     if package and importlib.util.find_spec(package) is None:
-        raise LoraLabError(f"train.optimizer: {name} needs the {package} package "
-                           f"(pip install {package}); or use adamw")
+        raise LoraLabError(f"{field}: {value} needs the {package} package ({install}); "
+                           f"or set it to {fallback}")
 
 
 def default_toml(base: str, source: str, preset: dict[str, dict[str, Any]] | None = None) -> str:

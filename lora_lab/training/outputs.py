@@ -36,8 +36,10 @@ class TrainerOutputs:
             for model in self.models:
                 model.eval()
             adapter = self.cfg.model.adapter
+            self._move_text_encoders(self.acc.device)
             with without_training_adapter(self.base, adapter) if adapter else contextlib.nullcontext():
                 self._render_samples(step, folder)
+            self._move_text_encoders(torch.device("cpu"))
             for model in self.models:
                 model.train()
             self.phase("training", total=self.total)

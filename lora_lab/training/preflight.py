@@ -27,7 +27,7 @@ from ..errors import Conflict, LoraLabError
 from ..jobdir import ACTIVE, JobRecord, list_jobs
 from ..workspace import Workspace
 from .base_model import detect_family, is_hub_id, local_models
-from .config import ConfigError, TrainConfig, check_optimizer
+from .config import ConfigError, TrainConfig, check_package
 from .data import SourceCaptions, measure_images, source_captions
 from .loras import run_files, written_by
 
@@ -63,7 +63,8 @@ def check_train(data: Any, workspace: Workspace, folder: Path) -> TrainConfig:
     for key in ("model.vae", "model.config"):
         run((key,), lambda ref, key=key: check_model_part(key, ref, workspace, folder))
     run(("model.adapter",), lambda ref: check_adapter(ref, family))
-    run(("train.optimizer",), check_optimizer)
+    for key in ("train.optimizer", "model.quantize"):
+        run((key,), lambda value, key=key: check_package(key, value))
     run(("dataset.source", "dataset.caption_extension", "dataset.trigger"),
         lambda source, ext, trigger: check_source(source, ext, trigger, workspace))
     run(("save.name", "save.output_dir"),

@@ -37,7 +37,8 @@ def _preset(family: str, resolution: int, batch: int, checkpointing: bool) -> di
 
 
 # What a low-VRAM variant changes: fewer weights and optimizer states, recomputed activations,
-# fp16 (which pre-Ampere cards also run), and a UNet-only LoRA.
+# fp16 (which pre-Ampere cards also run), and a UNet-only LoRA. (The UNets are small enough
+# to keep in full precision; the transformer families' variants store theirs in int8.)
 _LOW_VRAM = {
     "network": {"rank": 16, "alpha": 8.0, "train_text_encoder": False},
     "train": {"batch_size": 1, "optimizer": "adamw8bit", "mixed_precision": "fp16",
@@ -54,7 +55,8 @@ _SD15, _SDXL = _preset("sd15", 512, 2, False), _preset("sdxl", 1024, 1, True)
 # presets have them. bf16 in both: the transformer overflows in fp16.
 _ZIMAGE_TURBO = {**_preset("zimage", 1024, 1, True), "sample": {"steps": 8, "guidance": 0.0}}
 _ZIMAGE_BASE = {**_preset("zimage", 1024, 1, True), "sample": {"steps": 30, "guidance": 4.0}}
-_ZIMAGE_LOW = {**_ZIMAGE_TURBO, "dataset": {**_ZIMAGE_TURBO["dataset"], "resolution": 768},
+_ZIMAGE_LOW = {**_ZIMAGE_TURBO, "model": {**_ZIMAGE_TURBO["model"], "quantize": "int8"},
+               "dataset": {**_ZIMAGE_TURBO["dataset"], "resolution": 768},
                "network": {"rank": 16, "alpha": 8.0},
                "train": {**_ZIMAGE_TURBO["train"], "optimizer": "adamw8bit"}}
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -68,7 +70,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("zimage-turbo", "Z-Image Turbo", "1024 px, rank 32 / alpha 16, AdamW at 1e-4, batch 1, "
            "bf16, gradient checkpointing; samples in 8 steps without guidance", _ZIMAGE_TURBO),
     Preset("zimage-turbo-lowvram", "Z-Image Turbo, low VRAM (16-24 GB)", "768 px, rank 16, "
-           "8-bit AdamW, bf16, gradient checkpointing", _ZIMAGE_LOW),
+           "transformer stored in int8, 8-bit AdamW, bf16, gradient checkpointing", _ZIMAGE_LOW),
     Preset("zimage", "Z-Image (base)", "1024 px, rank 32 / alpha 16, AdamW at 1e-4, batch 1, bf16, "
            "gradient checkpointing; samples in 30 steps at guidance 4", _ZIMAGE_BASE),
 )}

@@ -27,7 +27,7 @@ from ..workspace import Workspace
 from . import checkpoints
 from .adapters import add_adapters, build_optimizer, merge_training_adapter
 from .base_model import BaseModel, check_buckets, detect_family, load_base_model
-from .config import TrainConfig, check_optimizer
+from .config import TrainConfig, check_package
 from .data import (
     BatchPlan,
     CaptionRules,
@@ -41,6 +41,7 @@ from .families import Batch, Conditioning
 from .latents import LatentEncoder
 from .outputs import TrainerOutputs, TrainResult
 from .preflight import check_captions
+from .quantize import quantize_frozen
 
 
 class Trainer(TrainerOutputs):
@@ -78,7 +79,8 @@ class Trainer(TrainerOutputs):
     # -- setup -----------------------------------------------------------------------------------
     def _check_environment(self) -> None:
         t = self.cfg.train
-        check_optimizer(t.optimizer)
+        check_package("train.optimizer", t.optimizer)
+        check_package("model.quantize", self.cfg.model.quantize)
         if t.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise LoraLabError("train.mixed_precision: fp16 needs a CUDA GPU; use no or bf16")
 
@@ -123,6 +125,8 @@ class Trainer(TrainerOutputs):
             for te in trained[1:]:
                 te.gradient_checkpointing_enable()
         self._place_modules()
+        if m.quantize != "none":
+            quantize_frozen(self.base.denoiser, m.quantize)
         self.dtype = self.base.denoiser.dtype  # read once: diffusers walks every module to answer
         self.optimizer = build_optimizer(trained, self.cfg.train)
         from diffusers.optimization import get_scheduler
@@ -171,6 +175,16 @@ class Trainer(TrainerOutputs):
             with torch.no_grad():
                 self.text_cache = {c: self.spec.encode(self.base.pipeline, [c], self.acc.device)
                                    for c in captions}
+            self._move_text_encoders(torch.device("cpu"))  # idle until samples: free the GPU
+
+    def _move_text_encoders(self, device: torch.device) -> None:
+        """Park the frozen text encoders (a T5-XXL or Qwen VLM is 8-10 GB) off the GPU, or bring
+        them back; nothing to do on a CPU run or while they train."""
+        if self.acc.device.type == "cuda" and self.text_cache is not None:
+            for encoder in self.base.text_encoders:
+                encoder.to(device)
+            if device.type == "cpu":
+                torch.cuda.empty_cache()
 
     # -- the step --------------------------------------------------------------------------------
     def _encode_text(self, captions: list[str]) -> Conditioning:

@@ -50,15 +50,19 @@ COMMON: dict[str, str] = {
     "train.lr": "Learning rate",
     "network.rank": "Rank",
     "network.alpha": "Alpha (0 = rank)",
-    "train.optimizer": "Optimizer",
-    "train.mixed_precision": "Precision",
-    "train.gradient_checkpointing": "Gradient checkpointing",
     "save.name": "Save name",
     "save.every_n_steps": "Save every N steps",
     "sample.prompts": "Sample prompts (one a line)",
     "sample.every_n_steps": "Sample every N steps",
 }
-ADVANCED = [dotted for dotted in _FIELDS if dotted not in COMMON]
+# What decides whether a model fits the card, shown apart with each field's one-line doc.
+MEMORY: dict[str, str] = {
+    "train.mixed_precision": "Precision",
+    "train.gradient_checkpointing": "Gradient checkpointing",
+    "train.optimizer": "Optimizer",
+    "model.quantize": "Frozen base stored in",
+}
+ADVANCED = [dotted for dotted in _FIELDS if dotted not in COMMON and dotted not in MEMORY]
 
 
 class TrainingLauncher(widgets.VBox):
@@ -105,6 +109,8 @@ class TrainingLauncher(widgets.VBox):
         self.fields: dict[str, widgets.ValueWidget] = {}
         self.messages: dict[str, widgets.HTML] = {}
         common = [self._row(dotted, label) for dotted, label in COMMON.items()]
+        memory = [widgets.HTML("<b>Memory</b> (on a 24 GB card, what lets a large model fit)"),
+                  *(self._row(dotted, label, explained=True) for dotted, label in MEMORY.items())]
         advanced: list[widgets.Widget] = []
         for table in _SECTIONS:
             rows = [self._row(d, _label(d)) for d in ADVANCED if d.startswith(f"{table}.")]
@@ -126,16 +132,18 @@ class TrainingLauncher(widgets.VBox):
         self.train_button.on_click(self._on_train)
         self.monitor_box = widgets.VBox()
         self.children = [widgets.HBox([self.preset, self.preset_note]), self.preset_changes,
-                         *common, self.advanced, self.plan,
+                         *common, *memory, self.advanced, self.plan,
                          widgets.HBox([self.toml_path, self.save_button]),
                          widgets.HBox([self.train_button, self.gpus, self.reason]), self.notice,
                          self.monitor_box]
 
-    def _row(self, dotted: str, label: str) -> widgets.HBox:
+    def _row(self, dotted: str, label: str, explained: bool = False) -> widgets.HBox:
         self.fields[dotted] = _field(dotted, label, self.ws)
         self.messages[dotted] = widgets.HTML()
         self.fields[dotted].observe(functools.partial(self._on_change, dotted), "value")
-        return widgets.HBox([self.fields[dotted], self.messages[dotted]])
+        doc = [widgets.HTML(f'<span class="lora-lab-field-doc" style="opacity:0.7">'
+                            f'{html.escape(_FIELDS[dotted].metadata["doc"])}</span>')] if explained else []
+        return widgets.HBox([self.fields[dotted], *doc, self.messages[dotted]])
 
     def _set(self, values: dict[str, Any]) -> None:
         """Set fields (dotted key -> TrainConfig value) as the form's own doing, not the user's."""
