@@ -167,7 +167,7 @@ def test_out_of_range(table, key, value, message):
 
 @pytest.mark.parametrize("table, key, value, message", [
     ("network", "targets", "mlp", "network.targets: 'mlp' is not one of attn, attn_mlp, locon"),
-    ("model", "family", "SDXL", "model.family: 'SDXL' is not one of auto, sd15, sdxl, zimage"),
+    ("model", "family", "SDXL", "model.family: 'SDXL' is not one of auto, sd15, sdxl, zimage, flux, chroma"),
     ("train", "optimizer", "lion", "train.optimizer: 'lion' is not one of adamw, adamw8bit, prodigy"),
     ("dataset", "bucket_step", 48, "dataset.bucket_step: 48 is not one of 8, 16, 32, 64"),
     ("dataset", "bucket_step", 64.0, "dataset.bucket_step: 64.0 is not one of 8, 16, 32, 64"),
@@ -200,7 +200,7 @@ def test_a_table_that_is_not_a_table():
 
 def test_every_problem_is_reported_together():
     found = problems({
-        "model": {"family": "flux"},
+        "model": {"family": "sd3"},
         "dataset": {"source": "cats", "resolution": 500},
         "network": {"rank": True},
         "train": {"lr": -1, "optimiser": "adamw"},
@@ -209,7 +209,7 @@ def test_every_problem_is_reported_together():
     assert found == [
         "trian: unknown table (did you mean train?)",
         "model.base: required",
-        "model.family: 'flux' is not one of auto, sd15, sdxl, zimage",
+        "model.family: 'sd3' is not one of auto, sd15, sdxl, zimage, flux, chroma",
         "dataset.resolution: 500 is not a multiple of 64",
         "network.rank: true is not an integer",
         "train.optimiser: unknown key (did you mean train.optimizer?)",
@@ -342,8 +342,8 @@ def test_resolved_refuses_another_family():
     cfg = TrainConfig.from_dict(base(model={"family": "sdxl"}))
     with pytest.raises(ConfigError, match="model.family: 'sdxl' does not match"):
         cfg.resolved("sd15")
-    with pytest.raises(ConfigError, match="model.family: 'flux' is not one of sd15, sdxl"):
-        cfg.resolved("flux")
+    with pytest.raises(ConfigError, match="model.family: 'sd3' is not one of sd15, sdxl"):
+        cfg.resolved("sd3")
 
 
 # --- apply_overrides() -----------------------------------------------------------------------

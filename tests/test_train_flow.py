@@ -2,25 +2,30 @@
 that reload in the family's diffusers pipeline, exact resume, and what a family refuses."""
 from __future__ import annotations
 
+import inspect
 import json
+import shutil
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from test_train import config
 from test_train_resume import _run, _same_weights, _start, _wait_for
 
 from lora_lab import Workspace
+from lora_lab.errors import LoraLabError
 from lora_lab.jobdir import JobRecord, list_jobs
-from lora_lab.training.base_model import load_base_model
+from lora_lab.training.base_model import detect_family, load_base_model
 from lora_lab.training.config import ConfigError
+from lora_lab.training.families import get_family
 from lora_lab.training.lora_file import describe_lora
 from lora_lab.training.trainer import Trainer
 
-FAMILIES = ["zimage"]
+FAMILIES = ["zimage", "flux", "chroma"]
 STEPS = 12
 
 
@@ -44,13 +49,31 @@ def test_cli_trains_with_checkpoints_samples_and_ui_files(cli, ws, tiny_flow, tm
     described = describe_lora(out["output"])  # ComfyUI's layout, as `lora-lab lora inspect` reads it
     assert described["format"] == "comfyui" and described["family"] == family
     assert described["modules"]["transformer"] > 0 and described["alphas"] == [16.0]
-    assert described["metadata"]["ss_base_model_version"] == family
+    assert described["ranks"] == [16]  # per projection, where BFL's layout fuses them
+    assert described["metadata"]["ss_base_model_version"] == get_family(family).model_version
     assert described["metadata"]["modelspec.prediction_type"] == "flow"
+
+
+def _diffusers_reads_tiny_bfl(monkeypatch, pipe):
+    """diffusers' converter of BFL-named Flux LoRAs splits a single block's linear1 at FLUX.1's
+    sizes, hard-coded (dims=[3072, 3072, 3072, 12288]); the tiny model's are smaller, so its
+    own code runs with the tiny sizes in their place (test_bfl_names checks the real sizes)."""
+    from diffusers.loaders import lora_conversion_utils, lora_pipeline
+
+    block = pipe.transformer.single_transformer_blocks[0]
+    hidden, mlp = block.attn.to_q.out_features, block.proj_mlp.out_features
+    source = inspect.getsource(lora_conversion_utils._convert_kohya_flux_lora_to_diffusers)
+    assert source.count("dims=[3072, 3072, 3072, 12288]") == 1
+    scope = dict(vars(lora_conversion_utils))
+    exec(compile(source.replace("dims=[3072, 3072, 3072, 12288]", f"dims=[{hidden}] * 3 + [{mlp}]"),
+                 lora_conversion_utils.__file__, "exec"), scope)
+    monkeypatch.setattr(lora_pipeline, "_convert_kohya_flux_lora_to_diffusers",
+                        scope["_convert_kohya_flux_lora_to_diffusers"])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("fmt", ["kohya", "diffusers"])
-def test_the_saved_lora_reproduces_the_trained_model(ws, tiny_flow, family, fmt):
+def test_the_saved_lora_reproduces_the_trained_model(ws, tiny_flow, monkeypatch, family, fmt):
     cfg = config(tiny_flow, family, network={"rank": 4, "alpha": 2, "targets": "attn_mlp"},
                  save={"format": fmt})
     trainer = Trainer(cfg, JobRecord.create("train", {}, ws), ws)
@@ -59,6 +82,8 @@ def test_the_saved_lora_reproduces_the_trained_model(ws, tiny_flow, family, fmt)
     trained = _images(trainer.base.pipeline)
     fresh = load_base_model(str(tiny_flow[family]), family).pipeline
     untouched = _images(fresh)
+    if fmt == "kohya" and get_family(family).file_layout == "bfl":
+        _diffusers_reads_tiny_bfl(monkeypatch, fresh)
     fresh.load_lora_weights(str(result.output))
     assert np.allclose(_images(fresh), trained, atol=1e-5)
     assert not np.allclose(untouched, trained, atol=1e-3)  # the LoRA did something
@@ -82,23 +107,64 @@ def test_kill_9_then_resume_gives_the_same_lora(ws, tiny_flow, tmp_path, family)
     _same_weights(load_file(out["output"]), reference)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("network, message", [
     ({"train_text_encoder": True}, "text encoder is too large to train"),
     ({"targets": "locon"}, "has none, use attn or attn_mlp"),
     ({"dora": True}, "DoRA is saved for SD1.5 and SDXL only"),
 ])
-def test_what_zimage_refuses_before_a_job_exists(cli, ws, tiny_flow, tmp_path, network, message):
-    cfg = config(tiny_flow, "zimage", network=network)
+def test_what_a_family_refuses_before_a_job_exists(cli, ws, tiny_flow, tmp_path, network, message, family):
+    cfg = config(tiny_flow, family, network=network)
     with pytest.raises(ConfigError, match=message):
-        cfg.resolved("zimage")
+        cfg.resolved(family)
     assert message in cli.fails("train", cfg.write(tmp_path / "run.toml"))
     assert not list_jobs(ws)
 
 
-def test_buckets_the_transformer_cannot_take_are_refused(ws, tiny_flow):
-    cfg = config(tiny_flow, "zimage", dataset={"resolution": 128, "max_bucket": 256, "bucket_step": 8})
+@pytest.mark.parametrize("family", FAMILIES)
+def test_buckets_the_transformer_cannot_take_are_refused(ws, tiny_flow, family):
+    cfg = config(tiny_flow, family, dataset={"resolution": 128, "max_bucket": 256, "bucket_step": 8})
     with pytest.raises(Exception, match="sides must be multiples of 16; set dataset.bucket_step"):
         Trainer(cfg, JobRecord.create("train", {}, ws), ws).run()
+
+
+@pytest.mark.parametrize("base, family", [
+    ("black-forest-labs/FLUX.1-dev", "flux"), ("black-forest-labs/FLUX.1-schnell", "flux"),
+    ("lodestones/Chroma1-HD", "chroma"), ("Tongyi-MAI/Z-Image-Turbo", "zimage"),
+])
+def test_the_family_is_read_from_the_folder_or_the_hub_id(tiny_flow, base, family):
+    assert detect_family(str(tiny_flow[family])) == family
+    assert detect_family(base) == family
+
+
+def test_a_flux_single_file_is_refused_with_where_to_get_one(tmp_path):
+    file = tmp_path / "flux1-dev.safetensors"
+    save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(1)}, file)
+    with pytest.raises(LoraLabError, match="FLUX.1 or Chroma checkpoint; lora_lab reads those from a diffusers"):
+        detect_family(str(file))
+
+
+@pytest.fixture
+def tiny_schnell(tiny_flow, tmp_path) -> Path:
+    """The tiny FLUX.1 as [schnell]: no guidance embedding (its weights left unused)."""
+    folder = Path(shutil.copytree(tiny_flow["flux"], tmp_path / "schnell"))
+    config_file = folder / "transformer" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "guidance_embeds": False}))
+    return folder
+
+
+def test_schnell_trains_without_a_guidance_input(ws, tiny_flow, tiny_schnell, monkeypatch):
+    cfg = config({**tiny_flow, "flux": tiny_schnell}, "flux", network={"rank": 4, "targets": "attn_mlp"})
+    trainer = Trainer(cfg, JobRecord.create("train", {}, ws), ws)
+    result = trainer.run()
+    assert trainer.family == "flux" and trainer.objective.guidance is None
+    trainer.models[0].eval()
+    trained = _images(trainer.base.pipeline)
+    fresh = load_base_model(str(tiny_schnell), "flux").pipeline
+    assert not fresh.transformer.config.guidance_embeds
+    _diffusers_reads_tiny_bfl(monkeypatch, fresh)
+    fresh.load_lora_weights(str(result.output))
+    assert np.allclose(_images(fresh), trained, atol=1e-5)
 
 
 def test_a_lora_of_one_family_does_not_load_onto_another(ws, tiny_flow, tiny_models):

@@ -21,7 +21,7 @@ def add_adapters(base: BaseModel, network: NetworkSection, seed: int) -> list[to
     targets = "attn" if network.targets == "attn" else "attn_mlp"
     torch.manual_seed(seed)  # the adapters' initial weights
     conv = spec.conv_targets if network.targets == "locon" else []
-    base.denoiser.add_adapter(_lora_config(network, spec.targets[targets], conv))
+    base.denoiser.add_adapter(_lora_config(network, spec.lora_targets(base.denoiser, targets), conv))
     trained = [base.denoiser]
     if network.train_text_encoder:
         for te in base.text_encoders:

@@ -1,8 +1,10 @@
 """LoRA files: what a training run hands to ComfyUI, A1111 and diffusers.
 
-For the transformer families (Z-Image, ...) the UI layout is ComfyUI's: the diffusers module
-paths under `diffusion_model.`, each with `.lora_A.weight`, `.lora_B.weight` and `.alpha`
-(ComfyUI maps them onto its fused layers; diffusers' loaders read them too).
+For the transformer families the UI layout is ComfyUI's, under `diffusion_model.`: for Z-Image
+the diffusers module paths, each with `.lora_A.weight`, `.lora_B.weight` and `.alpha` (ComfyUI
+maps them onto its fused layers); for Flux.1 and Chroma BFL's own module names, the names of
+ComfyUI's model, with split projections fused (:mod:`.bfl_names`), each with
+`.lora_down.weight`, `.lora_up.weight` and `.alpha`. diffusers' loaders read both.
 
 The default is the kohya layout every UI loads: `lora_unet_<module path with _>` /
 `lora_te_…` (SD1.5) or `lora_te1_…` / `lora_te2_…` (SDXL), each module with `.lora_down.weight`,
@@ -33,6 +35,7 @@ from lora_lab.atomic import write_bytes
 from lora_lab.errors import LoraLabError
 
 from ..buckets import FAMILIES as DEFAULT_BUCKETS
+from .bfl_names import BflNames, block_diagonal_parts, fuse
 from .families import FAMILIES, get_family
 from .kohya_names import ldm_unet_path, unet_naming, uses_ldm_names
 
@@ -153,6 +156,25 @@ def comfyui_state_dict(denoiser: torch.nn.Module, *, adapter_name: str = "defaul
         out[f"{key}.alpha"] = torch.tensor(_kohya_alpha(layer, adapter_name))
     if not out:
         raise ValueError(f"no model carries a LoRA adapter named {adapter_name!r}")
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+
+def bfl_state_dict(denoiser: torch.nn.Module, names: BflNames, *, adapter_name: str = "default"
+                   ) -> dict[str, torch.Tensor]:
+    """ComfyUI's tensors for the adapter on a BFL-style transformer (Flux.1, Chroma):
+    `diffusion_model.<BFL module>` with `.lora_down.weight`, `.lora_up.weight` and `.alpha`,
+    the LoRAs of split projections fused as BFL fuses the layers (see :mod:`.bfl_names`)."""
+    loras = {name: (layer.lora_A[adapter_name].weight.detach(), layer.lora_B[adapter_name].weight.detach(),
+                    _kohya_alpha(layer, adapter_name))
+             for name, layer in _lora_layers(denoiser, adapter_name)}
+    if not loras:
+        raise ValueError(f"no model carries a LoRA adapter named {adapter_name!r}")
+    out: dict[str, torch.Tensor] = {}
+    for module, (down, up, alpha) in fuse(names, loras, lambda n: denoiser.get_submodule(n).out_features).items():
+        key = f"diffusion_model.{module}"
+        out[f"{key}.lora_down.weight"] = down
+        out[f"{key}.lora_up.weight"] = up
+        out[f"{key}.alpha"] = torch.tensor(alpha)
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
@@ -323,8 +345,12 @@ def save_lora(
         raise ValueError(f"family {family!r} takes {len(spec.text_encoders)} text encoders (or none)")
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "kohya":
-        raw = comfyui_state_dict(denoiser, adapter_name=adapter_name) if spec.file_layout == "comfyui" \
-            else kohya_state_dict(denoiser, text_encoders, adapter_name=adapter_name)
+        if spec.file_layout == "bfl":
+            raw = bfl_state_dict(denoiser, spec.bfl_names, adapter_name=adapter_name)
+        elif spec.file_layout == "comfyui":
+            raw = comfyui_state_dict(denoiser, adapter_name=adapter_name)
+        else:
+            raw = kohya_state_dict(denoiser, text_encoders, adapter_name=adapter_name)
         tensors = {k: v if k.endswith(".alpha") else v.to(dtype) for k, v in raw.items()}
         base_meta: dict[str, str] = {}
     elif fmt == "diffusers":
@@ -384,22 +410,38 @@ def _diffusers_alphas(metadata: Mapping[str, str]) -> set[float]:
     return alphas | {float(a) for k, v in config.items() if k.endswith(".alpha_pattern") for a in v.values()}
 
 
+def _fused_parts(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> dict[str, int]:
+    """{key prefix: n} for the LoRAs of a BFL-named file that fuse n LoRAs of one rank and alpha
+    each (as :func:`bfl_state_dict` writes them): its ranks and alphas are reported per LoRA."""
+    spec = next((f for f in FAMILIES.values()
+                 if f.model_version == metadata.get("ss_base_model_version") and f.bfl_names), None)
+    if spec is None:
+        return {}
+    out = {}
+    for key, up in tensors.items():
+        if key.startswith("diffusion_model.") and key.endswith(".lora_up.weight"):
+            prefix = key.removesuffix(".lora_up.weight")
+            out[prefix] = block_diagonal_parts(up, spec.bfl_names.parts(prefix.removeprefix("diffusion_model.")))
+    return out
+
+
 def describe_lora(path: str | os.PathLike) -> dict[str, Any]:
     """What `lora-lab lora inspect` shows: format, family, ranks, alphas, parts, conv, DoRA, metadata,
     and for kohya files the UNet naming ("ldm" as sd-scripts writes SDXL, or "diffusers")."""
     tensors, metadata = read_lora(path)
     fmt = _format(tensors)
     prefixes = {"kohya": _KOHYA_PARTS, "comfyui": _COMFYUI_PARTS}.get(fmt, _DIFFUSERS_PARTS)
+    fused = _fused_parts(tensors, metadata) if fmt == "comfyui" else {}
     parts: dict[str, int] = {"unet": 0, "te1": 0, "te2": 0}
     ranks, conv = set(), 0
     for key, down in tensors.items():
         if key.endswith(_DOWN_SUFFIXES):
             part = next((p for s, p in prefixes.items() if key.startswith(s)), "other")
             parts[part] = parts.get(part, 0) + 1
-            ranks.add(down.shape[0])
+            ranks.add(down.shape[0] // fused.get(key.rsplit(".", 2)[0], 1))
             conv += down.dim() == 4 and tuple(down.shape[2:]) != (1, 1)
-    alphas = {round(v.item(), 6) for k, v in tensors.items() if k.endswith(".alpha")} \
-        if fmt != "diffusers" else _diffusers_alphas(metadata)
+    alphas = {round(v.item() / fused.get(k.removesuffix(".alpha"), 1), 6) for k, v in tensors.items()
+              if k.endswith(".alpha")} if fmt != "diffusers" else _diffusers_alphas(metadata)
     return {
         "path": str(path), "format": fmt, "family": _family(tensors, metadata, parts), "modules": parts,
         "unet_names": unet_naming(tensors) if fmt == "kohya" else None,

@@ -66,7 +66,8 @@ _STEM = dict(pattern=r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,98}[A-Za-z0-9_-])?",
 @dataclass(frozen=True)
 class ModelSection:
     base: str = _f(doc="a diffusers folder, a .safetensors/.ckpt file or a Hub id (org/name)", nonempty=True)
-    family: Literal["auto", "sd15", "sdxl", "zimage"] = _f("auto", "model family; auto detects it from the model")
+    family: Literal["auto", "sd15", "sdxl", "zimage", "flux", "chroma"] = _f(
+        "auto", "model family; auto detects it from the model")
     vae: str = _f("", "a VAE to use instead of the base model's own (empty = its own)")
     config: str = _f("", "for a single-file base: a diffusers folder or Hub id with its configs "
                          "and tokenizers (empty = the SD1.5 / SDXL base repo)")
@@ -81,7 +82,7 @@ class ModelSection:
 class DatasetSection:
     source: str = _f(doc="a dataset name or a folder (kohya N_name subfolders repeat N times)", nonempty=True)
     repeats: int = _f(1, "times each image is seen per epoch", lo=1, hi=10_000)
-    resolution: int = _f(0, "training resolution; 0 = the family's (512 sd15, 1024 sdxl and zimage)", **_SIDE)
+    resolution: int = _f(0, "training resolution; 0 = the family's (512 sd15, 1024 the others)", **_SIDE)
     min_bucket: int = _f(0, "smallest bucket side; 0 = the family's", **_SIDE)
     max_bucket: int = _f(0, "largest bucket side; 0 = the family's", **_SIDE)
     bucket_step: Literal[8, 16, 32, 64] = _f(64, "bucket sides are multiples of this")
@@ -133,7 +134,7 @@ class SaveSection:
                    "the job's date and time; a name another run's LoRA files hold is refused",
                    pattern=f"(?:{_STEM['pattern']})?", what=f"{_STEM['what']} or empty")
     format: Literal["kohya", "diffusers"] = _f("kohya", "kohya: what ComfyUI/A1111/Forge load (ComfyUI's "
-                                               "layout for Z-Image); diffusers: peft keys")
+                                               "layout for Z-Image, Flux, Chroma); diffusers: peft keys")
     every_n_steps: int = _f(0, "also save NAME-000500.safetensors and a resumable checkpoint every "
                             "this many updates; 0 = only at the end", lo=0)
     keep_last: int = _f(3, "resumable checkpoints kept in the job folder; older ones are deleted "

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..bfl_names import BflNames
 from ..sections import DatasetSection, TrainSection
 
 if TYPE_CHECKING:
@@ -50,7 +51,9 @@ class Family(ABC):
     targets: dict[str, list[str]]  # LoRA target modules of the denoiser, by network.targets
     conv_targets: list[str] = field(default_factory=list)  # LoCon's extra targets (UNets only)
     text_encoder_targets: dict[str, list[str]] = field(default_factory=dict)  # empty: not trainable
-    file_layout: str = "kohya"  # what save.format = "kohya" writes: kohya names, or ComfyUI's
+    file_layout: str = "kohya"  # what save.format = "kohya" writes: "kohya" names, or ComfyUI's:
+    # "comfyui" (diffusers module names) or "bfl" (BFL's module names, by the table bfl_names)
+    bfl_names: BflNames | None = None
     hub_names: tuple[str, ...] = ()  # words in a Hub id that name this family
     # what a LoRA file's metadata says of its base, as sd-scripts and the SAI model spec write it
     model_version: str = ""  # ss_base_model_version
@@ -61,6 +64,11 @@ class Family(ABC):
     @property
     def trains_text_encoder(self) -> bool:
         return bool(self.text_encoder_targets)
+
+    def lora_targets(self, denoiser: torch.nn.Module, which: str) -> list[str]:
+        """The target modules of ``denoiser`` for network.targets ``which`` ("attn" or "attn_mlp");
+        a family whose targets depend on the model's size (a block count) says so here."""
+        return self.targets[which]
 
     @abstractmethod
     def encode(self, pipe: Any, captions: list[str], device: torch.device) -> Conditioning:
