@@ -1,5 +1,5 @@
 """Starting points for a training config: the settings kohya and ai-toolkit users reach for
-first on SD1.5, SDXL and Z-Image, and low-VRAM variants that trade speed for memory.
+first on SD1.5, SDXL, Z-Image and Qwen-Image, and low-VRAM variants that trade speed for memory.
 
 A preset is a set of TrainConfig overrides ({table: {key: value}}), with the buckets back at
 the family's defaults (0) so they fit its resolution; the base model, the dataset and the
@@ -57,6 +57,13 @@ _ZIMAGE_BASE = {**_preset("zimage", 1024, 1, True), "sample": {"steps": 30, "gui
 _ZIMAGE_LOW = {**_ZIMAGE_TURBO, "dataset": {**_ZIMAGE_TURBO["dataset"], "resolution": 768},
                "network": {"rank": 16, "alpha": 8.0},
                "train": {**_ZIMAGE_TURBO["train"], "optimizer": "adamw8bit"}}
+# Qwen-Image samples as its model card does: 50 steps, true CFG 4 (negative prompt " "). bf16:
+# its activations pass fp16's range (diffusers clips them there); the 20B transformer's weights
+# alone take about 41 GB in bf16.
+_QWENIMAGE = {**_preset("qwenimage", 1024, 1, True), "sample": {"steps": 50, "guidance": 4.0}}
+_QWENIMAGE_LOW = {**_QWENIMAGE, "dataset": {**_QWENIMAGE["dataset"], "resolution": 768},
+                  "network": {"rank": 16, "alpha": 8.0},
+                  "train": {**_QWENIMAGE["train"], "optimizer": "adamw8bit"}}
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("sd15", "SD 1.5", "512 px, rank 32 / alpha 16, AdamW at 1e-4, batch 2, bf16", _SD15),
     Preset("sd15-lowvram", "SD 1.5, low VRAM (6-8 GB)", "rank 16, batch 1, gradient "
@@ -71,6 +78,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "8-bit AdamW, bf16, gradient checkpointing", _ZIMAGE_LOW),
     Preset("zimage", "Z-Image (base)", "1024 px, rank 32 / alpha 16, AdamW at 1e-4, batch 1, bf16, "
            "gradient checkpointing; samples in 30 steps at guidance 4", _ZIMAGE_BASE),
+    Preset("qwenimage", "Qwen-Image", "1024 px, rank 32 / alpha 16, AdamW at 1e-4, batch 1, bf16, "
+           "gradient checkpointing; samples in 50 steps at true CFG 4", _QWENIMAGE),
+    Preset("qwenimage-lowvram", "Qwen-Image, lower VRAM", "768 px, rank 16, 8-bit AdamW, bf16, "
+           "gradient checkpointing (the bf16 transformer alone takes about 41 GB)", _QWENIMAGE_LOW),
 )}
 
 

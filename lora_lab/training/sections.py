@@ -66,7 +66,8 @@ _STEM = dict(pattern=r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,98}[A-Za-z0-9_-])?",
 @dataclass(frozen=True)
 class ModelSection:
     base: str = _f(doc="a diffusers folder, a .safetensors/.ckpt file or a Hub id (org/name)", nonempty=True)
-    family: Literal["auto", "sd15", "sdxl", "zimage"] = _f("auto", "model family; auto detects it from the model")
+    family: Literal["auto", "sd15", "sdxl", "zimage", "qwenimage"] = _f(
+        "auto", "model family; auto detects it from the model")
     vae: str = _f("", "a VAE to use instead of the base model's own (empty = its own)")
     config: str = _f("", "for a single-file base: a diffusers folder or Hub id with its configs "
                          "and tokenizers (empty = the SD1.5 / SDXL base repo)")
@@ -79,7 +80,7 @@ class ModelSection:
 class DatasetSection:
     source: str = _f(doc="a dataset name or a folder (kohya N_name subfolders repeat N times)", nonempty=True)
     repeats: int = _f(1, "times each image is seen per epoch", lo=1, hi=10_000)
-    resolution: int = _f(0, "training resolution; 0 = the family's (512 sd15, 1024 sdxl and zimage)", **_SIDE)
+    resolution: int = _f(0, "training resolution; 0 = the family's (512 sd15, 1024 the others)", **_SIDE)
     min_bucket: int = _f(0, "smallest bucket side; 0 = the family's", **_SIDE)
     max_bucket: int = _f(0, "largest bucket side; 0 = the family's", **_SIDE)
     bucket_step: Literal[8, 16, 32, 64] = _f(64, "bucket sides are multiples of this")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from ...errors import LoraLabError
 from .base import Batch, Conditioning, Family, Objective
+from .qwenimage import QWENIMAGE
 from .sd import SD15, SDXL
 from .zimage import ZIMAGE
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL, ZIMAGE)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL, ZIMAGE, QWENIMAGE)}
 
 
 def get_family(name: str) -> Family:

@@ -51,6 +51,7 @@ class Family(ABC):
     conv_targets: list[str] = field(default_factory=list)  # LoCon's extra targets (UNets only)
     text_encoder_targets: dict[str, list[str]] = field(default_factory=dict)  # empty: not trainable
     file_layout: str = "kohya"  # what save.format = "kohya" writes: kohya names, or ComfyUI's
+    vae_class: str = "AutoencoderKL"  # the diffusers class model.vae is loaded as
     hub_names: tuple[str, ...] = ()  # words in a Hub id that name this family
     # what a LoRA file's metadata says of its base, as sd-scripts and the SAI model spec write it
     model_version: str = ""  # ss_base_model_version
@@ -77,6 +78,15 @@ class Family(ABC):
             else:
                 joined.append(torch.cat(items))
         return tuple(joined)
+
+    def untrained_modules(self, denoiser: torch.nn.Module) -> list[str]:
+        """Full names of target modules to leave out: those whose output the loss never sees,
+        whose LoRA would get no gradient."""
+        return []
+
+    def sample_kwargs(self, guidance: float, negative: str) -> dict[str, Any]:
+        """The pipeline call's guidance arguments for sample.guidance and sample.negative."""
+        return {"guidance_scale": guidance, "negative_prompt": negative or None}
 
     @abstractmethod
     def objective(self, pipe: Any, train: TrainSection, prediction: str) -> Objective:
