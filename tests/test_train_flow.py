@@ -25,8 +25,11 @@ from lora_lab.training.families import get_family
 from lora_lab.training.lora_file import describe_lora
 from lora_lab.training.trainer import Trainer
 
-FAMILIES = ["zimage", "flux", "chroma"]
+FAMILIES = ["zimage", "flux", "chroma", "qwenimage"]
 STEPS = 12
+# The tiny Qwen-Image's modulation gates are small (~0.1): 4 steps at 1e-3 move its images by
+# ~3e-4 only, under what the reload test takes for "the LoRA did something"
+LR = {"qwenimage": 1e-2}
 
 
 def _images(pipe, prompt="sks, a red circle"):
@@ -75,7 +78,7 @@ def _diffusers_reads_tiny_bfl(monkeypatch, pipe):
 @pytest.mark.parametrize("fmt", ["kohya", "diffusers"])
 def test_the_saved_lora_reproduces_the_trained_model(ws, tiny_flow, monkeypatch, family, fmt):
     cfg = config(tiny_flow, family, network={"rank": 4, "alpha": 2, "targets": "attn_mlp"},
-                 save={"format": fmt})
+                 save={"format": fmt}, train={"lr": LR.get(family, 1e-3)})
     trainer = Trainer(cfg, JobRecord.create("train", {}, ws), ws)
     result = trainer.run()
     trainer.models[0].eval()
@@ -167,6 +170,43 @@ def test_schnell_trains_without_a_guidance_input(ws, tiny_flow, tiny_schnell, mo
     assert np.allclose(_images(fresh), trained, atol=1e-5)
 
 
+def test_qwenimage_is_detected_and_read_from_folders_and_hub_ids_only(tiny_flow, tmp_path):
+    assert detect_family(str(tiny_flow["qwenimage"])) == "qwenimage"
+    assert detect_family("Qwen/Qwen-Image") == "qwenimage"
+    vae = load_base_model(str(tiny_flow["qwenimage"]), "qwenimage", vae=str(tiny_flow["qwenimage"] / "vae"))
+    assert type(vae.pipeline.vae).__name__ == "AutoencoderKLQwenImage"  # model.vae: the family's VAE class
+    single = tmp_path / "qwen_image_bf16.safetensors"
+    single.write_bytes(b"")
+    with pytest.raises(LoraLabError, match="a Qwen-Image model is read from a diffusers folder or a Hub id"):
+        load_base_model(str(single), "qwenimage")
+
+
+def test_qwenimage_latents_and_every_adapted_module_learn(ws, tiny_flow):
+    """Qwen-Image's video VAE takes one frame and gives 4-D latents (cached like any other);
+    in its last block the text stream's output is unused, and what only it reads is not
+    adapted, so every LoRA weight gets a gradient from a batch of unequal captions."""
+    cfg = config(tiny_flow, "qwenimage", network={"rank": 4, "targets": "attn_mlp"},
+                 train={"batch_size": 2})
+    trainer = Trainer(cfg, JobRecord.create("train", {}, ws), ws)
+    trainer.load_data()
+    trainer.load_model()
+    trainer.cache()
+    image, bucket = trainer.images[0], trainer.buckets[0]
+    cached = trainer.latents.params(image, bucket, False)
+    assert cached.shape == (32, bucket[1] // 8, bucket[0] // 8)
+    assert torch.allclose(cached, trainer.latents.encode([image], bucket, [False])[0].cpu())
+    last = len(trainer.base.denoiser.transformer_blocks) - 1
+    adapted = {n.split(".lora_")[0] for n, _ in trainer.base.denoiser.named_parameters() if ".lora_A." in n}
+    assert f"transformer_blocks.{last}.attn.to_add_out" not in adapted
+    assert f"transformer_blocks.{last}.attn.add_k_proj" in adapted and "transformer_blocks.0.txt_mlp.net.2" in adapted
+    samples = trainer.plan.samples(0, trainer.rules)
+    assert len({len(trainer.text_cache[s.caption][0][0]) for s in samples}) == 2, "captions of unequal length"
+    trainer.micro_batch_loss(0).backward()
+    params = {n: p for n, p in trainer.base.denoiser.named_parameters() if p.requires_grad}
+    assert params and all(p.grad is not None for p in params.values())
+    assert [n for n, p in params.items() if "lora_B" in n and not p.grad.abs().sum()] == []
+
+
 def test_a_lora_of_one_family_does_not_load_onto_another(ws, tiny_flow, tiny_models):
     cfg = config(tiny_flow, "zimage", network={"rank": 4})
     output = Trainer(cfg, JobRecord.create("train", {}, ws), ws).run().output
@@ -210,3 +250,17 @@ def test_a_training_adapter_that_does_not_fit_is_refused(cli, ws, tiny_flow, tin
     cfg = config(tiny_flow, "zimage", model={"adapter": str(tmp_path / adapter)})
     assert message in cli.fails("train", cfg.write(tmp_path / "run.toml"))
     assert not list_jobs(ws)
+
+
+def test_qwenimage_samples_with_true_cfg(ws, tiny_flow):
+    """sample.guidance is Qwen-Image's true CFG, run with the model card's negative prompt " "."""
+    sample = {"every_n_steps": 2, "prompts": ["sks, a red circle"], "steps": 2, "guidance": 4.0}
+    cfg = config(tiny_flow, "qwenimage", network={"rank": 4}, train={"max_steps": 2}, sample=sample)
+    trainer = Trainer(cfg, JobRecord.create("train", {}, ws), ws)
+    fresh = load_base_model(str(tiny_flow["qwenimage"]), "qwenimage").pipeline
+    fresh.load_lora_weights(str(trainer.run().output))
+    expected = np.asarray(fresh("sks, a red circle", num_inference_steps=2, true_cfg_scale=4.0,
+                                negative_prompt=" ", width=64, height=64,
+                                generator=torch.Generator().manual_seed(0)).images[0])
+    shown = np.asarray(Image.open(trainer.job.path / "samples" / "step-000002-0.png"))
+    assert np.abs(shown.astype(int) - expected.astype(int)).max() <= 2

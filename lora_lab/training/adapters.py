@@ -21,7 +21,8 @@ def add_adapters(base: BaseModel, network: NetworkSection, seed: int) -> list[to
     targets = "attn" if network.targets == "attn" else "attn_mlp"
     torch.manual_seed(seed)  # the adapters' initial weights
     conv = spec.conv_targets if network.targets == "locon" else []
-    base.denoiser.add_adapter(_lora_config(network, spec.lora_targets(base.denoiser, targets), conv))
+    base.denoiser.add_adapter(_lora_config(network, spec.lora_targets(base.denoiser, targets), conv,
+                                           spec.untrained_modules(base.denoiser)))
     trained = [base.denoiser]
     if network.train_text_encoder:
         for te in base.text_encoders:
@@ -80,14 +81,16 @@ def inject_lora(model: torch.nn.Module, config) -> None:
     model.peft_config = {"default": config}  # where the LoRA writers read rank and alpha
 
 
-def _lora_config(n: NetworkSection, targets: list[str], conv: list[str] | None = None):
-    """``conv``: LoCon's convolution targets, at network.conv_rank."""
+def _lora_config(n: NetworkSection, targets: list[str], conv: list[str] | None = None,
+                 exclude: list[str] | None = None):
+    """``conv``: LoCon's convolution targets, at network.conv_rank; ``exclude``: full module
+    names left out."""
     from peft import LoraConfig
 
     ranks = {name: n.conv_rank for name in conv or []}
     return LoraConfig(r=n.rank, lora_alpha=n.alpha, lora_dropout=n.dropout, use_dora=n.dora,
                       target_modules=targets + list(conv or []), rank_pattern=ranks,
-                      alpha_pattern={k: conv_alpha(n) for k in ranks})
+                      alpha_pattern={k: conv_alpha(n) for k in ranks}, exclude_modules=exclude or None)
 
 
 def conv_alpha(n: NetworkSection) -> float:

@@ -179,7 +179,7 @@ def load_base_model(base: str, family: str, vae: str = "", config: str = "") -> 
         # they nor the image processor feeding them are loaded.
         extra.update(feature_extractor=None, image_encoder=None)
     if vae:
-        extra["vae"] = _load_vae(vae)
+        extra["vae"] = _load_vae(vae, spec.vae_class)
     if family == "sd15":
         extra.update(safety_checker=None, requires_safety_checker=False)
     if path.is_file() and family not in SINGLE_FILE_CONFIGS:
@@ -225,14 +225,15 @@ def _check_complete(pipe, base: str) -> None:
             raise LoraLabError(f"model.base: {base} lacks the weights of its {name}{hint}")
 
 
-def _load_vae(vae: str):
-    from diffusers import AutoencoderKL
+def _load_vae(vae: str, class_name: str = "AutoencoderKL"):
+    import diffusers
 
+    cls = getattr(diffusers, class_name)
     path = Path(vae).expanduser()
     try:
         if path.is_file():
-            return AutoencoderKL.from_single_file(str(path))
-        return AutoencoderKL.from_pretrained(str(path) if path.exists() else vae)
+            return cls.from_single_file(str(path))
+        return cls.from_pretrained(str(path) if path.exists() else vae)
     except (OSError, ValueError) as e:
         raise LoraLabError(f"model.vae: cannot load {vae}: {str(e).splitlines()[0]}") from None
 

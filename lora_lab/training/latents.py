@@ -56,6 +56,7 @@ class LatentEncoder:
         self.vae = vae
         # read once: a diffusers model walks all its modules to answer .device or .dtype
         self.device, self.dtype = vae.device, vae.dtype
+        self.frames = takes_frames(vae)
         self.cache_dir = cache_dir
         self.fingerprint = vae_fingerprint(vae) if cache_dir else ""
         self.hits = self.misses = 0
@@ -90,9 +91,18 @@ class LatentEncoder:
     @torch.no_grad()
     def encode(self, images: list[TrainImage], bucket: tuple[int, int],
                flips: list[bool]) -> torch.Tensor:
-        """Latent distributions, left on the VAE's device."""
+        """Latent distributions, left on the VAE's device; (B, 2C, H, W) from a video VAE too."""
         pixels = torch.stack([load_pixels(image, bucket, flip) for image, flip in zip(images, flips)])
-        return self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist.parameters.float()
+        pixels = pixels.to(self.device, self.dtype)
+        if self.frames:
+            return self.vae.encode(pixels.unsqueeze(2)).latent_dist.parameters.squeeze(2).float()
+        return self.vae.encode(pixels).latent_dist.parameters.float()
+
+
+def takes_frames(vae: torch.nn.Module) -> bool:
+    """Whether ``vae`` is a video VAE (Qwen-Image's, Wan's): 3-D convolutions, input (B, C, T, H, W),
+    an image being one frame."""
+    return any(isinstance(m, torch.nn.Conv3d) for m in vae.encoder.modules())
 
 
 def sample_latents(params: torch.Tensor, generator: torch.Generator, scaling: float,

@@ -199,7 +199,11 @@ def _diffusers_tensors(path: Path, denoiser, text_encoders, family: str, dtype, 
         if name != spec.denoiser:
             tensors = {_diffusers_te_key(model, k): v for k, v in tensors.items()}
         kwargs[f"{name}_lora_layers"] = {k: v.detach().to("cpu", dtype).contiguous() for k, v in tensors.items()}
-        kwargs[f"{name}_lora_adapter_metadata"] = model.peft_config[adapter_name].to_dict()
+        config = model.peft_config[adapter_name].to_dict()
+        if config.get("exclude_modules"):  # diffusers' loader warns unless the targets match the tensors
+            config |= {"target_modules": sorted({k.rsplit(".lora_", 1)[0] for k in tensors}),
+                       "exclude_modules": None}
+        kwargs[f"{name}_lora_adapter_metadata"] = config
     if not kwargs:
         raise ValueError(f"no model carries a LoRA adapter named {adapter_name!r}")
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:

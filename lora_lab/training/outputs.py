@@ -50,9 +50,9 @@ class TrainerOutputs:
         for i, prompt in enumerate(s.prompts):
             g = torch.Generator().manual_seed(s.seed + i)
             with torch.no_grad():
-                image = self.base.pipeline(prompt, negative_prompt=s.negative or None,
-                                           num_inference_steps=s.steps, guidance_scale=s.guidance,
-                                           width=s.width, height=s.height, generator=g).images[0]
+                image = self.base.pipeline(prompt, num_inference_steps=s.steps, width=s.width,
+                                           height=s.height, generator=g,
+                                           **self.base.spec.sample_kwargs(s.guidance, s.negative)).images[0]
             path = folder / f"step-{step:06d}-{i}.png"
             atomic.write_bytes(path, _png(image))
             self.emit({"type": "sample", "step": step, "prompt": prompt,

@@ -1,5 +1,6 @@
 """Starting points for a training config: the settings kohya and ai-toolkit users reach for
-first on SD1.5, SDXL, Z-Image, FLUX.1 and Chroma, and low-VRAM variants that trade speed for memory.
+first on SD1.5, SDXL, Z-Image, FLUX.1, Chroma and Qwen-Image, and low-VRAM variants that trade
+speed for memory.
 
 A preset is a set of TrainConfig overrides ({table: {key: value}}), with the buckets back at
 the family's defaults (0) so they fit its resolution; the base model, the dataset and the
@@ -55,26 +56,30 @@ _SD15, _SDXL = _preset("sd15", 512, 2, False), _preset("sdxl", 1024, 1, True)
 # presets have them. bf16 in both: the transformer overflows in fp16.
 _ZIMAGE_TURBO = {**_preset("zimage", 1024, 1, True), "sample": {"steps": 8, "guidance": 0.0}}
 _ZIMAGE_BASE = {**_preset("zimage", 1024, 1, True), "sample": {"steps": 30, "guidance": 4.0}}
-_ZIMAGE_LOW = {**_ZIMAGE_TURBO, "model": {**_ZIMAGE_TURBO["model"], "quantize": "int8"},
-               "dataset": {**_ZIMAGE_TURBO["dataset"], "resolution": 768},
-               "network": {"rank": 16, "alpha": 8.0},
-               "train": {**_ZIMAGE_TURBO["train"], "optimizer": "adamw8bit"}}
+
+
+def _flow_low_vram(overrides: dict[str, dict[str, Any]], resolution: int, rank: int,
+                   alpha: float) -> dict[str, dict[str, Any]]:
+    """A transformer family's low-VRAM variant: its weights stored in int8 (half of bf16),
+    8-bit AdamW, a smaller rank and resolution."""
+    return {**overrides, "model": {**overrides["model"], "quantize": "int8"},
+            "dataset": {**overrides["dataset"], "resolution": resolution},
+            "network": {"rank": rank, "alpha": alpha},
+            "train": {**overrides["train"], "optimizer": "adamw8bit"}}
+
+
 # FLUX.1 [dev] samples as its model card does (50 steps, embedded guidance 3.5), [schnell] in 4
 # steps without guidance; Chroma1-HD in 40 steps at real CFG 3 with the card's negative prompt.
-# The low-VRAM variants train at 512 px: the transformer's 12B bf16 weights (24 GB) stay.
 _FLUX_DEV = {**_preset("flux", 1024, 1, True), "network": {"rank": 16, "alpha": 16.0},
              "sample": {"steps": 50, "guidance": 3.5}}
 _FLUX_SCHNELL = {**_FLUX_DEV, "sample": {"steps": 4, "guidance": 0.0}}
 _CHROMA = {**_preset("chroma", 1024, 1, True), "network": {"rank": 16, "alpha": 16.0},
            "sample": {"steps": 40, "guidance": 3.0, "negative": "low quality, ugly, unfinished, out of focus, "
                       "deformed, disfigure, blurry, smudged, restricted palette, flat colors"}}
-
-
-def _flow_low_vram(overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {**overrides, "dataset": {**overrides["dataset"], "resolution": 512},
-            "network": {"rank": 8, "alpha": 8.0}, "train": {**overrides["train"], "optimizer": "adamw8bit"}}
-
-
+# Qwen-Image samples as its model card does: 50 steps, true CFG 4 (negative prompt " "). bf16:
+# its activations pass fp16's range (diffusers clips them there); the 20B transformer's weights
+# alone take about 41 GB in bf16, 20 GB in int8.
+_QWENIMAGE = {**_preset("qwenimage", 1024, 1, True), "sample": {"steps": 50, "guidance": 4.0}}
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("sd15", "SD 1.5", "512 px, rank 32 / alpha 16, AdamW at 1e-4, batch 2, bf16", _SD15),
     Preset("sd15-lowvram", "SD 1.5, low VRAM (6-8 GB)", "rank 16, batch 1, gradient "
@@ -86,19 +91,25 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("zimage-turbo", "Z-Image Turbo", "1024 px, rank 32 / alpha 16, AdamW at 1e-4, batch 1, "
            "bf16, gradient checkpointing; samples in 8 steps without guidance", _ZIMAGE_TURBO),
     Preset("zimage-turbo-lowvram", "Z-Image Turbo, low VRAM (16-24 GB)", "768 px, rank 16, "
-           "transformer stored in int8, 8-bit AdamW, bf16, gradient checkpointing", _ZIMAGE_LOW),
+           "transformer stored in int8, 8-bit AdamW, bf16, gradient checkpointing",
+           _flow_low_vram(_ZIMAGE_TURBO, 768, 16, 8.0)),
     Preset("zimage", "Z-Image (base)", "1024 px, rank 32 / alpha 16, AdamW at 1e-4, batch 1, bf16, "
            "gradient checkpointing; samples in 30 steps at guidance 4", _ZIMAGE_BASE),
     Preset("flux-dev", "FLUX.1 [dev]", "1024 px, rank 16 / alpha 16, AdamW at 1e-4, batch 1, bf16, "
            "gradient checkpointing; samples in 50 steps at guidance 3.5", _FLUX_DEV),
-    Preset("flux-dev-lowvram", "FLUX.1 [dev], less VRAM (still 24 GB of weights)", "512 px, rank 8, "
-           "8-bit AdamW, bf16, gradient checkpointing", _flow_low_vram(_FLUX_DEV)),
+    Preset("flux-dev-lowvram", "FLUX.1 [dev], low VRAM (24 GB)", "512 px, rank 8, transformer stored "
+           "in int8 (12 GB), 8-bit AdamW, bf16, gradient checkpointing", _flow_low_vram(_FLUX_DEV, 512, 8, 8.0)),
     Preset("flux-schnell", "FLUX.1 [schnell]", "as flux-dev; samples in 4 steps without guidance (train it "
            "through a training adapter, model.adapter)", _FLUX_SCHNELL),
     Preset("chroma", "Chroma", "1024 px, rank 16 / alpha 16, AdamW at 1e-4, batch 1, bf16, gradient "
            "checkpointing; samples in 40 steps at guidance 3 with a negative prompt", _CHROMA),
-    Preset("chroma-lowvram", "Chroma, less VRAM", "512 px, rank 8, 8-bit AdamW, bf16, gradient checkpointing",
-           _flow_low_vram(_CHROMA)),
+    Preset("chroma-lowvram", "Chroma, low VRAM (24 GB)", "512 px, rank 8, transformer stored in int8, "
+           "8-bit AdamW, bf16, gradient checkpointing", _flow_low_vram(_CHROMA, 512, 8, 8.0)),
+    Preset("qwenimage", "Qwen-Image", "1024 px, rank 32 / alpha 16, AdamW at 1e-4, batch 1, bf16, "
+           "gradient checkpointing; samples in 50 steps at true CFG 4", _QWENIMAGE),
+    Preset("qwenimage-lowvram", "Qwen-Image, lower VRAM (32 GB and up)", "768 px, rank 16, transformer "
+           "stored in int8 (20 GB), 8-bit AdamW, bf16, gradient checkpointing",
+           _flow_low_vram(_QWENIMAGE, 768, 16, 8.0)),
 )}
 
 

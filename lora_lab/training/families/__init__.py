@@ -6,10 +6,11 @@ from ...errors import LoraLabError
 from .base import Batch, Conditioning, Family, Objective
 from .chroma import CHROMA
 from .flux import FLUX
+from .qwenimage import QWENIMAGE
 from .sd import SD15, SDXL
 from .zimage import ZIMAGE
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL, ZIMAGE, FLUX, CHROMA)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL, ZIMAGE, FLUX, CHROMA, QWENIMAGE)}
 
 
 def get_family(name: str) -> Family:

@@ -54,6 +54,7 @@ class Family(ABC):
     file_layout: str = "kohya"  # what save.format = "kohya" writes: "kohya" names, or ComfyUI's:
     # "comfyui" (diffusers module names) or "bfl" (BFL's module names, by the table bfl_names)
     bfl_names: BflNames | None = None
+    vae_class: str = "AutoencoderKL"  # the diffusers class model.vae is loaded as
     hub_names: tuple[str, ...] = ()  # words in a Hub id that name this family
     # what a LoRA file's metadata says of its base, as sd-scripts and the SAI model spec write it
     model_version: str = ""  # ss_base_model_version
@@ -85,6 +86,15 @@ class Family(ABC):
             else:
                 joined.append(torch.cat(items))
         return tuple(joined)
+
+    def untrained_modules(self, denoiser: torch.nn.Module) -> list[str]:
+        """Full names of target modules to leave out: those whose output the loss never sees,
+        whose LoRA would get no gradient."""
+        return []
+
+    def sample_kwargs(self, guidance: float, negative: str) -> dict[str, Any]:
+        """The pipeline call's guidance arguments for sample.guidance and sample.negative."""
+        return {"guidance_scale": guidance, "negative_prompt": negative or None}
 
     @abstractmethod
     def objective(self, pipe: Any, train: TrainSection, prediction: str) -> Objective:
