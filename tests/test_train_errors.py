@@ -77,10 +77,12 @@ def test_sizes_the_model_cannot_take(ws, tiny_models, tmp_path):
           "does not fit this model: sides must be multiples of 16")
 
 
-def test_missing_optimizer_package_and_fp16_on_cpu(ws, tiny_models):
+def test_missing_optimizer_package_and_fp16_or_fp8_on_cpu(ws, tiny_models):
     fails(ws, config(tiny_models, train={"optimizer": "prodigy"}),
           "needs the prodigyopt package")
     fails(ws, config(tiny_models, train={"mixed_precision": "fp16"}), "fp16 needs a CUDA GPU")
+    fails(ws, config(tiny_models, model={"quantize": "fp8"}),
+          "model.quantize: fp8 needs a GPU with fp8 support .*; use int8, which runs anywhere")
 
 
 def test_nan_loss_stops_before_the_update(ws, tiny_models, tmp_path):

@@ -1,6 +1,7 @@
-"""The memory options a 24 GB card needs, on the tiny models: a frozen base stored in 8 bits
+"""The memory options a 24 GB card needs, on the tiny models: a frozen base stored in int8
 (torchao), the 8-bit AdamW (bitsandbytes), both through exact resume, and what is refused
-before a job exists when a package is missing or a setting cannot go with them."""
+before a job exists when a package is missing or a setting cannot go with them (fp8 on a CPU:
+test_train_errors)."""
 from __future__ import annotations
 
 import importlib.util
@@ -41,14 +42,13 @@ def _train(ws, models, family, quantize):
 
 
 @pytest.mark.parametrize("family", ["sd15", "zimage"])
-@pytest.mark.parametrize("mode", ["int8", "fp8"])
-def test_a_base_stored_in_8_bits_trains_nearly_the_same_lora(ws, tiny_models, tiny_flow, family, mode):
+def test_a_base_stored_in_int8_trains_nearly_the_same_lora(ws, tiny_models, tiny_flow, family):
     models = {**tiny_models, **tiny_flow}
     plain, plain_out = _train(ws, models, family, "none")
-    quant, quant_out = _train(ws, models, family, mode)
+    quant, quant_out = _train(ws, models, family, "int8")
     frozen = {type(m.weight).__name__: m.weight for m in quant.base.denoiser.modules()
               if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad}
-    assert set(frozen) == {"Int8Tensor" if mode == "int8" else "Float8Tensor"}
+    assert set(frozen) == {"Int8Tensor"}
     linears = [(m.weight, q.weight) for m, q in zip(plain.base.denoiser.modules(),
                                                      quant.base.denoiser.modules())
                if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad]

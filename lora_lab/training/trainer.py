@@ -83,6 +83,9 @@ class Trainer(TrainerOutputs):
         check_package("model.quantize", self.cfg.model.quantize)
         if t.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise LoraLabError("train.mixed_precision: fp16 needs a CUDA GPU; use no or bf16")
+        if self.cfg.model.quantize == "fp8" and not _has_fp8():
+            raise LoraLabError("model.quantize: fp8 needs a GPU with fp8 support (compute capability "
+                               "8.9 or later: Ada, Hopper, Blackwell); use int8, which runs anywhere")
 
     def load_data(self) -> None:
         self.phase("loading dataset")
@@ -347,6 +350,10 @@ class Trainer(TrainerOutputs):
         for key in ("every_n_steps", "keep_last"):
             d["save"].pop(key)
         return f"{stable_seed(d, self.acc.num_processes, torch.get_num_threads()):08x}"
+
+def _has_fp8() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+
 
 def _rng_state() -> dict[str, torch.Tensor]:
     """The global generators LoRA dropout draws from (everything else is seeded per draw)."""
