@@ -1,5 +1,6 @@
-"""Training the flow-matching families on their tiny models: the CLI run and its records, files
-that reload in the family's diffusers pipeline, exact resume, and what a family refuses."""
+"""Training the flow-matching families on their tiny models: the CLI run and its records, a
+background job through the pipeline notebook, files that reload in the family's diffusers
+pipeline, exact resume, and what a family refuses."""
 from __future__ import annotations
 
 import inspect
@@ -8,17 +9,21 @@ import shutil
 import signal
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from test_jobs import ended, wait_until
+from test_notebooks import TRAIN_NB, outputs
 from test_train import config
 from test_train_resume import _run, _same_weights, _start, _wait_for
 
 from lora_lab import Workspace
 from lora_lab.errors import LoraLabError
-from lora_lab.jobdir import JobRecord, list_jobs
+from lora_lab.jobdir import JobRecord, list_jobs, open_job
+from lora_lab.jobdir.record import pid_alive
 from lora_lab.training.base_model import detect_family, load_base_model
 from lora_lab.training.config import ConfigError
 from lora_lab.training.families import get_family
@@ -55,6 +60,22 @@ def test_cli_trains_with_checkpoints_samples_and_ui_files(cli, ws, tiny_flow, tm
     assert described["ranks"] == [16]  # per projection, where BFL's layout fuses them
     assert described["metadata"]["ss_base_model_version"] == get_family(family).model_version
     assert described["metadata"]["modelspec.prediction_type"] == "flow"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_background_job_trains_it_through_the_pipeline_notebook(cli, ws, tiny_flow, tmp_path, family):
+    path = config(tiny_flow, family, train={"max_steps": 2},
+                  sample={"every_n_steps": 2, "prompts": ["sks, a red circle"], "steps": 2}
+                  ).write(tmp_path / "run.toml")
+    out = json.loads(cli("jobs", "submit", "train", path, "--set", f"save.name={family}-job",
+                         "--notebook", TRAIN_NB, "--json")[1])
+    job = open_job(out["id"], ws)
+    assert wait_until(job, ended)["state"] == "succeeded", job.log_path.read_text()
+    wait_until(job, lambda v: not pid_alive(v["pgid"]))  # papermill saves the notebook last
+    markdown = "\n".join(outputs(nbformat.read(job.path / "run.ipynb", as_version=4), "text/markdown"))
+    lora = ws.loras / f"{family}-job.safetensors"
+    assert f"| LoRA | `{lora}`" in markdown and "**step 2**: sks, a red circle" in markdown
+    assert describe_lora(lora)["family"] == family
 
 
 def _diffusers_reads_tiny_bfl(monkeypatch, pipe):
