@@ -188,3 +188,15 @@ def test_sample_prompts_and_their_interval_default_from_the_dataset_until_edited
     launcher.fields["dataset.trigger"].value = "sks"
     assert launcher.fields["sample.every_n_steps"].value == 500
     assert launcher.values()["sample"]["prompts"] == ["shp, a red circle"]
+
+
+def test_the_preset_follows_the_base_models_family_until_the_user_picks_one(ws, tiny_models):
+    launcher = TrainingLauncher(str(tiny_models["samples"]), str(tiny_models["sdxl"]), workspace=ws,
+                                autostart=False)
+    assert launcher.preset.value == "sdxl" and launcher.fields["dataset.resolution"].value == 1024
+    launcher.fields["model.base"].value = str(tiny_models["sd15"])
+    assert launcher.preset.value == "sd15" and "SD 1.5 changed" in launcher.preset_changes.value
+    launcher.preset.value = "sd15-lowvram"  # the user's choice from now on
+    launcher.fields["model.base"].value = str(tiny_models["sdxl_file"])
+    assert launcher.preset.value == "sd15-lowvram"
+    assert "model.family" in launcher.problems  # the preset's sd15 against an SDXL model, said

@@ -19,6 +19,8 @@ from test_jobs import ended, wait_until
 from test_notebooks import TRAIN_NB, outputs
 from test_train import config
 from test_train_resume import _run, _same_weights, _start, _wait_for
+from test_widgets_jobs import ended as monitor_ended
+from test_widgets_jobs import follow, state, tiny_form
 
 from lora_lab import Workspace
 from lora_lab.errors import LoraLabError
@@ -28,7 +30,9 @@ from lora_lab.training.base_model import detect_family, load_base_model
 from lora_lab.training.config import ConfigError
 from lora_lab.training.families import get_family
 from lora_lab.training.lora_file import describe_lora
+from lora_lab.training.presets import preset_for
 from lora_lab.training.trainer import Trainer
+from lora_lab.widgets import TrainingLauncher
 
 FAMILIES = ["zimage", "flux", "chroma", "qwenimage"]
 STEPS = 12
@@ -76,6 +80,22 @@ def test_a_background_job_trains_it_through_the_pipeline_notebook(cli, ws, tiny_
     lora = ws.loras / f"{family}-job.safetensors"
     assert f"| LoRA | `{lora}`" in markdown and "**step 2**: sks, a red circle" in markdown
     assert describe_lora(lora)["family"] == family
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_launcher_takes_its_preset_and_trains_it(ws, tiny_flow, tiny_models, family):
+    launcher = TrainingLauncher(str(tiny_flow["samples"]), str(tiny_models["sd15"]), workspace=ws,
+                                autostart=False)
+    assert launcher.preset.value == "sd15"
+    launcher.fields["model.base"].value = str(tiny_flow[family])  # picked: its family's preset follows
+    assert launcher.preset.value == preset_for(family) != "sd15"
+    assert launcher.fields["model.family"].value == family
+    tiny_form(launcher, **{"sample.every_n_steps": 0})
+    assert launcher.problems == {}, launcher.problems
+    launcher.train_button.click()
+    monitor = follow(launcher.monitor, monitor_ended)
+    assert state(monitor) == "succeeded", monitor.job.log_path.read_text()
+    assert describe_lora(ws.loras / "from_panel.safetensors")["family"] == family
 
 
 def _diffusers_reads_tiny_bfl(monkeypatch, pipe):

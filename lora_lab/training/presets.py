@@ -113,6 +113,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 )}
 
 
+def preset_for(family: str) -> str:
+    """The name of ``family``'s default preset (its first one); sd15's for a family with none."""
+    return next((p.name for p in PRESETS.values() if p.overrides["model"]["family"] == family), "sd15")
+
+
 def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]

@@ -22,10 +22,10 @@ from ..datasets.dataset import list_datasets
 from ..errors import LoraLabError
 from ..jobdir import JobRecord
 from ..jobs import check_params, submit
-from ..training.base_model import local_models
+from ..training.base_model import detect_family, local_models
 from ..training.config import ConfigError, TrainConfig
 from ..training.data import ImageSize, measure_images, source_captions, steps_for
-from ..training.presets import PRESETS, preset_config, sample_every, sample_prompts
+from ..training.presets import PRESETS, preset_config, preset_for, sample_every, sample_prompts
 from ..training.sections import show_value
 from ..workspace import Workspace
 from .common import COLORS, Notice, reporting, workspace_of
@@ -73,7 +73,7 @@ class TrainingLauncher(widgets.VBox):
     submitted job and ``.monitor`` follows it (its poller off with ``autostart=False``).
     """
 
-    def __init__(self, dataset: str | None = None, base: str | None = None, preset: str = "sd15",
+    def __init__(self, dataset: str | None = None, base: str | None = None, preset: str | None = None,
                  workspace: Workspace | str | None = None, autostart: bool = True):
         super().__init__()
         self.add_class("lora-lab-launcher")
@@ -89,6 +89,9 @@ class TrainingLauncher(widgets.VBox):
         self._captions: dict[tuple[str, str], list[str]] = {}  # (source, extension) -> captions
         self._prompts_for: tuple[str, ...] | None = None  # (source, extension, trigger) of the defaults
         self._loading = False
+        # no preset named: the base model's family's own, until the user picks one
+        self._preset_picked = preset is not None
+        preset = preset or _family_preset(base or "") or "sd15"
         self._build(preset)
         self._set({**_flat(preset_config(preset)), "model.base": base or "",
                    "dataset.source": dataset or ""})
@@ -105,7 +108,7 @@ class TrainingLauncher(widgets.VBox):
         self.preset_note = widgets.HTML()
         self.preset_changes = widgets.HTML()
         self.preset_changes.add_class("lora-lab-preset-changes")
-        self.preset.observe(lambda change: self._apply_preset(change["new"]), "value")
+        self.preset.observe(self._on_preset, "value")
         self.fields: dict[str, widgets.ValueWidget] = {}
         self.messages: dict[str, widgets.HTML] = {}
         common = [self._row(dotted, label) for dotted, label in COMMON.items()]
@@ -156,6 +159,22 @@ class TrainingLauncher(widgets.VBox):
             self._loading = False
 
     @reporting
+    def _on_preset(self, change: dict[str, Any]) -> None:
+        if not self._loading:
+            self._preset_picked = True
+        self._apply_preset(change["new"])
+
+    def _follow_base(self) -> None:
+        """A base model of another family than the preset's switches to that family's preset,
+        unless the user picked the preset."""
+        preset = _family_preset(self.fields["model.base"].value)
+        if preset and not self._preset_picked and preset != self.preset.value:
+            self._loading = True
+            try:
+                self.preset.value = preset
+            finally:
+                self._loading = False
+
     def _apply_preset(self, name: str) -> None:
         """The preset's settings, except in the fields the user edited; say what changed."""
         self.preset_note.value = f"<i>{html.escape(PRESETS[name].description)}</i>"
@@ -180,6 +199,8 @@ class TrainingLauncher(widgets.VBox):
         if not self._loading:
             if dotted:
                 self.edited.add(dotted)
+            if dotted == "model.base":
+                self._follow_base()
             self.check()
 
     # -- checking --------------------------------------------------------------------------------
@@ -323,6 +344,14 @@ class TrainingLauncher(widgets.VBox):
         if self.monitor is not None:
             self.monitor.close()
         super().close()
+
+
+def _family_preset(base: str) -> str | None:
+    """The default preset of ``base``'s family; None while it names no model of a known family."""
+    try:
+        return preset_for(detect_family(base)) if base else None
+    except LoraLabError:
+        return None
 
 
 def _label(dotted: str) -> str:
