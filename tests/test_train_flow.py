@@ -166,6 +166,21 @@ def test_what_a_family_refuses_before_a_job_exists(cli, ws, tiny_flow, tmp_path,
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_a_base_folder_with_a_part_missing_is_refused_saying_which(cli, ws, tiny_flow, tmp_path, family):
+    base = Path(shutil.copytree(tiny_flow[family], tmp_path / "cut-short"))
+    shutil.rmtree(base / "transformer")
+    path = config(tiny_flow, family, model={"base": str(base)}).write(tmp_path / "run.toml")
+    said = cli.fails("jobs", "submit", "train", path)
+    assert f"model.base: {base} lacks transformer/ that its model_index.json lists" in said
+    assert not list_jobs(ws)
+    shutil.copytree(tiny_flow[family] / "transformer", base / "transformer")
+    (base / "text_encoder" / "model.safetensors").unlink()  # its folder there, the weights not
+    said = cli("train", path, ok=False)[2].strip().splitlines()[-1]
+    assert said.startswith(f"lora-lab: error: model.base: cannot load {base}: Error no file named "
+                           "model.safetensors") and said.endswith(f"{base / 'text_encoder'}.")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_buckets_the_transformer_cannot_take_are_refused(ws, tiny_flow, family):
     cfg = config(tiny_flow, family, dataset={"resolution": 128, "max_bucket": 256, "bucket_step": 8})
     with pytest.raises(Exception, match="sides must be multiples of 16; set dataset.bucket_step"):

@@ -65,10 +65,13 @@ def detect_family(base: str) -> str:
             raise LoraLabError(f"model.base: {path} is a folder but not a diffusers model "
                                "(no model_index.json)")
         try:
-            name = json.loads(index.read_text())["_class_name"]
-        except (ValueError, KeyError) as e:
+            components = json.loads(index.read_text())
+            name = components["_class_name"]
+        except (ValueError, KeyError, TypeError) as e:
             raise LoraLabError(f"model.base: {index} is damaged ({e})") from None
-        return _family_of_class(name, path)
+        family = _family_of_class(name, path)
+        _check_folders(path, components)
+        return family
     if path.suffix.lower() in SINGLE_FILE or path.exists() or base.startswith((".", "/", "~")):
         return _family_of_checkpoint(path)
     if is_hub_id(base):  # only its name can tell before downloading
@@ -108,6 +111,16 @@ def local_models(folder: Path) -> list[tuple[Path, str]]:
 
     visit(folder, 1)
     return found
+
+
+def _check_folders(path: Path, components: dict) -> None:
+    """Every component model_index.json names has its folder (a copy or download cut short
+    otherwise fails deep inside diffusers, naming only a config.json)."""
+    missing = [name for name, value in components.items() if not name.startswith("_")
+               and isinstance(value, list) and value[0] is not None and not (path / name).is_dir()]
+    if missing:
+        raise LoraLabError(f"model.base: {path} lacks {', '.join(f'{m}/' for m in missing)} that its "
+                           "model_index.json lists (an unfinished copy or download?); get the whole model")
 
 
 def _family_of_class(name: str, where: Path) -> str:
@@ -196,14 +209,16 @@ def load_base_model(base: str, family: str, vae: str = "", config: str = "") -> 
         else:
             pipe = cls.from_pretrained(base, **extra)
     except (OSError, ValueError, NotImplementedError, SingleFileComponentError) as e:
-        raise LoraLabError(f"model.base: cannot load {base}: {_load_failure(e)}") from None
+        raise LoraLabError(f"model.base: cannot load {base}: {_load_failure(e, path.is_dir())}") from None
     _check_complete(pipe, base)
     pipe.set_progress_bar_config(disable=True)
     return BaseModel(family, pipe, path.name if path.exists() else base)
 
 
-def _load_failure(e: Exception) -> str:
+def _load_failure(e: Exception, folder: bool) -> str:
     reason = str(e).splitlines()[0]
+    if folder:  # a diffusers folder: diffusers names the file it missed, which is the whole story
+        return reason
     if "meta tensor" in reason:  # diffusers leaves weights the file lacks on the meta device
         return "some of its weights are missing (an incomplete file, or another architecture?)"
     if "AutoencoderKL" in reason:
