@@ -9,7 +9,8 @@ from functools import cache
 
 # family -> (base resolution, smallest side, largest side)
 FAMILIES = {"sd15": (512, 256, 1024), "sdxl": (1024, 512, 2048), "zimage": (1024, 512, 2048),
-            "flux": (1024, 512, 2048), "chroma": (1024, 512, 2048), "qwenimage": (1024, 512, 2048)}
+            "flux": (1024, 512, 2048), "chroma": (1024, 512, 2048), "qwenimage": (1024, 512, 2048),
+            "flux2klein": (1024, 512, 2048)}
 
 
 @cache

@@ -168,7 +168,7 @@ def test_out_of_range(table, key, value, message):
 @pytest.mark.parametrize("table, key, value, message", [
     ("network", "targets", "mlp", "network.targets: 'mlp' is not one of attn, attn_mlp, locon"),
     ("model", "family", "SDXL",
-     "model.family: 'SDXL' is not one of auto, sd15, sdxl, zimage, flux, chroma, qwenimage"),
+     "model.family: 'SDXL' is not one of auto, sd15, sdxl, zimage, flux, chroma, qwenimage, flux2klein"),
     ("train", "optimizer", "lion", "train.optimizer: 'lion' is not one of adamw, adamw8bit, prodigy"),
     ("dataset", "bucket_step", 48, "dataset.bucket_step: 48 is not one of 8, 16, 32, 64"),
     ("dataset", "bucket_step", 64.0, "dataset.bucket_step: 64.0 is not one of 8, 16, 32, 64"),
@@ -210,7 +210,7 @@ def test_every_problem_is_reported_together():
     assert found == [
         "trian: unknown table (did you mean train?)",
         "model.base: required",
-        "model.family: 'sd3' is not one of auto, sd15, sdxl, zimage, flux, chroma, qwenimage",
+        "model.family: 'sd3' is not one of auto, sd15, sdxl, zimage, flux, chroma, qwenimage, flux2klein",
         "dataset.resolution: 500 is not a multiple of 64",
         "network.rank: true is not an integer",
         "train.optimiser: unknown key (did you mean train.optimizer?)",

@@ -34,15 +34,17 @@ from lora_lab.training.presets import preset_for
 from lora_lab.training.trainer import Trainer
 from lora_lab.widgets import TrainingLauncher
 
-FAMILIES = ["zimage", "flux", "chroma", "qwenimage"]
+FAMILIES = ["zimage", "flux", "chroma", "qwenimage", "flux2klein"]
 STEPS = 12
-# The tiny Qwen-Image's modulation gates are small (~0.1): 4 steps at 1e-3 move its images by
-# ~3e-4 only, under what the reload test takes for "the LoRA did something"
-LR = {"qwenimage": 1e-2}
+# The tiny Qwen-Image's and FLUX.2's modulation gates are small (~0.1): 4 steps at 1e-3 move their
+# images by ~3e-4 only, under what the reload test takes for "the LoRA did something"
+LR = {"qwenimage": 1e-2, "flux2klein": 1e-2}
+# what save.format = "kohya" writes, as describe_lora reads it: Flux.2's BFL names carry kohya's keys
+UI_FORMAT = {"flux2klein": "kohya"}
 
 
 def _images(pipe, prompt="sks, a red circle"):
-    return pipe(prompt, num_inference_steps=2, height=64, width=64, guidance_scale=0.0,
+    return pipe(prompt=prompt, num_inference_steps=2, height=64, width=64, guidance_scale=0.0,
                 output_type="np", generator=torch.Generator().manual_seed(0)).images[0]
 
 
@@ -59,7 +61,7 @@ def test_cli_trains_with_checkpoints_samples_and_ui_files(cli, ws, tiny_flow, tm
     assert len(list((job.path / "samples").glob("step-*.png"))) == 1
     assert all(np.isfinite(e["loss"]) for e in events if e["type"] == "progress")
     described = describe_lora(out["output"])  # ComfyUI's layout, as `lora-lab lora inspect` reads it
-    assert described["format"] == "comfyui" and described["family"] == family
+    assert described["format"] == UI_FORMAT.get(family, "comfyui") and described["family"] == family
     assert described["modules"]["transformer"] > 0 and described["alphas"] == [16.0]
     assert described["ranks"] == [16]  # per projection, where BFL's layout fuses them
     assert described["metadata"]["ss_base_model_version"] == get_family(family).model_version
@@ -126,7 +128,7 @@ def test_the_saved_lora_reproduces_the_trained_model(ws, tiny_flow, monkeypatch,
     trained = _images(trainer.base.pipeline)
     fresh = load_base_model(str(tiny_flow[family]), family).pipeline
     untouched = _images(fresh)
-    if fmt == "kohya" and get_family(family).file_layout == "bfl":
+    if fmt == "kohya" and family in ("flux", "chroma"):
         _diffusers_reads_tiny_bfl(monkeypatch, fresh)
     fresh.load_lora_weights(str(result.output))
     assert np.allclose(_images(fresh), trained, atol=1e-5)
@@ -190,6 +192,7 @@ def test_buckets_the_transformer_cannot_take_are_refused(ws, tiny_flow, family):
 @pytest.mark.parametrize("base, family", [
     ("black-forest-labs/FLUX.1-dev", "flux"), ("black-forest-labs/FLUX.1-schnell", "flux"),
     ("lodestones/Chroma1-HD", "chroma"), ("Tongyi-MAI/Z-Image-Turbo", "zimage"),
+    ("black-forest-labs/FLUX.2-klein-base-4B", "flux2klein"), ("black-forest-labs/FLUX.2-klein-9B", "flux2klein"),
 ])
 def test_the_family_is_read_from_the_folder_or_the_hub_id(tiny_flow, base, family):
     assert detect_family(str(tiny_flow[family])) == family

@@ -147,6 +147,10 @@ def _family_of_checkpoint(path: Path) -> str:
         return "sdxl"
     if any(k.startswith("cond_stage_model.") for k in keys):
         return "sd15"
+    if any(k.startswith(("double_stream_modulation_img.", "model.diffusion_model.double_stream_modulation_img."))
+           for k in keys):  # before FLUX.1's test: FLUX.2 has double_blocks too
+        raise LoraLabError(f"model.base: {path.name} is a FLUX.2 checkpoint; lora_lab reads FLUX.2 [klein] "
+                           "from a diffusers folder or a Hub id (black-forest-labs/FLUX.2-klein-base-4B)")
     if any(k.startswith(("double_blocks.", "model.diffusion_model.double_blocks.")) for k in keys):
         raise LoraLabError(f"model.base: {path.name} is a FLUX.1 or Chroma checkpoint; lora_lab reads those "
                            "from a diffusers folder or a Hub id (black-forest-labs/FLUX.1-dev, "

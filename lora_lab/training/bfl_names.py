@@ -3,7 +3,8 @@ names them, mapped from diffusers' module names by a table per architecture.
 
 ComfyUI builds these models with BFL's own modules (``double_blocks.N.img_attn.qkv``,
 ``single_blocks.N.linear1``, ...) and loads a LoRA whose keys are its module paths under
-``diffusion_model.`` (its "generic" key map, which every model gets). diffusers splits some of
+``diffusion_model.`` or, kohya's way, as ``lora_unet_`` + the path with ``_`` for ``.`` (its
+"generic" key map, which every model gets). diffusers splits some of
 BFL's fused linears into several: a double block's ``img_attn.qkv`` is ``attn.to_q/to_k/to_v``, a
 single block's ``linear1`` is ``attn.to_q/to_k/to_v`` + ``proj_mlp``. LoRAs trained on the split
 modules are written on the fused one as a single LoRA that computes exactly their updates side
@@ -33,6 +34,13 @@ class BflNames:
     """
     blocks: Mapping[str, tuple[str, Mapping[str, tuple[str, ...]]]]
     modules: Mapping[str, str]
+    # the file's keys: "diffusion_model.<BFL module>", or (True) kohya's "lora_unet_<BFL module with
+    # _ for .>", as sd-scripts and musubi-tuner write them; ComfyUI's key map reads both
+    kohya_keys: bool = False
+
+    def key(self, bfl: str) -> str:
+        """The file's key prefix of BFL module ``bfl``."""
+        return f"lora_unet_{bfl.replace('.', '_')}" if self.kohya_keys else f"diffusion_model.{bfl}"
 
     def place(self, name: str) -> tuple[str, int, int] | None:
         """Where diffusers module ``name`` lives in BFL's layout: (BFL module, its part, parts)."""
@@ -48,11 +56,14 @@ class BflNames:
         return None
 
     def parts(self, bfl: str) -> int:
-        """How many diffusers modules BFL module ``bfl`` (a path in the model) fuses; 1 if none."""
-        match = re.fullmatch(r"([\w.]+?)\.(\d+)\.(.+)", bfl)
+        """How many diffusers modules BFL module ``bfl`` (a path in the model, or kohya's name of
+        it, "_" for ".") fuses; 1 if none."""
+        flat = bfl.replace(".", "_")
         for bfl_blocks, table in self.blocks.values():
-            if match and match[1] == bfl_blocks and match[3] in table:
-                return len(table[match[3]])
+            for module, fused in table.items():
+                if re.fullmatch(rf"{re.escape(bfl_blocks.replace('.', '_'))}_\d+_{re.escape(module.replace('.', '_'))}",
+                                flat):
+                    return len(fused)
         return 1
 
 
@@ -80,6 +91,37 @@ FLUX1 = BflNames(
         }),
     },
     modules={"x_embedder": "img_in", "context_embedder": "txt_in", "proj_out": "final_layer.linear"},
+)
+
+
+# FLUX.2 (diffusers' Flux2Transformer2DModel; [klein] 4B / 9B), as ComfyUI's comfy/utils.py
+# flux_to_diffusers maps its Flux 2 names and diffusers' single-file converter reads BFL's
+# checkpoints: only a double block's q/k/v are split in diffusers; a single block's q/k/v + MLP-in
+# (linear1) and attention-out + MLP-out (linear2) are one linear each in both, and the modulation
+# is shared by all blocks (never a LoRA target here). Files carry kohya's keys: diffusers' Flux.2
+# loader takes lora_down/lora_up (and alpha) only under them.
+FLUX2 = BflNames(
+    blocks={
+        "transformer_blocks": ("double_blocks", {
+            "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+            "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+            "img_attn.proj": ("attn.to_out.0",),
+            "txt_attn.proj": ("attn.to_add_out",),
+            "img_mlp.0": ("ff.linear_in",),
+            "img_mlp.2": ("ff.linear_out",),
+            "txt_mlp.0": ("ff_context.linear_in",),
+            "txt_mlp.2": ("ff_context.linear_out",),
+        }),
+        "single_transformer_blocks": ("single_blocks", {
+            "linear1": ("attn.to_qkv_mlp_proj",),
+            "linear2": ("attn.to_out",),
+        }),
+    },
+    # those diffusers' kohya Flux.2 converter also maps back
+    modules={"x_embedder": "img_in", "context_embedder": "txt_in", "proj_out": "final_layer.linear",
+             "time_guidance_embed.timestep_embedder.linear_1": "time_in.in_layer",
+             "time_guidance_embed.timestep_embedder.linear_2": "time_in.out_layer"},
+    kohya_keys=True,
 )
 
 

@@ -4,7 +4,9 @@ For the transformer families the UI layout is ComfyUI's, under `diffusion_model.
 the diffusers module paths, each with `.lora_A.weight`, `.lora_B.weight` and `.alpha` (ComfyUI
 maps them onto its fused layers); for Flux.1 and Chroma BFL's own module names, the names of
 ComfyUI's model, with split projections fused (:mod:`.bfl_names`), each with
-`.lora_down.weight`, `.lora_up.weight` and `.alpha`. diffusers' loaders read both.
+`.lora_down.weight`, `.lora_up.weight` and `.alpha`. diffusers' loaders read both. Flux.2's
+file names BFL's modules too, with kohya's `lora_unet_` keys (ComfyUI reads those as well): its
+diffusers loader reads lora_down/alpha files only under them.
 
 The default is the kohya layout every UI loads: `lora_unet_<module path with _>` /
 `lora_te_…` (SD1.5) or `lora_te1_…` / `lora_te2_…` (SDXL), each module with `.lora_down.weight`,
@@ -161,9 +163,10 @@ def comfyui_state_dict(denoiser: torch.nn.Module, *, adapter_name: str = "defaul
 
 def bfl_state_dict(denoiser: torch.nn.Module, names: BflNames, *, adapter_name: str = "default"
                    ) -> dict[str, torch.Tensor]:
-    """ComfyUI's tensors for the adapter on a BFL-style transformer (Flux.1, Chroma):
-    `diffusion_model.<BFL module>` with `.lora_down.weight`, `.lora_up.weight` and `.alpha`,
-    the LoRAs of split projections fused as BFL fuses the layers (see :mod:`.bfl_names`)."""
+    """ComfyUI's tensors for the adapter on a BFL-style transformer (Flux.1, Chroma, Flux.2):
+    `diffusion_model.<BFL module>` (or kohya's `lora_unet_<BFL module with _>`, as ``names`` says)
+    with `.lora_down.weight`, `.lora_up.weight` and `.alpha`, the LoRAs of split projections fused
+    as BFL fuses the layers (see :mod:`.bfl_names`)."""
     loras = {name: (layer.lora_A[adapter_name].weight.detach(), layer.lora_B[adapter_name].weight.detach(),
                     _kohya_alpha(layer, adapter_name))
              for name, layer in _lora_layers(denoiser, adapter_name)}
@@ -171,7 +174,7 @@ def bfl_state_dict(denoiser: torch.nn.Module, names: BflNames, *, adapter_name: 
         raise ValueError(f"no model carries a LoRA adapter named {adapter_name!r}")
     out: dict[str, torch.Tensor] = {}
     for module, (down, up, alpha) in fuse(names, loras, lambda n: denoiser.get_submodule(n).out_features).items():
-        key = f"diffusion_model.{module}"
+        key = names.key(module)
         out[f"{key}.lora_down.weight"] = down
         out[f"{key}.lora_up.weight"] = up
         out[f"{key}.alpha"] = torch.tensor(alpha)
@@ -423,9 +426,10 @@ def _fused_parts(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str
         return {}
     out = {}
     for key, up in tensors.items():
-        if key.startswith("diffusion_model.") and key.endswith(".lora_up.weight"):
+        if key.startswith(("diffusion_model.", "lora_unet_")) and key.endswith(".lora_up.weight"):
             prefix = key.removesuffix(".lora_up.weight")
-            out[prefix] = block_diagonal_parts(up, spec.bfl_names.parts(prefix.removeprefix("diffusion_model.")))
+            module = prefix.removeprefix("diffusion_model.").removeprefix("lora_unet_")
+            out[prefix] = block_diagonal_parts(up, spec.bfl_names.parts(module))
     return out
 
 
@@ -435,7 +439,7 @@ def describe_lora(path: str | os.PathLike) -> dict[str, Any]:
     tensors, metadata = read_lora(path)
     fmt = _format(tensors)
     prefixes = {"kohya": _KOHYA_PARTS, "comfyui": _COMFYUI_PARTS}.get(fmt, _DIFFUSERS_PARTS)
-    fused = _fused_parts(tensors, metadata) if fmt == "comfyui" else {}
+    fused = _fused_parts(tensors, metadata) if fmt in ("comfyui", "kohya") else {}
     parts: dict[str, int] = {"unet": 0, "te1": 0, "te2": 0}
     ranks, conv = set(), 0
     for key, down in tensors.items():
@@ -446,9 +450,14 @@ def describe_lora(path: str | os.PathLike) -> dict[str, Any]:
             conv += down.dim() == 4 and tuple(down.shape[2:]) != (1, 1)
     alphas = {round(v.item() / fused.get(k.removesuffix(".alpha"), 1), 6) for k, v in tensors.items()
               if k.endswith(".alpha")} if fmt != "diffusers" else _diffusers_alphas(metadata)
+    family = _family(tensors, metadata, parts)
+    # kohya's lora_unet_ keys on a transformer (as sd-scripts and musubi-tuner name Flux.2's modules)
+    transformer = fmt == "kohya" and family in FAMILIES and FAMILIES[family].denoiser == "transformer"
+    if transformer:
+        parts["transformer"] = parts.pop("unet")
     return {
-        "path": str(path), "format": fmt, "family": _family(tensors, metadata, parts), "modules": parts,
-        "unet_names": unet_naming(tensors) if fmt == "kohya" else None,
+        "path": str(path), "format": fmt, "family": family, "modules": parts,
+        "unet_names": unet_naming(tensors) if fmt == "kohya" and not transformer else None,
         "ranks": sorted(ranks), "alphas": sorted(alphas), "conv_modules": conv,
         "dora": any(k.endswith(".dora_scale") or ".lora_magnitude_vector" in k for k in tensors),
         "dtypes": sorted({str(v.dtype).removeprefix("torch.") for v in tensors.values()}),

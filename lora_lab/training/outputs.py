@@ -50,7 +50,7 @@ class TrainerOutputs:
         for i, prompt in enumerate(s.prompts):
             g = torch.Generator().manual_seed(s.seed + i)
             with torch.no_grad():
-                image = self.base.pipeline(prompt, num_inference_steps=s.steps, width=s.width,
+                image = self.base.pipeline(prompt=prompt, num_inference_steps=s.steps, width=s.width,
                                            height=s.height, generator=g,
                                            **self.base.spec.sample_kwargs(s.guidance, s.negative)).images[0]
             path = folder / f"step-{step:06d}-{i}.png"

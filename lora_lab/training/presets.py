@@ -1,6 +1,6 @@
 """Starting points for a training config: the settings kohya and ai-toolkit users reach for
-first on SD1.5, SDXL, Z-Image, FLUX.1, Chroma and Qwen-Image, and low-VRAM variants that trade
-speed for memory.
+first on SD1.5, SDXL, Z-Image, FLUX.1, Chroma, Qwen-Image and FLUX.2 [klein], and low-VRAM
+variants that trade speed for memory.
 
 A preset is a set of TrainConfig overrides ({table: {key: value}}), with the buckets back at
 the family's defaults (0) so they fit its resolution; the base model, the dataset and the
@@ -80,6 +80,9 @@ _CHROMA = {**_preset("chroma", 1024, 1, True), "network": {"rank": 16, "alpha": 
 # its activations pass fp16's range (diffusers clips them there); the 20B transformer's weights
 # alone take about 41 GB in bf16, 20 GB in int8.
 _QWENIMAGE = {**_preset("qwenimage", 1024, 1, True), "sample": {"steps": 50, "guidance": 4.0}}
+# FLUX.2 [klein]: LoRAs train on the undistilled base models (FLUX.2-klein-base-4B / -9B), which
+# sample as their cards do, in 50 steps at CFG 4.
+_FLUX2KLEIN = {**_preset("flux2klein", 1024, 1, True), "sample": {"steps": 50, "guidance": 4.0}}
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("sd15", "SD 1.5", "512 px, rank 32 / alpha 16, AdamW at 1e-4, batch 2, bf16", _SD15),
     Preset("sd15-lowvram", "SD 1.5, low VRAM (6-8 GB)", "rank 16, batch 1, gradient "
@@ -110,6 +113,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("qwenimage-lowvram", "Qwen-Image, lower VRAM (32 GB and up)", "768 px, rank 16, transformer "
            "stored in int8 (20 GB), 8-bit AdamW, bf16, gradient checkpointing",
            _flow_low_vram(_QWENIMAGE, 768, 16, 8.0)),
+    Preset("flux2-klein", "FLUX.2 [klein] (base 4B / 9B)", "1024 px, rank 32 / alpha 16, AdamW at 1e-4, "
+           "batch 1, bf16, gradient checkpointing; samples in 50 steps at CFG 4", _FLUX2KLEIN),
+    Preset("flux2-klein-lowvram", "FLUX.2 [klein], low VRAM", "768 px, rank 16, transformer stored in "
+           "int8 (4B: about 4 GB), 8-bit AdamW, bf16, gradient checkpointing",
+           _flow_low_vram(_FLUX2KLEIN, 768, 16, 8.0)),
 )}
 
 

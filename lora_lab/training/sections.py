@@ -66,7 +66,8 @@ _STEM = dict(pattern=r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,98}[A-Za-z0-9_-])?",
 @dataclass(frozen=True)
 class ModelSection:
     base: str = _f(doc="a diffusers folder, a .safetensors/.ckpt file or a Hub id (org/name)", nonempty=True)
-    family: Literal["auto", "sd15", "sdxl", "zimage", "flux", "chroma", "qwenimage"] = _f(
+    family: Literal["auto", "sd15", "sdxl", "zimage", "flux", "chroma", "qwenimage",
+                    "flux2klein"] = _f(
         "auto", "model family; auto detects it from the model")
     vae: str = _f("", "a VAE to use instead of the base model's own (empty = its own)")
     config: str = _f("", "for a single-file base: a diffusers folder or Hub id with its configs "

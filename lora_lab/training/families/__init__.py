@@ -6,11 +6,12 @@ from ...errors import LoraLabError
 from .base import Batch, Conditioning, Family, Objective
 from .chroma import CHROMA
 from .flux import FLUX
+from .flux2klein import FLUX2KLEIN
 from .qwenimage import QWENIMAGE
 from .sd import SD15, SDXL
 from .zimage import ZIMAGE
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL, ZIMAGE, FLUX, CHROMA, QWENIMAGE)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL, ZIMAGE, FLUX, CHROMA, QWENIMAGE, FLUX2KLEIN)}
 
 
 def get_family(name: str) -> Family:
