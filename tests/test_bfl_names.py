@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from peft.tuners.lora import LoraLayer
 
 from lora_lab.training.base_model import load_base_model
 from lora_lab.training.bfl_names import FLUX1, block_diagonal_parts, fuse
 from lora_lab.training.lora_file import bfl_state_dict
 
 
-def comfyui_rows(n_double: int, n_single: int, hidden: int) -> dict[str, tuple[str, int, int]]:
-    """diffusers module -> (ComfyUI's module, first row, rows), as ComfyUI's comfy/utils.py
-    flux_to_diffusers maps Flux's weights (its output_prefix "diffusion_model." left off)."""
+def double_attention_rows(n_double: int, hidden: int) -> dict[str, tuple[str, int, int]]:
+    """A double block's attention, the same in FLUX.1 and FLUX.2: the rows of the fused q/k/v
+    each projection lands in (-1: all rows), as ComfyUI's flux_to_diffusers has them."""
     out: dict[str, tuple[str, int, int]] = {}
     for i in range(n_double):
         d, b = f"transformer_blocks.{i}", f"double_blocks.{i}"
@@ -21,8 +22,32 @@ def comfyui_rows(n_double: int, n_single: int, hidden: int) -> dict[str, tuple[s
             out[f"{d}.attn.{proj}"] = (f"{b}.img_attn.qkv", j * hidden, hidden)
         for j, proj in enumerate(("add_q_proj", "add_k_proj", "add_v_proj")):
             out[f"{d}.attn.{proj}"] = (f"{b}.txt_attn.qkv", j * hidden, hidden)
-        for ours, theirs in {"attn.to_out.0": "img_attn.proj", "attn.to_add_out": "txt_attn.proj",
-                             "ff.net.0.proj": "img_mlp.0", "ff.net.2": "img_mlp.2",
+        out[f"{d}.attn.to_out.0"] = (f"{b}.img_attn.proj", 0, -1)
+        out[f"{d}.attn.to_add_out"] = (f"{b}.txt_attn.proj", 0, -1)
+    return out
+
+
+def assert_each_update_lands(denoiser, rows, tensors, key_of) -> None:
+    """Applied as ComfyUI applies it, at ``rows`` (diffusers module -> (ComfyUI's module, first
+    row, rows; -1: all)), the file's LoRA under ``key_of(module)`` gives each adapted module of
+    ``denoiser`` exactly its trained update."""
+    for name, layer in ((n, m) for n, m in denoiser.named_modules() if isinstance(m, LoraLayer)):
+        module, first, size = rows[name]
+        key = key_of(module)
+        down, up = tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"]
+        patch = (tensors[f"{key}.alpha"] / down.shape[0]) * up @ down
+        patch = patch if size == -1 else patch[first:first + size]
+        want = layer.lora_B["default"].weight @ layer.lora_A["default"].weight * layer.scaling["default"]
+        torch.testing.assert_close(patch, want.detach(), rtol=1e-5, atol=1e-7)
+
+
+def comfyui_rows(n_double: int, n_single: int, hidden: int) -> dict[str, tuple[str, int, int]]:
+    """diffusers module -> (ComfyUI's module, first row, rows), as ComfyUI's comfy/utils.py
+    flux_to_diffusers maps Flux's weights (its output_prefix "diffusion_model." left off)."""
+    out = double_attention_rows(n_double, hidden)
+    for i in range(n_double):
+        d, b = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        for ours, theirs in {"ff.net.0.proj": "img_mlp.0", "ff.net.2": "img_mlp.2",
                              "ff_context.net.0.proj": "txt_mlp.0", "ff_context.net.2": "txt_mlp.2",
                              "norm1.linear": "img_mod.lin", "norm1_context.linear": "txt_mod.lin"}.items():
             out[f"{d}.{ours}"] = (f"{b}.{theirs}", 0, -1)
@@ -59,7 +84,6 @@ def _trained(tiny_flow, family: str, targets: str):
 def test_comfyui_patches_each_projection_with_its_trained_update(tiny_flow, family, targets):
     """ComfyUI adds (alpha / rank) * up @ down to the weight its key names; done to BFL's fused
     weights at flux_to_diffusers' rows, that is each diffusers projection's own update."""
-    from peft.tuners.lora import LoraLayer
 
     denoiser, spec = _trained(tiny_flow, family, targets)
     tensors = bfl_state_dict(denoiser, spec.bfl_names)
@@ -72,15 +96,7 @@ def test_comfyui_patches_each_projection_with_its_trained_update(tiny_flow, fami
     if targets == "attn_mlp":
         assert {"double_blocks.0.img_attn.qkv", "double_blocks.1.txt_mlp.2", "single_blocks.1.linear1",
                 "single_blocks.0.linear2"} <= modules
-    adapted = dict((n, m) for n, m in denoiser.named_modules() if isinstance(m, LoraLayer))
-    for name, layer in adapted.items():
-        module, first, size = rows[name]
-        key = f"diffusion_model.{module}"
-        down, up = tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"]
-        patch = (tensors[f"{key}.alpha"] / down.shape[0]) * up @ down
-        patch = patch if size == -1 else patch[first:first + size]
-        want = layer.lora_B["default"].weight @ layer.lora_A["default"].weight * layer.scaling["default"]
-        torch.testing.assert_close(patch, want.detach(), rtol=1e-5, atol=1e-7)
+    assert_each_update_lands(denoiser, rows, tensors, lambda module: f"diffusion_model.{module}")
     # and rows nothing adapted stay untouched: attn targets leave the single blocks' MLP-in alone
     if targets == "attn":
         key = "diffusion_model.single_blocks.0.linear1"

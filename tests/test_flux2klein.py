@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_bfl_names import _trained
+from test_bfl_names import _trained, assert_each_update_lands, double_attention_rows
 from test_train import config
 from test_train_memory import _train
 
@@ -23,15 +23,10 @@ def comfyui_rows(n_double: int, n_single: int, hidden: int) -> dict[str, tuple[s
     """diffusers module -> (ComfyUI's module, first row, rows; -1: all), as ComfyUI's comfy/utils.py
     flux_to_diffusers maps FLUX.2's weights (its entries for Flux 2: ff.linear_in/out,
     attn.to_qkv_mlp_proj -> linear1, a single block's attn.to_out -> linear2)."""
-    out: dict[str, tuple[str, int, int]] = {}
+    out = double_attention_rows(n_double, hidden)
     for i in range(n_double):
         d, b = f"transformer_blocks.{i}", f"double_blocks.{i}"
-        for j, proj in enumerate(("to_q", "to_k", "to_v")):
-            out[f"{d}.attn.{proj}"] = (f"{b}.img_attn.qkv", j * hidden, hidden)
-        for j, proj in enumerate(("add_q_proj", "add_k_proj", "add_v_proj")):
-            out[f"{d}.attn.{proj}"] = (f"{b}.txt_attn.qkv", j * hidden, hidden)
-        for ours, theirs in {"attn.to_out.0": "img_attn.proj", "attn.to_add_out": "txt_attn.proj",
-                             "ff.linear_in": "img_mlp.0", "ff.linear_out": "img_mlp.2",
+        for ours, theirs in {"ff.linear_in": "img_mlp.0", "ff.linear_out": "img_mlp.2",
                              "ff_context.linear_in": "txt_mlp.0", "ff_context.linear_out": "txt_mlp.2"}.items():
             out[f"{d}.{ours}"] = (f"{b}.{theirs}", 0, -1)
     for i in range(n_single):
@@ -88,14 +83,7 @@ def test_comfyui_patches_each_projection_with_its_trained_update(tiny_flow, targ
     adapted = {n: m for n, m in denoiser.named_modules() if isinstance(m, LoraLayer)}
     assert {n for n in rows if n != "proj_out"} - adapted.keys() <= {
         n for n in rows if ".ff" in n and targets == "attn"}
-    for name, layer in adapted.items():
-        module, first, size = rows[name]
-        key = f"lora_unet_{module.replace('.', '_')}"
-        down, up = tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"]
-        patch = (tensors[f"{key}.alpha"] / down.shape[0]) * up @ down
-        patch = patch if size == -1 else patch[first:first + size]
-        want = layer.lora_B["default"].weight @ layer.lora_A["default"].weight * layer.scaling["default"]
-        torch.testing.assert_close(patch, want.detach(), rtol=1e-5, atol=1e-7)
+    assert_each_update_lands(denoiser, rows, tensors, lambda module: f"lora_unet_{module.replace('.', '_')}")
 
 
 def test_fused_files_report_the_trained_rank_and_alpha(tiny_flow):

@@ -67,16 +67,21 @@ class BflNames:
         return 1
 
 
+# A double block's attention, the same in FLUX.1 and FLUX.2: BFL fuses q/k/v, diffusers splits them
+_DOUBLE_ATTENTION = {
+    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "img_attn.proj": ("attn.to_out.0",),
+    "txt_attn.proj": ("attn.to_add_out",),
+}
+
 # FLUX.1 [dev] / [schnell] (diffusers' FluxTransformer2DModel), as ComfyUI's comfy/utils.py
 # flux_to_diffusers maps them; Chroma's blocks are the same modules without the modulation
 # linears (ComfyUI builds Chroma from Flux's block classes), so this table serves it too.
 FLUX1 = BflNames(
     blocks={
         "transformer_blocks": ("double_blocks", {
-            "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-            "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-            "img_attn.proj": ("attn.to_out.0",),
-            "txt_attn.proj": ("attn.to_add_out",),
+            **_DOUBLE_ATTENTION,
             "img_mlp.0": ("ff.net.0.proj",),
             "img_mlp.2": ("ff.net.2",),
             "txt_mlp.0": ("ff_context.net.0.proj",),
@@ -103,10 +108,7 @@ FLUX1 = BflNames(
 FLUX2 = BflNames(
     blocks={
         "transformer_blocks": ("double_blocks", {
-            "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-            "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-            "img_attn.proj": ("attn.to_out.0",),
-            "txt_attn.proj": ("attn.to_add_out",),
+            **_DOUBLE_ATTENTION,
             "img_mlp.0": ("ff.linear_in",),
             "img_mlp.2": ("ff.linear_out",),
             "txt_mlp.0": ("ff_context.linear_in",),
