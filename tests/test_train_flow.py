@@ -229,6 +229,14 @@ def test_schnell_trains_without_a_guidance_input(ws, tiny_flow, tiny_schnell, mo
     assert np.allclose(_images(fresh), trained, atol=1e-5)
 
 
+@pytest.mark.parametrize("base, variant", [("Qwen/Qwen-Image-Edit-2509", "Qwen-Image edit"),
+                                           ("black-forest-labs/FLUX.1-Kontext-dev", "FLUX.1 kontext"),
+                                           ("black-forest-labs/FLUX.1-Fill-dev", "FLUX.1 fill")])
+def test_an_image_editing_variant_on_the_hub_is_refused(base, variant):
+    with pytest.raises(LoraLabError, match=f"reads as a {variant} model, which turns an input image"):
+        detect_family(base)
+
+
 def test_qwenimage_is_detected_and_read_from_folders_and_hub_ids_only(tiny_flow, tmp_path):
     assert detect_family(str(tiny_flow["qwenimage"])) == "qwenimage"
     assert detect_family("Qwen/Qwen-Image") == "qwenimage"

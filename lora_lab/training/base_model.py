@@ -75,10 +75,7 @@ def detect_family(base: str) -> str:
     if path.suffix.lower() in SINGLE_FILE or path.exists() or base.startswith((".", "/", "~")):
         return _family_of_checkpoint(path)
     if is_hub_id(base):  # only its name can tell before downloading
-        from .families import FAMILIES
-
-        named = [f.name for f in FAMILIES.values() if any(w in base.lower() for w in f.hub_names)]
-        return named[-1] if named else "sd15"
+        return _family_of_hub_id(base)
     raise LoraLabError(f"model.base: {path.absolute()} does not exist (a base model is a "
                        "diffusers folder, a .safetensors file, or a Hub id like org/name)")
 
@@ -111,6 +108,24 @@ def local_models(folder: Path) -> list[tuple[Path, str]]:
 
     visit(folder, 1)
     return found
+
+
+# Hub ids of image-to-image variants of the families, whose pipelines take an input image
+_NOT_TEXT_TO_IMAGE = ("edit", "kontext", "fill", "canny", "depth", "redux", "inpaint", "controlnet")
+
+
+def _family_of_hub_id(base: str) -> str:
+    from .families import FAMILIES
+
+    named = [f for f in FAMILIES.values() if any(w in base.lower() for w in f.hub_names)]
+    if not named:
+        return "sd15"
+    variant = next((w for w in _NOT_TEXT_TO_IMAGE if w in base.lower().rpartition("/")[2]), None)
+    if variant:
+        raise LoraLabError(f"model.base: {base} reads as a {named[-1].title} {variant} model, which "
+                           "turns an input image into another; lora_lab trains text-to-image LoRAs "
+                           "(a local diffusers folder is read by its pipeline class instead)")
+    return named[-1].name
 
 
 def _check_folders(path: Path, components: dict) -> None:
