@@ -6,7 +6,8 @@
     .venv/bin/python bench/bench_train.py --profile       # + cProfile of both loops
 
 The tiny random-weight model (lora_lab.tiny), the images and every workspace live in one temp
-folder that is removed at the end; nothing is downloaded (HF_HUB_OFFLINE=1).
+folder that is removed at the end; nothing is downloaded (HF_HUB_OFFLINE=1). bench_train_flow.py
+runs the same benchmark (importing it from here) for the flow-matching families.
 """
 from __future__ import annotations
 
@@ -35,23 +36,26 @@ from typing import Any
 import numpy as np
 from benchlib import Row, Target, cpu_busy, generate_jpegs, own_cpu, print_machine, print_table, warm
 from PIL import Image
+from PIL.ImageOps import exif_transpose
 
 FAMILIES = ("sd15", "sdxl")
 NO_CACHE_TARGET = Target(ratio=1.05)
 CACHED_TARGET = Target(ratio=0.9)  # "clearly faster" than the bare loop: at least 10% less time
-# A run during which other processes used more than this many cores is run again (up to TRIES
-# times), after waiting up to QUIET_WAIT_S for them to calm down; the last try is kept.
+# A run during whose timed part other processes used more than this many cores is run again (up
+# to TRIES times), after waiting up to QUIET_WAIT_S for them to calm down; the last try is kept.
+# A try that may be retried is abandoned as soon as it is disturbed (checked every CHECK_S), so
+# a retry costs little more than loading the models.
 DISTURBED_CORES = 0.25
-TRIES = 3
+TRIES = 8
 QUIET_WAIT_S = 60.0
+CHECK_S = 1.0
 WARMUP_STEPS = 3  # the first steps (allocator, lazy init) are left out of s/step on both sides
 # Caption words the tiny tokenizer has whole-word tokens for, so captions tokenize like real ones.
 COLOURS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle")
 PATHS = ("bare", "nocache", "cached", "cached-warm")
 LABELS = {
-    "bare": "bare loop (diffusers example)",
-    "nocache": "lora_lab, nothing cached",
+    "bare": "bare loop (diffusers example)",  # "nocache": its Floor's
     "cached": "lora_lab, cached (cold cache)",
     "cached-warm": "lora_lab, cached (warm cache)",
 }
@@ -74,14 +78,45 @@ class Job:
     weight_decay: float = 1e-2
 
 
+class Disturbed(Exception):
+    """Raised from a watched run's step: other processes are disturbing it, no use finishing."""
+
+
+_watching = False  # undisturbed() is timing a try it may retry: abandon it once disturbed
+
+
 @dataclass
 class Run:
     """One timed training run: step timestamps and, for lora_lab, its phase timestamps."""
     steps: list[float] = field(default_factory=list)  # perf_counter after each optimizer step
     loop_start: float = math.nan
     cache_start: float = math.nan  # lora_lab: its one-off caching phase began
-    foreign: float = math.nan  # other processes' CPU use during the run, in cores
+    foreign: float = math.nan  # other processes' CPU use during its timed part, in cores
     losses: list[float] = field(default_factory=list)
+    timed_from: CpuMark | None = None  # when its timed part (caching or the loop) began
+    checked: float = 0.0  # perf_counter of the last check for disturbance
+
+    def start(self, phase: str) -> None:
+        """The caching phase ("caching") or the loop ("loop") begins now."""
+        mark = CpuMark()
+        self.timed_from = self.timed_from or mark
+        self.checked = mark.time
+        if phase == "caching":
+            self.cache_start = mark.time
+        else:
+            self.loop_start = mark.time
+
+    def step(self, loss: float) -> None:
+        """An optimizer step has just ended with ``loss``; while watched, a run that other
+        processes disturb is abandoned (Disturbed)."""
+        now = time.perf_counter()
+        self.steps.append(now)
+        self.losses.append(loss)
+        if _watching and now - self.checked >= CHECK_S:
+            self.checked = now
+            self.foreign = self.timed_from.foreign()
+            if self.disturbed:
+                raise Disturbed
 
     @property
     def disturbed(self) -> bool:
@@ -106,6 +141,17 @@ class Run:
         return self.loop_s + self.cache_s
 
 
+@dataclass(frozen=True)
+class Floor:
+    """The bare loop lora_lab is measured against, and how lora_lab's uncached run is set up to
+    do the same work every step."""
+    loop: Callable[[Job, cProfile.Profile | None], Run]
+    what: str  # the tables' floor line: which example it follows and what it does every step
+    shuffle_tags: bool  # lora_lab's uncached run: true makes it encode the text every step
+    nocache: str  # that run's row in the tables
+    note: str  # printed under the tables
+
+
 # -- data ------------------------------------------------------------------------------------------
 def make_dataset(folder: Path, count: int, size: int) -> list[tuple[Path, str]]:
     """``count`` square JPEGs (one bucket) with comma-tag captions in .txt sidecars."""
@@ -123,11 +169,31 @@ def make_dataset(folder: Path, count: int, size: int) -> list[tuple[Path, str]]:
 
 
 # -- the bare loop ---------------------------------------------------------------------------------
+def example_pixels(path: Path, resolution: int, upright: bool = False
+                   ) -> tuple[Any, tuple[int, int], tuple[int, int]]:
+    """An image as the diffusers examples' transforms make it: turned upright by its EXIF
+    orientation (the DreamBooth examples, ``upright``), resized (shorter side, bilinear),
+    centre-cropped, normalised to [-1, 1], CHW; with its original size and the crop's top-left.
+    (torchvision's Resize on a PIL image is a PIL bilinear resize, which is what this does.)"""
+    import torch
+
+    image = Image.open(path)
+    image = (exif_transpose(image) if upright else image).convert("RGB")
+    original_size = (image.height, image.width)
+    scale = resolution / min(image.size)
+    image = image.resize((round(image.width * scale), round(image.height * scale)),
+                         Image.Resampling.BILINEAR)  # transforms.Resize(res, BILINEAR)
+    top = int(round((image.height - resolution) / 2.0))  # transforms.CenterCrop(res)
+    left = int(round((image.width - resolution) / 2.0))
+    image = image.crop((left, top, left + resolution, top + resolution))
+    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float().div(255)  # ToTensor
+    return (pixels - 0.5) / 0.5, original_size, (top, left)  # Normalize([0.5], [0.5])
+
+
 class ExampleDataset:
     """The example's ``imagefolder`` + ``with_transform(preprocess_train)``, without the datasets
-    package: each item is decoded, resized (shorter side, bilinear), centre-cropped, normalised to
-    [-1, 1] and its caption tokenized, every time it is read. (torchvision's Resize on a PIL image
-    is a PIL bilinear resize, which is what this does.)"""
+    package: each item is decoded, transformed (:func:`example_pixels`) and its caption tokenized,
+    every time it is read."""
 
     def __init__(self, images: list[tuple[Path, str]], tokenizers: list, resolution: int):
         self.images, self.tokenizers, self.res = images, tokenizers, resolution
@@ -136,21 +202,9 @@ class ExampleDataset:
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        import torch
-
         path, caption = self.images[i]
-        image = Image.open(path).convert("RGB")
-        original_size = (image.height, image.width)
-        scale = self.res / min(image.size)
-        image = image.resize((round(image.width * scale), round(image.height * scale)),
-                             Image.Resampling.BILINEAR)  # transforms.Resize(res, BILINEAR)
-        top = int(round((image.height - self.res) / 2.0))  # transforms.CenterCrop(res)
-        left = int(round((image.width - self.res) / 2.0))
-        image = image.crop((left, top, left + self.res, top + self.res))
-        # ToTensor
-        pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float().div(255)
-        item = {"pixel_values": (pixels - 0.5) / 0.5,  # Normalize([0.5], [0.5])
-                "original_size": original_size, "crop_top_left": (top, left)}
+        pixels, original_size, crop_top_left = example_pixels(path, self.res)
+        item = {"pixel_values": pixels, "original_size": original_size, "crop_top_left": crop_top_left}
         for k, tok in enumerate(self.tokenizers):
             item[f"input_ids_{k}"] = tok(caption, max_length=tok.model_max_length, padding="max_length",
                                          truncation=True, return_tensors="pt").input_ids[0]
@@ -232,7 +286,7 @@ def bare_loop(job: Job, profile: cProfile.Profile | None = None) -> Run:
     global_step = 0
     if profile is not None:
         profile.enable()
-    run.loop_start = time.perf_counter()
+    run.start("loop")
     for _epoch in range(epochs):
         unet.train()
         train_loss = 0.0
@@ -280,8 +334,7 @@ def bare_loop(job: Job, profile: cProfile.Profile | None = None) -> Run:
                 optimizer.zero_grad()
             if accelerator.sync_gradients:
                 global_step += 1
-                run.steps.append(time.perf_counter())
-                run.losses.append(train_loss)
+                run.step(train_loss)
                 train_loss = 0.0
             if global_step >= job.steps:
                 break
@@ -316,19 +369,17 @@ def lora_lab_run(job: Job, ws_root: Path, cache_latents: bool, shuffle_tags: boo
     run = Run()
 
     def on_event(event: dict[str, Any]) -> None:
-        now = time.perf_counter()
         if event.get("type") == "phase":
             if event["phase"] == "caching":
-                run.cache_start = now
+                run.start("caching")
             elif event["phase"] == "training" and math.isnan(run.loop_start):
-                run.loop_start = now
+                run.start("loop")
                 if profile is not None:
                     profile.enable()
         elif event.get("type") == "progress":
-            run.steps.append(now)
-            run.losses.append(event["loss"])
             if event["step"] == event["total"] and profile is not None:
                 profile.disable()
+            run.step(event["loss"])
 
     ws = Workspace(ws_root)
     config = lora_lab_config(job, ws_root / "out", cache_latents, shuffle_tags)
@@ -340,23 +391,38 @@ def lora_lab_run(job: Job, ws_root: Path, cache_latents: bool, shuffle_tags: boo
 
 
 # -- measuring -------------------------------------------------------------------------------------
-def measured(fn: Callable[[], Run]) -> Run:
-    """``fn``'s run, with how many cores other processes used meanwhile."""
-    busy, own = cpu_busy(), own_cpu()
-    start = time.perf_counter()
-    run = fn()
-    wall = time.perf_counter() - start
-    run.foreign = ((cpu_busy() - busy) - (own_cpu() - own)) / wall
-    return run
+class CpuMark:
+    """A moment, with the CPU time every process and this one had used by then."""
+
+    def __init__(self) -> None:
+        self.time, self.busy, self.own = time.perf_counter(), cpu_busy(), own_cpu()
+
+    def foreign(self) -> float:
+        """How many cores other processes have used since, on average. Worker processes that
+        lora_lab's dataset scan starts are not this process's children: that is why a run's
+        figure counts from its timed part, which starts none."""
+        wall = max(time.perf_counter() - self.time, 1e-9)
+        return ((cpu_busy() - self.busy) - (own_cpu() - self.own)) / wall
 
 
 def undisturbed(fn: Callable[[], Run]) -> Run:
     """``fn`` run once the CPUs are quiet, and again (up to TRIES times) while other processes
     disturbed it: torch's threads wait on each other, so one busy neighbour on a 2-core box
-    makes a step many times slower (a 40 ms step has been seen taking 4.6 s)."""
-    for _ in range(TRIES):
+    makes a step many times slower (a 40 ms step has been seen taking 4.6 s). A try that may be
+    retried stops at the first check that finds it disturbed; the last one runs to its end."""
+    global _watching
+    for last in [False] * (TRIES - 1) + [True]:
         wait_for_quiet()
-        run = measured(fn)
+        _watching = not last
+        try:
+            run = fn()
+        except Disturbed:
+            print(f"#   (disturbed: other processes used more than {DISTURBED_CORES} cores; "
+                  "abandoned, to be run again)", flush=True)
+            continue
+        finally:
+            _watching = False
+        run.foreign = run.timed_from.foreign()
         if not run.disturbed:
             break
         report("(disturbed)", run)
@@ -367,11 +433,13 @@ def wait_for_quiet(limit_s: float = QUIET_WAIT_S) -> None:
     """Wait (up to ``limit_s``) until other processes leave the CPUs alone for a second."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        if not measured(lambda: (time.sleep(1.0), Run())[1]).disturbed:
+        mark = CpuMark()
+        time.sleep(1.0)
+        if mark.foreign() <= DISTURBED_CORES:
             return
 
 
-def rounds(job: Job, root: Path, repeats: int) -> dict[str, list[Run]]:
+def rounds(job: Job, root: Path, repeats: int, floor: Floor) -> dict[str, list[Run]]:
     """Every path ``repeats`` times, the order reversed every round; each cached run gets a fresh
     workspace (a cold latent cache) and is followed at once by a second run on the same one."""
     runs: dict[str, list[Run]] = {k: [] for k in PATHS}
@@ -400,9 +468,9 @@ def rounds(job: Job, root: Path, repeats: int) -> dict[str, list[Run]]:
             report(name, runs[name][-1])
         return go
 
-    order = [single("bare", lambda: bare_loop(job)),
+    order = [single("bare", lambda: floor.loop(job, None)),
              single("nocache", lambda: lora_lab_run(job, root / f"ws-nocache-{next(counter)}",
-                                                    False, True)),
+                                                    False, floor.shuffle_tags)),
              cached_pair]
     for _ in range(repeats):
         for go in order:
@@ -424,17 +492,16 @@ def report(name: str, run: Run) -> None:
 
 
 # -- profile ---------------------------------------------------------------------------------------
-def profile_paths(job: Job, root: Path) -> None:
-    """cProfile of the timed loop of the bare loop and of lora_lab without caching: the functions
-    with the most own time, and lora_lab's own functions by cumulative time."""
+def profile_paths(job: Job, root: Path, floor: Floor) -> None:
+    """cProfile of the timed loop of the bare loop and of lora_lab without a latent cache: the
+    functions with the most own time, and lora_lab's own functions by cumulative time."""
     bare_prof, lora_prof = cProfile.Profile(), cProfile.Profile()
     wait_for_quiet()
-    bare_loop(job, profile=bare_prof)
+    floor.loop(job, bare_prof)
     wait_for_quiet()
-    lora_lab_run(job, root / "ws-profile", False, True, profile=lora_prof)
+    lora_lab_run(job, root / "ws-profile", False, floor.shuffle_tags, profile=lora_prof)
     steps = job.steps
-    for name, prof in (("bare loop", bare_prof),
-                       ("lora_lab, nothing cached (loop only)", lora_prof)):
+    for name, prof in (("bare loop", bare_prof), (f"{floor.nocache} (loop only)", lora_prof)):
         print(f"\n## profile: {name}, {steps} steps, own time per step")
         _print_stats(prof, "tottime", steps, 18)
     print("\n## profile: lora_lab functions in its loop, cumulative time per step")
@@ -456,14 +523,31 @@ def _print_stats(prof: cProfile.Profile, key: str, steps: int, limit: int, only:
 
 
 # -- main ------------------------------------------------------------------------------------------
+SD_FLOOR = Floor(
+    bare_loop,
+    what="the bare loop: diffusers' train_text_to_image_lora example's loop, decoding, resizing, "
+         "VAE-encoding and text-encoding every step",
+    shuffle_tags=True,
+    nocache="lora_lab, nothing cached (cache_latents=false, shuffle_tags=true)",
+    note="nothing cached: lora_lab caches text embeddings by itself whenever captions cannot change "
+         "between steps, so this row sets shuffle_tags=true (same tags, same token count) to make it "
+         "encode the text every step, as the bare loop does.")
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = _parse_args(argv)
+    from lora_lab.tiny import diffusion
+
+    args = parse_args(argv, FAMILIES, __doc__)
+    bench(args, diffusion.write_sdxl if args.family == "sdxl" else diffusion.write_sd15, SD_FLOOR)
+
+
+def bench(args: argparse.Namespace, write_model: Callable[[Path], Path], floor: Floor) -> None:
+    """The whole benchmark of ``args.family``: its tiny model (``write_model(folder)``) and the
+    images in a temp folder, every path ``args.repeats`` times, the tables, the profile."""
     warnings.filterwarnings("ignore")
     import torch
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
-
-    from lora_lab.tiny import diffusion
 
     diffusers_logging.disable_progress_bar()  # the bare loop loads as the example does: quietly
     transformers_logging.disable_progress_bar()
@@ -473,8 +557,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}")
     with tempfile.TemporaryDirectory(prefix="lora-lab-bench-") as tmp:
         root = Path(tmp)
-        writer = diffusion.write_sdxl if args.family == "sdxl" else diffusion.write_sd15
-        model = writer(root / args.family)
+        model = write_model(root / args.family)
         images = make_dataset(root / "data", args.images, args.size)
         job = Job(args.family, model, root / "data", images, args.resolution, args.steps, args.batch,
                   args.rank, args.lr)
@@ -482,23 +565,21 @@ def main(argv: list[str] | None = None) -> None:
               f"{args.resolution}px, batch {args.batch}, {args.steps} steps, rank {args.rank}, "
               f"lr {args.lr:g}, AdamW, clip 1.0; {args.repeats} rounds, order alternated", flush=True)
         started = time.perf_counter()
-        runs = rounds(job, root, args.repeats)
-        print_results(job, runs, args.repeats)
+        runs = rounds(job, root, args.repeats, floor)
+        print_results(job, runs, args.repeats, floor)
         if args.profile:
-            profile_paths(job, root)
+            profile_paths(job, root, floor)
         print(f"\n# measured in {time.perf_counter() - started:.0f} s")
 
 
-def print_results(job: Job, runs: dict[str, list[Run]], repeats: int) -> None:
+def print_results(job: Job, runs: dict[str, list[Run]], repeats: int, floor: Floor) -> None:
     med = {k: statistics.median(r.s_per_step() for r in v) for k, v in runs.items()}
     bare = med["bare"]
     print_table(
         f"train tiny {job.family} LoRA, {job.steps} steps of batch {job.batch}: seconds per step "
         f"(steps {WARMUP_STEPS + 1}-{job.steps}), median of {repeats}",
-        "the bare loop: diffusers' train_text_to_image_lora example's loop, decoding, resizing, "
-        "VAE-encoding and text-encoding every step",
-        [Row("lora_lab, nothing cached (cache_latents=false, shuffle_tags=true)", med["nocache"],
-             bare, NO_CACHE_TARGET),
+        floor.what,
+        [Row(floor.nocache, med["nocache"], bare, NO_CACHE_TARGET),
          Row("lora_lab, latents + text cached, cold cache (loop only)", med["cached"], bare,
              CACHED_TARGET),
          Row("lora_lab, latents + text cached, warm cache (loop only)", med["cached-warm"], bare,
@@ -510,30 +591,30 @@ def print_results(job: Job, runs: dict[str, list[Run]], repeats: int) -> None:
         f"the same, whole loop in seconds (all {job.steps} steps) plus lora_lab's one-off caching "
         f"phase, median of {repeats}",
         f"the bare loop's {job.steps} steps",
-        [Row("lora_lab, nothing cached: loop", loop["nocache"], loop["bare"], NO_CACHE_TARGET),
+        [Row(f"{floor.nocache}: loop", loop["nocache"], loop["bare"], NO_CACHE_TARGET),
          Row(f"lora_lab, cold cache: caching ({cache['cached']:.2f} s) + loop", total["cached"],
              loop["bare"], CACHED_TARGET),
          Row(f"lora_lab, warm cache: caching ({cache['cached-warm']:.2f} s) + loop",
              total["cached-warm"], loop["bare"], CACHED_TARGET)])
-    print("\nnothing cached: lora_lab caches text embeddings by itself whenever captions cannot "
-          "change between steps, so this row sets shuffle_tags=true (same tags, same token count) "
-          "to make it encode the text every step, as the bare loop does.")
+    print(f"\n{floor.note}")
     best = min(r.s_per_step() for r in runs["bare"])
     print(f"every run (ms/step, in the order run; best-of ratio to the bare loop's best "
-          f"{best * 1000:.1f} ms):")
+          f"{best * 1000:.1f} ms; mean loss over all steps):")
+    labels = {**LABELS, "nocache": floor.nocache}
     for k in PATHS:
         rs = runs[k]
         fastest = min(r.s_per_step() for r in rs)
-        print(f"  {LABELS[k]}: " + ", ".join(f"{r.s_per_step() * 1000:.1f}" for r in rs)
+        print(f"  {labels[k]}: " + ", ".join(f"{r.s_per_step() * 1000:.1f}" for r in rs)
               + f" (best {fastest / best:.2f}x); other processes "
               + ", ".join(f"{r.foreign:.2f}" for r in rs)
-              + f" cores; loss at the last step {statistics.fmean(r.losses[-1] for r in rs):.3f}")
+              + f" cores; loss {statistics.fmean(statistics.fmean(r.losses) for r in rs):.3f}, "
+              + f"at the last step {statistics.fmean(r.losses[-1] for r in rs):.3f}")
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=FAMILIES, default="sd15",
-                        help="which tiny model to train")
+def parse_args(argv: list[str] | None, families: tuple[str, ...], doc: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--family", choices=families, default=families[0],
+                        help=f"which tiny model to train (default {families[0]})")
     parser.add_argument("--images", type=int, help="images in the dataset (default 32; --quick 8)")
     parser.add_argument("--size", type=int, default=96, help="their width and height in pixels (default 96)")
     parser.add_argument("--resolution", type=int, default=64, help="training resolution (default 64)")

@@ -9,6 +9,10 @@
 # bench_train.py (tiny SD1.5 LoRA training, lora_lab uncached and cached against a bare
 # diffusers-example loop) takes ~1.5 min; `.venv/bin/python bench/bench_train.py --family sdxl`
 # runs it on the tiny SDXL.
+# bench_train_flow.py (the same for tiny Z-Image, Flux, Chroma and Qwen-Image, each against a bare
+# loop written like diffusers' DreamBooth LoRA example for the model; lora_lab with latents not
+# cached came to 0.85-1.07x the bare loop, target <= 1.05x, read to within +-0.1) takes ~5-6 min;
+# `--family flux` runs one family (~1.5 min).
 # bench_monitor.py (a TrainingMonitor following a job that writes 50 events/s: lag, memory,
 # cost of a poller step) takes ~1 min.
 # bench_widgets.py (DatasetBrowser paging a 10,000-image dataset, against reading the page's
