@@ -167,6 +167,14 @@ def test_what_a_family_refuses_before_a_job_exists(cli, ws, tiny_flow, tmp_path,
     assert not list_jobs(ws)
 
 
+def test_a_negative_prompt_for_a_pipeline_without_one_is_refused(cli, ws, tiny_flow, tmp_path):
+    path = config(tiny_flow, "flux2klein", sample={"negative": "blurry"}).write(tmp_path / "run.toml")
+    said = cli.fails("jobs", "submit", "train", path)
+    assert "sample.negative: FLUX.2 [klein]'s pipeline takes no negative prompt" in said
+    assert not list_jobs(ws)
+    config(tiny_flow, "chroma", sample={"negative": "blurry"}).resolved("chroma")  # Chroma's takes one
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_base_folder_with_a_part_missing_is_refused_saying_which(cli, ws, tiny_flow, tmp_path, family):
     base = Path(shutil.copytree(tiny_flow[family], tmp_path / "cut-short"))

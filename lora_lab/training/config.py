@@ -149,11 +149,11 @@ class TrainConfig:
             if d[table][key] == 0:
                 d[table][key], notes[dotted] = value, note
         d["model"]["family"] = family
-        _check_family(family, self.network)
+        _check_family(family, self.network, self.sample)
         return _validate(d, notes)
 
 
-def _check_family(name: str, n: NetworkSection) -> None:
+def _check_family(name: str, n: NetworkSection, sample: SampleSection) -> None:
     """What the family cannot train or save, refused before any work."""
     from .families import get_family
 
@@ -167,6 +167,9 @@ def _check_family(name: str, n: NetworkSection) -> None:
     if n.dora and family.file_layout != "kohya":
         raise ConfigError(f"network.dora: DoRA is saved for SD1.5 and SDXL only; turn it off for "
                           f"{family.title}")
+    if sample.negative and not family.takes_negative:
+        raise ConfigError(f"sample.negative: {family.title}'s pipeline takes no negative prompt (it "
+                          "guides against the empty one); leave it empty")
 
 
 _SECTIONS: dict[str, type] = get_type_hints(TrainConfig)

@@ -55,6 +55,7 @@ class Family(ABC):
     # "comfyui" (diffusers module names) or "bfl" (BFL's module names, by the table bfl_names)
     bfl_names: BflNames | None = None
     vae_class: str = "AutoencoderKL"  # the diffusers class model.vae is loaded as
+    takes_negative: bool = True  # whether its pipeline takes a negative prompt (sample.negative)
     hub_names: tuple[str, ...] = ()  # words in a Hub id that name this family
     # what a LoRA file's metadata says of its base, as sd-scripts and the SAI model spec write it
     model_version: str = ""  # ss_base_model_version

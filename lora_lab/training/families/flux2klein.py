@@ -84,6 +84,7 @@ class Flux2KleinObjective(Objective):
 
 FLUX2KLEIN = Flux2Klein(
     name="flux2klein", title="FLUX.2 [klein]", pipeline="Flux2KleinPipeline", denoiser="transformer",
+    takes_negative=False,
     text_encoders=("text_encoder",),
     targets={"attn": ATTENTION, "attn_mlp": [*ATTENTION, *MLP]},
     file_layout="bfl", bfl_names=FLUX2, vae_class="AutoencoderKLFlux2",
