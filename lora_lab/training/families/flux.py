@@ -13,6 +13,7 @@ Files for ComfyUI name BFL's modules (:data:`..bfl_names.FLUX1`), as ComfyUI's F
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 import torch
@@ -46,9 +47,10 @@ class PackedFlowObjective(Objective):
         self.vae_scale = pipe.vae_scale_factor
         self.packing = type(pipe)  # the pipeline's static _pack_latents, _unpack_latents, ids
 
+    @abstractmethod
     def conditioning(self, cond: Conditioning, batch: int, image_tokens: int, device: torch.device,
                      dtype: torch.dtype) -> dict[str, Any]:
-        raise NotImplementedError
+        """The transformer's text inputs (and guidance) for a batch of ``batch`` images."""
 
     def loss(self, model: torch.nn.Module, batch: Batch, device: torch.device,
              dtype: torch.dtype) -> torch.Tensor:
