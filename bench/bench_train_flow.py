@@ -20,6 +20,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import cProfile
 import math
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +35,20 @@ FLUX_GUIDANCE = 3.5  # the Flux example's --guidance_scale default, for [dev]'s 
 
 
 # -- what each example does its own way ------------------------------------------------------------
-class Example:
+class Example(ABC):
     """The parts of a DreamBooth LoRA example that differ between models: its components, how a
     caption becomes conditioning, how images become the latents it trains on, and how it calls
     its transformer. The loop around them (:func:`bare_loop`) is the one the examples share."""
     frames = False  # the collate function adds a frame axis (Qwen-Image's video VAE)
 
+    @abstractmethod
     def load(self, model: str, device: Any, dtype: Any) -> None:
         """Load the components one by one; set ``scheduler``, ``vae``, ``transformer`` and
         ``text_encoders`` (frozen by the loop)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def embed(self, caption: str) -> Any:
         """One caption's conditioning, computed once before training (no text encoder trains)."""
-        raise NotImplementedError
 
     def batch(self, embeds: list[Any]) -> Any:
         """The conditioning of a batch from its captions' embeddings."""
@@ -55,13 +56,13 @@ class Example:
 
         return tuple(torch.cat(parts) for parts in zip(*embeds))
 
+    @abstractmethod
     def latents(self, pixels: Any) -> Any:
         """The batch's VAE latents, normalised as the transformer takes them."""
-        raise NotImplementedError
 
+    @abstractmethod
     def predict(self, transformer: Any, noisy: Any, timesteps: Any, cond: Any) -> Any:
         """The transformer's velocity prediction, shaped as the latents."""
-        raise NotImplementedError
 
 
 class ZImageExample(Example):
@@ -130,8 +131,9 @@ class PackedExample(Example):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.device, self.dtype = device, dtype
 
+    @abstractmethod
     def conditioning(self, transformer: Any, cond: Any, batch: int, image_tokens: int) -> dict[str, Any]:
-        raise NotImplementedError
+        """The transformer's text inputs (and guidance) for a batch of ``batch`` images."""
 
     def predict(self, transformer: Any, noisy: Any, timesteps: Any, cond: Any) -> Any:
         from diffusers import FluxPipeline
