@@ -102,7 +102,7 @@ async def test_image_pages_filter_and_link_images_and_thumbnails(api, shapes, jp
                                                                      "sort": "-pixels"})
     sizes = [i["width"] * i["height"] for i in page["items"]]
     assert all(i["width"] > i["height"] for i in page["items"]) and sizes == sorted(sizes)[::-1]
-    for bad in ({"limit": "lots"}, {"limit": 0}, {"offset": -1}, {"captioned": "maybe"},
+    for bad in ({"limit": "lots"}, {"limit": 0}, {"offset": -1}, {"captioned": "maybe"}, {"truncated": ""},
                 {"shape": "round"}, {"sort": "colour"}, {"min_side": -5}, {"duplicates": "often"}):
         code, _, err = await api("datasets", shapes, "images", params=bad)
         assert code == 400 and next(iter(bad)) in err["detail"], (bad, err)

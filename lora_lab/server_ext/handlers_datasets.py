@@ -27,7 +27,7 @@ from .base import LoraLabHandler, field, opened, parse_json
 JSON_LIMIT = 2**20  # a JSON request body; only zip uploads may be bigger
 NAME = r"(?P<name>[^/]+)"
 FILE = r"(?P<file>[^/]+)"
-FLAGS = {"true": True, "1": True, "false": False, "0": False, "": None}
+FLAGS = {"true": True, "1": True, "false": False, "0": False}
 ADD_FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
 ITEM_FIELDS = ("file", "caption", "width", "height", "format", "bytes", "near_dup_of",
                "caption_model")
@@ -208,7 +208,12 @@ class ImagesHandler(LoraLabHandler):
         self.reply(page)
 
     def _flag(self, name: str) -> bool | None:
-        raw = self.get_query_argument(name, "").lower()
+        """A filter's value; None when the query leaves it out (an empty value is refused, as the
+        API's schema says: a boolean)."""
+        raw = self.get_query_argument(name, None)
+        if raw is None:
+            return None
+        raw = raw.lower()
         if raw not in FLAGS:
             raise HTTPError(400, f"{name} must be true or false, not {raw!r}")
         return FLAGS[raw]
