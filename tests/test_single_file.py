@@ -89,3 +89,33 @@ def test_an_incomplete_single_file_is_refused_naming_what_is_missing(tiny, tmp_p
     if part == "vae":  # as the message says: the VAE from elsewhere
         pipe = load_base_model(str(partial), family, vae=str(folder / "vae"), config=str(folder))
         assert not any(p.is_meta for p in pipe.vae.parameters())
+
+
+def test_a_zimage_transformer_file_loads_with_the_same_weights_and_images(tiny_flow):
+    """The Z-Image transformer alone, in its original layout (fused qkv), as ComfyUI users
+    download it; the text encoder and VAE come from model.config."""
+    file, folder = tiny_flow["zimage_file"], tiny_flow["zimage"]
+    assert detect_family(str(file)) == "zimage"
+    assert any(".attention.qkv." in k for k in load_file(file))
+    single = load_base_model(str(file), "zimage", config=str(folder)).pipeline
+    ref = load_base_model(str(folder), "zimage").pipeline
+    got, want = single.transformer.state_dict(), ref.transformer.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+    def image(pipe):
+        return pipe(prompt="sks, a red circle", num_inference_steps=2, height=64, width=64,
+                    guidance_scale=0.0, output_type="np", generator=torch.Generator().manual_seed(0)).images[0]
+    assert np.array_equal(image(single), image(ref))
+
+
+def test_training_from_a_zimage_transformer_file(cli, ws, tiny_flow, tmp_path):
+    run = {"model": {"base": str(tiny_flow["zimage_file"]), "config": str(tiny_flow["zimage"])},
+           "dataset": {"source": str(tiny_flow["samples"]), "resolution": 64, "min_bucket": 64,
+                       "max_bucket": 128, "trigger": "sks"},
+           "train": {"max_steps": 2}}
+    assert train(TrainConfig.from_dict(run), workspace=ws).output.is_file()
+    # without model.config there is no text encoder or VAE: refused before a job exists
+    del run["model"]["config"]
+    said = cli.fails("train", TrainConfig.from_dict(run).write(tmp_path / "run.toml"))
+    assert "model.config: zimage.safetensors holds a Z-Image transformer alone" in said
+    assert len(list(ws.jobs.iterdir())) == 1  # the first run's only

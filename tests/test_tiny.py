@@ -31,7 +31,7 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
 
 def test_fabricate_writes_everything(tiny: dict[str, Path]) -> None:
     assert set(tiny) == {"sd15", "sdxl", "sd15_file", "sdxl_file", "caption_model", "caption_mmproj",
-                         "samples", *FLOW_FAMILIES}
+                         "samples", "zimage_file", *FLOW_FAMILIES}
     assert all(path.exists() for path in tiny.values())
     for family in FLOW_FAMILIES:
         assert tiny[family] == tiny["samples"].parent / family

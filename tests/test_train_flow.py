@@ -43,9 +43,21 @@ LR = {"qwenimage": 1e-2, "flux2klein": 1e-2}
 UI_FORMAT = {"flux2klein": "kohya"}
 
 
-def _images(pipe, prompt="sks, a red circle"):
-    return pipe(prompt=prompt, num_inference_steps=2, height=64, width=64, guidance_scale=0.0,
-                output_type="np", generator=torch.Generator().manual_seed(0)).images[0]
+PROMPT = {"prompt": "sks, a red circle", "guidance_scale": 0.0}
+SAMPLE = {"prompts": [PROMPT["prompt"]], "guidance": PROMPT["guidance_scale"]}  # as PROMPT, encoded
+
+
+def _images(pipe, **inputs):
+    return pipe(**inputs or PROMPT, num_inference_steps=2, height=64, width=64, output_type="np",
+                generator=torch.Generator().manual_seed(0)).images[0]
+
+
+def _trained_images(trainer: Trainer):
+    """The trained model's images of PROMPT, from the sample prompt the trainer encoded before
+    it freed its text encoders (a run with SAMPLE)."""
+    assert trainer.base.text_encoders == [None] * len(trainer.spec.text_encoders)
+    trainer.models[0].eval()
+    return _images(trainer.base.pipeline, **trainer.prompts[0])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -121,11 +133,10 @@ def _diffusers_reads_tiny_bfl(monkeypatch, pipe):
 @pytest.mark.parametrize("fmt", ["kohya", "diffusers"])
 def test_the_saved_lora_reproduces_the_trained_model(ws, tiny_flow, monkeypatch, family, fmt):
     cfg = config(tiny_flow, family, network={"rank": 4, "alpha": 2, "targets": "attn_mlp"},
-                 save={"format": fmt}, train={"lr": LR.get(family, 1e-3)})
+                 save={"format": fmt}, train={"lr": LR.get(family, 1e-3)}, sample=SAMPLE)
     trainer = Trainer(cfg, JobRecord.create("train", {}, ws), ws)
     result = trainer.run()
-    trainer.models[0].eval()
-    trained = _images(trainer.base.pipeline)
+    trained = _trained_images(trainer)
     fresh = load_base_model(str(tiny_flow[family]), family).pipeline
     untouched = _images(fresh)
     if fmt == "kohya" and family in ("flux", "chroma"):
@@ -224,12 +235,12 @@ def tiny_schnell(tiny_flow, tmp_path) -> Path:
 
 
 def test_schnell_trains_without_a_guidance_input(ws, tiny_flow, tiny_schnell, monkeypatch):
-    cfg = config({**tiny_flow, "flux": tiny_schnell}, "flux", network={"rank": 4, "targets": "attn_mlp"})
+    cfg = config({**tiny_flow, "flux": tiny_schnell}, "flux", network={"rank": 4, "targets": "attn_mlp"},
+                 sample=SAMPLE)
     trainer = Trainer(cfg, JobRecord.create("train", {}, ws), ws)
     result = trainer.run()
     assert trainer.family == "flux" and trainer.objective.guidance is None
-    trainer.models[0].eval()
-    trained = _images(trainer.base.pipeline)
+    trained = _trained_images(trainer)
     fresh = load_base_model(str(tiny_schnell), "flux").pipeline
     assert not fresh.transformer.config.guidance_embeds
     _diffusers_reads_tiny_bfl(monkeypatch, fresh)
@@ -275,7 +286,7 @@ def test_qwenimage_latents_and_every_adapted_module_learn(ws, tiny_flow):
     assert f"transformer_blocks.{last}.attn.to_add_out" not in adapted
     assert f"transformer_blocks.{last}.attn.add_k_proj" in adapted and "transformer_blocks.0.txt_mlp.net.2" in adapted
     samples = trainer.plan.samples(0, trainer.rules)
-    assert len({len(trainer.text_cache[s.caption][0][0]) for s in samples}) == 2, "captions of unequal length"
+    assert len({len(trainer.text_cache.get(s.caption)[0][0]) for s in samples}) == 2, "captions of unequal length"
     trainer.micro_batch_loss(0).backward()
     params = {n: p for n, p in trainer.base.denoiser.named_parameters() if p.requires_grad}
     assert params and all(p.grad is not None for p in params.values())

@@ -33,12 +33,14 @@ def fabricate(
     - ``zimage/``, ``flux/``, ``flux2klein/``, ``qwenimage/``, ``chroma/``: the flow-matching
       pipelines named in ``flow`` (``()`` for none), which ``ZImagePipeline``, ``FluxPipeline``,
       ``Flux2KleinPipeline``, ``QwenImagePipeline`` and ``ChromaPipeline`` load;
+    - ``zimage.safetensors``: the Z-Image transformer alone in its original layout, as ComfyUI
+      users download it (``model.base`` with ``model.config = zimage/``);
     - ``caption/tiny-qwen25vl.gguf`` + ``caption/tiny-qwen25vl-mmproj.gguf``: a Qwen2.5-VL text
       model and mmproj that llama-cpp-python's ``Qwen25VLChatHandler`` loads;
     - ``samples/``: a few drawn images, some with caption sidecars.
 
     Returns the paths written, under the keys "sd15", "sdxl", "sd15_file", "sdxl_file", the
-    flow families' names, "caption_model", "caption_mmproj" and "samples".
+    flow families' names, "zimage_file", "caption_model", "caption_mmproj" and "samples".
     """
     flow = tuple(flow)
     if unknown := sorted(set(flow) - set(FLOW_FAMILIES)):
@@ -61,6 +63,10 @@ def fabricate(
 
         for family in flow:
             written[family] = write_flow(family, out / family, seed)
+        if "zimage" in flow:
+            from lora_lab.tiny.single_file import write_zimage_file
+
+            written["zimage_file"] = write_zimage_file(written["zimage"], out / "zimage.safetensors")
     if caption:
         from lora_lab.tiny import gguf_models
 

@@ -1,4 +1,5 @@
-"""Write a diffusers SD1.5/SDXL pipeline folder as one original-layout ("LDM") checkpoint.
+"""Write a diffusers SD1.5/SDXL pipeline folder as one original-layout ("LDM") checkpoint, and a
+Z-Image transformer as the single file ComfyUI users download.
 
 Users bring base models as single ``.safetensors`` files in the layout the original Stable
 Diffusion code saved (``model.diffusion_model.*``, ``first_stage_model.*``, the CLIP text
@@ -187,6 +188,40 @@ def write_single_file(pipeline_dir: Path, out_path: Path, family: str) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(out_path))
     return out_path
+
+
+# diffusers' Z-Image transformer names -> the original ones (Comfy-Org's z_image_turbo_bf16.safetensors);
+# q, k and v are one fused qkv there
+_ZIMAGE_NAMES = {"all_final_layer.2-1.": "final_layer.", "all_x_embedder.2-1.": "x_embedder.",
+                 ".attention.to_out.0.": ".attention.out.", ".attention.norm_k.": ".attention.k_norm.",
+                 ".attention.norm_q.": ".attention.q_norm."}
+
+
+def zimage_to_original(state: StateDict) -> StateDict:
+    """A Z-Image transformer's state dict under its original names: the inverse of diffusers'
+    ``convert_z_image_transformer_checkpoint_to_diffusers``."""
+    out: StateDict = {}
+    for key, value in state.items():
+        if ".attention.to_k." in key or ".attention.to_v." in key:
+            continue  # fused with to_q below
+        if ".attention.to_q." in key:
+            parts = [state[key.replace(".to_q.", f".to_{x}.")] for x in "qkv"]
+            out[key.replace(".to_q.", ".qkv.")] = torch.cat(parts)
+            continue
+        for new, old in _ZIMAGE_NAMES.items():
+            key = key.replace(new, old)
+        out[key] = value
+    return out
+
+
+def write_zimage_file(pipeline_dir: Path, out_path: Path) -> Path:
+    """The Z-Image transformer in ``pipeline_dir`` as one original-layout ``.safetensors``: the
+    transformer alone, whose text encoder and VAE come from a diffusers folder (model.config)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(Path(pipeline_dir) / "transformer" / "diffusion_pytorch_model.safetensors"))
+    save_file({k: v.contiguous() for k, v in zimage_to_original(state).items()}, str(out_path))
+    return Path(out_path)
 
 
 @contextmanager

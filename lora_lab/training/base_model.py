@@ -162,6 +162,8 @@ def _family_of_checkpoint(path: Path) -> str:
         return "sdxl"
     if any(k.startswith("cond_stage_model.") for k in keys):
         return "sd15"
+    if {"cap_embedder.0.weight", "model.diffusion_model.cap_embedder.0.weight"} & set(keys):
+        return "zimage"  # the transformer alone, as ComfyUI users download it
     if any(k.startswith(("double_stream_modulation_img.", "model.diffusion_model.double_stream_modulation_img."))
            for k in keys):  # before FLUX.1's test: FLUX.2 has double_blocks too
         raise LoraLabError(f"model.base: {path.name} is a FLUX.2 checkpoint; lora_lab reads FLUX.2 [klein] "
@@ -170,7 +172,7 @@ def _family_of_checkpoint(path: Path) -> str:
         raise LoraLabError(f"model.base: {path.name} is a FLUX.1 or Chroma checkpoint; lora_lab reads those "
                            "from a diffusers folder or a Hub id (black-forest-labs/FLUX.1-dev, "
                            "lodestones/Chroma1-HD)")
-    raise LoraLabError(f"model.base: {path.name} is not an SD1.5 or SDXL checkpoint "
+    raise LoraLabError(f"model.base: {path.name} is not an SD1.5, SDXL or Z-Image checkpoint "
                        "(a LoRA or another architecture?)")
 
 
@@ -214,14 +216,16 @@ def load_base_model(base: str, family: str, vae: str = "", config: str = "") -> 
         extra["vae"] = _load_vae(vae, spec.vae_class)
     if family == "sd15":
         extra.update(safety_checker=None, requires_safety_checker=False)
-    if path.is_file() and family not in SINGLE_FILE_CONFIGS:
-        raise LoraLabError(f"model.base: {path.name}: a {spec.title} model is read from a diffusers "
-                           "folder or a Hub id, not a single file")
+    check_transformer_file(base, config, family)
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     try:
         if path.is_dir():
             pipe = cls.from_pretrained(path, **extra)
+        elif path.is_file() and spec.transformer_file_class:
+            transformer = getattr(diffusers, spec.transformer_file_class).from_single_file(
+                str(path), config=config, subfolder="transformer")
+            pipe = cls.from_pretrained(config, transformer=transformer, **extra)
         elif path.is_file():
             pipe = cls.from_single_file(str(path), config=config or SINGLE_FILE_CONFIGS[family],
                                         **extra)
@@ -232,6 +236,23 @@ def load_base_model(base: str, family: str, vae: str = "", config: str = "") -> 
     _check_complete(pipe, base)
     pipe.set_progress_bar_config(disable=True)
     return BaseModel(family, pipe, path.name if path.exists() else base)
+
+
+def check_transformer_file(base: str, config: str, family: str) -> None:
+    """A transformer family's single file holds the transformer alone: its text encoders and VAE
+    come from model.config; a family lora_lab reads from no single file is refused."""
+    from .families import get_family
+
+    spec, path = get_family(family), Path(base).expanduser()
+    if not path.is_file() or family in SINGLE_FILE_CONFIGS:
+        return
+    if not spec.transformer_file_class:
+        raise LoraLabError(f"model.base: {path.name}: a {spec.title} model is read from a diffusers "
+                           "folder or a Hub id, not a single file")
+    if not config:
+        raise LoraLabError(f"model.config: {path.name} holds a {spec.title} transformer alone; its text "
+                           f"encoder and VAE come from model.config: set it to a {spec.title} diffusers "
+                           "folder or its Hub id")
 
 
 def _load_failure(e: Exception, folder: bool) -> str:

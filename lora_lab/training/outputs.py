@@ -36,23 +36,22 @@ class TrainerOutputs:
             for model in self.models:
                 model.eval()
             adapter = self.cfg.model.adapter
-            self._move_text_encoders(self.acc.device)
             with without_training_adapter(self.base, adapter) if adapter else contextlib.nullcontext():
                 self._render_samples(step, folder)
-            self._move_text_encoders(torch.device("cpu"))
             for model in self.models:
                 model.train()
             self.phase("training", total=self.total)
         self.acc.wait_for_everyone()
 
     def _render_samples(self, step: int, folder: Path) -> None:
-        s = self.cfg.sample
+        s, pipe = self.cfg.sample, self.base.pipeline
         for i, prompt in enumerate(s.prompts):
             g = torch.Generator().manual_seed(s.seed + i)
             with torch.no_grad():
-                image = self.base.pipeline(prompt=prompt, num_inference_steps=s.steps, width=s.width,
-                                           height=s.height, generator=g,
-                                           **self.base.spec.sample_kwargs(s.guidance, s.negative)).images[0]
+                inputs = self.prompts[i] if self.prompts is not None else \
+                    self.spec.prompt_inputs(pipe, prompt, s.negative, s.guidance, self.acc.device)
+                image = pipe(**inputs, num_inference_steps=s.steps, width=s.width, height=s.height,
+                             generator=g).images[0]
             path = folder / f"step-{step:06d}-{i}.png"
             atomic.write_bytes(path, _png(image))
             self.emit({"type": "sample", "step": step, "prompt": prompt,

@@ -26,7 +26,7 @@ from typing import Any, get_type_hints
 from ..errors import Conflict, LoraLabError
 from ..jobdir import ACTIVE, JobRecord, list_jobs
 from ..workspace import Workspace
-from .base_model import detect_family, is_hub_id, local_models
+from .base_model import check_transformer_file, detect_family, is_hub_id, local_models
 from .config import ConfigError, TrainConfig, check_package
 from .data import SourceCaptions, measure_images, source_captions
 from .loras import run_files, written_by
@@ -62,6 +62,8 @@ def check_train(data: Any, workspace: Workspace, folder: Path) -> TrainConfig:
     family = run(("model.base",), lambda base: check_base_model(base, workspace, folder))
     for key in ("model.vae", "model.config"):
         run((key,), lambda ref, key=key: check_model_part(key, ref, workspace, folder))
+    if family:
+        run(("model.base", "model.config"), lambda base, ref: check_transformer_file(base, ref, family))
     run(("model.adapter",), lambda ref: check_adapter(ref, family))
     for key in ("train.optimizer", "model.quantize"):
         run((key,), lambda value, key=key: check_package(key, value))

@@ -88,6 +88,8 @@ class DatasetSection:
     max_bucket: int = _f(0, "largest bucket side; 0 = the family's", **_SIDE)
     bucket_step: Literal[8, 16, 32, 64] = _f(64, "bucket sides are multiples of this")
     cache_latents: bool = _f(True, "encode the images once, before training (faster)")
+    cache_text: bool = _f(True, "encode the captions once, to disk, and free the text encoders "
+                                "(far less memory; needs fixed captions and a frozen text encoder)")
     flip: bool = _f(False, "random horizontal flips (not for asymmetric subjects or text)")
     trigger: str = _f("", "word put in front of every caption that lacks it")
     shuffle_tags: bool = _f(False, "shuffle comma-separated tags every step")

@@ -42,6 +42,7 @@ from .latents import LatentEncoder
 from .outputs import TrainerOutputs, TrainResult
 from .preflight import check_captions
 from .quantize import quantize_frozen
+from .text_cache import TextCache, free_text_encoders
 
 
 class Trainer(TrainerOutputs):
@@ -171,29 +172,41 @@ class Trainer(TrainerOutputs):
                 raise LoraLabError(f"could not write the latent cache in {cache_dir} ({e}); free "
                                    "some space, or set dataset.cache_latents = false") from None
             self.acc.wait_for_everyone()
-        # Captions that never change are encoded once (the family's encoders then sit idle).
-        self.text_cache: dict[str, Conditioning] | None = None
-        if not self.cfg.network.train_text_encoder and not self.rules.randomised:
-            captions = sorted({self.rules.caption(img.caption, None) for img in self.images})
-            with torch.no_grad():
-                self.text_cache = {c: self.spec.encode(self.base.pipeline, [c], self.acc.device)
-                                   for c in captions}
-            self._move_text_encoders(torch.device("cpu"))  # idle until samples: free the GPU
+        self._cache_text()
 
-    def _move_text_encoders(self, device: torch.device) -> None:
-        """Park the frozen text encoders (a T5-XXL or Qwen VLM is 8-10 GB) off the GPU, or bring
-        them back; nothing to do on a CPU run or while they train."""
-        if self.acc.device.type == "cuda" and self.text_cache is not None:
-            for encoder in self.base.text_encoders:
-                encoder.to(device)
-            if device.type == "cpu":
-                torch.cuda.empty_cache()
+    def _cache_text(self) -> None:
+        """Captions that never change are encoded once, to disk, with the sample prompts; the
+        text encoders are then freed (a T5-XXL or a Qwen VLM is 8-16 GB)."""
+        self.text_cache: TextCache | None = None
+        self.prompts: list[dict[str, Any]] | None = None  # the samples' encoded prompt inputs
+        why_not = ("network.train_text_encoder is on" if self.cfg.network.train_text_encoder else
+                   "captions change every step (tag shuffle or dropout)" if self.rules.randomised else
+                   "dataset.cache_text is off" if not self.cfg.dataset.cache_text else "")
+        if why_not:
+            self.emit({"type": "log", "level": "info",
+                       "message": f"the text encoders stay loaded and encode every step: {why_not}"})
+            return
+        self.text_cache = TextCache(self.spec, self.base.pipeline, self.acc.device,
+                                    self.ws.root / "cache" / "text")
+        captions = sorted({self.rules.caption(img.caption, None) for img in self.images})
+        rank, world = self.acc.process_index, self.acc.num_processes
+        try:
+            self.text_cache.fill(captions[rank::world])
+        except OSError as e:
+            raise LoraLabError(f"could not write the text cache in {self.text_cache.cache_dir} ({e}); "
+                               "free some space, or set dataset.cache_text = false") from None
+        s = self.cfg.sample
+        with torch.no_grad():
+            self.prompts = [self.spec.prompt_inputs(self.base.pipeline, p, s.negative, s.guidance,
+                                                    self.acc.device) for p in s.prompts]
+        self.acc.wait_for_everyone()
+        free_text_encoders(self.spec, self.base.pipeline)
 
     # -- the step --------------------------------------------------------------------------------
     def _encode_text(self, captions: list[str]) -> Conditioning:
         if self.text_cache is None:
             return self.spec.encode(self.base.pipeline, captions, self.acc.device)
-        return self.spec.collate([self.text_cache[c] for c in captions])
+        return self.spec.collate([self.text_cache.get(c) for c in captions])
 
     def micro_batch_loss(self, m: int) -> torch.Tensor:
         """The loss of micro-batch ``m`` (counted over all ranks from the start)."""
@@ -347,6 +360,7 @@ class Trainer(TrainerOutputs):
     def _fingerprint(self) -> str:
         d = self.cfg.to_dict()
         d.pop("sample")
+        d["dataset"].pop("cache_text")  # memory, not what is learned
         for key in ("every_n_steps", "keep_last"):
             d["save"].pop(key)
         return f"{stable_seed(d, self.acc.num_processes, torch.get_num_threads()):08x}"

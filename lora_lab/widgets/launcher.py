@@ -61,6 +61,7 @@ MEMORY: dict[str, str] = {
     "train.gradient_checkpointing": "Gradient checkpointing",
     "train.optimizer": "Optimizer",
     "model.quantize": "Frozen base stored in",
+    "dataset.cache_text": "Text encoder outputs cached",
 }
 ADVANCED = [dotted for dotted in _FIELDS if dotted not in COMMON and dotted not in MEMORY]
 

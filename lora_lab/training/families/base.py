@@ -55,6 +55,9 @@ class Family(ABC):
     # "comfyui" (diffusers module names) or "bfl" (BFL's module names, by the table bfl_names)
     bfl_names: BflNames | None = None
     vae_class: str = "AutoencoderKL"  # the diffusers class model.vae is loaded as
+    # the diffusers class that reads the transformer alone from one original-layout file, the
+    # rest of the pipeline coming from model.config; "" where lora_lab reads no such file
+    transformer_file_class: str = ""
     takes_negative: bool = True  # whether its pipeline takes a negative prompt (sample.negative)
     hub_names: tuple[str, ...] = ()  # words in a Hub id that name this family
     # what a LoRA file's metadata says of its base, as sd-scripts and the SAI model spec write it
@@ -93,9 +96,12 @@ class Family(ABC):
         whose LoRA would get no gradient."""
         return []
 
-    def sample_kwargs(self, guidance: float, negative: str) -> dict[str, Any]:
-        """The pipeline call's guidance arguments for sample.guidance and sample.negative."""
-        return {"guidance_scale": guidance, "negative_prompt": negative or None}
+    @abstractmethod
+    def prompt_inputs(self, pipe: Any, prompt: str, negative: str, guidance: float,
+                      device: torch.device) -> dict[str, Any]:
+        """The sampling call's prompt and guidance arguments for sample.guidance and
+        sample.negative, the prompts encoded as the pipeline would encode them itself: a call
+        given these needs no text encoder, so they are made before the encoders are freed."""
 
     @abstractmethod
     def objective(self, pipe: Any, train: TrainSection, prediction: str) -> Objective:

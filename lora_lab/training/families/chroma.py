@@ -42,6 +42,13 @@ class Chroma(Flux):
                                                  max_sequence_length=MAX_TOKENS)
         return embeds, mask
 
+    def prompt_inputs(self, pipe: Any, prompt: str, negative: str, guidance: float,
+                      device: torch.device) -> dict[str, Any]:
+        embeds, _, mask, neg, _, neg_mask = pipe.encode_prompt(
+            prompt, negative_prompt=negative or None, do_classifier_free_guidance=guidance > 1, device=device)
+        return {"prompt_embeds": embeds, "prompt_attention_mask": mask, "negative_prompt_embeds": neg,
+                "negative_prompt_attention_mask": neg_mask, "guidance_scale": guidance}
+
     def objective(self, pipe: Any, train: TrainSection, prediction: str) -> Objective:
         return ChromaObjective(pipe)
 

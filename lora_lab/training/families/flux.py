@@ -85,6 +85,12 @@ class Flux(Family):
                                                max_sequence_length=MAX_TOKENS[is_dev(pipe)])
         return embeds, pooled
 
+    def prompt_inputs(self, pipe: Any, prompt: str, negative: str, guidance: float,
+                      device: torch.device) -> dict[str, Any]:
+        # guidance is [dev]'s distilled guidance input; no negative prompt without true CFG
+        embeds, pooled, _ = pipe.encode_prompt(prompt, prompt_2=None, device=device)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "guidance_scale": guidance}
+
     def objective(self, pipe: Any, train: TrainSection, prediction: str) -> Objective:
         return FluxObjective(pipe)
 

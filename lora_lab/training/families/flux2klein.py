@@ -44,10 +44,13 @@ class Flux2Klein(Family):
                    for i in range(len(denoiser.single_transformer_blocks))]
         return [*self.targets[which], *singles]
 
-    def sample_kwargs(self, guidance: float, negative: str) -> dict[str, Any]:
+    def prompt_inputs(self, pipe: Any, prompt: str, negative: str, guidance: float,
+                      device: torch.device) -> dict[str, Any]:
         # real CFG when guidance > 1 (on the base models; the distilled ones ignore it), always
         # against "": the pipeline takes no negative prompt
-        return {"guidance_scale": guidance}
+        embeds, _ = pipe.encode_prompt(prompt, device=device)
+        neg = pipe.encode_prompt("", device=device)[0] if guidance > 1 else None
+        return {"prompt_embeds": embeds, "negative_prompt_embeds": neg, "guidance_scale": guidance}
 
     def objective(self, pipe: Any, train: TrainSection, prediction: str) -> Objective:
         return Flux2KleinObjective(pipe)

@@ -37,11 +37,13 @@ class QwenImage(Family):
         last = len(denoiser.transformer_blocks) - 1
         return [f"transformer_blocks.{last}.{name}" for name in _TEXT_OUTPUTS]
 
-    def sample_kwargs(self, guidance: float, negative: str) -> dict[str, Any]:
+    def prompt_inputs(self, pipe: Any, prompt: str, negative: str, guidance: float,
+                      device: torch.device) -> dict[str, Any]:
         # real CFG is true_cfg_scale, and it runs only with a negative prompt (the card's is " ")
+        inputs = _prompt_embeds(pipe, prompt, device, "prompt")
         if guidance > 1:
-            return {"true_cfg_scale": guidance, "negative_prompt": negative or " "}
-        return {"true_cfg_scale": 1.0}
+            inputs.update(_prompt_embeds(pipe, negative or " ", device, "negative_prompt"))
+        return {**inputs, "true_cfg_scale": max(guidance, 1.0)}
 
     def objective(self, pipe: Any, train: TrainSection, prediction: str) -> Objective:
         return QwenImageObjective(pipe.scheduler.config, pipe.vae.config, pipe.vae_scale_factor)
@@ -73,6 +75,15 @@ class QwenImageObjective(Objective):
         pred = QwenImagePipeline._unpack_latents(out, h * self.scale, w * self.scale, self.scale)
         pred = pred.squeeze(2)  # (B, C, 1, H, W): one frame
         return F.mse_loss(pred.float(), target.to(device).float(), reduction="none").mean(dim=(1, 2, 3)).mean()
+
+
+def _prompt_embeds(pipe: Any, prompt: str, device: torch.device, name: str) -> dict[str, torch.Tensor]:
+    """``{name}_embeds`` and its mask for a pipeline call; the pipeline drops a mask of all ones,
+    and a missing one would make it warn."""
+    embeds, mask = pipe.encode_prompt(prompt, device=device)
+    if mask is None:
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+    return {f"{name}_embeds": embeds, f"{name}_embeds_mask": mask}
 
 
 def _padded(embeds: list[torch.Tensor], device: torch.device, dtype: torch.dtype

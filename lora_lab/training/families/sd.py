@@ -44,6 +44,17 @@ class StableDiffusion(Family):
             pooled = out[0]
         return torch.cat(hidden, dim=-1), pooled
 
+    def prompt_inputs(self, pipe: Any, prompt: str, negative: str, guidance: float,
+                      device: torch.device) -> dict[str, Any]:
+        args = {"device": device, "do_classifier_free_guidance": guidance > 1,
+                "negative_prompt": negative or None}
+        if self.name == "sd15":
+            embeds, neg = pipe.encode_prompt(prompt, num_images_per_prompt=1, **args)
+            return {"prompt_embeds": embeds, "negative_prompt_embeds": neg, "guidance_scale": guidance}
+        embeds, neg, pooled, neg_pooled = pipe.encode_prompt(prompt, **args)
+        return {"prompt_embeds": embeds, "negative_prompt_embeds": neg, "pooled_prompt_embeds": pooled,
+                "negative_pooled_prompt_embeds": neg_pooled, "guidance_scale": guidance}
+
     def objective(self, pipe: Any, train: TrainSection, prediction: str) -> Objective:
         from diffusers import DDPMScheduler
 

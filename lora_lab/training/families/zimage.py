@@ -24,6 +24,12 @@ class ZImage(Family):
                                        max_sequence_length=MAX_TOKENS)
         return (list(embeds),)
 
+    def prompt_inputs(self, pipe: Any, prompt: str, negative: str, guidance: float,
+                      device: torch.device) -> dict[str, Any]:
+        embeds, neg = pipe.encode_prompt(prompt, device=device, negative_prompt=negative or None,
+                                         do_classifier_free_guidance=guidance > 0)  # as the pipeline
+        return {"prompt_embeds": embeds, "negative_prompt_embeds": neg, "guidance_scale": guidance}
+
     def objective(self, pipe: Any, train: TrainSection, prediction: str) -> Objective:
         return ZImageObjective(pipe.scheduler.config, pipe.vae.config)
 
@@ -53,5 +59,6 @@ ZIMAGE = ZImage(
     name="zimage", title="Z-Image", pipeline="ZImagePipeline", denoiser="transformer",
     text_encoders=("text_encoder",),
     targets={"attn": ATTENTION, "attn_mlp": [*ATTENTION, "w1", "w2", "w3"]},
-    file_layout="comfyui", hub_names=("z-image", "zimage"), model_version="zimage",
+    file_layout="comfyui", transformer_file_class="ZImageTransformer2DModel",
+    hub_names=("z-image", "zimage"), model_version="zimage",
     architecture="z-image", prediction="flow")
