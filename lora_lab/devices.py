@@ -56,10 +56,7 @@ def gpu_status() -> dict[str, Any]:
     except ImportError:
         return _no_gpus()
     try:
-        with _nvml_lock:
-            if not _nvml_ready:
-                pynvml.nvmlInit()
-                _nvml_ready = True
+        _start_nvml(pynvml)
         gpus = []
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
@@ -69,6 +66,31 @@ def gpu_status() -> dict[str, Any]:
     except pynvml.NVMLError:  # no driver (NVMLError_LibraryNotFound), no GPU, a GPU gone
         return _no_gpus()
     return {"gpus": gpus, "source": "nvml"} if gpus else _no_gpus()
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver's version and the newest CUDA it runs, as NVML reads them
+    ("550.54.15, CUDA 12.4"); None without the library or the driver."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        _start_nvml(pynvml)
+        version, cuda = pynvml.nvmlSystemGetDriverVersion(), pynvml.nvmlSystemGetCudaDriverVersion()
+    except pynvml.NVMLError:
+        return None
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", errors="replace")
+    return f"{version}, CUDA {cuda // 1000}.{cuda % 1000 // 10}"
+
+
+def _start_nvml(pynvml: Any) -> None:
+    global _nvml_ready
+    with _nvml_lock:
+        if not _nvml_ready:
+            pynvml.nvmlInit()
+            _nvml_ready = True
 
 
 def _no_gpus() -> dict[str, Any]:

@@ -133,6 +133,10 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
         "/health": {"get": _op("The server extension's version and settings, and where the "
                                "Jupyter file browser's root and the workspace are",
                                result=_ref("Health"), errors=())},
+        "/doctor": {"get": _op("What this box can do, as `lora-lab doctor` says it: one line per "
+                               "check (GPU, torch CUDA, bf16, llama.cpp GPU offload, disk, models, "
+                               "server extension), each ok, warn or fail, with the fix",
+                               result=_ref("Doctor"), errors=())},
         "/openapi.json": {"get": _op("This document", errors=())},
         "/datasets": {"get": _op("Every dataset with its image and caption counts", errors=()),
                       "post": _datasets_post()},
@@ -279,6 +283,9 @@ SCHEMAS = {
                     total=INT, offset=INT, limit=NULL_INT),
     "Health": _obj(("ok", "version", "workspace", "contents"), ok=BOOL, version=STR, workspace=STR,
                    contents=_obj(("root", "workspace"), root=NULL_STR, workspace=NULL_STR)),
+    "Doctor": _obj(("checks",), checks={"type": "array", "items": _obj(
+        ("check", "status", "found", "fix"), check=STR, status={"enum": ["ok", "warn", "fail"]},
+        found=STR, fix=NULL_STR)}),
     "Gpus": _obj(("gpus", "source"), source={"enum": ["nvml", "none"]}, gpus={"type": "array", "items": _obj(
         ("index", "name", "utilization", "memory_used_mb", "memory_total_mb"), index=INT,
         name=STR, utilization=NULL_INT, memory_used_mb=INT, memory_total_mb=INT)}),
