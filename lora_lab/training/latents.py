@@ -68,9 +68,10 @@ class LatentEncoder:
 
     def batch(self, images: list[TrainImage], bucket: tuple[int, int],
               flips: list[bool]) -> torch.Tensor:
-        """``params`` of images sharing ``bucket``, stacked; uncached, in one VAE call."""
+        """``params`` of images sharing ``bucket``, stacked, on the CPU as cached ones are (the
+        objectives draw their noise there); uncached, in one VAE call."""
         if self.cache_dir is None:
-            return self.encode(images, bucket, flips)
+            return self.encode(images, bucket, flips).cpu()
         return torch.stack([self.params(image, bucket, flip) for image, flip in zip(images, flips)])
 
     def params(self, image: TrainImage, bucket: tuple[int, int], flip: bool) -> torch.Tensor:
