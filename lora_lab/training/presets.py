@@ -110,7 +110,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "8-bit AdamW, bf16, gradient checkpointing", _flow_low_vram(_CHROMA, 512, 8, 8.0)),
     Preset("qwenimage", "Qwen-Image", "1024 px, rank 32 / alpha 16, AdamW at 1e-4, batch 1, bf16, "
            "gradient checkpointing; samples in 50 steps at true CFG 4", _QWENIMAGE),
-    Preset("qwenimage-lowvram", "Qwen-Image, lower VRAM (32 GB and up)", "768 px, rank 16, transformer "
+    Preset("qwenimage-lowvram", "Qwen-Image, lower VRAM (48 GB)", "768 px, rank 16, transformer "
            "stored in int8 (20 GB), 8-bit AdamW, bf16, gradient checkpointing",
            _flow_low_vram(_QWENIMAGE, 768, 16, 8.0)),
     Preset("flux2-klein", "FLUX.2 [klein] (base 4B / 9B)", "1024 px, rank 32 / alpha 16, AdamW at 1e-4, "
