@@ -25,6 +25,8 @@
 # bench_index.py (a page anywhere in a 100,000-image index, each sort and filter, against the
 # old OFFSET queries; the index's writes) takes ~7 min, most of it the old queries.
 # bench_doctor.py (`lora-lab doctor` in a new process against `python -c pass`) takes ~15 s.
+# bench_models.py (a 200 MB model pull from a local Hub against curl of the same file) takes
+# ~20 s; it needs curl.
 # BENCH_PYTHON picks the interpreter (default: the project's .venv).
 set -e
 cd "$(dirname "$0")/.."

@@ -15,3 +15,7 @@ class NotFound(LoraLabError):
 
 class Conflict(LoraLabError):
     """The request clashes with what exists (a taken name, a newer edit)."""
+
+
+class NoSpace(LoraLabError):
+    """The disk has too little room for what was asked (a model to download)."""

@@ -79,8 +79,8 @@ def _check_model(model: str | None, mmproj: str | None, workspace: Workspace | N
         except CaptionError as e:
             raise LoraLabError(
                 f"caption parameter {key}: {e}; that path is {came} (a REST request names the "
-                "files as params model and mmproj; without them, the Qwen2.5-VL-7B pair is "
-                f"looked for in {(workspace or Workspace()).models / 'caption'})") from None
+                "files as params model and mmproj; without them, the pair `lora-lab models pull "
+                f"caption` or `caption-small` put in {(workspace or Workspace()).models} is used)") from None
 
 
 def settings_of(params: dict[str, Any]) -> CaptionSettings:

@@ -17,13 +17,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..models.local import caption_pair
 from ..workspace import Workspace
 from .base import Answer, CaptionError, data_uri, prepare_image, whole_answer
 
 log = logging.getLogger("lora_lab.captioning.llama")
 
-DEFAULT_MODEL = "caption/Qwen2.5-VL-7B-Instruct-Q8_0.gguf"
-DEFAULT_MMPROJ = "caption/mmproj-Qwen2.5-VL-7B-Instruct-f16.gguf"
 HANDLERS = ("qwen25vl", "mtmd")
 
 # ggml log level (NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5) -> logging level; the INFO
@@ -35,16 +34,16 @@ _log_callback = None  # kept referenced: llama.cpp calls it from C for the life 
 
 def model_paths(model: str | os.PathLike | None = None, mmproj: str | os.PathLike | None = None,
                 workspace: Workspace | None = None) -> tuple[Path, Path]:
-    """Arguments, else ``$LORA_LAB_CAPTION_MODEL`` / ``$LORA_LAB_CAPTION_MMPROJ``, else the
-    Qwen2.5-VL-7B Q8_0 files under the workspace's ``models/``."""
-    def pick(arg, env: str, default: str) -> Path:
+    """Arguments, else ``$LORA_LAB_CAPTION_MODEL`` / ``$LORA_LAB_CAPTION_MMPROJ``, else the pair
+    ``lora-lab models pull`` put in the workspace's ``models/`` (``caption``, else
+    ``caption-small``; where ``caption`` goes when neither is there)."""
+    def pick(arg, env: str, index: int) -> Path:
         if arg:
             return Path(arg).expanduser()
         if os.environ.get(env):
             return Path(os.environ[env]).expanduser()
-        return (workspace or Workspace()).models / default
-    return (pick(model, "LORA_LAB_CAPTION_MODEL", DEFAULT_MODEL),
-            pick(mmproj, "LORA_LAB_CAPTION_MMPROJ", DEFAULT_MMPROJ))
+        return caption_pair(workspace or Workspace())[index]
+    return (pick(model, "LORA_LAB_CAPTION_MODEL", 0), pick(mmproj, "LORA_LAB_CAPTION_MMPROJ", 1))
 
 
 def model_name(model_path: Path, mmproj_path: Path) -> str:
@@ -54,7 +53,8 @@ def model_name(model_path: Path, mmproj_path: Path) -> str:
 
 def check_gguf(path: Path, role: str) -> str:
     """Refuse a missing, empty, non-GGUF or truncated file; return its architecture."""
-    hint = "set --model/--mmproj or $LORA_LAB_CAPTION_MODEL/$LORA_LAB_CAPTION_MMPROJ"
+    hint = ("pull one with `lora-lab models pull caption` (or caption-small), or set "
+            "--model/--mmproj or $LORA_LAB_CAPTION_MODEL/$LORA_LAB_CAPTION_MMPROJ")
     if not path.exists():
         raise CaptionError(f"{role} file not found: {path} ({hint})")
     if not path.is_file():

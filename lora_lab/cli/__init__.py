@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import LoraLabError
-from . import caption_cmds, dataset_cmds, doctor_cmds, job_cmds, misc_cmds, notebook_cmds, train_cmds
+from . import caption_cmds, dataset_cmds, doctor_cmds, job_cmds, misc_cmds, models_cmds, notebook_cmds, train_cmds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     job_cmds.register(sub)
     misc_cmds.register(sub)
     notebook_cmds.register(sub)
+    models_cmds.register(sub)
     doctor_cmds.register(sub)
     return parser
 

@@ -20,10 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_caption_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("name", help="dataset")
-    c.add_argument("--model", help="GGUF language model (default: $LORA_LAB_CAPTION_MODEL or "
-                                   "models/caption/Qwen2.5-VL-7B-Instruct-Q8_0.gguf)")
-    c.add_argument("--mmproj", help="GGUF vision projector (default: $LORA_LAB_CAPTION_MMPROJ or "
-                                    "models/caption/mmproj-Qwen2.5-VL-7B-Instruct-f16.gguf)")
+    c.add_argument("--model", help="GGUF language model (default: $LORA_LAB_CAPTION_MODEL, else "
+                                   "the one `lora-lab models pull caption` or caption-small put in models/)")
+    c.add_argument("--mmproj", help="GGUF vision projector (default: $LORA_LAB_CAPTION_MMPROJ, else "
+                                    "the pulled caption model's)")
     c.add_argument("--handler", choices=("qwen25vl", "mtmd"), default="qwen25vl",
                    help="chat handler: Qwen2.5-VL, or the generic one for other GGUF VLMs")
     c.add_argument("--server", metavar="URL",

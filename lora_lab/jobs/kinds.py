@@ -52,10 +52,23 @@ def _run_train(job: JobRecord, ws: Workspace, resume: bool, on_event: OnEvent) -
     return run_train_job(job, ws, resume=resume, on_event=on_event)
 
 
+def _check_pull(params: dict[str, Any], ws: Workspace, base: Path) -> dict[str, Any]:
+    from ..models.job import pull_params
+
+    return pull_params(params, ws)  # it names no path: models go to the workspace's models/
+
+
+def _run_pull(job: JobRecord, ws: Workspace, resume: bool, on_event: OnEvent) -> Any:
+    from ..models.job import run_pull_job
+
+    return run_pull_job(job, ws, on_event)  # a resume is a pull again: it keeps what arrived
+
+
 KINDS = {k.name: k for k in (
     # a caption server elsewhere (--server URL) needs no GPU here
     JobKind("caption", _check_caption, lambda p: 0 if p["server"] else 1, _run_caption),
     JobKind("train", _check_train, lambda p: p.get("gpus", 1), _run_train),  # older specs: 1
+    JobKind("pull", _check_pull, lambda p: 0, _run_pull),  # a download takes no GPU slot
 )}
 
 

@@ -26,7 +26,7 @@ from ..confine import server_prefix
 from ..errors import LoraLabError
 from ..served import export_server
 from ..workspace import Workspace, default_root
-from . import feed, handlers_caption, handlers_datasets, handlers_jobs, handlers_lab, handlers_meta
+from . import feed, handlers_caption, handlers_datasets, handlers_jobs, handlers_lab, handlers_meta, handlers_models
 from .base import API
 from .services import SETTINGS_KEY, Services, Settings
 
@@ -34,7 +34,7 @@ from .services import SETTINGS_KEY, Services, Settings
 def routes() -> list[tuple[str, type]]:
     """Every (pattern relative to base_url, handler) of the REST API and the WebSockets."""
     table = (handlers_datasets.ROUTES + handlers_jobs.ROUTES + handlers_caption.ROUTES
-             + handlers_meta.ROUTES + handlers_lab.ROUTES + feed.ROUTES)
+             + handlers_meta.ROUTES + handlers_lab.ROUTES + handlers_models.ROUTES + feed.ROUTES)
     return [(f"{API}/{pattern}", handler) for pattern, handler in table]
 
 
@@ -52,13 +52,13 @@ class LoraLabApp(ExtensionApp):
     caption_model = Unicode(
         config=True,
         help="""The caption model GGUF for POST caption (one image at a time, resident).
-        Defaults to $LORA_LAB_CAPTION_MODEL, else the Qwen2.5-VL-7B Q8_0 file under the
-        workspace's models/caption/.""",
+        Defaults to $LORA_LAB_CAPTION_MODEL, else the pair `lora-lab models pull caption` (or
+        caption-small) put in the workspace's models/, looked up at each load.""",
     )
     caption_mmproj = Unicode(
         config=True,
         help="""The caption model's vision projector GGUF (mmproj). Defaults to
-        $LORA_LAB_CAPTION_MMPROJ, else the Qwen2.5-VL-7B mmproj under models/caption/.""",
+        $LORA_LAB_CAPTION_MMPROJ, else the pulled caption model's mmproj (as caption_model).""",
     )
     max_upload_mb = Int(
         config=True,

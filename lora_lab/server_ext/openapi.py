@@ -26,7 +26,7 @@ ERROR_CODES = {400: "Bad input: the detail says what was wrong and what to do",
                412: "The caption changed since the ETag in If-Match was read; nothing was written",
                413: "The upload is larger than LoraLabApp.max_upload_mb",
                503: "The caption model cannot load or answer",
-               507: "The workspace's disk is full"}
+               507: "The workspace's disk is full, or too small for the model asked for"}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -237,6 +237,23 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
                              "workspace's notebooks/ when the Jupyter root holds the workspace, "
                              "else into the root's lora-lab-notebooks/", result=_ref("Kit"),
                              errors=(400, 409))},
+        "/models": {"get": _op("The model catalogue, each model's state in the workspace's models/ "
+                               "(present, partial: a pull to resume, absent) and size on disk, "
+                               "the other folders and files there, and the free space",
+                               result=_ref("Models"), errors=())},
+        "/models/pull": {"post": _op(
+            "Pull a catalogue model, a whole Hub repo (ORG/NAME, `include` globs to choose files) "
+            "or one file (ORG/NAME/PATH) into models/ as a background job (kind pull; progress, "
+            "cancel and resume are the job's). Refused before the job exists: an unknown name "
+            "(404, with the closest ones), the Hub unreachable or a gated repo without the "
+            "server's HF_TOKEN (400), too little disk (507), a pull into the same folder running "
+            "or a different file in the way (409)", ok=(202,), result=_ref("Accepted"),
+            errors=(400, 404, 409, 507),
+            body=_obj(("model",), closed=True, model=schemas.MODEL_SPEC,
+                      name=_opt(schemas.name("the folder under models/ (default: the catalogue "
+                                             "name, or the repo's name)")),
+                      include=_opt({"type": "array", "items": {"type": "string", "minLength": 1},
+                                    "description": "with ORG/NAME: only the files matching"})))},
         "/caption": {"post": _op(
             "Caption one image now with the resident caption model (undoable)",
             errors=(400, 404, 503), result=_ref("Captioned"),
@@ -296,6 +313,15 @@ SCHEMAS = {
                 dest=STR, copied=STRS, updated=STRS, unchanged=STRS, kept=STRS, overwritten=STRS,
                 path=NULL_STR, open=NULL_STR),
     "Accepted": _obj(("id", "job"), id=STR, job=_ref("Job")),
+    "Models": _obj(("folder", "free_bytes", "catalogue", "other"), folder=STR, free_bytes=INT,
+                   catalogue={"type": "array", "items": _obj(
+                       ("name", "kind", "repo", "gated", "size_gb", "state", "bytes"), name=STR,
+                       title=STR, kind={"enum": ["caption", "base", "adapter"]}, family=NULL_STR,
+                       repo=STR, gated=BOOL, licence=STR, size_gb={"type": "number"},
+                       state={"enum": ["present", "partial", "absent"]}, path=NULL_STR, bytes=INT)},
+                   other={"type": "array", "items": _obj(
+                       ("name", "path", "folder", "bytes"), name=STR, path=STR, folder=BOOL,
+                       bytes=INT, repo=NULL_STR, complete={"type": "boolean", "nullable": True})}),
 }
 
 

@@ -32,6 +32,12 @@ REL_PATH_PATTERN = anchored(REL_PATH)
 PROMPT_PATTERN = anchored(r"(?:[^{}]|\{\{|\}\}|\{(?:trigger|filename|existing)\})*")
 
 
+# What `lora-lab models pull` takes: a catalogue name, a Hub repo ORG/NAME, or ORG/NAME/PATH
+MODEL_SPEC = {"type": "string", "pattern": anchored(r"[^/\s]+(?:/[^/\s]+(?:/[^\x00]+)?)?"),
+              "maxLength": 1000, "description": "a catalogue name (GET models lists them), a Hub "
+              "repo as ORG/NAME, or one file of it as ORG/NAME/PATH"}
+
+
 def name(what: str = "dataset name", empty_ok: bool = False) -> dict[str, Any]:
     """A dataset name (or a trigger word: the same rule); ``empty_ok``: "" means the default."""
     return {"type": "string", "pattern": anchored(f"(?:{NAME})?" if empty_ok else NAME), "maxLength": 100,

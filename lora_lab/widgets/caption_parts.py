@@ -70,8 +70,8 @@ class ResidentCaptioner:
         if not gone:
             return None
         return (f"no caption model: {', '.join(map(str, gone))} not found. Pass model= and mmproj= "
-                f"to {panel}, set $LORA_LAB_CAPTION_MODEL and $LORA_LAB_CAPTION_MMPROJ, or put the "
-                f"Qwen2.5-VL GGUF pair under {self.workspace.models / 'caption'}")
+                f"to {panel}, set $LORA_LAB_CAPTION_MODEL and $LORA_LAB_CAPTION_MMPROJ, or pull the "
+                f"default pair into {self.workspace.models / 'caption'} with `lora-lab models pull caption`")
 
     @property
     def busy(self) -> bool:
