@@ -180,9 +180,10 @@ def _mount_point(path: Path) -> Path:
 
 
 def model_lines(box: Box) -> list[Check]:
-    """The base models and the caption model in the workspace. (One function, so that the
-    model catalogue can answer it.)"""
+    """The base models in the workspace, the catalogue models pulled, and the caption model."""
     from .captioning.llama import model_paths  # PIL and ctypes; llama_cpp stays out
+
+    from .models import present
 
     models = box.ws.models
     found = _base_models(models)
@@ -193,6 +194,10 @@ def model_lines(box: Box) -> list[Check]:
         lines = [Check("base models", "warn", f"none in {models}",
                        f"lora-lab models pull sd15 (or sdxl), or copy a diffusers folder or a "
                        f".safetensors checkpoint into {models}")]
+    pulled = [name for name, path in present(box.ws).items() if path is not None]
+    lines.append(Check("catalogue", "ok", f"pulled: {', '.join(pulled)}") if pulled else
+                 Check("catalogue", "warn", "no catalogue model pulled yet (lora-lab models list)",
+                       "lora-lab models pull caption, then a base model: sdxl, z-image-turbo, ..."))
     model, mmproj = model_paths(workspace=box.ws)
     if model.is_file() and mmproj.is_file():
         size = _size(model.stat().st_size + mmproj.stat().st_size)
