@@ -182,7 +182,6 @@ def _mount_point(path: Path) -> Path:
 def model_lines(box: Box) -> list[Check]:
     """The base models in the workspace, the catalogue models pulled, and the caption model."""
     from .captioning.llama import model_paths  # PIL and ctypes; llama_cpp stays out
-
     from .models import present
 
     models = box.ws.models

@@ -164,6 +164,8 @@ def test_a_catalogue_base_model_takes_only_what_its_pipeline_reads_and_loads(
         assert (folder / rel).read_bytes() == fp16.read_bytes()
     assert present(ws)["sd15"] == folder and present(ws)["sdxl"] is None
     assert local_models(ws.models) == [(folder, "sd15")]
+    doctor = {line["check"]: line for line in json.loads(cli("doctor", "--json")[1])}
+    assert doctor["catalogue"] == {"check": "catalogue", "status": "ok", "found": "pulled: sd15", "fix": None}
     base = load_base_model(str(folder), "sd15")  # what the trainer does with it
     assert next(base.unet.parameters()).dtype.is_floating_point
 
