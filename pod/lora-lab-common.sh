@@ -252,3 +252,14 @@ start_model_pull() {
     ' lora-lab-models-pull "$CLI" "$STATE" "${names[@]}" >>"$LOGS/models-pull.log" 2>&1 </dev/null &
 }
 
+# What both providers do at every start, in order; each step skips what the volume already holds.
+provision() {
+    start_log
+    probe
+    install_lora_lab
+    ensure_llama
+    ensure_jupyter
+    lora_lab_cli
+    copy_notebooks
+    start_model_pull
+}

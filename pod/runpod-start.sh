@@ -76,14 +76,7 @@ start_jupyterlab() {
 }
 
 pod_settings python3
-start_log
-probe
-install_lora_lab
-ensure_llama
-ensure_jupyter
-lora_lab_cli
-copy_notebooks
-start_model_pull
+provision
 jupyter_failed=
 start_jupyterlab || jupyter_failed=1
 [[ -n $jupyter_failed ]] || say "ready: in JupyterLab open workspace/lora-lab/notebooks/interactive/quickstart.ipynb; model downloads log to $LOGS/models-pull.log"

@@ -29,14 +29,7 @@ fi
 python=/venv/main/bin/python  # vastai/pytorch's venv: its JupyterLab and kernels run there
 [[ -x $python ]] || python=python3
 pod_settings "$python"
-start_log
-probe
-install_lora_lab
-ensure_llama
-ensure_jupyter
-lora_lab_cli
-copy_notebooks
-start_model_pull
+provision
 # Vast starts JupyterLab beside provisioning: one that was up before lora_lab was installed
 # loads the extension only once it is restarted.
 if [[ -n $INSTALLED_NOW ]] && "$PY" - 2>/dev/null <<'EOF'

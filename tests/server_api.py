@@ -3,12 +3,25 @@ sample dataset, the tiny model inside the workspace, zip bodies."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import zipfile
 
 import pytest
 
 from lora_lab.datasets import ingest
+
+API = ("lora-lab", "api")
+
+
+@pytest.fixture
+def api(jp_fetch):
+    """``await api(*path, method=, body=)`` -> (status code, JSON body), errors included."""
+    async def call(*path, method="GET", body=None):
+        data = json.dumps(body) if body is not None else None
+        r = await jp_fetch(*API, *path, method=method, body=data, raise_error=False)
+        return r.code, json.loads(r.body)
+    return call
 
 
 def server_config(ws, **settings) -> dict:

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 from hub_server import LocalHub
-from server_api import jp_server_config  # noqa: F401 (fixture)
+from server_api import api, jp_server_config  # noqa: F401 (fixture)
 
 from lora_lab.captioning.llama import model_paths
 from lora_lab.models import list_models, present
 from lora_lab.models.local import RECORD, read_record
 
-API = ("lora-lab", "api")
 MiB = 2**20
 
 
@@ -364,15 +363,6 @@ def test_list_shows_the_catalogue_and_what_else_models_holds_with_sizes(cli, ws,
 
 
 # -- REST --------------------------------------------------------------------------------------------
-@pytest.fixture
-def api(jp_fetch):
-    async def call(*path, method="GET", body=None):
-        data = json.dumps(body) if body is not None else None
-        r = await jp_fetch(*API, *path, method=method, body=data, raise_error=False)
-        return r.code, json.loads(r.body)
-    return call
-
-
 async def test_rest_pulls_as_a_job_and_lists_the_result(api, ws, hub, repo):
     code, listing = await api("models")
     assert code == 200 and {m["name"] for m in listing["catalogue"]} >= {"caption", "sdxl", "qwen-image"}

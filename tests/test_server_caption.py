@@ -7,12 +7,10 @@ import os
 import shutil
 
 import pytest
-from server_api import server_config, shapes, workspace_models  # noqa: F401 (fixture)
+from server_api import API, api, server_config, shapes, workspace_models  # noqa: F401 (fixture)
 
 from lora_lab.jobdir.record import pid_alive
 from lora_lab.tiny import gguf_models
-
-API = ("lora-lab", "api")
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +23,6 @@ def jp_server_config(ws, caption_pair, request):
     model, mmproj = caption_pair
     return server_config(ws, **{"caption_model": str(model), "caption_mmproj": str(mmproj),
                                 **getattr(request, "param", {})})
-
-
-@pytest.fixture
-def api(jp_fetch):
-    async def call(*path, method="GET", body=None):
-        data = json.dumps(body) if body is not None else None
-        r = await jp_fetch(*API, *path, method=method, body=data, raise_error=False)
-        return r.code, json.loads(r.body)
-    return call
 
 
 async def test_caption_one_image_with_the_resident_model_then_undo(api, shapes, ws, jp_serverapp,
