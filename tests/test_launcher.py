@@ -91,6 +91,11 @@ def test_a_preset_switch_after_edits_keeps_them_and_says_what_it_changed(ws, tin
     assert launcher.values()["network"]["alpha"] == 12.0 and launcher.values()["network"]["rank"] == 8
     said = launcher.preset_changes.value
     assert "network.alpha (the preset&#x27;s: 8.0)" in said and "train.batch_size 2 → 1" in said
+    # a pod preset asks for a GPU: on this GPU-less box, refused beside the field until "auto"
+    assert "train.device &#x27;auto&#x27; → &#x27;cuda&#x27;" in said
+    refused(launcher, ws, "train.device", "&quot;cuda&quot;, but this machine shows no GPU")
+    launcher.fields["train.device"].value = "auto"
+    assert "train.device" not in launcher.problems
 
 
 def test_every_config_field_is_reachable_with_its_help_and_the_rest_is_advanced(ws, tiny_models):

@@ -205,6 +205,8 @@ async def test_runs_bound_to_fail_are_refused_with_the_reason_and_leave_no_job_r
     err = await refused("train", train(model={"base": "models/sd15x"}), 400)  # a mistyped path
     assert err["detail"] == (f"model.base: {ws.models / 'sd15x'} does not exist; "
                              f"models in {ws.models}: sd15 (sd15)")
+    err = await refused("train", train(train={"device": "cuda"}), 400)  # this box has no GPU
+    assert err["detail"].startswith('train.device: "cuda", but this machine shows no GPU')
     err = await refused("train", train(save={"name": "mine"}), 409)
     assert err["detail"].startswith(f"save.name: 'mine' is taken: {ws.loras / 'mine-000200.safetensors'}"
                                     f" is the LoRA of job {done.id}")

@@ -170,6 +170,7 @@ def test_out_of_range(table, key, value, message):
     ("model", "family", "SDXL",
      "model.family: 'SDXL' is not one of auto, sd15, sdxl, zimage, flux, chroma, qwenimage, flux2klein"),
     ("train", "optimizer", "lion", "train.optimizer: 'lion' is not one of adamw, adamw8bit, prodigy"),
+    ("train", "device", "gpu", "train.device: 'gpu' is not one of auto, cuda, cpu"),
     ("dataset", "bucket_step", 48, "dataset.bucket_step: 48 is not one of 8, 16, 32, 64"),
     ("dataset", "bucket_step", 64.0, "dataset.bucket_step: 64.0 is not one of 8, 16, 32, 64"),
 ])

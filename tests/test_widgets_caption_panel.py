@@ -3,17 +3,24 @@ what the user sees (editor, tiles, notices) and what landed on disk."""
 from __future__ import annotations
 
 import io
+import json
 import time
 import zipfile
 
 import pytest
 from conftest import jpeg_bytes, tree_digest
+from test_jobs import wait_until
+from test_train import config
+from test_widgets_jobs import tiny_form
 
 from lora_lab.datasets import Dataset, ingest
 from lora_lab.datasets.thumbs import cached_thumbnail, thumbnail_path
 from lora_lab.errors import NotFound
+from lora_lab.jobdir import open_job, pid_alive
+from lora_lab.jobs import cancel
 from lora_lab.widgets import CaptionPanel
 from lora_lab.widgets.caption_panel import AUTOSAVE_S
+from lora_lab.widgets.launcher import TrainingLauncher
 
 FILES = ["blue_square.png", "cyan_square.jpg", "green_circle.jpg", "orange_triangle.png",
          "purple_square.jpg", "red_circle.jpg", "white_circle.webp", "yellow_triangle.webp"]
@@ -358,3 +365,65 @@ def test_caption_this_image_with_ai(ws, shapes, tiny_caption, tmp_path):
     finally:
         p.close()
     assert p.ai.worker.pid is None
+
+
+# -- the AI lets go of its memory for training -------------------------------------------------------
+def _running(job) -> None:
+    """Once the train job runs (a long one: it is still running when the panel looks)."""
+    assert wait_until(job, lambda v: v["state"] != "queued")["state"] == "running", \
+        job.log_path.read_text()
+
+
+def test_the_ai_lets_go_when_the_launcher_in_this_kernel_starts_training(ws, shapes, tiny_caption,
+                                                                          tiny_models):
+    p = CaptionPanel("shapes", ws, tiny_caption["caption_model"], tiny_caption["caption_mmproj"],
+                     max_tokens=8, page_size=3, autostart=False)
+    launcher = TrainingLauncher(str(tiny_models["samples"]), str(tiny_models["sd15"]), workspace=ws,
+                                autostart=False)
+    try:
+        p.editor.ai_button.click()
+        first = p.ai.worker.pid
+        assert p.ai.loaded and pid_alive(first)
+        assert p.ai.make_way() is True  # (what its poller calls) no training: it stays loaded
+        tiny_form(launcher, **{"train.max_steps": 2000, "sample.every_n_steps": 0})
+        launcher.train_button.click()
+        _running(launcher.job)
+        assert p.ai.make_way() is False  # let go: nothing left to look after
+        assert not p.ai.loaded and not pid_alive(first)
+        assert p.notice.kind == "info" and p.notice.text == (
+            f"training job {launcher.job.id} started: the caption model let go of its memory for "
+            "it and loads again on the next AI caption")
+        p.editor.ai_button.click()  # the next request loads it again, beside the running job
+        assert p.notice.text.startswith("captioned blue_square.png in "), p.notice.text
+        assert p.ai.loaded and p.ai.worker.starts == 2
+        assert p.ai.make_way() is True  # a job running when it loaded is no reason to let go
+    finally:
+        if launcher.job is not None and launcher.job.view()["state"] in ("queued", "running"):
+            cancel(launcher.job)
+        launcher.close()
+        p.close()
+
+
+def test_the_ai_lets_go_on_its_own_for_a_train_job_from_the_cli(ws, shapes, tiny_caption, tiny_models,
+                                                                cli, tmp_path):
+    p = CaptionPanel("shapes", ws, tiny_caption["caption_model"], tiny_caption["caption_mmproj"],
+                     max_tokens=8, page_size=3)
+    job = None
+    try:
+        p.editor.ai_button.click()  # on a thread, then the watch starts
+        p.ai.thread.join(60)
+        assert p.ai.loaded and p.ai.watch.running, p.notice.text
+        path = config(tiny_models, train={"max_steps": 2000}).write(tmp_path / "run.toml")
+        job = open_job(json.loads(cli("jobs", "submit", "train", path, "--json")[1])["id"], ws)
+        deadline = time.monotonic() + 120
+        while p.ai.loaded and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not p.ai.loaded and f"training job {job.id} started" in p.notice.text
+        deadline = time.monotonic() + 10
+        while p.ai.watch.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not p.ai.watch.running  # nothing loaded, nothing to watch
+    finally:
+        if job is not None and job.view()["state"] in ("queued", "running"):
+            cancel(job)
+        p.close()

@@ -101,9 +101,11 @@ def test_every_preset_is_a_valid_config(tiny_models):
 
 # -- launcher --------------------------------------------------------------------------------------
 def tiny_form(launcher: TrainingLauncher, **values) -> TrainingLauncher:
+    """The tiny model's settings over any preset's (a pod preset's GPU-only ones included)."""
     settings = {"dataset.resolution": 64, "train.max_steps": 3, "train.lr": 1e-3,
                 "train.optimizer": "adamw", "train.mixed_precision": "no", "network.rank": 4,
-                "network.alpha": 4.0, "dataset.trigger": "sks", "save.name": "from_panel"}
+                "network.alpha": 4.0, "dataset.trigger": "sks", "save.name": "from_panel",
+                "train.device": "auto"}
     for dotted, value in {**settings, **values}.items():
         launcher.fields[dotted].value = value
     return launcher

@@ -83,3 +83,5 @@ def _show(event: dict[str, Any]) -> None:
                      f"loss {event['loss']:.4f}  {event['it_s']:.2f} it/s  {eta}")
     elif event["type"] == "phase" and event["phase"] != "training":
         progress_note(f"{event['phase']}...")
+    elif event["type"] == "log" and event.get("level") == "warning":  # a fall back to the CPU, ...
+        progress_note(f"warning: {event['message']}")

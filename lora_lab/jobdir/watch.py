@@ -95,3 +95,32 @@ class JobsWatch:
 def _sans_heartbeat(view: dict[str, Any]) -> dict[str, Any]:
     """A view without what changes every few seconds while nothing happens."""
     return {k: v for k, v in view.items() if k != "heartbeat"}
+
+
+class TrainStarts:
+    """Train jobs that began to run since the last look, wherever they were started (a panel,
+    the CLI, REST, the sidebar), resumed ones included: what a resident caption model watches
+    for, to let go of the GPU memory a training run wants. Those running at the first look are
+    not news: the model was loaded beside them on purpose."""
+
+    def __init__(self, workspace: Workspace):
+        self.watch = JobsWatch(workspace)
+        views, _ = self.watch.start(limit=10**9)  # every job, once: an old one may be running
+        self.running = {v["id"] for v in views if _training(v)}
+
+    def poll(self) -> list[str]:
+        """The ids of the train jobs that started running since the last poll."""
+        changed, gone, _ = self.watch.poll()
+        started = []
+        for view in changed:
+            if not _training(view):
+                self.running.discard(view["id"])
+            elif view["id"] not in self.running:
+                self.running.add(view["id"])
+                started.append(view["id"])
+        self.running.difference_update(gone)
+        return started
+
+
+def _training(view: dict[str, Any]) -> bool:
+    return view.get("kind") == "train" and view.get("state") == "running"

@@ -5,6 +5,7 @@ with the reason instead of failing a second after it started and leaving a recor
 - the base model (and model.vae / model.config) exists and is of a family lora_lab trains;
   a Hub id must be reachable, or cached when the Hub is offline here;
 - the optimizer's package is installed;
+- train.device = "cuda" has a GPU to run on (one the driver shows to this process);
 - the dataset exists and has images, and its captions or the trigger word are enough
   (:func:`check_captions` states the rule);
 - save.name is no other run's: no file ``NAME.safetensors`` or ``NAME-000500.safetensors``
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from ..devices import gpu_ids
 from ..errors import Conflict, LoraLabError
 from ..jobdir import ACTIVE, JobRecord, list_jobs
 from ..workspace import Workspace
@@ -67,6 +69,7 @@ def check_train(data: Any, workspace: Workspace, folder: Path) -> TrainConfig:
     run(("model.adapter",), lambda ref: check_adapter(ref, family))
     for key in ("train.optimizer", "model.quantize"):
         run((key,), lambda value, key=key: check_package(key, value))
+    run(("train.device",), check_device)
     run(("dataset.source", "dataset.caption_extension", "dataset.trigger"),
         lambda source, ext, trigger: check_source(source, ext, trigger, workspace))
     run(("save.name", "save.output_dir"),
@@ -172,6 +175,15 @@ def models_hint(workspace: Workspace) -> str:
     shown = ", ".join(f"{path.relative_to(workspace.models)} ({family})" for path, family in found[:8])
     more = f" and {len(found) - 8} more" if len(found) > 8 else ""
     return f"; models in {workspace.models}: {shown}{more}"
+
+
+def check_device(device: str) -> None:
+    """train.device = "cuda" needs a GPU this process may use, read without torch (the server
+    runs this check); whether torch can use it, the trainer checks when the run starts."""
+    if device == "cuda" and not gpu_ids():
+        raise LoraLabError('train.device: "cuda", but this machine shows no GPU (no NVIDIA driver, '
+                           'or CUDA_VISIBLE_DEVICES hides them); set it to "auto" to train on the '
+                           "CPU, or train on a GPU box (`lora-lab doctor` says what this one has)")
 
 
 # -- the dataset ------------------------------------------------------------------------------------

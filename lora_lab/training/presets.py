@@ -5,6 +5,11 @@ variants that trade speed for memory.
 A preset is a set of TrainConfig overrides ({table: {key: value}}), with the buckets back at
 the family's defaults (0) so they fit its resolution; the base model, the dataset and the
 trigger stay the user's. Every key here is a real TrainConfig key (tests check it).
+
+The pod presets (every one but sd15 and sdxl: the transformer families, a 6-20B model each,
+and the low-VRAM variants, whose 8-bit and fp16 settings are for a GPU) set train.device =
+"cuda", so a run meant for a GPU pod refuses to start without one rather than crawl on the CPU.
+sd15 and sdxl stay "auto": they also start the CPU demo and the binder on the tiny models.
 """
 from __future__ import annotations
 
@@ -26,14 +31,15 @@ class Preset:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _preset(family: str, resolution: int, batch: int, checkpointing: bool) -> dict[str, dict[str, Any]]:
+def _preset(family: str, resolution: int, batch: int, checkpointing: bool,
+            device: str = "cuda") -> dict[str, dict[str, Any]]:
     return {
         "model": {"family": family},
         "dataset": {"resolution": resolution, "min_bucket": 0, "max_bucket": 0, "cache_latents": True},
         "network": {"rank": 32, "alpha": 16.0},
         "train": {"batch_size": batch, "epochs": 10, "lr": 1e-4, "optimizer": "adamw",
                   "scheduler": "cosine", "mixed_precision": "bf16",
-                  "gradient_checkpointing": checkpointing},
+                  "gradient_checkpointing": checkpointing, "device": device},
     }
 
 
@@ -43,7 +49,7 @@ def _preset(family: str, resolution: int, batch: int, checkpointing: bool) -> di
 _LOW_VRAM = {
     "network": {"rank": 16, "alpha": 8.0, "train_text_encoder": False},
     "train": {"batch_size": 1, "optimizer": "adamw8bit", "mixed_precision": "fp16",
-              "gradient_checkpointing": True},
+              "gradient_checkpointing": True, "device": "cuda"},
 }
 
 
@@ -51,7 +57,7 @@ def _low_vram(overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]
     return {table: {**values, **_LOW_VRAM.get(table, {})} for table, values in overrides.items()}
 
 
-_SD15, _SDXL = _preset("sd15", 512, 2, False), _preset("sdxl", 1024, 1, True)
+_SD15, _SDXL = _preset("sd15", 512, 2, False, "auto"), _preset("sdxl", 1024, 1, True, "auto")
 # Z-Image Turbo samples in 8 steps without guidance; the base model wants both, as ai-toolkit's
 # presets have them. bf16 in both: the transformer overflows in fp16.
 _ZIMAGE_TURBO = {**_preset("zimage", 1024, 1, True), "sample": {"steps": 8, "guidance": 0.0}}

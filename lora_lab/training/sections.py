@@ -125,6 +125,9 @@ class TrainSection:
     weight_decay: float = _f(1e-2, "pulls weights toward 0 each update", **_SHARE)
     max_grad_norm: float = _f(1.0, "clip gradients to this norm; 0 = no clipping", lo=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = _f("no", "compute dtype; bf16 on recent GPUs")
+    device: Literal["auto", "cuda", "cpu"] = _f("auto", "auto: a CUDA GPU when torch can use one, "
+                                                "else the CPU (the log says so); cuda: refuse to "
+                                                "start without one; cpu: the CPU even with a GPU")
     gradient_checkpointing: bool = _f(False, "recompute activations: less memory, about 30% slower")
     seed: int = _f(0, "random seed for noise, shuffling and dropout", **_SEED)
     noise_offset: float = _f(0.0, "offset noise, helps very dark or bright images (0.05-0.1)", **_SHARE)

@@ -38,6 +38,7 @@ from .data import (
     stable_seed,
 )
 from .families import Batch, Conditioning
+from .gpu import GpuMeter, device_line, pick_device
 from .latents import LatentEncoder
 from .outputs import TrainerOutputs, TrainResult
 from .preflight import check_captions
@@ -60,9 +61,10 @@ class Trainer(TrainerOutputs):
         self._check_environment()
         from accelerate import Accelerator
 
-        self.acc = Accelerator(cpu=not torch.cuda.is_available(),
-                               mixed_precision=self.cfg.train.mixed_precision)
+        self.acc = Accelerator(cpu=not self.on_gpu, mixed_precision=self.cfg.train.mixed_precision)
         self.main = self.acc.is_main_process
+        self.emit(device_line(self.cfg.train.device, self.acc.device, self.cpu_because))
+        self.gpu_meter = GpuMeter(self.acc.device)
 
     # -- reporting -------------------------------------------------------------------------------
     def emit(self, event: dict[str, Any]) -> None:
@@ -82,9 +84,11 @@ class Trainer(TrainerOutputs):
         t = self.cfg.train
         check_package("train.optimizer", t.optimizer)
         check_package("model.quantize", self.cfg.model.quantize)
-        if t.mixed_precision == "fp16" and not torch.cuda.is_available():
+        # checked before the job existed too; again here, for a GPU gone since
+        self.on_gpu, self.cpu_because = pick_device(t.device)
+        if t.mixed_precision == "fp16" and not self.on_gpu:
             raise LoraLabError("train.mixed_precision: fp16 needs a CUDA GPU; use no or bf16")
-        if self.cfg.model.quantize == "fp8" and not _has_fp8():
+        if self.cfg.model.quantize == "fp8" and not (self.on_gpu and _has_fp8()):
             raise LoraLabError("model.quantize: fp8 needs a GPU with fp8 support (compute capability "
                                "8.9 or later: Ada, Hopper, Blackwell); use int8, which runs anywhere")
 
@@ -278,14 +282,13 @@ class Trainer(TrainerOutputs):
     def _progress(self, step: int, loss: float, started: float, first_step: int) -> None:
         now = time.monotonic()
         rate = (step - first_step) / max(now - started, 1e-9)
-        memory = (torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0) / 2**20
         if self.main and (now - self._status_time > 1 or step == self.total):
             self._status_time = now  # status.json at most once a second; events every step
             self.job.set_status("running", phase="training", progress=round(step / self.total, 4))
         self.emit({"type": "progress", "step": step, "total": self.total, "loss": round(loss, 6),
                    "lr": self.lr_scheduler.get_last_lr()[0], "it_s": round(rate, 3),
                    "eta_s": round((self.total - step) / rate, 1) if rate else None,
-                   "epoch": math.ceil(step / self.steps_per_epoch), "memory_mb": round(memory)})
+                   "epoch": math.ceil(step / self.steps_per_epoch), **self.gpu_meter.fields()})
 
     def _after_step(self, step: int) -> None:
         s, every = self.cfg.sample, self.cfg.save.every_n_steps
@@ -361,6 +364,7 @@ class Trainer(TrainerOutputs):
         d = self.cfg.to_dict()
         d.pop("sample")
         d["dataset"].pop("cache_text")  # memory, not what is learned
+        d["train"].pop("device")  # where, not what: checkpoints saved before it existed resume
         for key in ("every_n_steps", "keep_last"):
             d["save"].pop(key)
         return f"{stable_seed(d, self.acc.num_processes, torch.get_num_threads()):08x}"

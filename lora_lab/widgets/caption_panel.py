@@ -73,7 +73,8 @@ class CaptionPanel(Quiet, widgets.VBox):
         self.poller = Poller(self.tick, interval)
         self._lock = threading.RLock()
         self.workspace = workspace_of(workspace)
-        self.ai = ResidentCaptioner(model, mmproj, self.workspace, max_tokens, autostart)
+        self.ai = ResidentCaptioner(model, mmproj, self.workspace, max_tokens, autostart,
+                                    on_let_go=lambda message: self.notice.show(message, "info"))
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lora-lab preview")
         self.browser: DatasetBrowser | None = None
         self.notice = Notice()

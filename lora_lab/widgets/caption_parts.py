@@ -14,7 +14,11 @@ from ..captioning.base import CaptionError
 from ..captioning.batch import caption_dataset
 from ..captioning.llama import model_paths
 from ..datasets import Dataset, StaleCaption, etag
+from ..jobdir.watch import TrainStarts
 from ..workspace import Workspace
+from .common import Poller
+
+WATCH_S = 2.0  # while the model is loaded, how often the jobs are looked at for a training run
 
 
 class OpenCaption:
@@ -55,14 +59,23 @@ class ResidentCaptioner:
     """The caption model a panel keeps loaded for "Caption with AI" on one image: a
     :class:`~lora_lab.captioning.worker.CaptionWorker` started on first use, kept for the
     panel's life. With ``autostart`` a caption runs on a thread (the kernel stays free);
-    without, in the call."""
+    without, in the call.
+
+    Like the server's, the model lets go of its memory (VRAM on a GPU box) when a training job
+    starts, from this kernel or anywhere else, and loads again on the next request: while it is
+    loaded, :meth:`make_way` looks at the jobs every :data:`WATCH_S` (on a thread with
+    ``autostart``; the caller calls it otherwise) and tells ``on_let_go`` when it let go."""
 
     def __init__(self, model: str | os.PathLike | None, mmproj: str | os.PathLike | None,
-                 workspace: Workspace, max_tokens: int, autostart: bool):
+                 workspace: Workspace, max_tokens: int, autostart: bool,
+                 on_let_go: Callable[[str], None] | None = None):
         self.model, self.mmproj = model_paths(model, mmproj, workspace)
         self.workspace, self.max_tokens, self.autostart = workspace, max_tokens, autostart
+        self.on_let_go = on_let_go or (lambda message: None)
         self.worker: Any = None
         self.thread: threading.Thread | None = None
+        self.watch = Poller(self.make_way, WATCH_S)
+        self._starts: TrainStarts | None = None  # the train jobs seen running since it loaded
 
     def missing(self, panel: str) -> str | None:
         """What is missing for a caption, said for the user of ``panel``; None when nothing."""
@@ -91,6 +104,10 @@ class ResidentCaptioner:
             from ..captioning.worker import CaptionWorker
 
             self.worker = CaptionWorker(self.model, self.mmproj, max_tokens=self.max_tokens)
+        if not self.loaded:  # it loads now: a training run already going is no reason to let go
+            self._starts = TrainStarts(self.workspace)
+            if self.autostart:
+                self.watch.start()
         # Its own connection: this runs beside the kernel's thread, which reads the index.
         ds = Dataset.open(dataset, self.workspace)
         try:
@@ -101,8 +118,26 @@ class ResidentCaptioner:
             raise CaptionError(f"{file}: {report.failed[0]['error']}")
         return report
 
+    @property
+    def loaded(self) -> bool:
+        return self.worker is not None and self.worker.pid is not None
+
+    def make_way(self) -> bool:
+        """Let the model go if a training job started since the last look (a caption under way
+        finishes first); whether it is still loaded, to be looked after."""
+        if not self.loaded or self._starts is None:
+            return False
+        started = self._starts.poll()
+        if not started:
+            return True
+        self.worker.close()  # waits for a caption under way; the next request starts it again
+        self.on_let_go(f"training job {started[0]} started: the caption model let go of its "
+                       "memory for it and loads again on the next AI caption")
+        return False
+
     def close(self) -> None:
         """Let the model go (its process ends)."""
+        self.watch.stop()
         if self.worker is not None:
             self.worker.close()
 

@@ -48,7 +48,8 @@ class CaptionEditor(Quiet, widgets.VBox):
                  top_tags: int = 30, interval: float = 1.0, autostart: bool = True):
         # First: close() (also run by __del__ when this constructor raises) needs these.
         self.poller = Poller(self._tick_job, interval)
-        self.ai = ResidentCaptioner(model, mmproj, browser.workspace, max_tokens, autostart)
+        self.ai = ResidentCaptioner(model, mmproj, browser.workspace, max_tokens, autostart,
+                                    on_let_go=lambda message: self.notice.show(message, "info"))
         self.browser, self.autostart, self.max_tokens = browser, autostart, max_tokens
         self.model, self.mmproj = self.ai.model, self.ai.mmproj
         self.notice = Notice()

@@ -51,6 +51,7 @@ class MonitoredJob:
         self.samples: deque[dict[str, Any]] = deque(maxlen=SAMPLES)
         self.progress: dict[str, Any] | None = None  # the newest progress event
         self.phase: str | None = None
+        self.device: dict[str, Any] | None = None  # the run's log line saying where it trains
         self.error: str | None = None
         self.view: dict[str, Any] = {}
         self._stamp: tuple[int, ...] | None = None  # status.json's identity at the last read
@@ -115,8 +116,11 @@ class MonitoredJob:
             self.error = event.get("error")
         elif kind == "resumed":
             self.error = None
-        elif kind == "log" and not self.job.log_path.exists():  # else log.txt has it already
-            self.log_lines.append(f"{event.get('level', 'info')}: {event.get('message', '')}")
+        elif kind == "log":
+            if "device" in event:
+                self.device = event
+            if not self.job.log_path.exists():  # else log.txt has it already
+                self.log_lines.append(f"{event.get('level', 'info')}: {event.get('message', '')}")
 
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
@@ -206,7 +210,8 @@ class TrainingMonitor(widgets.VBox):
         state = f.view.get("state", "?")
         self.title.value = f"<b>{html.escape(f.view.get('kind', 'job'))} job</b> <code>{self.job.id}</code>"
         phase = f.view.get("phase") or f.phase  # status.json's is the newest (e.g. "done")
-        self.state.value = f"<b>{state}</b>" + (f" · {html.escape(phase)}" if phase else "")
+        self.state.value = (f"<b>{state}</b>" + (f" · {html.escape(phase)}" if phase else "")
+                            + device_html(f.device))
         self.bar.value = _fraction(f)
         self.bar.bar_style = STATE_STYLE.get(state, "info")
         self.stats.value = html.escape(stats_line(f.progress, state))
@@ -334,6 +339,17 @@ def _lora_file_html(f: dict[str, Any], ws: Workspace, job_id: str) -> str:
     return f"{path} · {format_bytes(f['bytes'])}{link}"
 
 
+def device_html(line: dict[str, Any] | None) -> str:
+    """Where the job trains, from its device log line; a fall back to the CPU stands out (many
+    times slower, and seldom meant on a GPU box), its reason in the tooltip."""
+    if not line:
+        return ""
+    if line.get("fallback"):
+        return (' · <span class="lora-lab-cpu-fallback" style="color:var(--jp-warn-color1,#b35c00)" '
+                f'title="{html.escape(line.get("message", ""))}"><b>on the CPU: no usable GPU</b></span>')
+    return f" · on {html.escape(line.get('gpu') or 'the CPU')}"
+
+
 def _fraction(f: MonitoredJob) -> float:
     p = f.progress
     if p and p.get("total"):
@@ -355,8 +371,18 @@ def stats_line(progress: dict[str, Any] | None, state: str) -> str:
     parts += [f"ETA {format_eta(p['eta_s'])}"] if p.get("eta_s") is not None and state in ACTIVE else []
     parts += [f"loss {p['loss']:.4f}"] if p.get("loss") is not None else []
     parts += [f"lr {p['lr']:.2e}"] if p.get("lr") is not None else []
-    parts += [f"{p['memory_mb']} MB"] if p.get("memory_mb") else []
+    parts += gpu_parts(p)
     return " · ".join(parts)
+
+
+def gpu_parts(p: dict[str, Any]) -> list[str]:
+    """The GPU's utilisation and memory in use, and the run's peak, as a progress event on a GPU
+    carries them; nothing for a CPU run's (which has none of them)."""
+    parts = [f"GPU {p['gpu_util']}%"] if p.get("gpu_util") is not None else []
+    used, total = p.get("gpu_memory_mb"), p.get("gpu_memory_total_mb")
+    if used is not None:
+        parts.append(f"GPU memory {used:,}" + (f" / {total:,}" if total else "") + " MB")
+    return parts + ([f"peak {p['memory_mb']:,} MB"] if p.get("memory_mb") else [])
 
 
 def format_eta(seconds: float) -> str:
