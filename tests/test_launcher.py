@@ -157,7 +157,7 @@ def test_the_base_model_is_picked_from_the_workspace_or_a_mistype_is_named(ws, t
     refused(launcher, ws, "model.base", f"{ws.models / 'sd15x'} does not exist",
             f"models in {ws.models}: checkpoints/sdxl.safetensors (sdxl), sd15 (sd15)")
     base.value = str(ws.models / "a_lora.safetensors")
-    assert "not an SD1.5 or SDXL checkpoint" in launcher.messages["model.base"].value
+    assert "not an SD1.5, SDXL or Z-Image checkpoint" in launcher.messages["model.base"].value
 
 
 def test_a_taken_lora_name_is_refused_with_who_holds_it(ws, tiny_models):

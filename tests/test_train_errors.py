@@ -53,7 +53,7 @@ def test_bad_base_models(ws, tiny_models, tmp_path):
     fails(ws, with_base(tmp_path), "is a folder but not a diffusers model")
     lora = tmp_path / "a_lora.safetensors"
     save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, lora)
-    fails(ws, with_base(lora), "not an SD1.5 or SDXL checkpoint")
+    fails(ws, with_base(lora), "not an SD1.5, SDXL or Z-Image checkpoint")
     (tmp_path / "fake.safetensors").write_bytes(b"not safetensors")
     fails(ws, with_base(tmp_path / "fake.safetensors"), "not a readable .safetensors file")
 
