@@ -25,7 +25,8 @@ def locked() -> dict[str, Version]:
 def declared() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    return [Requirement(r) for r in project["dependencies"] + extras["caption"] + extras["test"]]
+    return [Requirement(r) for r in project["dependencies"] + extras["caption"] + extras["track"]
+            + extras["test"]]
 
 
 def test_the_lock_pins_every_declared_dependency_within_its_range():

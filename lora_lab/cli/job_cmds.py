@@ -9,6 +9,7 @@ from typing import Any
 from ..jobdir import STATES, JobFollower, JobRecord, open_job
 from ..jobs import KINDS, LORA_CHOICES, cancel, delete, job_summaries, job_summary, resume, submit
 from ..jobs.summary import COLUMNS, cells, format_bytes, table
+from ..training.tracking import TENSORBOARD, tensorboard_command
 from .caption_cmds import add_caption_arguments, caption_args
 from .output import add_json_flag, emit, workspace
 
@@ -110,6 +111,8 @@ def cmd_show(args: argparse.Namespace) -> None:
     if view.get("error"):
         lines.append(f"error: {view['error']}")
     lines += [_lora_line(f) for f in view["loras"]]
+    if (job.path / TENSORBOARD).is_dir():
+        lines.append(f"tensorboard: {tensorboard_command(job.path / TENSORBOARD)}")
     lines += [f"  {e['type']} " + " ".join(f"{k}={v}" for k, v in e.items() if k not in ("type", "time"))
               for e in job.events()[-5:]]
     emit(args, {**view, "events": job.events()[-20:]}, "\n".join(lines))

@@ -5,6 +5,7 @@
                            files written (replaced atomically)
     jobs/ID/events.jsonl   append-only: phase, progress, checkpoint, sample, log, done / failed / cancelled
     jobs/ID/log.txt        the job process's own output, when the job runner started it
+    jobs/ID/tensorboard/   a train job's TensorBoard event files (training/tracking.py)
 
 Nobody keeps job state in memory only: the CLI, the server extension and the panels all read
 these files. A job whose process died without saying so still reads "running" in status.json;

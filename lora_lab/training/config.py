@@ -1,7 +1,7 @@
 """TrainConfig: one typed training configuration, read from and written to TOML.
 
 One table per concern, like kohya / ai-toolkit configs: [model], [dataset], [network], [train],
-[save], [sample], declared in ``sections.py`` (each field's type, limits and doc, once). The
+[save], [sample], [track], declared in ``sections.py`` (each field's type, limits and doc, once). The
 validator here reports every problem at once, naming the dotted field, the value and what is
 allowed. A 0 means "pick for me": ``resolved(family)`` fills it in. Whether files and datasets
 exist is the trainer's business, not checked here.
@@ -30,12 +30,13 @@ from .sections import (
     NetworkSection,
     SampleSection,
     SaveSection,
+    TrackSection,
     TrainSection,
     show_value,
 )
 
 __all__ = ["ConfigError", "DatasetSection", "ModelSection", "NetworkSection", "PACKAGES",
-           "SampleSection", "SaveSection", "TrainConfig", "TrainSection", "check_package",
+           "SampleSection", "SaveSection", "TrackSection", "TrainConfig", "TrainSection", "check_package",
            "default_toml"]
 
 
@@ -56,6 +57,7 @@ class TrainConfig:
     train: TrainSection = field(default_factory=TrainSection)
     save: SaveSection = field(default_factory=SaveSection)
     sample: SampleSection = field(default_factory=SampleSection)
+    track: TrackSection = field(default_factory=TrackSection)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -297,21 +299,31 @@ def _cross_checks(v: dict[str, dict[str, Any]], bad: set[str], notes: dict[str, 
     return out
 
 
-# what a setting needs installed (the config alone cannot tell): (package, how to get it, fallback)
-PACKAGES = {
-    ("train.optimizer", "adamw8bit"): ("bitsandbytes", "pip install 'lora-lab[memory]'", "adamw"),
-    ("train.optimizer", "prodigy"): ("prodigyopt", "pip install prodigyopt", "adamw"),
-    ("model.quantize", "int8"): ("torchao", "pip install 'lora-lab[memory]'", "none"),
-    ("model.quantize", "fp8"): ("torchao", "pip install 'lora-lab[memory]'", "none"),
+# what a setting needs installed (the config alone cannot tell): (packages, how to get them, fallback)
+PACKAGES: dict[tuple[str, Any], tuple[tuple[str, ...], str, Any]] = {
+    ("train.optimizer", "adamw8bit"): (("bitsandbytes",), "pip install 'lora-lab[memory]'", "adamw"),
+    ("train.optimizer", "prodigy"): (("prodigyopt",), "pip install prodigyopt", "adamw"),
+    ("model.quantize", "int8"): (("torchao",), "pip install 'lora-lab[memory]'", "none"),
+    ("model.quantize", "fp8"): (("torchao",), "pip install 'lora-lab[memory]'", "none"),
+    # MLflow's client, and what its local store (SQLite) needs
+    ("track.mlflow", True): (("mlflow", "sqlalchemy", "alembic"), "pip install 'lora-lab[track]'", False),
+    ("track.wandb", True): (("wandb",), "pip install 'lora-lab[track]'", False),
 }
 
 
-def check_package(field: str, value: str) -> None:
-    """Refuse a ``field`` = ``value`` whose package is not installed."""
-    package, install, fallback = PACKAGES.get((field, value), (None, "", ""))
-    if package and importlib.util.find_spec(package) is None:
-        raise LoraLabError(f"{field}: {value} needs the {package} package ({install}); "
-                           f"or set it to {fallback}")
+def check_package(field: str, value: Any) -> None:
+    """Refuse a ``field`` = ``value`` whose packages are not installed."""
+    packages, install, fallback = PACKAGES.get((field, value), ((), "", ""))
+    missing = [p for p in packages if importlib.util.find_spec(p) is None]
+    if missing:
+        what = f"the {' and '.join(missing)} package" + ("s" if len(missing) > 1 else "")
+        raise LoraLabError(f"{field}: {_as_written(value)} needs {what} ({install}); "
+                           f"or set it to {_as_written(fallback)}")
+
+
+def _as_written(v: Any) -> str:
+    """A choice as a config holds it: adamw8bit, true."""
+    return v if isinstance(v, str) else show_value(v)
 
 
 def default_toml(base: str, source: str, preset: dict[str, dict[str, Any]] | None = None) -> str:

@@ -33,7 +33,7 @@ def train_params(params: dict[str, Any], workspace: Workspace, base: Path) -> di
     if not isinstance(params.get("config"), dict) or set(params) - set(PARAMS):
         raise LoraLabError('a train job\'s params are {"config": {...}, "gpus": N}: the '
                            "TrainConfig as an object with sections model, dataset, network, "
-                           "train, save, sample, and the number of GPUs (default 1)")
+                           "train, save, sample, track, and the number of GPUs (default 1)")
     config = check_train(absolute_paths(params["config"], base), workspace, base)
     return {"config": config.to_dict(), "gpus": check_gpus(params.get("gpus", 1))}
 

@@ -54,7 +54,7 @@ class TrainerOutputs:
                              generator=g).images[0]
             path = folder / f"step-{step:06d}-{i}.png"
             atomic.write_bytes(path, _png(image))
-            self.emit({"type": "sample", "step": step, "prompt": prompt,
+            self.emit({"type": "sample", "step": step, "index": i, "prompt": prompt,
                        "path": str(path.relative_to(self.job.path))})
 
     def _save_lora(self, path: Path, step: int) -> Path:

@@ -4,7 +4,8 @@ with the reason instead of failing a second after it started and leaving a recor
 - the config is valid (every field, and between fields once the model's family is known);
 - the base model (and model.vae / model.config) exists and is of a family lora_lab trains;
   a Hub id must be reachable, or cached when the Hub is offline here;
-- the optimizer's package is installed;
+- the packages the optimizer, model.quantize and the trackers asked for ([track]) need are
+  installed;
 - train.device = "cuda" has a GPU to run on (one the driver shows to this process);
 - the dataset exists and has images, and its captions or the trigger word are enough
   (:func:`check_captions` states the rule);
@@ -67,7 +68,7 @@ def check_train(data: Any, workspace: Workspace, folder: Path) -> TrainConfig:
     if family:
         run(("model.base", "model.config"), lambda base, ref: check_transformer_file(base, ref, family))
     run(("model.adapter",), lambda ref: check_adapter(ref, family))
-    for key in ("train.optimizer", "model.quantize"):
+    for key in ("train.optimizer", "model.quantize", "track.mlflow", "track.wandb"):
         run((key,), lambda value, key=key: check_package(key, value))
     run(("train.device",), check_device)
     run(("dataset.source", "dataset.caption_extension", "dataset.trigger"),

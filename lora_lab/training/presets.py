@@ -148,7 +148,7 @@ def apply_preset(name: str, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def preset_config(name: str) -> dict[str, dict[str, Any]]:
-    """Every TrainConfig field (the tables model, dataset, network, train, save, sample) at its
+    """Every TrainConfig field (the tables model, dataset, network, train, save, sample, track) at its
     default with preset ``name``'s settings over them: what a form starts from. The base model
     and the dataset source have no default and are left empty for the user to fill in."""
     from .config import TrainConfig  # tomli_w and the sections: light, but only wanted here

@@ -1,4 +1,4 @@
-"""The six tables of a training config: each field's type, default, one-line doc and limits.
+"""The seven tables of a training config: each field's type, default, one-line doc and limits.
 
 ``config.py`` reads, validates and writes whole configs; this module only declares what each
 field is, once: the validator, the starter TOML's comments and the launcher's choices read it.
@@ -159,6 +159,30 @@ class SampleSection:
     guidance: float = _f(7.0, "classifier-free guidance scale", lo=0, hi=30)
     width: int = _f(0, "sample width; 0 = dataset.resolution", **_SAMPLE_SIDE)
     height: int = _f(0, "sample height; 0 = dataset.resolution", **_SAMPLE_SIDE)
+
+
+_TRACKER = "pip install 'lora-lab[track]'"
+
+
+@dataclass(frozen=True)
+class TrackSection:
+    """Where the run is recorded besides the TensorBoard event files every run writes in its
+    job folder (training/tracking.py)."""
+    mlflow: bool = _f(False, f"also log the run to MLflow ({_TRACKER})")
+    wandb: bool = _f(False, f"also log the run to Weights & Biases ({_TRACKER})")
+    project: str = _f("lora-lab", "the MLflow experiment and the W&B project the run goes in",
+                      pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}",
+                      what="a name of up to 128 letters, digits, '-', '_' or '.'")
+    run_name: str = _f("", "the run's name in MLflow and W&B; empty = the LoRA's name",
+                       pattern=r"[^/\\#?%:\n]{0,128}", what="a name of up to 128 characters without / \\ # ? % :")
+    mlflow_uri: str = _f("", "the MLflow tracking server (http(s)://host:port, or databricks); empty = "
+                         "$MLFLOW_TRACKING_URI, else the workspace's own store (mlflow/mlflow.db)",
+                         pattern=r"(?:https?://[^\s@/]+(?:/\S*)?|databricks(?:://[A-Za-z0-9_.-]+)?)?",
+                         what="an http(s):// address without credentials (they go in "
+                              "MLFLOW_TRACKING_USERNAME / _PASSWORD), databricks, or empty")
+    wandb_mode: Literal["auto", "online", "offline"] = _f(
+        "auto", "online uploads as it trains (after `wandb login`); offline keeps the run in the job "
+                "folder for `wandb sync`; auto = $WANDB_MODE, else online")
 
 
 def show_value(v: Any) -> str:

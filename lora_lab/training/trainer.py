@@ -44,6 +44,7 @@ from .outputs import TrainerOutputs, TrainResult
 from .preflight import check_captions
 from .quantize import quantize_frozen
 from .text_cache import TextCache, free_text_encoders
+from .tracking import RunTracker
 
 
 class Trainer(TrainerOutputs):
@@ -225,6 +226,17 @@ class Trainer(TrainerOutputs):
     # -- the loop --------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> TrainResult:
         saved = self._read_checkpoint() if resume else None  # a bad one fails before the work
+        if not self.main:  # the main process records the run for the trackers
+            return self._train(saved)
+        shown = self.on_event
+        with RunTracker(self.cfg, self.job, self.ws, self.lora_name, saved[1]["step"] if saved else 0) as tracker:
+            self.on_event = tracker.relay(shown)  # every event also goes to TensorBoard, MLflow, W&B
+            try:
+                return self._train(saved)
+            finally:
+                self.on_event = shown
+
+    def _train(self, saved: tuple[Path, dict[str, Any], dict[str, Any]] | None) -> TrainResult:
         self.load_data()
         self.load_model()
         self.cache()
@@ -236,17 +248,18 @@ class Trainer(TrainerOutputs):
             model.train()
         with _StopOnSigint() as stop:
             while step < self.total:
-                loss, stopping = self._update(step, stop.requested)
+                loss, grad_norm, stopping = self._update(step, stop.requested)
                 step += 1
-                self._progress(step, loss, started, first_step)
+                self._progress(step, loss, grad_norm, started, first_step)
                 if stopping:
                     self._checkpoint(step)
                     raise KeyboardInterrupt(f"interrupted at step {step}; resume to continue")
                 self._after_step(step)
         return self._export(step, loss, time.monotonic() - started)
 
-    def _update(self, step: int, stop_requested: bool) -> tuple[float, bool]:
-        """One optimizer step; (its loss, whether any rank was asked to stop)."""
+    def _update(self, step: int, stop_requested: bool) -> tuple[float, float, bool]:
+        """One optimizer step; (its loss, the gradients' norm before clipping, whether any rank
+        was asked to stop)."""
         t = self.cfg.train
         world, rank = self.acc.num_processes, self.acc.process_index
         total = torch.zeros((), device=self.acc.device)
@@ -269,17 +282,17 @@ class Trainer(TrainerOutputs):
             raise LoraLabError(f"the loss became {loss} at step {step + 1}, so training stopped "
                                f"before that update; {kept}. Lower train.lr, or check the base "
                                "model and mixed precision")
-        if t.max_grad_norm:
-            self.acc.clip_grad_norm_(self._trainable(), t.max_grad_norm)
+        # the norm is wanted unclipped too (the trackers plot it): an infinite limit clips nothing
+        grad_norm = self.acc.clip_grad_norm_(self._trainable(), t.max_grad_norm or math.inf).item()
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss, shared[1].item() > 0
+        return loss, grad_norm, shared[1].item() > 0
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
-    def _progress(self, step: int, loss: float, started: float, first_step: int) -> None:
+    def _progress(self, step: int, loss: float, grad_norm: float, started: float, first_step: int) -> None:
         now = time.monotonic()
         rate = (step - first_step) / max(now - started, 1e-9)
         if self.main and (now - self._status_time > 1 or step == self.total):
@@ -287,6 +300,8 @@ class Trainer(TrainerOutputs):
             self.job.set_status("running", phase="training", progress=round(step / self.total, 4))
         self.emit({"type": "progress", "step": step, "total": self.total, "loss": round(loss, 6),
                    "lr": self.lr_scheduler.get_last_lr()[0], "it_s": round(rate, 3),
+                   # fp16 overflows to an infinite norm (that update is skipped); JSON has no inf
+                   "grad_norm": round(grad_norm, 6) if math.isfinite(grad_norm) else None,
                    "eta_s": round((self.total - step) / rate, 1) if rate else None,
                    "epoch": math.ceil(step / self.steps_per_epoch), **self.gpu_meter.fields()})
 
@@ -363,6 +378,7 @@ class Trainer(TrainerOutputs):
     def _fingerprint(self) -> str:
         d = self.cfg.to_dict()
         d.pop("sample")
+        d.pop("track")  # where the run is recorded, not what it learns
         d["dataset"].pop("cache_text")  # memory, not what is learned
         d["train"].pop("device")  # where, not what: checkpoints saved before it existed resume
         for key in ("every_n_steps", "keep_last"):
