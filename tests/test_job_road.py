@@ -143,7 +143,7 @@ def test_a_lora_never_replaces_another_runs(cli, ws, tiny_models, tmp_path):
                and e.get("level") == "warning"]
     assert any("another run's LoRA" in m for m in warning)
     unnamed = json.loads(cli("train", path, "--set", "save.name=", "--json")[1])
-    assert Path(unnamed["output"]).name == f"cats-{unnamed['job'][:15]}.safetensors"
+    assert Path(unnamed["output"]).name == f"cats-{unnamed['job'][:15].replace('-', '_')}.safetensors"
 
 
 def test_job_ids_sort_in_creation_order_within_one_second(ws):

@@ -25,7 +25,7 @@ from lora_lab.jobs.summary import format_bytes
 from lora_lab.served import API_ENV, WORKSPACE_ENV
 from lora_lab.training.base_model import load_base_model
 from lora_lab.training.lora_file import kohya_state_dict, read_lora
-from lora_lab.training.loras import base_of, free_base, place_lora, run_files, written_by
+from lora_lab.training.loras import base_of, free_base, lora_name, lora_path, place_lora, run_files, written_by
 from lora_lab.training.trainer import Trainer
 from lora_lab.widgets.monitor import TrainingMonitor
 
@@ -230,3 +230,10 @@ async def test_rest_lists_serves_and_links_the_loras(run, ws, api, jp_fetch, jp_
     finally:  # the extension set them in this process: leave no trace for later tests
         os.environ.pop(API_ENV, None)
         os.environ.pop(WORKSPACE_ENV, None)
+
+
+def test_a_default_name_is_its_own_run_name_not_a_step():
+    """dataset + date and time: its time must not read as a step suffix (-011044)."""
+    name = lora_name("", "/data/cats", "20261207-011044123-train-1a2b3c")
+    assert name == "cats-20261207_011044"
+    assert base_of(lora_path(Path("out"), name, None)) == name == base_of(lora_path(Path("out"), name, 500))

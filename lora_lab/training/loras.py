@@ -25,8 +25,9 @@ _STEP = re.compile(r"-[0-9]{6}")
 
 
 def lora_name(save_name: str, dataset_source: str, job_id: str) -> str:
-    """save.name, or by default the dataset's name and the job's date and time (to the second)."""
-    return save_name or f"{Path(dataset_source).name}-{job_id[:15]}"
+    """save.name, or by default the dataset's name and the job's date and time (to the second),
+    joined by "_": a "-" and six digits at the end would read as a step (:func:`base_of`)."""
+    return save_name or f"{Path(dataset_source).name}-{job_id[:15].replace('-', '_')}"
 
 
 def lora_path(out_dir: Path, base: str, step: int | None) -> Path:
