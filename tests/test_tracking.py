@@ -65,7 +65,7 @@ def test_a_run_records_loss_lr_grad_norm_samples_and_its_config_for_tensorboard(
     assert all(e["grad_norm"] > 0.05 for e in progress.values())  # the norm before clipping
     acc = read_events(job)
     assert_metrics_match(acc, progress)
-    assert {"train/it_s", "train/memory_mb"} <= set(acc.Tags()["scalars"])
+    assert "train/it_s" in acc.Tags()["scalars"]  # and, on a GPU, its memory and utilisation
     for i in range(len(PROMPTS)):
         images = acc.Images(f"samples/{i}")
         assert [im.step for im in images] == [3, 6]
