@@ -10,7 +10,17 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import LoraLabError
-from . import caption_cmds, dataset_cmds, doctor_cmds, job_cmds, misc_cmds, models_cmds, notebook_cmds, train_cmds
+from . import (
+    caption_cmds,
+    dataset_cmds,
+    doctor_cmds,
+    job_cmds,
+    lora_cmds,
+    misc_cmds,
+    models_cmds,
+    notebook_cmds,
+    train_cmds,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     notebook_cmds.register(sub)
     models_cmds.register(sub)
     doctor_cmds.register(sub)
+    lora_cmds.register(sub)
     return parser
 
 
