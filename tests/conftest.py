@@ -21,6 +21,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
 
+def bare_env(**env: str) -> dict[str, str]:
+    """A minimal environment for a subprocess, keeping PYTHONPATH so that a test run from a git
+    worktree (PYTHONPATH=worktree) starts that tree's code, not the editable install's."""
+    kept = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
+    return {**kept, **env}
+
+
 @pytest.fixture
 def ws(tmp_path, monkeypatch) -> Workspace:
     root = tmp_path / "ws"

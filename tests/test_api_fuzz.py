@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from conftest import jpeg_bytes
+from conftest import bare_env, jpeg_bytes
 from hypothesis import strategies as st
 
 from lora_lab import Workspace
@@ -76,9 +76,9 @@ def server(tmp_path_factory):
            f"--ServerApp.root_dir={root}", '--ServerApp.jpserver_extensions={"lora_lab.server_ext": True}',
            f"--LoraLabApp.workspace={ws.root}", f"--LoraLabApp.caption_model={model}",
            f"--LoraLabApp.caption_mmproj={mmproj}"]
-    env = {"HOME": str(root), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
-           "JUPYTER_CONFIG_DIR": str(root / "cfg"), "JUPYTER_DATA_DIR": str(root / "data"),
-           "JUPYTER_RUNTIME_DIR": str(root / "run")}
+    env = bare_env(HOME=str(root), PATH="/usr/bin:/bin", HF_HUB_OFFLINE="1",
+                   JUPYTER_CONFIG_DIR=str(root / "cfg"), JUPYTER_DATA_DIR=str(root / "data"),
+                   JUPYTER_RUNTIME_DIR=str(root / "run"))
     log = open(root / "server.log", "wb")  # a pipe nobody reads would fill and stall the server
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
     try:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import bare_env
 
 from lora_lab.cli.output import progress_bar, progress_end, progress_note
 
@@ -32,7 +33,7 @@ def test_progress_on_a_non_terminal_prints_a_line_every_tenth_and_the_last(capsy
 
 
 def test_captioning_to_a_pipe_prints_only_whole_progress_lines(tmp_path, tiny_caption):
-    env = {"LORA_LAB_HOME": str(tmp_path / "ws"), "PATH": str(BIN)}
+    env = bare_env(LORA_LAB_HOME=str(tmp_path / "ws"), PATH=str(BIN))
     run = lambda *a: subprocess.run([str(BIN / "lora-lab"), *map(str, a)], env=env,  # noqa: E731
                                     capture_output=True, text=True)
     assert run("dataset", "ingest", tiny_caption["samples"], "--name", "s").returncode == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import bare_env
 
 from lora_lab.cli import build_parser, main
 
@@ -33,7 +34,7 @@ def test_no_command_prints_help_and_exits_2(capsys):
 
 
 def test_console_script_end_to_end(tmp_path, samples):
-    env = {"LORA_LAB_HOME": str(tmp_path / "ws"), "PATH": str(BIN)}
+    env = bare_env(LORA_LAB_HOME=str(tmp_path / "ws"), PATH=str(BIN))
     run = lambda *a: subprocess.run([str(BIN / "lora-lab"), *a], env=env, capture_output=True,  # noqa: E731
                                     text=True)
     ok = run("dataset", "ingest", str(samples), "--name", "s")
@@ -64,7 +65,7 @@ def test_training_runs_the_steps_calc_counts_and_prints_whole_lines_to_a_pipe(tm
         "dataset": {"source": str(folder), "resolution": 128, "min_bucket": 64, "max_bucket": 256},
         "network": {"rank": 4}, "train": {"batch_size": 2, "epochs": 3, "lr": 1e-3}}
     ).write(tmp_path / "run.toml")
-    env = {"LORA_LAB_HOME": str(tmp_path / "ws"), "PATH": str(BIN), "HF_HUB_OFFLINE": "1"}
+    env = bare_env(LORA_LAB_HOME=str(tmp_path / "ws"), PATH=str(BIN), HF_HUB_OFFLINE="1")
     run = lambda *a: subprocess.run([str(BIN / "lora-lab"), *map(str, a)], env=env,  # noqa: E731
                                     capture_output=True, text=True)
     calc = run("calc", "--config", path, "--json")
