@@ -3,10 +3,48 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import LoraLabError
+from .output import add_json_flag, emit, workspace
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     lora = sub.add_parser("lora", help="inspect, resize, merge, convert and push LoRA files",
                           description="Tools for .safetensors LoRA files of every family lora-lab "
                                       "trains, in kohya, diffusers/peft or ComfyUI layout.")
     verbs = lora.add_subparsers(title="verbs", metavar="VERB")
+    _register_push(verbs)
     del verbs  # each verb registers here
+
+
+def _register_push(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("push", help="upload a LoRA to the Hugging Face Hub with a model card",
+                         description="Upload a LoRA file with a generated model card (base model, "
+                                     "trigger word, settings, sample images, loss curves) to a Hub "
+                                     "model repo, in one commit. Needs a write token: HF_TOKEN or "
+                                     "`hf auth login`; HF_ENDPOINT names another Hub.")
+    p.add_argument("file", help="the LoRA .safetensors file")
+    p.add_argument("--repo", required=True, metavar="ID",
+                   help="the model repo, ORG/NAME (or NAME in your namespace); created if missing")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--dry-run", action="store_true",
+                   help="upload nothing: write the card, images and file list to --out")
+    p.add_argument("--out", metavar="DIR", help="with --dry-run: a new folder for the card and file list")
+    add_json_flag(p)
+    p.set_defaults(run=_cmd_push)
+
+
+def _cmd_push(args: argparse.Namespace) -> None:
+    from ..tools.push import FILE_LIST, push_lora
+
+    if args.dry_run != bool(args.out):
+        raise LoraLabError("--dry-run and --out DIR go together: the dry run writes the card there")
+    result = push_lora(args.file, args.repo, private=args.private, dry_run=args.out,
+                       workspace=workspace(args))
+    if result["dry_run"]:
+        names = "\n".join(f"  {f['path']}  ({f['bytes']} bytes)" for f in result["files"])
+        text = (f"dry run: nothing uploaded; {args.out} holds the card and {FILE_LIST}, the files "
+                f"a push to {result['repo']} would upload:\n{names}")
+    else:
+        text = (f"pushed {', '.join(result['files'])} to {result['url']} "
+                f"(commit {result['commit'][:12]})")
+    emit(args, result, text)
