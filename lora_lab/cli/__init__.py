@@ -19,6 +19,7 @@ from . import (
     misc_cmds,
     models_cmds,
     notebook_cmds,
+    suggest_cmds,
     train_cmds,
 )
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_cmds.register(sub)
     doctor_cmds.register(sub)
     lora_cmds.register(sub)
+    suggest_cmds.register(sub)
     return parser
 
 

@@ -26,7 +26,16 @@ from ..confine import server_prefix
 from ..errors import LoraLabError
 from ..served import export_server
 from ..workspace import Workspace, default_root
-from . import feed, handlers_caption, handlers_datasets, handlers_jobs, handlers_lab, handlers_meta, handlers_models
+from . import (
+    feed,
+    handlers_caption,
+    handlers_datasets,
+    handlers_jobs,
+    handlers_lab,
+    handlers_meta,
+    handlers_models,
+    handlers_suggest,
+)
 from .base import API
 from .services import SETTINGS_KEY, Services, Settings
 
@@ -34,7 +43,8 @@ from .services import SETTINGS_KEY, Services, Settings
 def routes() -> list[tuple[str, type]]:
     """Every (pattern relative to base_url, handler) of the REST API and the WebSockets."""
     table = (handlers_datasets.ROUTES + handlers_jobs.ROUTES + handlers_caption.ROUTES
-             + handlers_meta.ROUTES + handlers_lab.ROUTES + handlers_models.ROUTES + feed.ROUTES)
+             + handlers_meta.ROUTES + handlers_lab.ROUTES + handlers_models.ROUTES + feed.ROUTES
+             + handlers_suggest.ROUTES)
     return [(f"{API}/{pattern}", handler) for pattern, handler in table]
 
 

@@ -264,6 +264,17 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
                       trigger=_opt(STR), max_words=_opt({"type": "integer", "minimum": 1}),
                       mode=_opt({"type": "string", "enum": ["skip", "overwrite", "append",
                                                             "prepend"]})))},
+        "/suggest": {"post": _op(
+            "The config assistant: a training config for the dataset from a request in words, "
+            "by the server's caption model (a local GGUF, its answer held to the config's schema "
+            "by a grammar) checked and filled in by rules from the dataset, the base model's "
+            "family and the GPU; each suggested value with its reason, and the config as TOML. "
+            "The dataset must have images (400 otherwise); 503 when the model cannot load",
+            errors=(400, 404, 503), result=_ref("Suggestion"),
+            body=_obj(("text", "dataset"), closed=True,
+                      text={"type": "string", "maxLength": 2000,
+                            "description": 'what the user wants, e.g. "25 photos of my dog, SDXL"'},
+                      dataset=schemas.name(), seed=_opt(_int(0, 2**32 - 1))))},
     }
 
 
@@ -322,6 +333,12 @@ SCHEMAS = {
                    other={"type": "array", "items": _obj(
                        ("name", "path", "folder", "bytes"), name=STR, path=STR, folder=BOOL,
                        bytes=INT, repo=NULL_STR, complete={"type": "boolean", "nullable": True})}),
+    "Suggestion": _obj(("config", "preset", "reasons", "total_steps", "toml"), config=OBJECT,
+                       preset=STR, total_steps=INT, steps=STR, toml=STR, model=STR,
+                       seconds={"type": "number"}, facts=OBJECT, answer=OBJECT,
+                       reasons={"type": "object", "additionalProperties": _obj(
+                           ("value", "reason", "source"), value={}, reason=STR,
+                           source={"enum": ["model", "rule", "preset"]})}),
 }
 
 

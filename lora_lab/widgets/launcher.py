@@ -7,6 +7,7 @@ as fields change, and shows each problem beside its field: Train stays disabled,
 reason beside it, while anything is wrong. The common fields come first; every other one sits
 in a collapsed "Advanced" section built from the config's own field metadata (type, default,
 one-line doc, limits), so a field added to ``training/sections.py`` appears there by itself.
+The assistant box at the top (:mod:`.suggest_box`) fills the form from a request in words.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from ..training.sections import show_value
 from ..workspace import Workspace
 from .common import COLORS, Notice, reporting, workspace_of
 from .monitor import TrainingMonitor
+from .suggest_box import SuggestBox
 
 _SECTIONS = get_type_hints(TrainConfig)
 _HINTS = {table: get_type_hints(cls) for table, cls in _SECTIONS.items()}
@@ -135,7 +137,9 @@ class TrainingLauncher(widgets.VBox):
         self.save_button.on_click(self._on_save)
         self.train_button.on_click(self._on_train)
         self.monitor_box = widgets.VBox()
-        self.children = [widgets.HBox([self.preset, self.preset_note]), self.preset_changes,
+        self.assistant = SuggestBox(self.ws, lambda: (self._value("dataset.source"), self._value("model.base")),
+                                    self.apply_suggestion, self.autostart)
+        self.children = [self.assistant, widgets.HBox([self.preset, self.preset_note]), self.preset_changes,
                          *common, *memory, self.advanced, self.plan,
                          widgets.HBox([self.toml_path, self.save_button]),
                          widgets.HBox([self.train_button, self.gpus, self.reason]), self.notice,
@@ -203,6 +207,20 @@ class TrainingLauncher(widgets.VBox):
             if dotted == "model.base":
                 self._follow_base()
             self.check()
+
+    def apply_suggestion(self, suggestion: Any) -> None:
+        """Fill the form with the config assistant's suggestion (lora_lab.assistant); its values
+        count as edits, so a preset picked afterwards keeps them."""
+        self._loading = True
+        try:
+            self.preset.value = suggestion.preset
+        finally:
+            self._loading = False
+        self._set(_flat(suggestion.config.to_dict()))
+        self._preset_picked = True  # the assistant picked it: a base model typed later keeps it
+        self.edited = {key for key in suggestion.reasons if "." in key and not key.startswith("sample.")}
+        self.preset_changes.value = "<small>the assistant filled in the form; its reasons are above</small>"
+        self.check()
 
     # -- checking --------------------------------------------------------------------------------
     def _value(self, dotted: str) -> Any:
