@@ -28,13 +28,15 @@ from ..served import export_server
 from ..workspace import Workspace, default_root
 from . import feed, handlers_caption, handlers_datasets, handlers_jobs, handlers_lab, handlers_meta, handlers_models
 from .base import API
+from .handlers_loras import ROUTES as LORA_TOOL_ROUTES
 from .services import SETTINGS_KEY, Services, Settings
 
 
 def routes() -> list[tuple[str, type]]:
     """Every (pattern relative to base_url, handler) of the REST API and the WebSockets."""
     table = (handlers_datasets.ROUTES + handlers_jobs.ROUTES + handlers_caption.ROUTES
-             + handlers_meta.ROUTES + handlers_lab.ROUTES + handlers_models.ROUTES + feed.ROUTES)
+             + handlers_meta.ROUTES + handlers_lab.ROUTES + handlers_models.ROUTES + feed.ROUTES
+             + LORA_TOOL_ROUTES)
     return [(f"{API}/{pattern}", handler) for pattern, handler in table]
 
 
