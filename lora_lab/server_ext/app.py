@@ -37,6 +37,7 @@ from . import (
     handlers_suggest,
 )
 from .base import API
+from .handlers_loras import ROUTES as LORA_TOOL_ROUTES
 from .services import SETTINGS_KEY, Services, Settings
 
 
@@ -44,7 +45,7 @@ def routes() -> list[tuple[str, type]]:
     """Every (pattern relative to base_url, handler) of the REST API and the WebSockets."""
     table = (handlers_datasets.ROUTES + handlers_jobs.ROUTES + handlers_caption.ROUTES
              + handlers_meta.ROUTES + handlers_lab.ROUTES + handlers_models.ROUTES + feed.ROUTES
-             + handlers_suggest.ROUTES)
+             + handlers_suggest.ROUTES + LORA_TOOL_ROUTES)
     return [(f"{API}/{pattern}", handler) for pattern, handler in table]
 
 

@@ -233,6 +233,21 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
         "/presets": {"get": _op("The training presets, each with the whole config it starts "
                                 "from (base model and dataset source left empty)",
                                 result=_ref("Presets"), errors=())},
+        "/loras/inspect": {"get": _op(
+            "What a LoRA file inside the workspace holds, as `lora-lab lora inspect --json`: format, "
+            "family, ranks, alphas, modules by kind (groups), training metadata, tags, hashes",
+            params=({**_param("path", "query", schemas.rel_path("the .safetensors file, relative to "
+                                                                "the workspace")), "required": True},))},
+        "/loras/convert": {"post": _op(
+            "Write a LoRA file inside the workspace in another key layout (kohya, diffusers, "
+            "comfyui) as `out` (inside the workspace too), losslessly; an existing `out` only "
+            "with force (else 409)", errors=(400, 404, 409),
+            body=_obj(("path", "to", "out"), closed=True,
+                      path=schemas.rel_path("the LoRA file to convert (never modified)"),
+                      to={"enum": ["kohya", "diffusers", "comfyui"]},
+                      out=schemas.rel_path("the new .safetensors file"),
+                      family=_opt({"type": "string", "description": "for a file that does not say it"}),
+                      force=_opt({"type": "boolean"})))},
         "/kit": {"post": _op("Copy the notebook kit (keeping notebooks edited there) into the "
                              "workspace's notebooks/ when the Jupyter root holds the workspace, "
                              "else into the root's lora-lab-notebooks/", result=_ref("Kit"),

@@ -80,3 +80,63 @@ def unet_naming(keys: Any) -> str | None:
     if not unet:
         return None
     return "ldm" if any(k.startswith(_LDM_BLOCKS) for k in unet) else "diffusers"
+
+
+_RESNET_BACK = {v: k for k, v in _RESNET.items()}
+_TOP_BACK = {v: k for k, v in _TOP.items()}
+
+
+def _child_back(rest: str) -> str:
+    for ldm, diffusers in _RESNET_BACK.items():
+        if rest == ldm or rest.startswith(f"{ldm}."):
+            return diffusers + rest[len(ldm):]
+    return rest
+
+
+def diffusers_unet_path(path: str, layers_per_block: int) -> str:
+    """The diffusers path of LDM UNet module ``path``: :func:`ldm_unet_path` backwards, for a UNet
+    with ``layers_per_block`` resnets per down block (an up-sampler's index, 1 or 2, tells whether
+    its block has attention, so nothing else of the config is needed)."""
+    if path in _TOP_BACK:
+        return _TOP_BACK[path]
+    m = re.fullmatch(r"(input_blocks|middle_block|output_blocks)\.(\d+)\.(?:(\d+)\.)?(.+)", path)
+    if not m or (m[1] != "middle_block" and m[3] is None):
+        raise ValueError(f"no diffusers name for LDM UNet module {path!r}")
+    kind, level, rest = m[1], int(m[2]), m[4]
+    slot = int(m[3]) if m[3] is not None else None
+    if kind == "middle_block":
+        rest = rest if slot is None else f"{slot}.{rest}"  # middle_block.N.<module>: N is the level
+        return f"mid_block.attentions.0.{rest}" if level == 1 else f"mid_block.resnets.{level // 2}.{_child_back(rest)}"
+    per_level = layers_per_block + 1
+    if kind == "input_blocks":
+        block, index = divmod(level - 1, per_level)
+        if index == layers_per_block:
+            return f"down_blocks.{block}.downsamplers.0.conv"
+        side = "down"
+    else:
+        block, index = divmod(level, per_level)
+        if slot == 2 or (slot == 1 and rest == "conv"):
+            return f"up_blocks.{block}.upsamplers.0.{rest}"
+        side = "up"
+    if slot == 0:
+        return f"{side}_blocks.{block}.resnets.{index}.{_child_back(rest)}"
+    return f"{side}_blocks.{block}.attentions.{index}.{rest}"
+
+
+def layers_per_block(paths: Any, naming: str) -> int | None:
+    """A UNet's resnets per down block as the LoRA module ``paths`` show it (``naming``: "ldm" or
+    "diffusers"), or None where they do not: the longest run of adjacent adapted LDM input levels
+    (down-sampler levels part them), or the highest resnet/attention index in a block."""
+    if naming == "diffusers":
+        found = [int(m[2]) + (m[1] == "down") for p in paths
+                 if (m := re.match(r"(down|up)_blocks\.\d+\.(?:resnets|attentions)\.(\d+)\.", p))]
+        return max(found) if found else None
+    levels = sorted({int(m[1]) for p in paths if (m := re.match(r"input_blocks\.(\d+)\.([01])\.(?!op$)", p))
+                     and int(m[1]) > 0})
+    if not levels:
+        return None
+    runs, run = [], 1
+    for before, after in zip(levels, levels[1:]):
+        run = run + 1 if after == before + 1 else 1
+        runs.append(run)
+    return max([1, *runs])

@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -50,7 +51,8 @@ _DIFFUSERS_TE_NAMES = ("text_encoder", "text_encoder_2")
 _KOHYA_PARTS = {"lora_unet_": "unet", "lora_te_": "te1", "lora_te1_": "te1", "lora_te2_": "te2"}
 _DIFFUSERS_PARTS = {"unet.": "unet", "transformer.": "transformer", "text_encoder.": "te1",
                     "text_encoder_2.": "te2"}
-_COMFYUI_PARTS = {"diffusion_model.": "transformer"}
+_COMFYUI_PARTS = {"diffusion_model.": "transformer", "text_encoders.clip_l.": "te1",
+                  "text_encoders.clip_g.": "te2"}
 _DOWN_SUFFIXES = (".lora_down.weight", ".lora_A.weight", ".lora.down.weight")
 
 
@@ -382,14 +384,15 @@ def read_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     except (SafetensorError, OSError, ValueError) as e:
         raise LoraLabError(f"{path.name} is not a readable .safetensors file ({e}); "
                            "LoRAs are read and written as safetensors only") from e
-    if _format(tensors) is None:
+    if lora_format(tensors) is None:
         raise LoraLabError(f"{path.name} holds no LoRA weights (no kohya lora_unet_/lora_te keys, no "
                            "diffusers unet./transformer./text_encoder. or ComfyUI diffusion_model. "
                            "lora keys): is it a base model or another kind of file?")
     return tensors, metadata
 
 
-def _format(tensors: Mapping[str, torch.Tensor]) -> Format | None:
+def lora_format(tensors: Mapping[str, torch.Tensor]) -> Format | None:
+    """The layout of a LoRA file's tensors: "kohya", "diffusers", "comfyui", or None for no LoRA."""
     if any(k.startswith(tuple(_KOHYA_PARTS)) and k.endswith(_DOWN_SUFFIXES[0]) for k in tensors):
         return "kohya"
     if any(k.startswith(tuple(_DIFFUSERS_PARTS)) and ".lora" in k for k in tensors):
@@ -403,12 +406,48 @@ def _family(tensors, metadata: Mapping[str, str], parts: Mapping[str, int]) -> s
     if parts["te2"] or any(k.startswith("lora_te1_") for k in tensors):
         return "sdxl"
     version = metadata.get("ss_base_model_version", "")
-    named = [f.name for f in FAMILIES.values() if f.model_version == version]
+    named = [f.name for f in FAMILIES.values() if f.model_version and version.startswith(f.model_version)]
     if named:
-        return named[0]
+        return max(named, key=lambda n: len(FAMILIES[n].model_version))  # "sdxl_base…" before "sd_v1"
     if version:
         return "sdxl" if version.startswith("sdxl") else "sd15" if version.startswith("sd_v1") else version
-    return "sd15" if any(k.startswith(("lora_te_", "text_encoder.")) for k in tensors) else "unknown"
+    return _family_of_keys(tensors)
+
+
+# words only one family's module names hold, in any layout's spelling ("_" or "." between words)
+_FAMILY_WORDS = (
+    ("sdxl", r"label_emb|add_embedding|transformer_blocks[._][1-9]\d*[._]attn[12]"),  # SD1.5 has 1 a block
+    ("sd15", r"lora_te_|text_encoder\.|text_encoders\.clip_l|down_blocks|input_blocks|attn1|attn2"),
+    ("flux2klein", r"to_qkv_mlp_proj|linear_in|linear_out"),
+    ("zimage", r"attention[._]to_|feed_forward|noise_refiner|context_refiner"),
+    ("qwenimage", r"img_mlp[._]net|txt_mlp[._]net|img_mod[._]1|txt_mod[._]1"),
+    ("flux", r"single_transformer_blocks|proj_mlp|ff[._]net|ff_context[._]net"),
+)
+
+
+def _family_of_keys(tensors: Mapping[str, torch.Tensor]) -> str:
+    """The family a file without sd-scripts' metadata is for, from its module names (and for
+    BFL's names, which Flux.1 and Flux.2 share, from how wide a single block's linear1 is);
+    "unknown" where they do not tell. Flux.1 and Chroma LoRAs look alike: "flux"."""
+    keys = " ".join(tensors)
+    for family, words in _FAMILY_WORDS:
+        if re.search(words, keys):
+            return family
+    if re.search(r"double_blocks|single_blocks", keys):
+        qkv = next((v for k, v in tensors.items() if re.search(r"img_attn[._]qkv\.lora_(up|B)", k)), None)
+        linear1 = next((v for k, v in tensors.items() if re.search(r"linear1\.lora_(up|B)", k)), None)
+        if qkv is not None and linear1 is not None:  # linear1 = q, k, v + MLP in: 4× wide in Flux.1, 6× in Flux.2
+            return "flux2klein" if linear1.shape[0] * 3 == qkv.shape[0] * 9 else "flux"
+    if re.search(r"transformer_blocks[._]\d+[._]attn[._]", keys):
+        return "qwenimage"  # double-stream blocks only
+    return "unknown"
+
+
+def lora_family(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+    """The family a LoRA file is for (a name in :data:`.families.FAMILIES`, or "unknown"): from
+    sd-scripts' ss_base_model_version, else its keys."""
+    te2 = any(k.startswith(("lora_te2_", "text_encoder_2.", "text_encoders.clip_g.")) for k in tensors)
+    return _family(tensors, metadata, {"te2": te2})
 
 
 def _diffusers_alphas(metadata: Mapping[str, str]) -> set[float]:
@@ -437,7 +476,7 @@ def describe_lora(path: str | os.PathLike) -> dict[str, Any]:
     """What `lora-lab lora inspect` shows: format, family, ranks, alphas, parts, conv, DoRA, metadata,
     and for kohya files the UNet naming ("ldm" as sd-scripts writes SDXL, or "diffusers")."""
     tensors, metadata = read_lora(path)
-    fmt = _format(tensors)
+    fmt = lora_format(tensors)
     prefixes = {"kohya": _KOHYA_PARTS, "comfyui": _COMFYUI_PARTS}.get(fmt, _DIFFUSERS_PARTS)
     fused = _fused_parts(tensors, metadata) if fmt in ("comfyui", "kohya") else {}
     parts: dict[str, int] = {"unet": 0, "te1": 0, "te2": 0}
