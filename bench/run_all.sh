@@ -27,6 +27,8 @@
 # bench_doctor.py (`lora-lab doctor` in a new process against `python -c pass`) takes ~15 s.
 # bench_models.py (a 200 MB model pull from a local Hub against curl of the same file) takes
 # ~20 s; it needs curl.
+# bench_resize.py (a rank-128 SDXL-shaped LoRA resized to 32, against a bare per-layer SVD loop)
+# runs every module on a GPU; on a CPU every 20th (~25 min a repeat on 2 loaded cores, nearly all of it the floor).
 # BENCH_PYTHON picks the interpreter (default: the project's .venv).
 set -e
 cd "$(dirname "$0")/.."

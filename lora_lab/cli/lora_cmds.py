@@ -15,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     verbs = lora.add_subparsers(title="verbs", metavar="VERB")
     _register_inspect(verbs)
     _register_convert(verbs)
+    _register_resize(verbs)
+    _register_merge(verbs)
     _register_push(verbs)
 
 
@@ -91,3 +93,60 @@ def _cmd_push(args: argparse.Namespace) -> None:
         text = (f"pushed {', '.join(result['files'])} to {result['url']} "
                 f"(commit {result['commit'][:12]})")
     emit(args, result, text)
+
+
+def _register_resize(verbs: argparse._SubParsersAction) -> None:
+    c = verbs.add_parser("resize", help="reduce a LoRA's rank by SVD, fixed or per layer (kohya's dynamic methods)",
+                         description="Resize a LoRA to a lower rank by SVD of each module's update, into a "
+                                     "new file in the same layout, dtype and metadata (the resize recorded "
+                                     "in it), and report the error per module. --dynamic chooses each "
+                                     "module's rank as kohya's resize_lora.py does, --rank its cap.")
+    c.add_argument("file", type=Path, help="the LoRA (.safetensors: kohya, diffusers/peft or ComfyUI layout)")
+    c.add_argument("--rank", type=int, required=True, help="the new rank (the largest, with --dynamic)")
+    c.add_argument("--conv-rank", type=int, help="rank of convolutions larger than 1x1 (default: --rank)")
+    c.add_argument("--dynamic", choices=("sv_ratio", "sv_fro", "sv_cumulative"),  # tools.resize.METHODS
+                   help="per-module rank: sv_ratio keeps singular values above max/X, sv_fro the fewest "
+                        "holding the share X of the Frobenius norm, sv_cumulative of their sum")
+    c.add_argument("--dynamic-param", type=float, metavar="X", help="X for --dynamic")
+    c.add_argument("--out", type=Path, required=True, help="the new .safetensors file (must not exist)")
+    add_json_flag(c)
+    c.set_defaults(run=_cmd_resize)
+
+
+def _cmd_resize(args: argparse.Namespace) -> None:
+    from ..tools.resize import resize_lora
+
+    report = resize_lora(args.file, args.out, args.rank, conv_rank=args.conv_rank,
+                         method=args.dynamic or "fixed", param=args.dynamic_param)
+    emit(args, report.to_dict(), report.table())
+
+
+def _register_merge(verbs: argparse._SubParsersAction) -> None:
+    c = verbs.add_parser("merge", help="merge LoRAs into one (concatenated ranks, or SVD to --rank), or into "
+                                       "a base model saved as a diffusers pipeline",
+                         description="Merge LoRA files of one family with weights into one file: exactly, by "
+                                     "concatenating their ranks, or with --rank by SVD of each module's summed "
+                                     "update. With --into, fuse them into a base model and save it as a "
+                                     "diffusers pipeline folder.")
+    c.add_argument("files", type=Path, nargs="+", help="the LoRA files (.safetensors, one family and layout)")
+    c.add_argument("--weights", type=float, nargs="+", metavar="W", help="one weight per file (default 1 each)")
+    c.add_argument("--rank", type=int, help="SVD the merged LoRA to this rank (default: exact, the ranks summed)")
+    c.add_argument("--into", metavar="BASE_MODEL", help="a base model (diffusers folder, checkpoint or Hub id) "
+                                                        "to fuse the LoRAs into; --out is then a new folder")
+    c.add_argument("--out", type=Path, required=True, help="the new .safetensors file, or folder with --into")
+    add_json_flag(c)
+    c.set_defaults(run=_cmd_merge)
+
+
+def _cmd_merge(args: argparse.Namespace) -> None:
+    from ..tools.merge import merge_into_base, merge_loras
+
+    if args.into:
+        if args.rank is not None:
+            raise LoraLabError("--rank and --into do not go together: a base model has no rank")
+        done = merge_into_base(args.files, args.into, args.out, args.weights)
+        emit(args, done, f"fused {', '.join(f'{w:g} x {Path(f).name}' for f, w in zip(done['files'], done['weights']))}"
+                         f" into {done['base']} ({done['family']}): diffusers pipeline in {done['path']}")
+        return
+    report = merge_loras(args.files, args.out, args.weights, rank=args.rank)
+    emit(args, report.to_dict(), report.text())
