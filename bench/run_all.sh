@@ -13,6 +13,8 @@
 # loop written like diffusers' DreamBooth LoRA example for the model; lora_lab with latents not
 # cached came to 0.85-1.07x the bare loop, target <= 1.05x, read to within +-0.1) takes ~5-6 min;
 # `--family flux` runs one family (~1.5 min).
+# bench_validation.py (tiny SD1.5 trained 200 steps without validation, with it at its default
+# interval, and with a validation prompt too; validation's share of training time) takes ~1.5 min.
 # bench_monitor.py (a TrainingMonitor following a job that writes 50 events/s: lag, memory,
 # cost of a poller step) takes ~1 min.
 # bench_widgets.py (DatasetBrowser paging a 10,000-image dataset, against reading the page's

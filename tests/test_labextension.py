@@ -234,6 +234,29 @@ def broken_base(tiny_models, tmp_path) -> Path:
     return base
 
 
+def test_the_job_view_draws_the_validation_loss_beside_the_loss(ws, shapes, tiny_models, lab, browser):
+    cfg = config(tiny_models, dataset={"source": "shapes"}, train={"max_steps": 4},
+                 sample={"steps": 2},
+                 validation={"split": 0.25, "every_n_steps": 2, "prompts": ["sks, a red circle"]})
+    job = submit("train", {"config": cfg.to_dict()}, ws)
+    while not job.finished:
+        time.sleep(0.2)
+    assert job.view()["state"] == "succeeded", job.view().get("error")
+    status = job.status()
+    page = open_lab(browser, lab)
+    open_sidebar(page)
+    wait_state(page, job.id, "succeeded")
+    row(page, job.id).click()
+    view = page.locator(".lora-lab-sidebar .lora-lab-jobview")
+    wait_text(page, ".lora-lab-val-caption", "validation loss")
+    caption = view.locator(".lora-lab-val-caption").inner_text()
+    best = page.evaluate("x => x.toPrecision(3)", status["best_val_loss"])
+    assert f"at step 4 · best {best} at step {status['best_step']}" in caption
+    points = view.locator(".lora-lab-loss polyline.lora-lab-val").get_attribute("points")
+    assert len(points.split()) == 2  # validations at steps 2 and 4
+    wait_text(page, ".lora-lab-sample figcaption", "step 4: validation: sks, a red circle")
+
+
 def test_the_sidebar_explains_what_went_wrong(ws, shapes, tiny_models, tmp_path, lab, browser):
     for i in range(500):  # a workspace that has trained for months
         JobRecord.create("train", {"config": {}, "gpus": 1}, ws).set_status(

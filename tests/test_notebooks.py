@@ -81,7 +81,8 @@ def captioned(lab, tiny_caption, tmp_path_factory) -> nbformat.NotebookNode:
 def trained(lab, tiny_models, captioned, tmp_path_factory) -> nbformat.NotebookNode:
     run = tmp_path_factory.mktemp("train-run")
     path = write_config(run / "shapes.toml", tiny_models, "shapes", train={"max_steps": 4},
-                        sample={"every_n_steps": 2, "prompts": ["sks, a red circle"], "steps": 2})
+                        sample={"every_n_steps": 2, "prompts": ["sks, a red circle"], "steps": 2},
+                        validation={"split": 0.25, "every_n_steps": 2})
     return execute(TRAIN_NB, run / "train.ipynb", config=str(path), workspace=str(lab.root),
                    overrides=["save.name=pipeline-lora", "network.rank=4"])
 
@@ -113,6 +114,11 @@ def test_train_pipeline_trains_and_records_it(lab, trained):
     assert f"| LoRA | `{lora}`" in markdown and f"| job | `{job.path}` |" in markdown  # output
     loss, lr = outputs(trained, "image/svg+xml")
     assert "<polyline" in loss and ">loss<" in loss and ">learning rate<" in lr
+    assert "<title>validation loss</title>" in loss  # the held-out images' curve beside it
+    status = job.status()
+    best = f"{status['best_val_loss']:.4f} at step {status['best_step']}"
+    assert f"| best validation loss | {best} |" in markdown and "| step 2 | " in markdown
+    assert f"Best validation loss **{status['best_val_loss']:.4f}**" in markdown
     samples = [e for e in job.events() if e["type"] == "sample"]
     assert len(outputs(trained, "image/png")) == len(samples) == 2
     assert "**step 2**: sks, a red circle" in markdown

@@ -207,6 +207,10 @@ async def test_runs_bound_to_fail_are_refused_with_the_reason_and_leave_no_job_r
                              f"models in {ws.models}: sd15 (sd15)")
     err = await refused("train", train(train={"device": "cuda"}), 400)  # this box has no GPU
     assert err["detail"].startswith('train.device: "cuda", but this machine shows no GPU')
+    images = sorted(p.name for p in tiny_models["samples"].iterdir() if p.suffix != ".txt")
+    err = await refused("train", train(validation={"images": images}), 400)  # all held out
+    assert err["detail"].startswith("validation.images: holding out 8 of the 8 images")
+    assert "leaves no training images" in err["detail"]
     err = await refused("train", train(save={"name": "mine"}), 409)
     assert err["detail"].startswith(f"save.name: 'mine' is taken: {ws.loras / 'mine-000200.safetensors'}"
                                     f" is the LoRA of job {done.id}")

@@ -124,7 +124,8 @@ async def test_presets_carry_the_whole_config_they_start_from(api):
     assert code == 200 and [p["name"] for p in body["presets"]] == list(PRESETS)
     for preset in body["presets"]:
         config = preset["config"]
-        assert set(config) == {"model", "dataset", "network", "train", "save", "sample", "track"}
+        assert set(config) == {"model", "dataset", "network", "train", "save", "sample", "validation",
+                               "track"}
         assert config["model"]["family"] == preset["family"] and preset["description"]
         assert config["model"]["base"] == "" and config["dataset"]["source"] == ""
         config["model"]["base"], config["dataset"]["source"] = "models/sd15", "cats"

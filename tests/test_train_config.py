@@ -440,11 +440,11 @@ def test_import_stays_light():
 
 
 def test_the_public_names_still_import_from_config():
-    """The seven tables live in sections.py; config.py re-exports them for existing imports."""
+    """The eight tables live in sections.py; config.py re-exports them for existing imports."""
     from lora_lab.training import config, sections
 
     assert all(hasattr(config, name) for name in config.__all__)
     for name in ("ModelSection", "DatasetSection", "NetworkSection", "TrainSection", "SaveSection",
-                 "SampleSection", "TrackSection"):
+                 "SampleSection", "ValidationSection", "TrackSection"):
         assert getattr(config, name) is getattr(sections, name)
     assert callable(config.check_package) and callable(config.default_toml)

@@ -1,5 +1,6 @@
 /**
- * The loss curve: one SVG polyline over the steps, colored by JupyterLab's theme variables
+ * The loss curve: one SVG polyline over the steps, and a dashed one of the validation loss
+ * (held-out images) when the run validates, colored by JupyterLab's theme variables
  * (style/base.css), so it reads in the light and the dark theme alike.
  */
 const SVG = 'http://www.w3.org/2000/svg';
@@ -25,9 +26,13 @@ export class LossChart {
       this.svg.appendChild(line);
     }
     this.line.setAttribute('vector-effect', 'non-scaling-stroke');
-    this.svg.appendChild(this.line);
+    this.valLine.setAttribute('vector-effect', 'non-scaling-stroke');
+    this.valLine.setAttribute('class', 'lora-lab-val');
+    this.svg.append(this.line, this.valLine);
     this.caption.className = 'lora-lab-loss-caption';
-    this.node.append(this.svg, this.caption);
+    this.valCaption.className = 'lora-lab-loss-caption lora-lab-val-caption';
+    this.valCaption.hidden = true;
+    this.node.append(this.svg, this.caption, this.valCaption);
     this.node.hidden = true;
   }
 
@@ -38,8 +43,20 @@ export class LossChart {
     }
   }
 
+  /** One validation event's loss at its step; ``best``: the lowest so far. */
+  addValidation(step: number, loss: number, best: boolean): void {
+    if (Number.isFinite(step) && Number.isFinite(loss)) {
+      this.valPoints.push([step, loss]);
+      if (best) {
+        this.best = [step, loss];
+      }
+    }
+  }
+
   clear(): void {
     this.points = [];
+    this.valPoints = [];
+    this.best = null;
     this.render(0);
   }
 
@@ -51,30 +68,44 @@ export class LossChart {
       this.line.setAttribute('points', '');
       return;
     }
-    const losses = points.map(p => p[1]);
+    const losses = [...points, ...this.valPoints].map(p => p[1]);
     const lo = Math.min(...losses);
     const hi = Math.max(...losses);
     const last = this.points[this.points.length - 1];
     const xMax = Math.max(total, last[0], 1);
     const span = hi - lo || 1;
-    const coords = points.map(([step, loss]) => {
-      const x = (step / xMax) * WIDTH;
-      const y = HEIGHT - 4 - ((loss - lo) / span) * (HEIGHT - 8);
-      return `${x.toFixed(1)},${y.toFixed(1)}`;
-    });
-    this.line.setAttribute('points', coords.join(' '));
+    const coords = (pts: [number, number][]) =>
+      pts
+        .map(([step, loss]) => {
+          const x = (step / xMax) * WIDTH;
+          const y = HEIGHT - 4 - ((loss - lo) / span) * (HEIGHT - 8);
+          return `${x.toFixed(1)},${y.toFixed(1)}`;
+        })
+        .join(' ');
+    this.line.setAttribute('points', coords(points));
+    this.valLine.setAttribute('points', coords(this.valPoints));
     this.svg.setAttribute(
       'aria-label',
       `loss from ${fmt(this.points[0][1])} to ${fmt(last[1])} over ${last[0]} steps`
     );
     this.caption.textContent =
       `loss ${fmt(last[1])} at step ${last[0]}` + ` · min ${fmt(lo)} · max ${fmt(hi)}`;
+    const val = this.valPoints[this.valPoints.length - 1];
+    this.valCaption.hidden = !val;
+    if (val) {
+      const best = this.best ? ` · best ${fmt(this.best[1])} at step ${this.best[0]}` : '';
+      this.valCaption.textContent = `validation loss ${fmt(val[1])} at step ${val[0]}${best}`;
+    }
   }
 
   private points: [number, number][] = [];
+  private valPoints: [number, number][] = []; // one a validation: few, drawn as they are
+  private best: [number, number] | null = null;
   private svg = document.createElementNS(SVG, 'svg');
   private line = document.createElementNS(SVG, 'polyline');
+  private valLine = document.createElementNS(SVG, 'polyline');
   private caption = document.createElement('div');
+  private valCaption = document.createElement('div');
 }
 
 function fmt(loss: number): string {

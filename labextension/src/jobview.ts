@@ -1,7 +1,7 @@
 /**
  * The selected job, live: its log (the last MAX_LINES lines, kept scrolled to the newest), its
- * loss curve, its newest sample, cancel / resume / delete, the LoRA files it wrote, its folder's
- * size once it has ended, and links into the file browser. Fed by the job's own WebSocket
+ * loss curve (and validation loss), its newest sample (or validation image), cancel / resume /
+ * delete, the LoRA files it wrote, its folder's size once it has ended, and links into the file browser. Fed by the job's own WebSocket
  * (``jobs/ID/stream``), which resumes from the last event number and log offset it saw after a
  * drop, so nothing is missed and nothing comes twice.
  */
@@ -186,6 +186,13 @@ export class JobView extends Widget {
       this.total = event.total ?? this.total;
     } else if (event.type === 'sample' && typeof event.path === 'string') {
       this.newestSample = event;
+    } else if (event.type === 'validation') {
+      this.chart.addValidation(event.step, event.loss, event.best);
+      const path = event.samples?.[0];
+      if (typeof path === 'string') {
+        const prompt = event.prompts?.[0] ?? '';
+        this.newestSample = { step: event.step, path, prompt: `validation: ${prompt}` };
+      }
     }
   }
 

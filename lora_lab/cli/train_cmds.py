@@ -58,8 +58,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         progress_end()
     out = {"output": str(result.output), "steps": result.steps, "seconds": result.seconds,
            "loss": result.loss, "job": job.id}
+    status = job.status()
+    out.update({k: status[k] for k in ("best_step", "best_val_loss", "best_lora") if k in status})
+    best = (f"\nbest validation loss {out['best_val_loss']:.4f} at step {out['best_step']}: "
+            f"{out.get('best_lora', out['output'])}" if "best_step" in out else "")
     emit(args, out, f"trained {out['steps']} steps in {out['seconds']:.1f} s\n"
-                    f"LoRA: {out['output']}\njob record: {job.path}")
+                    f"LoRA: {out['output']}{best}\njob record: {job.path}")
 
 
 def _init(args: argparse.Namespace, default_toml) -> None:
@@ -81,7 +85,10 @@ def _show(event: dict[str, Any]) -> None:
         eta = f"ETA {event['eta_s']:.0f} s" if event.get("eta_s") is not None else ""
         progress_bar(event["step"], event["total"],
                      f"loss {event['loss']:.4f}  {event['it_s']:.2f} it/s  {eta}")
-    elif event["type"] == "phase" and event["phase"] != "training":
+    elif event["type"] == "validation":
+        progress_note(f"step {event['step']}: validation loss {event['loss']:.4f}"
+                      + (" (best)" if event["best"] else ""))
+    elif event["type"] == "phase" and event["phase"] not in ("training", "evaluating"):
         progress_note(f"{event['phase']}...")
     elif event["type"] == "log" and event.get("level") == "warning":  # a fall back to the CPU, ...
         progress_note(f"warning: {event['message']}")

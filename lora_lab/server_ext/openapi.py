@@ -318,7 +318,9 @@ SCHEMAS = {
                     ("path", "step", "bytes"), path=STR, step=NULL_INT, bytes=NULL_INT,
                     missing=BOOL)},
                 dataset=NULL_STR, lora_name=NULL_STR, started_at=NULL_NUM, duration_s=NULL_NUM,
-                reason=NULL_STR),
+                reason=NULL_STR,
+                # a train job with [validation]: its best step by validation loss, and that LoRA
+                best_step=NULL_INT, best_val_loss=NULL_NUM, best_lora=NULL_STR),
     "JobDeleted": _obj(("id", "bytes", "lora", "lora_removed", "lora_kept"), id=STR, bytes=INT,
                        lora=NULL_STR, lora_removed=BOOL, lora_kept=NULL_STR,
                        step_loras_removed=INT),

@@ -4,7 +4,7 @@ A checkpoint is a folder ``checkpoints/step-000120/`` holding the adapter weight
 optimizer and LR-scheduler states, each rank's RNG state (LoRA dropout draws from it) and
 ``state.json``. It is built as ``step-000120.tmp/`` and renamed into place once complete, so a
 kill at any moment leaves the previous checkpoint intact; only folders with ``state.json``
-count.
+count. The best checkpoint by validation loss is kept whatever ``save.keep_last`` says.
 """
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ def staging(root: Path, step: int) -> Path:
     return tmp
 
 
-def commit(tmp: Path, state: dict[str, Any], keep_last: int) -> Path:
-    """Write ``state.json`` last, rename the folder into place, drop all but the newest ``keep_last``."""
+def commit(tmp: Path, state: dict[str, Any], keep_last: int, best: int | None = None) -> Path:
+    """Write ``state.json`` last, rename the folder into place, drop all but the newest
+    ``keep_last`` and the one of step ``best`` (the best by validation loss)."""
     with open(tmp / STATE, "w", encoding="utf-8") as f:
         json.dump(state, f, indent=1)
         f.flush()
@@ -34,8 +35,10 @@ def commit(tmp: Path, state: dict[str, Any], keep_last: int) -> Path:
     final = tmp.with_suffix("")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    kept = tmp.parent / f"step-{best:06d}" if best is not None else None
     for old in complete(tmp.parent)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != kept:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -1,7 +1,7 @@
 """TrainConfig: one typed training configuration, read from and written to TOML.
 
 One table per concern, like kohya / ai-toolkit configs: [model], [dataset], [network], [train],
-[save], [sample], [track], declared in ``sections.py`` (each field's type, limits and doc, once). The
+[save], [sample], [validation], [track], declared in ``sections.py`` (each field's type, limits and doc, once). The
 validator here reports every problem at once, naming the dotted field, the value and what is
 allowed. A 0 means "pick for me": ``resolved(family)`` fills it in. Whether files and datasets
 exist is the trainer's business, not checked here.
@@ -32,12 +32,13 @@ from .sections import (
     SaveSection,
     TrackSection,
     TrainSection,
+    ValidationSection,
     show_value,
 )
 
 __all__ = ["ConfigError", "DatasetSection", "ModelSection", "NetworkSection", "PACKAGES",
-           "SampleSection", "SaveSection", "TrackSection", "TrainConfig", "TrainSection", "check_package",
-           "default_toml"]
+           "SampleSection", "SaveSection", "TrackSection", "TrainConfig", "TrainSection", "ValidationSection",
+           "check_package", "default_toml"]
 
 
 class ConfigError(LoraLabError):
@@ -57,6 +58,7 @@ class TrainConfig:
     train: TrainSection = field(default_factory=TrainSection)
     save: SaveSection = field(default_factory=SaveSection)
     sample: SampleSection = field(default_factory=SampleSection)
+    validation: ValidationSection = field(default_factory=ValidationSection)
     track: TrackSection = field(default_factory=TrackSection)
 
     @classmethod
@@ -296,7 +298,19 @@ def _cross_checks(v: dict[str, dict[str, Any]], bad: set[str], notes: dict[str, 
     if sm["every_n_steps"] and not sm["prompts"] and ok("sample.every_n_steps", "sample.prompts"):
         out.append("sample.prompts: at least one prompt is needed when sample.every_n_steps is set"
                    " (or set sample.every_n_steps = 0)")
-    return out
+    return out + _validation_checks(v["validation"], ok)
+
+
+def _validation_checks(va: dict[str, Any], ok: Any) -> list[str]:
+    """One way of choosing validation images at a time, and prompts only with some."""
+    given = [f"validation.{k}" for k in ("split", "images", "source") if va[k]]
+    if len(given) > 1 and ok(*given):
+        return [f"{given[1]}: set only one of validation.split, validation.images and "
+                f"validation.source (both {given[0]} and {given[1]} are set)"]
+    if va["prompts"] and not given and ok("validation.prompts"):
+        return ["validation.prompts: validation needs images too; set validation.split, "
+                "validation.images or validation.source (or use sample.prompts)"]
+    return []
 
 
 # what a setting needs installed (the config alone cannot tell): (packages, how to get them, fallback)

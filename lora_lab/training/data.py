@@ -71,6 +71,48 @@ def is_dataset_name(source: str) -> bool:
     return "/" not in source and not Path(source).expanduser().is_dir()
 
 
+def held_out_count(split: float, images: int) -> int:
+    """How many of ``images`` a validation.split holds out: at least one when split > 0."""
+    return max(1, round(split * images)) if split else 0
+
+
+def hold_out(images: list[TrainImage], split: float, names: Sequence[str]) -> tuple[
+        list[TrainImage], list[TrainImage]]:
+    """(the images to train on, those held out for validation): ``names`` by file name (or
+    path under the source), else a ``split`` share chosen by a hash of each image's bytes, so
+    the same images are held out whatever the file order or the seed."""
+    if names:
+        wanted = set(names)
+        held = [img for img in images if img.path.name in wanted
+                or f"{img.path.parent.name}/{img.path.name}" in wanted]
+    else:
+        ranked = sorted(images, key=lambda img: (stable_seed("validation", img.sha256), str(img.path)))
+        held = ranked[:held_out_count(split, len(images))]
+    chosen = {id(img) for img in held}
+    return [img for img in images if id(img) not in chosen], held
+
+
+def source_files(source: str, workspace: Workspace | None = None) -> list[str]:
+    """The file names of the images :func:`gather_images` would find (kohya subfolders as
+    ``N_name/file``), cheaply: from a dataset's index, or from the folder's listing."""
+    ws = workspace or Workspace()
+    if is_dataset_name(source):
+        try:
+            ds = Dataset.open(source, ws)
+        except NotFound:
+            raise NotFound(f"dataset.source: {source!r} is neither a dataset in {ws.datasets} nor "
+                           "a folder") from None
+        try:
+            return ds.index.files(ImageQuery())
+        finally:
+            ds.index.close()
+    path = Path(source).expanduser()
+    subdirs = sorted(d for d in path.iterdir() if d.is_dir() and _KOHYA_DIR.match(d.name))
+    if subdirs:
+        return [f"{d.name}/{p.name}" for d in subdirs for p in _image_files(d)]
+    return [p.name for p in _image_files(path)]
+
+
 @dataclass(frozen=True)
 class ImageSize:
     width: int  # as displayed (EXIF orientation applied)

@@ -33,7 +33,7 @@ def train_params(params: dict[str, Any], workspace: Workspace, base: Path) -> di
     if not isinstance(params.get("config"), dict) or set(params) - set(PARAMS):
         raise LoraLabError('a train job\'s params are {"config": {...}, "gpus": N}: the '
                            "TrainConfig as an object with sections model, dataset, network, "
-                           "train, save, sample, track, and the number of GPUs (default 1)")
+                           "train, save, sample, validation, track, and the number of GPUs (default 1)")
     config = check_train(absolute_paths(params["config"], base), workspace, base)
     return {"config": config.to_dict(), "gpus": check_gpus(params.get("gpus", 1))}
 
@@ -54,9 +54,10 @@ def absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if value and (key == "output_dir" or (base / Path(value).expanduser()).exists()
                       or value.startswith((".", "~"))):
             d[table][key] = os.path.normpath(base / Path(value).expanduser())
-    source = path_of("dataset", "source")  # a dataset name, unless it reads as a folder from ``base``
-    if source and ("/" in source or source.startswith("~") or (base / source).is_dir()):
-        d["dataset"]["source"] = os.path.normpath(base / Path(source).expanduser())
+    for table in ("dataset", "validation"):  # a dataset name, unless it reads as a folder from ``base``
+        source = path_of(table, "source")
+        if source and ("/" in source or source.startswith("~") or (base / source).is_dir()):
+            d[table]["source"] = os.path.normpath(base / Path(source).expanduser())
     return d
 
 
@@ -92,6 +93,8 @@ def train(config: TrainConfig, job: JobRecord | None = None, *, resume: bool = F
     if main:
         done = {"output": str(result.output), "steps": result.steps, "seconds": result.seconds,
                 "loss": result.loss}
+        status = job.status()  # what validation found, for whoever reads the record's end
+        done.update({k: status[k] for k in ("best_step", "best_val_loss", "best_lora") if k in status})
         job.event({"type": "done", **done})
         job.set_status("succeeded", phase="done", progress=1.0, **done)
     return result

@@ -44,18 +44,28 @@ class TrainerOutputs:
         self.acc.wait_for_everyone()
 
     def _render_samples(self, step: int, folder: Path) -> None:
-        s, pipe = self.cfg.sample, self.base.pipeline
-        for i, prompt in enumerate(s.prompts):
-            g = torch.Generator().manual_seed(s.seed + i)
+        s = self.cfg.sample
+        for i, (prompt, path) in enumerate(zip(s.prompts, self._render(step, folder, s.prompts,
+                                                                       self.prompts, s.seed))):
+            self.emit({"type": "sample", "step": step, "index": i, "prompt": prompt,
+                       "path": str(path.relative_to(self.job.path))})
+
+    def _render(self, step: int, folder: Path, prompts: tuple[str, ...],
+                encoded: list[dict[str, Any]] | None, seed: int) -> list[Path]:
+        """One image per prompt (``seed`` + its index) as sample.steps, guidance and size say,
+        into ``folder/step-000100-0.png``...; ``encoded``: the prompts' inputs, made before the
+        text encoders were freed (None: they are still loaded)."""
+        s, pipe, paths = self.cfg.sample, self.base.pipeline, []
+        for i, prompt in enumerate(prompts):
+            g = torch.Generator().manual_seed(seed + i)
             with torch.no_grad():
-                inputs = self.prompts[i] if self.prompts is not None else \
+                inputs = encoded[i] if encoded is not None else \
                     self.spec.prompt_inputs(pipe, prompt, s.negative, s.guidance, self.acc.device)
                 image = pipe(**inputs, num_inference_steps=s.steps, width=s.width, height=s.height,
                              generator=g).images[0]
-            path = folder / f"step-{step:06d}-{i}.png"
-            atomic.write_bytes(path, _png(image))
-            self.emit({"type": "sample", "step": step, "index": i, "prompt": prompt,
-                       "path": str(path.relative_to(self.job.path))})
+            paths.append(folder / f"step-{step:06d}-{i}.png")
+            atomic.write_bytes(paths[-1], _png(image))
+        return paths
 
     def _save_lora(self, path: Path, step: int) -> Path:
         from .lora_file import save_lora, ss_metadata
@@ -82,12 +92,12 @@ class TrainerOutputs:
     def lora_name(self) -> str:
         return lora_name(self.cfg.save.name, self.cfg.dataset.source, self.job.id)
 
-    def _save_step_lora(self, step: int) -> None:
+    def _save_step_lora(self, step: int) -> Path | None:
         """An intermediate save, ``NAME-000500.safetensors`` beside where the final file goes."""
         if not self.main:
-            return
+            return None
         try:
-            self._place_lora(step, final=False)
+            return self._place_lora(step, final=False)
         except OSError as e:
             raise LoraLabError(f"could not save the LoRA of step {step} in {self.out_dir} ({e}); "
                                "free some space, or set save.output_dir") from None
@@ -115,6 +125,8 @@ class TrainerOutputs:
         if self.main:
             self.phase("exporting")
             output = self._place_lora(step, final=True)
+            if self.best_step == step:  # the last validation was the best: the final file is it
+                self.job.set_status("running", best_lora=str(output))
         self.acc.wait_for_everyone()
         return TrainResult(output, step, round(seconds, 3), loss)
 

@@ -9,6 +9,8 @@ with the reason instead of failing a second after it started and leaving a recor
 - train.device = "cuda" has a GPU to run on (one the driver shows to this process);
 - the dataset exists and has images, and its captions or the trigger word are enough
   (:func:`check_captions` states the rule);
+- [validation] leaves images to train on, names images the dataset has, and its second
+  dataset (validation.source) is as usable as dataset.source;
 - save.name is no other run's: no file ``NAME.safetensors`` or ``NAME-000500.safetensors``
   (an intermediate save) of another job in the output folder, and no queued or running job
   that will write them.
@@ -31,7 +33,14 @@ from ..jobdir import ACTIVE, JobRecord, list_jobs
 from ..workspace import Workspace
 from .base_model import check_transformer_file, detect_family, is_hub_id, local_models
 from .config import ConfigError, TrainConfig, check_package
-from .data import SourceCaptions, measure_images, source_captions
+from .data import (
+    SourceCaptions,
+    held_out_count,
+    is_dataset_name,
+    measure_images,
+    source_captions,
+    source_files,
+)
 from .loras import run_files, written_by
 
 _DEFAULTS = {f"{table}.{f.name}": None if f.default is dataclasses.MISSING else f.default
@@ -73,6 +82,10 @@ def check_train(data: Any, workspace: Workspace, folder: Path) -> TrainConfig:
     run(("train.device",), check_device)
     run(("dataset.source", "dataset.caption_extension", "dataset.trigger"),
         lambda source, ext, trigger: check_source(source, ext, trigger, workspace))
+    run(("dataset.source", "validation.split", "validation.images"),
+        lambda source, split, names: check_held_out(source, split, names, workspace))
+    run(("validation.source", "dataset.caption_extension", "dataset.trigger"),
+        lambda source, ext, trigger: check_validation_source(source, ext, trigger, workspace))
     run(("save.name", "save.output_dir"),
         lambda name, out: check_output_name(name, out, workspace))
     if config is not None and family:  # model.family against the model, buckets at its sizes
@@ -197,6 +210,43 @@ def check_source(source: str, caption_extension: str, trigger: str, workspace: W
             measure_images(source, workspace)  # their headers: a file that is no image fails
         except LoraLabError as e:
             raise LoraLabError(f"dataset.source: {e}; remove or replace that file") from None
+
+
+def check_held_out(source: str, split: float, names: tuple[str, ...], workspace: Workspace) -> None:
+    """validation.split / validation.images hold out images the source has, and leave at
+    least one to train on."""
+    if not (split or names):
+        return
+    try:
+        files = source_files(source, workspace)
+    except (LoraLabError, OSError):
+        return  # dataset.source's own check says what is wrong with it
+    where = f"dataset {source!r}" if is_dataset_name(source) else f"folder {source}"
+    if names:
+        key, known = "validation.images", set(files) | {f.rpartition("/")[2] for f in files}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise LoraLabError(f"{key}: {', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''} "
+                               f"{'is' if len(unknown) == 1 else 'are'} not in {where}; name its "
+                               "image files (e.g. " + ", ".join(files[:2]) + ")")
+        held = sum(1 for f in files if f in names or f.rpartition("/")[2] in names)
+    else:
+        key, held = "validation.split", held_out_count(split, len(files))
+    if files and held >= len(files):
+        raise LoraLabError(f"{key}: holding out {held} of the {len(files)} images in {where} leaves "
+                           "no training images; hold out fewer, add images, or validate on a "
+                           "second dataset (validation.source)")
+
+
+def check_validation_source(source: str, caption_extension: str, trigger: str,
+                            workspace: Workspace) -> None:
+    """validation.source: empty, or a dataset or folder as usable as dataset.source."""
+    if not source:
+        return
+    try:
+        check_source(source, caption_extension, trigger, workspace)
+    except LoraLabError as e:
+        raise type(e)("validation.source: " + str(e).removeprefix("dataset.source: ")) from None
 
 
 def check_captions(source: SourceCaptions, trigger: str) -> None:

@@ -1,4 +1,4 @@
-"""The seven tables of a training config: each field's type, default, one-line doc and limits.
+"""The eight tables of a training config: each field's type, default, one-line doc and limits.
 
 ``config.py`` reads, validates and writes whole configs; this module only declares what each
 field is, once: the validator, the starter TOML's comments and the launcher's choices read it.
@@ -159,6 +159,24 @@ class SampleSection:
     guidance: float = _f(7.0, "classifier-free guidance scale", lo=0, hi=30)
     width: int = _f(0, "sample width; 0 = dataset.resolution", **_SAMPLE_SIDE)
     height: int = _f(0, "sample height; 0 = dataset.resolution", **_SAMPLE_SIDE)
+
+
+@dataclass(frozen=True)
+class ValidationSection:
+    """Held-out images scored as training goes (training/validation.py): off unless split,
+    images or source names some."""
+    split: float = _f(0.0, "share of the dataset's images held out for validation, never trained "
+                      "on; 0 = none", lo=0, hi=0.9)
+    images: tuple[str, ...] = _f((), "dataset images held out for validation by file name, never "
+                                 "trained on")
+    source: str = _f("", "a second dataset or folder to validate on (instead of holding images out)")
+    every_n_steps: int = _f(100, "validate every this many updates, and at the end", lo=1)
+    draws: int = _f(4, "fixed noise and timestep draws per validation image (more: a smoother "
+                    "curve, slower)", lo=1, hi=64)
+    seed: int = _f(0, "seed of the validation noise, timesteps and images: the same at every "
+                   "validation, so runs and resumes compare", **_SEED)
+    prompts: tuple[str, ...] = _f((), "prompts rendered at each validation with the fixed seed "
+                                  "(sample.steps, guidance and size), for side-by-side comparison")
 
 
 _TRACKER = "pip install 'lora-lab[track]'"

@@ -3,7 +3,8 @@ always (``JOB/tensorboard/``, what ``tensorboard --logdir`` opens), and an MLflo
 Biases run through accelerate's trackers when ``[track]`` asks for them.
 
 The trainer's main process hands over every event it emits (:meth:`RunTracker.event`):
-``progress`` gives the scalars (loss, lr, grad_norm, it/s, memory), ``sample`` an image; the
+``progress`` gives the scalars (loss, lr, grad_norm, it/s, memory), ``sample`` an image,
+``validation`` ``val/loss`` and its images; the
 config goes in once, as TOML text. A step costs a few records queued for the TensorBoard
 writer's own thread, which flushes every :data:`FLUSH_S` seconds and at each checkpoint and sample.
 
@@ -85,6 +86,8 @@ class RunTracker:
             self._metrics(event)
         elif event["type"] == "sample":
             self._sample(event)
+        elif event["type"] == "validation":
+            self._validation(event)
         elif event["type"] == "checkpoint":
             self.tb.flush()  # what a resume starts from is on disk
 
@@ -105,6 +108,19 @@ class RunTracker:
         self.tb.flush()
         for tracker in list(self.others):
             self._guarded(tracker, _log_sample, tracker, tag, path, prompt, step)
+
+    def _validation(self, event: dict[str, Any]) -> None:
+        """``val/loss``, and the validation images as ``val/samples/N`` (N: the prompt's index)."""
+        step = event["step"]
+        self.tb.file_writer.add_summary(_scalars_summary({"val/loss": event["loss"]}), step)
+        for i, path in enumerate(event["samples"]):
+            self.tb.file_writer.add_summary(_image_summary(f"val/samples/{i}",
+                                                           (self.job.path / path).read_bytes()), step)
+        if event["samples"]:
+            self.tb.flush()  # as a sample's: the images are the big records
+        for tracker in list(self.others):
+            extra = {"synchronous": False} if tracker.name == "mlflow" else {}
+            self._guarded(tracker, tracker.log, {"val/loss": event["loss"]}, step=step, **extra)
 
     def _guarded(self, tracker: Any, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """An optional tracker that fails (a server gone) is dropped, not the training run."""

@@ -3,14 +3,14 @@
 One code path runs on a CPU, one GPU or several (``accelerate launch``). Phases, progress,
 checkpoints and samples are reported as events in the job directory. Every random draw
 comes from a generator seeded by (seed, what, micro-batch), so a run resumed from a checkpoint
-ends with the same weights as one never interrupted.
+ends with the same weights as one never interrupted. Checkpoints are :mod:`.trainer_checkpoints`,
+samples and exports :mod:`.outputs`, validation :mod:`.validation`.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -45,9 +45,11 @@ from .preflight import check_captions
 from .quantize import quantize_frozen
 from .text_cache import TextCache, free_text_encoders
 from .tracking import RunTracker
+from .trainer_checkpoints import TrainerCheckpoints
+from .validation import TrainerValidation
 
 
-class Trainer(TrainerOutputs):
+class Trainer(TrainerOutputs, TrainerCheckpoints, TrainerValidation):
     """One training run into a job directory; :meth:`run` does it all."""
 
     def __init__(self, config: TrainConfig, job: JobRecord, workspace: Workspace | None = None,
@@ -96,13 +98,14 @@ class Trainer(TrainerOutputs):
     def load_data(self) -> None:
         self.phase("loading dataset")
         d = self.cfg.dataset
-        self.images: list[TrainImage] = gather_images(d.source, d.repeats, d.caption_extension, self.ws)
+        images = gather_images(d.source, d.repeats, d.caption_extension, self.ws)
+        self.images: list[TrainImage] = self._hold_out(images)
         self.buckets = assign_buckets(self.images, d.resolution, d.min_bucket, d.max_bucket,
                                       d.bucket_step)
         self.rules = CaptionRules(d.trigger, d.shuffle_tags, d.keep_tokens, d.caption_dropout,
                                   d.tag_dropout, d.flip)
         # checked before the job existed too; again here, for captions removed since
-        check_captions(SourceCaptions.of_images(d.source, self.images), d.trigger)
+        check_captions(SourceCaptions.of_images(d.source, images), d.trigger)
         t = self.cfg.train
         world = self.acc.num_processes
         self.plan = BatchPlan(self.images, self.buckets, t.batch_size, t.seed, world)
@@ -177,6 +180,8 @@ class Trainer(TrainerOutputs):
                 raise LoraLabError(f"could not write the latent cache in {cache_dir} ({e}); free "
                                    "some space, or set dataset.cache_latents = false") from None
             self.acc.wait_for_everyone()
+        if self.validating:
+            self._cache_validation()
         self._cache_text()
 
     def _cache_text(self) -> None:
@@ -184,6 +189,7 @@ class Trainer(TrainerOutputs):
         text encoders are then freed (a T5-XXL or a Qwen VLM is 8-16 GB)."""
         self.text_cache: TextCache | None = None
         self.prompts: list[dict[str, Any]] | None = None  # the samples' encoded prompt inputs
+        self.val_prompts: list[dict[str, Any]] | None = None  # and validation.prompts
         why_not = ("network.train_text_encoder is on" if self.cfg.network.train_text_encoder else
                    "captions change every step (tag shuffle or dropout)" if self.rules.randomised else
                    "dataset.cache_text is off" if not self.cfg.dataset.cache_text else "")
@@ -193,7 +199,8 @@ class Trainer(TrainerOutputs):
             return
         self.text_cache = TextCache(self.spec, self.base.pipeline, self.acc.device,
                                     self.ws.root / "cache" / "text")
-        captions = sorted({self.rules.caption(img.caption, None) for img in self.images})
+        captions = sorted({self.rules.caption(img.caption, None) for img in self.images}
+                          | set(self._validation_captions()))
         rank, world = self.acc.process_index, self.acc.num_processes
         try:
             self.text_cache.fill(captions[rank::world])
@@ -202,8 +209,9 @@ class Trainer(TrainerOutputs):
                                "free some space, or set dataset.cache_text = false") from None
         s = self.cfg.sample
         with torch.no_grad():
-            self.prompts = [self.spec.prompt_inputs(self.base.pipeline, p, s.negative, s.guidance,
-                                                    self.acc.device) for p in s.prompts]
+            self.prompts, self.val_prompts = (
+                [self.spec.prompt_inputs(self.base.pipeline, p, s.negative, s.guidance, self.acc.device)
+                 for p in prompts] for prompts in (s.prompts, self.cfg.validation.prompts))
         self.acc.wait_for_everyone()
         free_text_encoders(self.spec, self.base.pipeline)
 
@@ -307,100 +315,18 @@ class Trainer(TrainerOutputs):
 
     def _after_step(self, step: int) -> None:
         s, every = self.cfg.sample, self.cfg.save.every_n_steps
-        if every and step % every == 0 and step < self.total:
-            self._save_step_lora(step)  # first: a resume from this checkpoint never skips it
+        # validation before the checkpoint: it records the best, and a resume repeats no validation
+        best = self._validate(step) if self._validation_due(step) else False
+        if step < self.total and (best or (every and step % every == 0)):
+            lora = self._save_step_lora(step)  # first: a resume from this checkpoint never skips it
+            if best and lora is not None:
+                self.job.set_status("running", best_lora=str(lora))
             self._checkpoint(step)
         if s.every_n_steps and step % s.every_n_steps == 0:
             self._samples(step)
 
-    # -- checkpoints -----------------------------------------------------------------------------
-    def _checkpoint(self, step: int) -> None:
-        root = self.job.path / "checkpoints"
-        tmp = root / f"step-{step:06d}.tmp"
-        try:
-            if self.main:
-                checkpoints.staging(root, step)
-            self.acc.wait_for_everyone()
-            torch.save(_rng_state(), tmp / f"rng-{self.acc.process_index}.pt")
-            if self.main:
-                torch.save({"adapters": self._adapter_state(), "optimizer": self.optimizer.state_dict(),
-                            "scheduler": self.lr_scheduler.state_dict()}, tmp / "training.pt")
-            self.acc.wait_for_everyone()
-            if self.main:
-                final = checkpoints.commit(tmp, {"step": step, "family": self.family,
-                                                 "config": self._fingerprint()},
-                                           self.cfg.save.keep_last)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            last = checkpoints.latest(root)
-            kept = f"{last[0].name} is intact" if last else "there is no earlier one"
-            raise LoraLabError(f"could not save the checkpoint at step {step} ({e}); {kept}") from None
-        if self.main:
-            self.emit({"type": "checkpoint", "step": step,
-                       "path": str(final.relative_to(self.job.path))})
-
-    def _adapter_state(self) -> list[dict[str, torch.Tensor]]:
-        return [{k: v.detach().clone() for k, v in self.acc.unwrap_model(m).named_parameters()
-                 if v.requires_grad} for m in self.models]
-
-    def _read_checkpoint(self) -> tuple[Path, dict[str, Any], dict[str, Any]] | None:
-        found = checkpoints.latest(self.job.path / "checkpoints")
-        if found is None:
-            return None
-        path, state = found
-        if state.get("family") != self.family:
-            raise LoraLabError(f"cannot resume from {path.name}: it trained a "
-                               f"{state.get('family')} model, the config names a {self.family} one")
-        if state["config"] != self._fingerprint():
-            raise LoraLabError(f"cannot resume from {path.name}: the training settings changed "
-                               "since it was saved (only [sample] and save.every_n_steps/"
-                               "keep_last may change, and the process and thread counts must match)")
-        try:
-            saved = torch.load(path / "training.pt", weights_only=True)
-            saved["rng"] = torch.load(path / f"rng-{self.acc.process_index}.pt", weights_only=True)
-        except Exception as e:  # torch raises many types for a damaged file
-            raise LoraLabError(f"checkpoint {path} is damaged ({str(e).splitlines()[0]}); "
-                               "delete that folder to resume from the one before it") from None
-        return path, state, saved
-
-    def _apply_checkpoint(self, path: Path, state: dict[str, Any], saved: dict[str, Any]) -> int:
-        with torch.no_grad():
-            for model, adapters in zip(self.models, saved["adapters"]):
-                params = dict(self.acc.unwrap_model(model).named_parameters())
-                for name, value in adapters.items():
-                    params[name].copy_(value)
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.lr_scheduler.load_state_dict(saved["scheduler"])
-        _set_rng_state(saved["rng"])
-        self.emit({"type": "log", "level": "info", "message": f"resumed from {path.name}"})
-        return state["step"]
-
-    def _fingerprint(self) -> str:
-        d = self.cfg.to_dict()
-        d.pop("sample")
-        d.pop("track")  # where the run is recorded, not what it learns
-        d["dataset"].pop("cache_text")  # memory, not what is learned
-        d["train"].pop("device")  # where, not what: checkpoints saved before it existed resume
-        for key in ("every_n_steps", "keep_last"):
-            d["save"].pop(key)
-        return f"{stable_seed(d, self.acc.num_processes, torch.get_num_threads()):08x}"
-
 def _has_fp8() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
-
-
-def _rng_state() -> dict[str, torch.Tensor]:
-    """The global generators LoRA dropout draws from (everything else is seeded per draw)."""
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
 
 
 class _StopOnSigint:

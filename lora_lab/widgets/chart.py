@@ -157,14 +157,20 @@ def format_tick(value: float, ticks: Sequence[float]) -> str:
 
 
 class Curves:
-    """The loss, smoothed loss and learning-rate series of a job, fed one event at a time."""
+    """The loss, smoothed loss, validation loss and learning-rate series of a job, fed one event
+    at a time."""
 
     def __init__(self, limit: int = 1000):
         self.loss, self.average, self.lr = Series(limit), Series(limit), Series(limit)
+        self.val = Series(limit)  # a point every validation.every_n_steps: few, never decimated
         self._ema: float | None = None
 
     def add(self, event: dict[str, Any]) -> None:
-        """Take in one event (only ``progress`` events with a loss or lr count)."""
+        """Take in one event (only ``progress`` events with a loss or lr, and ``validation``
+        events, count)."""
+        if event.get("type") == "validation" and "step" in event:
+            self.val.add(event["step"], event.get("loss"))
+            return
         if event.get("type") != "progress" or "step" not in event:
             return
         loss, step = event.get("loss"), event["step"]
@@ -182,8 +188,10 @@ class Curves:
         return self.loss.newest is not None
 
     def loss_svg(self, width: int = 480, height: int = 240) -> str:
-        return line_chart_svg({"loss": self.loss.points(), "loss (avg)": self.average.points()},
-                              width=width, height=height, title="loss", x_label="step")
+        series = {"loss": self.loss.points(), "loss (avg)": self.average.points()}
+        if self.val.newest is not None:  # held-out images: the curve that shows overfitting
+            series["validation loss"] = self.val.points()
+        return line_chart_svg(series, width=width, height=height, title="loss", x_label="step")
 
     def lr_svg(self, width: int = 480, height: int = 240) -> str:
         return line_chart_svg({"lr": self.lr.points()}, width=width, height=height,

@@ -50,6 +50,7 @@ class MonitoredJob:
         self.log_lines: deque[str] = deque(maxlen=LOG_LINES)
         self.samples: deque[dict[str, Any]] = deque(maxlen=SAMPLES)
         self.progress: dict[str, Any] | None = None  # the newest progress event
+        self.validation: dict[str, Any] | None = None  # the newest validation event
         self.phase: str | None = None
         self.device: dict[str, Any] | None = None  # the run's log line saying where it trains
         self.error: str | None = None
@@ -112,6 +113,14 @@ class MonitoredJob:
             self.curves.add(event)
         elif kind == "sample":
             self.samples.append(event)
+        elif kind == "validation":
+            self.validation = event
+            self.curves.add(event)
+            prompts = event.get("prompts") or []
+            for i, path in enumerate(event.get("samples") or []):  # beside the samples, labelled
+                prompt = prompts[i] if i < len(prompts) else ""
+                self.samples.append({"step": event["step"], "path": path,
+                                     "prompt": f"validation: {prompt}"})
         elif kind == "failed":
             self.error = event.get("error")
         elif kind == "resumed":
@@ -124,14 +133,14 @@ class MonitoredJob:
 
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
-    keys = ("state", "phase", "progress", "error", "loras")
+    keys = ("state", "phase", "progress", "error", "loras", "best_step")
     return any(before.get(k) != after.get(k) for k in keys)
 
 
 class TrainingMonitor(widgets.VBox):
-    """Live view of one job: state, phase, progress, speed and ETA, loss and learning-rate
-    curves, samples, the LoRA files it wrote (path, size, download link), the log tail, and
-    cancel / resume.
+    """Live view of one job: state, phase, progress, speed and ETA, loss (and validation loss)
+    and learning-rate curves, the best validation step, samples and validation images, the LoRA
+    files it wrote (path, size, download link), the log tail, and cancel / resume.
 
     ``job`` is a job id or a JobRecord; an unknown id raises NotFound here, as every other
     surface refuses it. ``autostart=False`` leaves the background poller off (call
@@ -214,7 +223,7 @@ class TrainingMonitor(widgets.VBox):
                             + device_html(f.device))
         self.bar.value = _fraction(f)
         self.bar.bar_style = STATE_STYLE.get(state, "info")
-        self.stats.value = html.escape(stats_line(f.progress, state))
+        self.stats.value = html.escape(stats_line(f.progress, state)) + validation_html(f.validation, f.view)
         self.cancel_button.disabled = state not in ACTIVE
         self.cancel_button.button_style = "warning" if state in ACTIVE else ""  # no orange when idle
         self.resume_button.disabled = self.resume_pending or \
@@ -299,6 +308,16 @@ class TrainingMonitor(widgets.VBox):
     def close(self) -> None:
         self.poller.stop()
         super().close()
+
+
+def validation_html(event: dict[str, Any] | None, view: dict[str, Any]) -> str:
+    """The newest validation loss and the best one so far (status.json's best_step)."""
+    if not event:
+        return ""
+    text = f"validation loss {event['loss']:.4f} at step {event['step']}"
+    if view.get("best_step") is not None:
+        text += f" · best {view['best_val_loss']:.4f} at step {view['best_step']}"
+    return f'<div class="lora-lab-validation">{html.escape(text)}</div>'
 
 
 def log_html(lines: Iterable[str]) -> str:

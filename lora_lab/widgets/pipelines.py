@@ -109,6 +109,23 @@ class TrainPipeline(Pipeline):
             _markdown(f"**step {e['step']}**: {html.escape(e['prompt'])}")
             display(Image(filename=str(self.job.path / e["path"])))
 
+    def show_validation(self) -> None:
+        """The validation loss of each validation (the best marked) and its validation images."""
+        from IPython.display import Image, display
+
+        events = {e["step"]: e for e in self.events("validation")}  # a resume's repeat replaces
+        if not events:
+            _markdown("No validation: set `validation.split`, `validation.images` or "
+                      "`validation.source` to hold images out and score them as training goes.")
+            return
+        _markdown(validation_markdown(self.job.status(), list(events.values())))
+        for e in events.values():
+            prompts = e.get("prompts") or []
+            for i, path in enumerate(e["samples"]):
+                prompt = prompts[i] if i < len(prompts) else ""
+                _markdown(f"**step {e['step']}** validation: {html.escape(prompt)}")
+                display(Image(filename=str(self.job.path / path)))
+
     def show_output(self) -> None:
         _markdown(output_markdown(self.job))
 
@@ -249,7 +266,20 @@ def output_markdown(job: JobRecord) -> str:
     rows = [("LoRA", f"`{output}` ({output.stat().st_size / 1e6:.1f} MB)"),
             ("steps", status["steps"]), ("final loss", f"{status['loss']:.4f}"),
             ("time", f"{status['seconds']:.1f} s"), ("job", f"`{job.path}`")]
+    if status.get("best_step") is not None:
+        rows[3:3] = [("best validation loss", f"{status['best_val_loss']:.4f} at step {status['best_step']}"),
+                     ("best LoRA", f"`{status.get('best_lora', output)}`")]
     return _table(rows)
+
+
+def validation_markdown(status: dict[str, Any], events: list[dict[str, Any]]) -> str:
+    """The validation losses by step, and the best step with its LoRA file."""
+    rows = [(f"step {e['step']}", f"{e['loss']:.4f}" + (" (best so far)" if e["best"] else ""))
+            for e in events]
+    best = (f"Best validation loss **{status['best_val_loss']:.4f}** at step "
+            f"**{status['best_step']}**: `{status.get('best_lora', status.get('output'))}`\n\n"
+            if status.get("best_step") is not None else "")
+    return best + _table(rows)
 
 
 def captions_html(name: str, files: list[str] | None, ws: Workspace) -> str:

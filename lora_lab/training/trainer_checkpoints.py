@@ -1,0 +1,108 @@
+"""The trainer's checkpoints: everything a run needs to continue exactly, saved along the way and
+read back by a resume (a mixin of :class:`.trainer.Trainer`; the folders are :mod:`.checkpoints`)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import LoraLabError
+from . import checkpoints
+from .data import stable_seed
+
+
+class TrainerCheckpoints:
+    """Saving and reading back checkpoints (a mixin: it reads the Trainer's state)."""
+
+    def _checkpoint(self, step: int) -> None:
+        root = self.job.path / "checkpoints"
+        tmp = root / f"step-{step:06d}.tmp"
+        try:
+            if self.main:
+                checkpoints.staging(root, step)
+            self.acc.wait_for_everyone()
+            torch.save(_rng_state(), tmp / f"rng-{self.acc.process_index}.pt")
+            if self.main:
+                torch.save({"adapters": self._adapter_state(), "optimizer": self.optimizer.state_dict(),
+                            "scheduler": self.lr_scheduler.state_dict()}, tmp / "training.pt")
+            self.acc.wait_for_everyone()
+            if self.main:
+                state = {"step": step, "family": self.family, "config": self._fingerprint()}
+                if self.validating:
+                    state["validation"] = self._validation_state()
+                final = checkpoints.commit(tmp, state, self.cfg.save.keep_last, self.best_step)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            last = checkpoints.latest(root)
+            kept = f"{last[0].name} is intact" if last else "there is no earlier one"
+            raise LoraLabError(f"could not save the checkpoint at step {step} ({e}); {kept}") from None
+        if self.main:
+            self.emit({"type": "checkpoint", "step": step,
+                       "path": str(final.relative_to(self.job.path))})
+
+    def _adapter_state(self) -> list[dict[str, torch.Tensor]]:
+        return [{k: v.detach().clone() for k, v in self.acc.unwrap_model(m).named_parameters()
+                 if v.requires_grad} for m in self.models]
+
+    def _read_checkpoint(self) -> tuple[Path, dict[str, Any], dict[str, Any]] | None:
+        found = checkpoints.latest(self.job.path / "checkpoints")
+        if found is None:
+            return None
+        path, state = found
+        if state.get("family") != self.family:
+            raise LoraLabError(f"cannot resume from {path.name}: it trained a "
+                               f"{state.get('family')} model, the config names a {self.family} one")
+        if state["config"] != self._fingerprint():
+            raise LoraLabError(f"cannot resume from {path.name}: the training settings changed "
+                               "since it was saved (only [sample], [validation] but the images it holds "
+                               "out, and save.every_n_steps/keep_last may change, and the process "
+                               "and thread counts must match)")
+        try:
+            saved = torch.load(path / "training.pt", weights_only=True)
+            saved["rng"] = torch.load(path / f"rng-{self.acc.process_index}.pt", weights_only=True)
+        except Exception as e:  # torch raises many types for a damaged file
+            raise LoraLabError(f"checkpoint {path} is damaged ({str(e).splitlines()[0]}); "
+                               "delete that folder to resume from the one before it") from None
+        return path, state, saved
+
+    def _apply_checkpoint(self, path: Path, state: dict[str, Any], saved: dict[str, Any]) -> int:
+        with torch.no_grad():
+            for model, adapters in zip(self.models, saved["adapters"]):
+                params = dict(self.acc.unwrap_model(model).named_parameters())
+                for name, value in adapters.items():
+                    params[name].copy_(value)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.lr_scheduler.load_state_dict(saved["scheduler"])
+        _set_rng_state(saved["rng"])
+        self._restore_validation(state.get("validation"))
+        self.emit({"type": "log", "level": "info", "message": f"resumed from {path.name}"})
+        return state["step"]
+
+    def _fingerprint(self) -> str:
+        d = self.cfg.to_dict()
+        d.pop("sample")
+        d.pop("track")  # where the run is recorded, not what it learns
+        d["dataset"].pop("cache_text")  # memory, not what is learned
+        d["train"].pop("device")  # where, not what: checkpoints saved before it existed resume
+        for key in ("every_n_steps", "keep_last"):
+            d["save"].pop(key)
+        held = d.pop("validation")  # only the images it holds out change what is learned
+        if held["split"] or held["images"]:
+            d["held_out"] = [held["split"], held["images"]]
+        return f"{stable_seed(d, self.acc.num_processes, torch.get_num_threads()):08x}"
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    """The global generators LoRA dropout draws from (everything else is seeded per draw)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
