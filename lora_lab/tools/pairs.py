@@ -26,7 +26,7 @@ from lora_lab.atomic import write_bytes
 from lora_lab.errors import LoraLabError
 from lora_lab.training.bfl_names import block_diagonal_parts
 from lora_lab.training.families import FAMILIES
-from lora_lab.training.lora_file import _family, _format, lora_hashes, read_lora
+from lora_lab.training.lora_file import lora_family, lora_format, lora_hashes, read_lora
 
 # (down, up) key suffixes, kohya's first
 _SUFFIXES = ((".lora_down.weight", ".lora_up.weight"), (".lora_A.weight", ".lora_B.weight"))
@@ -83,9 +83,8 @@ def read_pairs(path: str | os.PathLike) -> LoraFile:
 
     path = Path(path)
     tensors, metadata = read_lora(path)
-    fmt = _format(tensors)
-    te2 = any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in tensors)
-    family = _family(tensors, metadata, {"te2": int(te2)})
+    fmt = lora_format(tensors)
+    family = lora_family(tensors, metadata)
     config = _adapter_config(metadata) if fmt == "diffusers" else {}
     bfl = _bfl_names(metadata)
     pairs, suffixes, used = {}, {}, set()
