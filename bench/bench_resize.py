@@ -10,7 +10,7 @@ The module list and shapes come from diffusers' UNet2DConditionModel built on th
 from SDXL's config (bench/gpu/random_models.py): nothing is downloaded or allocated for it.
 Floor, measured in the same run: a bare per-layer loop, delta = up @ down * alpha / rank, then
 `torch.linalg.svd(delta, full_matrices=False)` and the top 32 singular triplets, as sd-scripts'
-resize_lora.py does. Rows: lora_lab's `resize_pairs` on the same tensors in memory, and the whole
+resize_lora.py does. Rows: lora_lab's `resize_modules` on the same tensors in memory, and the whole
 `resize_lora` (read the fp16 file, resize, hash, write) against the floor plus reading that file.
 Both results are compared: every module's resized update must match the floor's to float32
 rounding. Target: <= 1.2x the floor.
@@ -30,8 +30,8 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, str(Path(__file__).parent / "gpu"))
 from random_models import SDXL_UNET  # noqa: E402
 
-from lora_lab.tools.pairs import Pair  # noqa: E402
-from lora_lab.tools.resize import resize_lora, resize_pairs  # noqa: E402
+from lora_lab.tools.layouts import Lora  # noqa: E402
+from lora_lab.tools.resize import resize_lora, resize_modules  # noqa: E402
 from lora_lab.training.kohya_names import ldm_unet_path  # noqa: E402
 from lora_lab.training.lora_file import lora_hashes, ss_metadata  # noqa: E402
 
@@ -51,29 +51,30 @@ def sdxl_modules() -> dict[str, tuple[int, int]]:
             if isinstance(m, torch.nn.Linear) and ".attentions." in name}
 
 
-def random_pairs(modules: dict[str, tuple[int, int]], device: str) -> dict[str, Pair]:
+def random_loras(modules: dict[str, tuple[int, int]], device: str) -> dict[str, Lora]:
     g = torch.Generator().manual_seed(0)
-    return {key: Pair((torch.randn(RANK, n_in, generator=g) / n_in ** 0.5).to(device),
-                      (torch.randn(n_out, RANK, generator=g) * 0.02).to(device), ALPHA)
+    return {key: Lora((torch.randn(RANK, n_in, generator=g) / n_in ** 0.5).to(device),
+                      (torch.randn(n_out, RANK, generator=g) * 0.02).to(device), torch.tensor(ALPHA))
             for key, (n_out, n_in) in modules.items()}
 
 
-def bare_loop(pairs: dict[str, Pair]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def bare_loop(loras: dict[str, Lora]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The floor: the full update of each module and its SVD, one module at a time."""
     out = {}
-    for key, pair in pairs.items():
-        delta = pair.up @ pair.down * (pair.alpha / pair.rank)
+    for key, lora in loras.items():
+        delta = lora.up @ lora.down * (ALPHA / lora.rank)
         u, s, vh = torch.linalg.svd(delta, full_matrices=False)
         out[key] = (vh[:NEW_RANK], u[:, :NEW_RANK] * s[:NEW_RANK])
     return out
 
 
-def check_same(ours: dict[str, Pair], floor: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> float:
+def check_same(ours: dict[str, Lora], floor: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> float:
     """The largest relative Frobenius distance between the two resized updates of a module."""
     worst = 0.0
     for key, (down, up) in floor.items():
         want = (up @ down).double()
-        got = ours[key].delta().double()
+        lora = ours[key]
+        got = (lora.up.double() @ lora.down.double()) * (float(lora.alpha) / lora.rank)
         worst = max(worst, float((got - want).norm() / want.norm()))
     return worst
 
@@ -98,22 +99,22 @@ def main(argv: list[str] | None = None) -> None:
     print_machine()
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     modules = dict(list(sdxl_modules().items())[::args.every])
-    pairs = random_pairs(modules, args.device)
+    loras = random_loras(modules, args.device)
     sizes = sorted({shape for shape in modules.values()})
     print(f"# {len(modules)} modules of SDXL's UNet ({len(sizes)} shapes, {sizes}), rank {RANK} -> {NEW_RANK}",
           flush=True)
-    resize = lambda: resize_pairs(pairs, NEW_RANK)[0]  # noqa: E731
+    resize = lambda: resize_modules(loras, NEW_RANK)[0]  # noqa: E731
     resize()  # warm: kernels, allocator
-    floor_s, floor = best(lambda: bare_loop(pairs), args.repeats, args.device)
+    floor_s, floor = best(lambda: bare_loop(loras), args.repeats, args.device)
     ours_s, ours = best(resize, args.repeats, args.device)
     distance = check_same(ours, floor)
-    rows = [Row("resize_pairs, in memory", ours_s, floor_s, TARGET)]
+    rows = [Row("resize_modules, in memory", ours_s, floor_s, TARGET)]
     with tempfile.TemporaryDirectory(prefix="lora-lab-bench-") as tmp:
         src = Path(tmp, "sdxl-r128.safetensors")
         tensors = {}
-        for key, pair in pairs.items():
-            tensors |= {f"{key}.lora_down.weight": pair.down.cpu().half(),
-                        f"{key}.lora_up.weight": pair.up.cpu().half(), f"{key}.alpha": torch.tensor(ALPHA)}
+        for key, lora in loras.items():
+            tensors |= {f"{key}.lora_down.weight": lora.down.cpu().half(),
+                        f"{key}.lora_up.weight": lora.up.cpu().half(), f"{key}.alpha": torch.tensor(ALPHA)}
         meta = ss_metadata(family="sdxl", network_dim=RANK, network_alpha=ALPHA)
         meta["sshs_model_hash"], meta["sshs_legacy_hash"] = lora_hashes(tensors, meta)
         save_file(tensors, str(src), metadata=meta)

@@ -27,7 +27,7 @@ from ui_rules import comfy_ldm_layout
 from lora_lab.errors import LoraLabError
 from lora_lab.tools.convert import convert_file, convert_state
 from lora_lab.tools.inspect import inspect_lora
-from lora_lab.tools.layouts import FORMATS, dotted
+from lora_lab.tools.layouts import FORMATS, Lora, dotted, read_modules, write_modules
 from lora_lab.training.adapters import add_adapters
 from lora_lab.training.base_model import load_base_model
 from lora_lab.training.kohya_names import diffusers_unet_path, layers_per_block, ldm_unet_path
@@ -339,6 +339,25 @@ def test_a_file_already_in_the_layout_is_copied_unchanged(sd15_lora, tmp_path, c
     assert json.loads(text)["copied"] is True
     got, want = load_file(out), load_file(sd15_lora.path)
     assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "comfyui"])
+def test_fused_parts_of_different_ranks_and_scales_split_back_exactly(fmt):
+    """Parts of a fused BFL module with ranks and scales of their own (as a dynamic resize leaves
+    them) fuse into one block-diagonal LoRA, their scales folded into the ups, and split back
+    into LoRAs of those ranks with the same updates."""
+    g = torch.Generator().manual_seed(0)
+    modules = {f"transformer.transformer_blocks.0.attn.{part}": Lora(
+        torch.randn(rank, 16, generator=g), torch.randn(16, rank, generator=g), torch.tensor(alpha))
+        for part, rank, alpha in (("to_q", 1, 1.0), ("to_k", 3, 6.0), ("to_v", 2, 0.5))}
+    tensors, _ = write_modules(modules, fmt, "flux")
+    assert [v.shape for k, v in tensors.items() if k.endswith(".lora_up.weight")] == [(48, 6)]
+    back = read_modules(tensors, {}, fmt, "flux")
+    assert back.keys() == modules.keys()
+    for name, lora in modules.items():
+        assert back[name].rank == lora.rank
+        torch.testing.assert_close(back[name].up @ back[name].down * (back[name].alpha / back[name].rank),
+                                   lora.up @ lora.down * (lora.alpha / lora.rank))
 
 
 def test_what_a_layout_cannot_hold_is_refused(sd15_lora):

@@ -1,7 +1,7 @@
 """`lora-lab lora merge`: LoRAs into one by concatenated ranks (exactly the weighted sum of their
 updates) or SVD to a rank, and LoRAs fused into a base model saved as a diffusers pipeline; on
 hand-built kohya and Flux files and on LoRAs of the tiny SD1.5 (images against diffusers loading
-the LoRAs side by side at the same weights)."""
+the LoRAs side by side at the same weights), files of different layouts merged as one."""
 from __future__ import annotations
 
 import json
@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from test_lora_file import ATTN, MLP, TE, adapted, bases, fresh, generate, lora, save  # noqa: F401
 from test_lora_resize import MODULES, assert_near, deltas, kohya_file, truncated
 
+from lora_lab.tools.convert import convert_file
+from lora_lab.tools.files import read_file
 from lora_lab.tools.merge import merge_loras
-from lora_lab.tools.pairs import read_pairs
 from lora_lab.training.bfl_names import FLUX1, fuse
 from lora_lab.training.lora_file import describe_lora, file_model_hash, read_lora, ss_metadata
 
@@ -98,8 +99,8 @@ def test_fused_flux_modules_stay_block_diagonal(cli, tmp_path):
         save_file(tensors, str(paths[-1]), metadata=ss_metadata(family="flux", network_dim=rank, network_alpha=1.0))
     out = tmp_path / "merged.safetensors"
     cli("lora", "merge", *paths, "--weights", 0.5, 2, "--out", out)
-    merged = read_pairs(out).pairs["diffusion_model.double_blocks.0.img_attn.qkv"]
-    assert merged.parts == 3 and merged.rank == 15 and describe_lora(out)["ranks"] == [5]
+    assert load_file(out)["diffusion_model.double_blocks.0.img_attn.qkv.lora_down.weight"].shape[0] == 15
+    assert {lora.rank for lora in read_file(out).modules.values()} == {5} and describe_lora(out)["ranks"] == [5]
     for module, summed in weighted_sum(paths, [0.5, 2]).items():
         assert_near(deltas(out)[module], summed)
 
@@ -127,9 +128,6 @@ def test_bad_merges_are_refused_and_leave_nothing(cli, files, tmp_path, sd15_pai
     before.append("notes.safetensors")
     before.sort()
     refused(a, folder / "notes.safetensors", "--out", out, match="is not a readable .safetensors file")
-    kohya, diffusers = sd15_pair.kohya, sd15_pair.diffusers
-    assert "convert first: lora-lab lora convert" in cli.fails("lora", "merge", kohya, diffusers, "--out", out)
-    assert not out.exists()
     assert "xl.safetensors is a LoRA for sdxl, base" in cli.fails(
         "lora", "merge", xl, "--into", sd15_pair.bases["sd15"], "--out", folder / "pipe")
     assert not (folder / "pipe").exists()
@@ -176,6 +174,53 @@ def test_diffusers_files_merge_in_their_own_layout(cli, tmp_path, sd15_pair):
     pipe.load_lora_weights(str(out))
     np.testing.assert_allclose(generate(pipe), side_by_side(sd15_pair.bases, [sd15_pair.diffusers], [0.5]),
                                atol=2e-4)
+
+
+def test_files_of_different_layouts_merge_as_in_one_layout(cli, tmp_path, sd15_pair):
+    """A diffusers-layout file merged with a kohya one is written in the first file's layout and
+    holds what the merge of the two in kohya's layout holds."""
+    kohya = tmp_path / "kohya.safetensors"
+    cli("lora", "merge", sd15_pair.kohya, sd15_pair.second, "--weights", 0.8, 0.6, "--out", kohya)
+    mixed = tmp_path / "mixed.safetensors"
+    text = cli("lora", "merge", sd15_pair.diffusers, sd15_pair.second, "--weights", 0.8, 0.6, "--out", mixed)[1]
+    assert "(diffusers, the first file's layout)" in text and text.rstrip().endswith(f"{sd15_pair.second} (kohya)")
+    assert describe_lora(mixed)["format"] == "diffusers"
+    back = convert_file(mixed, "kohya", tmp_path / "back.safetensors")["path"]
+    want, got = load_file(kohya), load_file(back)
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-6, atol=1e-7)
+    pipe = fresh(sd15_pair.bases, "sd15")
+    pipe.load_lora_weights(str(mixed))
+    np.testing.assert_allclose(generate(pipe), side_by_side(sd15_pair.bases, [sd15_pair.kohya, sd15_pair.second],
+                                                            [0.8, 0.6]), atol=2e-4)
+
+
+def test_sdxl_files_with_ldm_and_diffusers_unet_names_merge(cli, files):
+    """sd-scripts names SDXL's UNet modules the LDM way, other kohya writers the diffusers way:
+    one of each merges as two of the first one's naming do, and keeps its keys."""
+    folder, _, _ = files
+    unet = {"lora_unet_down_blocks_0_resnets_0_conv1": (32, 32, 3),  # adjacent LDM levels, as real files
+            "lora_unet_down_blocks_0_resnets_1_conv1": (32, 32, 3),  # have them: the numbering is read from them
+            "lora_unet_down_blocks_1_attentions_1_transformer_blocks_1_attn2_to_k": (64, 48),
+            "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj": (256, 64),
+            "lora_unet_up_blocks_0_attentions_2_proj_in": (64, 64, 1)}
+    a = kohya_file(folder / "xa.safetensors", seed=1, family="sdxl", modules=unet)
+    b = kohya_file(folder / "xb.safetensors", rank=4, alpha=1.0, seed=2, family="sdxl", modules=unet)
+    ldm = convert_file(convert_file(b, "diffusers", folder / "xb-d.safetensors")["path"], "kohya",
+                       folder / "xb-ldm.safetensors")["path"]
+    assert (describe_lora(b)["unet_names"], describe_lora(ldm)["unet_names"]) == ("diffusers", "ldm")
+    cli("lora", "merge", a, ldm, "--weights", 0.7, -0.4, "--out", folder / "mixed.safetensors")
+    cli("lora", "merge", a, b, "--weights", 0.7, -0.4, "--out", folder / "same.safetensors")
+    mixed, same = load_file(folder / "mixed.safetensors"), load_file(folder / "same.safetensors")
+    assert mixed.keys() == same.keys() and all(torch.equal(mixed[k], same[k]) for k in same)
+    summed, got = weighted_sum([a, b], [0.7, -0.4]), deltas(folder / "mixed.safetensors")
+    assert got.keys() == summed.keys() == {k.removesuffix(".lora_down.weight") for k in load_file(a)
+                                           if k.endswith(".lora_down.weight")}
+    for module in summed:
+        assert_near(got[module], summed[module])
+    cli("lora", "merge", ldm, a, "--out", folder / "ldm-first.safetensors")
+    assert describe_lora(folder / "ldm-first.safetensors")["unet_names"] == "ldm"
 
 
 def test_merged_into_the_base_gives_its_images_with_the_lora(cli, tmp_path, sd15_pair):

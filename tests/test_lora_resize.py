@@ -1,6 +1,7 @@
 """`lora-lab lora resize`: rank reduction by SVD, checked against a direct SVD of each module's full
-update, on hand-built kohya files (linear, 1x1 and 3x3 conv modules, alpha != rank), a BFL-fused
-Flux file, and LoRAs saved from the tiny SDXL (kohya and diffusers layouts, reloaded by diffusers)."""
+update, on hand-built kohya files (linear, 1x1 and 3x3 conv modules, alpha != rank), BFL-fused
+Flux files (resized part by part), and LoRAs saved from the tiny SDXL (kohya and diffusers layouts,
+reloaded by diffusers)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from test_lora_file import bases, fresh, generate, sdxl  # noqa: F401 (fixtures)
 
-from lora_lab.tools.pairs import read_pairs
+from lora_lab.tools.files import read_file
 from lora_lab.tools.resize import keep_count, resize_lora
 from lora_lab.training.bfl_names import FLUX1, fuse
 from lora_lab.training.lora_file import describe_lora, file_model_hash, lora_hashes, read_lora, ss_metadata
@@ -48,7 +49,7 @@ def kohya_file(path: Path, rank: int = 8, alpha: float = 4.0, *, seed: int = 0, 
 
 
 def deltas(path: Path) -> dict[str, torch.Tensor]:
-    """Each module's update, scale included, from the file as written (read_pairs' own reading
+    """Each module's update, scale included, from the file as written (the tools' own reading
     is what is tested, so this reads the kohya keys directly)."""
     tensors = load_file(str(path))
     out = {}
@@ -190,6 +191,21 @@ def test_dynamic_methods_choose_each_rank_as_kohya_does(cli, tmp_path, method, p
         "--out", tmp_path / "c.safetensors")
 
 
+def test_a_sparse_sdxl_file_keeps_its_own_keys(cli, tmp_path):
+    """SDXL modules named the LDM way whose levels do not show the UNet's numbering (a few
+    scattered blocks adapted) are resized under the keys the file has."""
+    modules = {"lora_unet_input_blocks_2_0_in_layers_2": (32, 32, 3),
+               "lora_unet_input_blocks_5_1_transformer_blocks_1_attn2_to_k": (64, 48),
+               "lora_unet_output_blocks_2_1_proj_in": (64, 64, 1)}
+    src = kohya_file(tmp_path / "a.safetensors", family="sdxl", modules=modules)
+    report = json.loads(cli("lora", "resize", src, "--rank", 2, "--out", tmp_path / "b.safetensors", "--json")[1])
+    assert [layer["module"] for layer in report["layers"]] == list(modules)
+    got = deltas(tmp_path / "b.safetensors")
+    assert got.keys() == modules.keys()
+    for module, delta in deltas(src).items():
+        assert_near(got[module], truncated(delta, 2)[0])
+
+
 def test_bad_requests_are_refused_and_leave_nothing(cli, tmp_path):
     tmp_path = tmp_path / "files"  # beside the workspace
     tmp_path.mkdir()
@@ -227,25 +243,47 @@ def test_bad_requests_are_refused_and_leave_nothing(cli, tmp_path):
     refused(dora, "--rank", 4, "--out", out, match="is a DoRA")
 
 
-def test_a_fused_flux_file_is_resized_as_whole_updates(cli, tmp_path):
-    """Flux's fused q/k/v (three rank-2 LoRAs, block-diagonal up) get a budget of 3 x --rank over
-    the whole fused update; inspect then reports that rank, and diffusers' Flux loader still gives
-    each projection its rows of the resized update."""
-    from diffusers import FluxPipeline
-
+def flux_file(path: Path, spectra: dict[str, list[float]], hidden: int = 32) -> Path:
+    """A Flux file (ComfyUI's BFL layout) whose block-0 q/k/v LoRAs, fused into img_attn.qkv, have
+    updates with the given singular values (before the scale 1 / rank), and an ff.net.2 LoRA."""
     g = torch.Generator().manual_seed(0)
-    hidden, rank = 32, 2
-    names = [f"transformer_blocks.0.attn.{p}" for p in ("to_q", "to_k", "to_v")] + ["transformer_blocks.0.ff.net.2"]
-    loras = {n: (torch.randn(rank, hidden, generator=g), torch.randn(hidden, rank, generator=g), 1.0) for n in names}
+    loras = {}
+    for part, s in spectra.items():
+        u, _ = torch.linalg.qr(torch.randn(hidden, len(s), generator=g, dtype=torch.float64))
+        v, _ = torch.linalg.qr(torch.randn(hidden, len(s), generator=g, dtype=torch.float64))
+        loras[f"transformer_blocks.0.attn.{part}"] = (v.T.float().contiguous(),
+                                                      (u * torch.tensor(s, dtype=torch.float64)).float(), 1.0)
+    rank = len(next(iter(spectra.values())))
+    loras["transformer_blocks.0.ff.net.2"] = (torch.randn(rank, hidden, generator=g),
+                                              torch.randn(hidden, rank, generator=g), 1.0)
     tensors = {}
     for module, (down, up, alpha) in fuse(FLUX1, loras, lambda _: hidden).items():
         key = FLUX1.key(module)
         tensors |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(alpha)}
-    src = tmp_path / "flux.safetensors"
-    save_file(tensors, str(src), metadata=ss_metadata(family="flux", network_dim=rank, network_alpha=1.0))
-    qkv = "diffusion_model.double_blocks.0.img_attn.qkv"
-    assert read_pairs(src).pairs[qkv].parts == 3 and describe_lora(src)["ranks"] == [2]
+    save_file(tensors, str(path), metadata=ss_metadata(family="flux", network_dim=rank, network_alpha=1.0))
+    return path
 
+
+QKV = "diffusion_model.double_blocks.0.img_attn.qkv"
+
+
+def split_by_diffusers(path: Path) -> dict[str, torch.Tensor]:
+    """{q/k/v: its update} as diffusers' Flux loader splits the fused module (scales folded in)."""
+    from diffusers import FluxPipeline
+
+    split = FluxPipeline.lora_state_dict(str(path))
+    split = split[0] if isinstance(split, tuple) else split
+    return {p: split[f"transformer.transformer_blocks.0.attn.{p}.lora_B.weight"]
+            @ split[f"transformer.transformer_blocks.0.attn.{p}.lora_A.weight"] for p in ("to_q", "to_k", "to_v")}
+
+
+def test_a_fused_flux_file_is_resized_part_by_part(cli, tmp_path):
+    """Flux's fused q/k/v (three rank-2 LoRAs, block-diagonal up) are resized each to --rank and
+    fused again: block-diagonal at the new rank, which inspect reports, and diffusers' Flux loader
+    gives each projection the best approximation of its own update."""
+    hidden = 32
+    src = flux_file(tmp_path / "flux.safetensors", {p: [3.0, 1.0] for p in ("to_q", "to_k", "to_v")}, hidden)
+    assert describe_lora(src)["ranks"] == [2]
     same = tmp_path / "same.safetensors"
     cli("lora", "resize", src, "--rank", 2, "--out", same)
     for module, delta in deltas(src).items():
@@ -254,16 +292,44 @@ def test_a_fused_flux_file_is_resized_as_whole_updates(cli, tmp_path):
     out = tmp_path / "small.safetensors"
     report = json.loads(cli("lora", "resize", src, "--rank", 1, "--out", out, "--json")[1])
     layers = {layer["module"]: layer for layer in report["layers"]}
-    assert (layers[qkv]["old_rank"], layers[qkv]["new_rank"]) == (6, 3)
-    best, error = truncated(deltas(src)[qkv], 3)
-    assert_near(deltas(out)[qkv], best)
-    assert layers[qkv]["error"] == pytest.approx(error, rel=1e-4)
-    assert describe_lora(out)["ranks"] == [1, 3]  # the fused module's up is no longer block-diagonal
-    split = FluxPipeline.lora_state_dict(str(out))
-    split = split[0] if isinstance(split, tuple) else split
-    for i, name in enumerate(names[:3]):
-        got = split[f"transformer.{name}.lora_B.weight"] @ split[f"transformer.{name}.lora_A.weight"]
-        assert_near(got, best[i * hidden:(i + 1) * hidden])
+    assert len(layers) == 4 and layers["diffusion_model.double_blocks.0.img_mlp.2"]["new_rank"] == 1
+    split = split_by_diffusers(out)
+    for i, part in enumerate(("to_q", "to_k", "to_v")):
+        best, error = truncated(deltas(src)[QKV][i * hidden:(i + 1) * hidden], 1)
+        layer = layers[f"{QKV}[attn.{part}]"]
+        assert (layer["old_rank"], layer["new_rank"]) == (2, 1)
+        assert layer["error"] == pytest.approx(error, rel=1e-4) and error == pytest.approx(1 / 10 ** 0.5)
+        assert_near(deltas(out)[QKV][i * hidden:(i + 1) * hidden], best)
+        assert_near(split[part], best)
+    assert load_file(out)[f"{QKV}.lora_down.weight"].shape[0] == 3
+    assert describe_lora(out)["ranks"] == [1]  # block-diagonal again: one rank-1 LoRA per projection
+
+
+def test_a_dynamic_resize_fuses_parts_of_different_ranks(cli, tmp_path):
+    """sv_ratio 4 keeps 1 singular value of q's update and 2 of k's and v's: the fused module's up
+    is block-diagonal with blocks 1, 2 and 2 wide; read back (resize, merge, convert) it splits
+    into those parts, and diffusers' Flux loader gives each projection its update."""
+    hidden = 32
+    spectra = {"to_q": [3.0, 0.5], "to_k": [3.0, 1.0], "to_v": [3.0, 2.0]}
+    src = flux_file(tmp_path / "flux.safetensors", spectra, hidden)
+    out = tmp_path / "dynamic.safetensors"
+    report = json.loads(cli("lora", "resize", src, "--rank", 2, "--dynamic", "sv_ratio", "--dynamic-param", 4,
+                            "--out", out, "--json")[1])
+    assert {layer["module"]: layer["new_rank"] for layer in report["layers"] if "qkv" in layer["module"]} == {
+        f"{QKV}[attn.to_q]": 1, f"{QKV}[attn.to_k]": 2, f"{QKV}[attn.to_v]": 2}
+    tensors = load_file(out)
+    up = tensors[f"{QKV}.lora_up.weight"]
+    assert up.shape == (3 * hidden, 5) and not up[hidden:, :1].any() and not up[:hidden, 1:].any()
+    assert tensors[f"{QKV}.alpha"].item() == pytest.approx(5 / 2)  # the parts' scale 1/2 kept
+    split = split_by_diffusers(out)
+    for i, part in enumerate(spectra):
+        best, _ = truncated(deltas(src)[QKV][i * hidden:(i + 1) * hidden], 1 if part == "to_q" else 2)
+        assert_near(deltas(out)[QKV][i * hidden:(i + 1) * hidden], best)
+        assert_near(split[part], best)
+    ranks = {m.rsplit(".", 1)[1]: lora.rank for m, lora in read_file(out).modules.items() if ".attn." in m}
+    assert ranks == {"to_q": 1, "to_k": 2, "to_v": 2}
+    again = json.loads(cli("lora", "resize", out, "--rank", 1, "--out", tmp_path / "again.safetensors", "--json")[1])
+    assert {layer["old_rank"] for layer in again["layers"] if "qkv" in layer["module"]} == {1, 2}
 
 
 @pytest.mark.parametrize("layout", ["kohya", "diffusers"])

@@ -128,7 +128,8 @@ def _register_merge(verbs: argparse._SubParsersAction) -> None:
                                      "concatenating their ranks, or with --rank by SVD of each module's summed "
                                      "update. With --into, fuse them into a base model and save it as a "
                                      "diffusers pipeline folder.")
-    c.add_argument("files", type=Path, nargs="+", help="the LoRA files (.safetensors, one family and layout)")
+    c.add_argument("files", type=Path, nargs="+",
+                   help="the LoRA files (.safetensors, one family, any layouts: the result is in the first one's)")
     c.add_argument("--weights", type=float, nargs="+", metavar="W", help="one weight per file (default 1 each)")
     c.add_argument("--rank", type=int, help="SVD the merged LoRA to this rank (default: exact, the ranks summed)")
     c.add_argument("--into", metavar="BASE_MODEL", help="a base model (diffusers folder, checkpoint or Hub id) "

@@ -29,12 +29,15 @@ comfyui (what ComfyUI's own LoRA saver writes: its model's state-dict names)
 BFL modules fuse diffusers' split projections (q/k/v, and Flux.1's single-block linear1 = q/k/v +
 MLP in): read, a fused LoRA is split into one LoRA per part (its block of the up, the down rows of
 that block; a part that is all zero was not adapted and is dropped); written, parts are fused as
-:func:`lora_lab.training.bfl_names.fuse` does. A fused LoRA that is not block-diagonal (trained on
-the fused layer) splits into parts that each keep the whole down: exact, at the full rank.
+:func:`lora_lab.training.bfl_names.fuse` does (their ranks may differ: the blocks of the up are
+then of different widths; scales that differ are folded into the ups). A fused LoRA that is not
+block-diagonal (trained on the fused layer) splits into parts that each keep the whole down:
+exact, at the full rank.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -148,22 +151,37 @@ def _split_bfl(names: BflNames, bfl: str, lora: Lora) -> dict[str, Lora]:
     modules = _diffusers_parts(names, bfl)
     if len(modules) == 1:
         return {modules[0][0]: lora}
+    sizes = _part_sizes(modules, lora.up.shape[0])
     n = block_diagonal_parts(lora.up, len(modules))
+    columns = None if n > 1 else _part_columns(lora.up, [size for _, size in sizes])
     rows = 0
     out = {}
-    for i, (module, size) in enumerate(_part_sizes(modules, lora.up.shape[0])):
+    for i, (module, size) in enumerate(sizes):
         up = lora.up[rows:rows + size]
         rows += size
         if n > 1:
             cols = slice(i * lora.rank // n, (i + 1) * lora.rank // n)
             down, up, alpha = lora.down[cols], up[:, cols], lora.alpha / n
+        elif columns is not None:  # parts of different ranks
+            cols = columns[i]
+            down, up, alpha = lora.down[cols], up[:, cols], lora.alpha / lora.rank * len(cols)
         else:
             down, alpha = lora.down, lora.alpha
-        if n > 1 and not (down.any() or up.any()):
+        if (n > 1 or columns is not None) and not (down.any() or up.any()):
             continue  # a part the fused file filled with zeros: not adapted
         # clones: safetensors refuses to save tensors that share memory
         out[module] = Lora(down.clone(), up.clone(), alpha.to(lora.alpha.dtype))
     return out
+
+
+def _part_columns(up: torch.Tensor, sizes: list[int]) -> list[torch.Tensor] | None:
+    """The rank columns of each part (``sizes``: its rows) of a fused up that is block-diagonal
+    with blocks of different ranks (parts resized each to its own rank), or None where a column
+    reaches the rows of two parts. A column that is all zero adds nothing and belongs to none."""
+    used = torch.stack([rows.ne(0).any(dim=0) for rows in up.flatten(1).split(sizes)])
+    if bool((used.sum(dim=0) > 1).any()):
+        return None
+    return [part.nonzero().flatten() for part in used]
 
 
 _QKV_PART = re.compile(r"(.+\.\d+)\.(?:attn\.)?(to_[qkv]|add_[qkv]_proj|proj_mlp)")
@@ -223,12 +241,14 @@ def _adapter_configs(metadata: Mapping[str, str]) -> dict[str, dict]:
 
 
 def read_modules(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], fmt: str,
-                 family: str) -> dict[str, Lora]:
-    """The file's LoRAs by component-prefixed diffusers path (see the module docstring)."""
+                 family: str, keys: dict[str, str] | None = None) -> dict[str, Lora]:
+    """The file's LoRAs by component-prefixed diffusers path (see the module docstring); ``keys``,
+    where given, gets each module's key in the file (kohya's and ComfyUI's layouts)."""
     kind = layout_kind(family)
     spec = get_family(family)
     if fmt == "diffusers":
         return _read_diffusers(tensors, metadata)
+    found: dict[str, str] = {}
     if fmt == "kohya":
         te = _KOHYA_TE.get(family, {})
         groups = _group(tensors, ["lora_unet_", *te])
@@ -246,19 +266,23 @@ def read_modules(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str
         layers = layers_per_block(paths, "ldm") or 2
         for path, key in paths.items():
             module = diffusers_unet_path(path, layers) if ldm else path
-            out[f"unet.{module}"] = _lora(groups[key])
+            out[f"unet.{module}"], found[f"unet.{module}"] = _lora(groups[key]), key
     elif kind == "flow":
         out = {f"transformer.{p}": _lora(groups[k]) for p, k in paths.items()}
+        found = {f"transformer.{p}": k for p, k in paths.items()}
     else:
         for path, key in paths.items():
             bfl = _bfl_dotted(spec.bfl_names, path) if fmt == "kohya" else path
             for module, lora in _split_bfl(spec.bfl_names, bfl, _lora(groups[key])).items():
-                out[f"transformer.{module}"] = lora
+                out[f"transformer.{module}"], found[f"transformer.{module}"] = lora, key
     for key, parts in groups.items():
         prefix = next((p for p in te if key.startswith(p)), None)
         if prefix:
             path = key[len(prefix):]
-            out[f"{te[prefix]}.{dotted(path) if fmt == 'kohya' else path}"] = _lora(parts)
+            module = f"{te[prefix]}.{dotted(path) if fmt == 'kohya' else path}"
+            out[module], found[module] = _lora(parts), key
+    if keys is not None:
+        keys |= found
     return out
 
 
@@ -279,45 +303,37 @@ def _read_diffusers(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, 
         if component.startswith("text_encoder") and not path.startswith(("text_model.", "text_projection")):
             path = f"text_model.{path}"  # files of transformers 5 era writers may lack the level
         rank = parts["down"].shape[0]
-        alpha = _peft_value(configs.get(component, {}), "alpha", path, rank)
+        config = configs.get(component, {})
+        alpha = _peft_value(config, "alpha", path, rank)
+        if config.get("use_rslora"):  # peft's scale alpha / sqrt(rank), as kohya's alpha / rank
+            alpha *= math.sqrt(rank)
         out[f"{component}.{path}"] = _lora(parts, alpha)
     return out
 
 
 # ---------------------------------------------------------------- writing
 
-def write_modules(modules: Mapping[str, Lora], fmt: str, family: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def write_modules(modules: Mapping[str, Lora], fmt: str, family: str, keys: Mapping[str, str] | None = None
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors of ``modules`` in layout ``fmt``, and the metadata that layout needs (diffusers'
-    adapter configs; nothing for the others)."""
+    adapter configs; nothing for the others). ``keys``: the key a module keeps (what
+    :func:`read_modules` found in a file of this layout; fused BFL modules are named by BFL's
+    table), the others named as the layout names them."""
     if fmt == "diffusers":
         return _write_diffusers(modules), {ADAPTER_METADATA: _adapter_metadata(modules)}
     kind = layout_kind(family)
-    spec = get_family(family)
-    denoiser = {k.partition(".")[2]: v for k, v in modules.items() if k.startswith(("unet.", "transformer."))}
-    te_prefixes = {component: prefix for prefix, component in
-                   (_KOHYA_TE if fmt == "kohya" else _COMFY_TE).get(family, {}).items()}
-    named: dict[str, Lora] = {}
     if kind == "bfl":
-        for bfl, (down, up, alpha) in _fuse(spec.bfl_names, denoiser).items():
-            key = f"lora_unet_{bfl.replace('.', '_')}" if fmt == "kohya" else f"diffusion_model.{bfl}"
-            named[key] = Lora(down, up, alpha)
-    elif kind == "sd":
-        ldm = fmt == "comfyui" or family == "sdxl"
-        config = _unet_config(family, layers_per_block(denoiser, "diffusers"))
-        config["up_block_types"] = _up_types(denoiser, config)
-        for path, lora in denoiser.items():
-            path = ldm_unet_path(path, config) if ldm else path
-            named[f"lora_unet_{path.replace('.', '_')}" if fmt == "kohya" else f"diffusion_model.{path}"] = lora
+        denoiser = {k.partition(".")[2]: v for k, v in modules.items() if k.startswith("transformer.")}
+        named = {_key(fmt, bfl): Lora(down, up, alpha)
+                 for bfl, (down, up, alpha) in _fuse(get_family(family).bfl_names, denoiser).items()}
+        keys = module_keys([k for k in modules if not k.startswith("transformer.")], fmt, family)
     else:
-        for path, lora in denoiser.items():
-            named[f"lora_unet_{path.replace('.', '_')}" if fmt == "kohya" else f"diffusion_model.{path}"] = lora
-    for key, lora in modules.items():
-        component, _, path = key.partition(".")
-        if component in ("unet", "transformer"):
-            continue
-        if component not in te_prefixes:
-            raise LoraLabError(f"{spec.title} files in {fmt} layout hold no {component} LoRA ({key})")
-        named[te_prefixes[component] + (path.replace(".", "_") if fmt == "kohya" else path)] = lora
+        given = {m: k for m, k in (keys or {}).items() if m in modules}
+        named, keys = {}, module_keys([m for m in modules if m not in given], fmt, family) | given
+        if len(set(keys.values())) < len(keys):
+            raise LoraLabError(f"two modules get one key in {fmt}'s layout (the UNet's numbering these modules "
+                               "show is ambiguous); write the file in diffusers' layout")
+    named |= {keys[module]: modules[module] for module in keys}
     split = fmt == "comfyui" and kind == "flow"  # ComfyUI's diffusers-named files keep peft's A/B names
     down_up = (".lora_A.weight", ".lora_B.weight") if split else (".lora_down.weight", ".lora_up.weight")
     tensors: dict[str, torch.Tensor] = {}
@@ -328,7 +344,49 @@ def write_modules(modules: Mapping[str, Lora], fmt: str, family: str) -> tuple[d
     return tensors, {}
 
 
-def _up_types(denoiser: Mapping[str, Lora], config: dict) -> list[str]:
+def module_keys(modules: Iterable[str], fmt: str, family: str) -> dict[str, str]:
+    """Each module's key in layout ``fmt`` (what precedes ``.lora_down.weight`` & co.); the parts
+    of a fused BFL module share its key."""
+    modules = list(modules)
+    if fmt == "diffusers":
+        return {m: m for m in modules}
+    kind = layout_kind(family)
+    spec = get_family(family)
+    denoiser = [m.partition(".")[2] for m in modules if m.startswith(("unet.", "transformer."))]
+    te_prefixes = {component: prefix for prefix, component in
+                   (_KOHYA_TE if fmt == "kohya" else _COMFY_TE).get(family, {}).items()}
+    ldm = kind == "sd" and (fmt == "comfyui" or family == "sdxl")
+    if ldm:
+        config = _unet_config(family, layers_per_block(denoiser, "diffusers"))
+        config["up_block_types"] = _up_types(denoiser, config)
+    out = {}
+    for key in modules:
+        component, _, path = key.partition(".")
+        if component in ("unet", "transformer"):
+            if kind == "bfl":
+                placed = spec.bfl_names.place(path)
+                if placed is None:
+                    raise LoraLabError(f"{key} has no module in BFL's layout (ComfyUI's names for "
+                                       f"{spec.title}): write it in diffusers' layout")
+                path = placed[0]
+            try:
+                out[key] = _key(fmt, ldm_unet_path(path, config) if ldm else path)
+            except (IndexError, KeyError):
+                raise LoraLabError(f"{key} has no place in the LDM numbering of the UNet these modules "
+                                   "show; convert the file to diffusers' layout") from None
+        elif component in te_prefixes:
+            out[key] = te_prefixes[component] + (path.replace(".", "_") if fmt == "kohya" else path)
+        else:
+            raise LoraLabError(f"{spec.title} files in {fmt} layout hold no {component} LoRA ({key})")
+    return out
+
+
+def _key(fmt: str, path: str) -> str:
+    """The key of denoiser module ``path`` (as the layout names it) in kohya's or ComfyUI's layout."""
+    return f"lora_unet_{path.replace('.', '_')}" if fmt == "kohya" else f"diffusion_model.{path}"
+
+
+def _up_types(denoiser: list[str], config: dict) -> list[str]:
     """Which up blocks have attention: as the adapted modules show, else as the real model has."""
     blocks = {int(m[1]) for p in denoiser if (m := re.match(r"up_blocks\.(\d+)\.", p))}
     types = list(config["up_block_types"])

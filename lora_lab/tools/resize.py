@@ -12,16 +12,16 @@ resize_lora.py writes it; its dynamic methods choose the rank per module the sam
 - sv_fro X: keep the fewest whose squares hold X of the squared Frobenius norm;
 - sv_cumulative X: keep the fewest whose sum holds X of the sum of all;
 
-each capped at ``rank`` (at ``conv_rank`` for convolutions larger than 1x1). A BFL-fused module
-(Flux/Chroma q/k/v: n LoRAs of rank r side by side, see bfl_names) is resized as one update with
-a budget of n x rank: the result approximates the whole fused update at least as well as resizing
-each part, but its up is no longer block-diagonal, so inspect reports the module at its full rank
-(n x rank) and diffusers gives each projection that rank, sharing the down.
+each capped at ``rank`` (at ``conv_rank`` for convolutions larger than 1x1). Modules are those of
+diffusers (:mod:`.layouts`): a BFL-fused module of Flux/Chroma/FLUX.2 (q/k/v side by side, see
+bfl_names) is resized part by part, each to its own rank, and fused again when written (the up
+block-diagonal, its blocks as wide as the parts' new ranks).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -32,10 +32,12 @@ import torch
 
 from lora_lab.errors import LoraLabError
 
-from .pairs import LoraFile, Pair, check_output, read_pairs, save_pairs
+from .files import LoraFile, check_output, read_file, write_file
+from .layouts import Lora
 
 Method = Literal["fixed", "sv_ratio", "sv_fro", "sv_cumulative"]
 METHODS: tuple[str, ...] = ("fixed", "sv_ratio", "sv_fro", "sv_cumulative")
+_IN_BLOCK = re.compile(r"^.+?\.\d+\.")  # "transformer.transformer_blocks.0." of a part
 MIN_SV = 1e-6  # sd-scripts': an update this small is a zero matrix, kept at rank 1
 
 
@@ -89,16 +91,16 @@ def _mean(values) -> float:
 
 # ---------------------------------------------------------------- the SVD of up @ down
 
-def pair_svds(pairs: Sequence[Pair]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(U, S, Vh) of each pair's unscaled up @ down (flattened to 2-D), exact, thin: U [out, k],
-    S [k], Vh [k, in * kh * kw] with k <= rank. Pairs of one shape are done in one batch."""
+def lora_svds(loras: Sequence[Lora]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(U, S, Vh) of each LoRA's unscaled up @ down (flattened to 2-D), exact, thin: U [out, k],
+    S [k], Vh [k, in * kh * kw] with k <= rank. LoRAs of one shape are done in one batch."""
     groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, pair in enumerate(pairs):
-        groups[(tuple(pair.up.shape), tuple(pair.down.shape), pair.up.device)].append(i)
-    out: list = [None] * len(pairs)
+    for i, lora in enumerate(loras):
+        groups[(tuple(lora.up.shape), tuple(lora.down.shape), lora.up.device)].append(i)
+    out: list = [None] * len(loras)
     for indices in groups.values():
-        up = torch.stack([pairs[i].up.flatten(1) for i in indices]).float()
-        down_t = torch.stack([pairs[i].down.flatten(1) for i in indices]).float().transpose(1, 2)
+        up = torch.stack([loras[i].up.flatten(1) for i in indices]).float()
+        down_t = torch.stack([loras[i].down.flatten(1) for i in indices]).float().transpose(1, 2)
         q_up, r_up = torch.linalg.qr(up)
         q_down, r_down = torch.linalg.qr(down_t)
         u, s, vh = torch.linalg.svd(r_up @ r_down.transpose(1, 2), full_matrices=False)
@@ -126,36 +128,48 @@ def keep_count(s: torch.Tensor, cap: int, method: str = "fixed", param: float | 
     return max(1, min(k, n, cap))
 
 
-def _truncated(pair: Pair, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, k: int) -> Pair:
-    down = vh[:k].reshape(k, *pair.down.shape[1:])
-    up = (u[:, :k] * s[:k]).reshape(pair.up.shape[0], k, *pair.up.shape[2:])
-    return Pair(down, up, pair.scale * k)
+def _truncated(lora: Lora, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, k: int) -> Lora:
+    down = vh[:k].reshape(k, *lora.down.shape[1:])
+    up = (u[:, :k] * s[:k]).reshape(lora.up.shape[0], k, *lora.up.shape[2:])
+    return Lora(down, up, torch.tensor(float(lora.alpha) / lora.rank * k))  # the scale kept
 
 
-def _report(module: str, pair: Pair, s: torch.Tensor, k: int) -> LayerReport:
+def _report(module: str, lora: Lora, s: torch.Tensor, k: int) -> LayerReport:
     squares = s.double().pow(2)
     total, kept = float(squares.sum()), float(squares[:k].sum())
     fro = (kept / total) ** 0.5 if total > 0 else 1.0
     error = (max(total - kept, 0.0) / total) ** 0.5 if total > 0 else 0.0
     sums = float(s.double().abs().sum())
-    return LayerReport(module, pair.rank, k, error, fro, float(s[:k].double().abs().sum()) / sums if sums else 1.0)
+    return LayerReport(module, lora.rank, k, error, fro, float(s[:k].double().abs().sum()) / sums if sums else 1.0)
 
 
-def resize_pairs(pairs: Mapping[str, Pair], rank: int, *, conv_rank: int | None = None,
-                 method: str = "fixed", param: float | None = None
-                 ) -> tuple[dict[str, Pair], list[LayerReport]]:
-    """Every pair resized (see the module's doc) and a report per module, in ``pairs``' order."""
-    names = list(pairs)
-    svds = pair_svds([pairs[n] for n in names])
+def _is_conv(lora: Lora) -> bool:
+    """A convolution larger than 1x1 (--conv-rank's)."""
+    return lora.down.dim() == 4 and tuple(lora.down.shape[2:]) != (1, 1)
+
+
+def resize_modules(modules: Mapping[str, Lora], rank: int, *, conv_rank: int | None = None,
+                   method: str = "fixed", param: float | None = None, names: Mapping[str, str] | None = None
+                   ) -> tuple[dict[str, Lora], list[LayerReport]]:
+    """Every module resized (see the module's doc) and a report per module, in ``modules``' order,
+    each named as ``names`` says (default: the module)."""
+    order = list(modules)
+    svds = lora_svds([modules[m] for m in order])
     out, reports = {}, []
-    for name, (u, s, vh) in zip(names, svds):
-        pair = pairs[name]
-        conv = pair.down.dim() == 4 and tuple(pair.down.shape[2:]) != (1, 1)
-        cap = min((conv_rank or rank) if conv else rank, pair.rank // pair.parts) * pair.parts
+    for module, (u, s, vh) in zip(order, svds):
+        lora = modules[module]
+        cap = min((conv_rank or rank) if _is_conv(lora) else rank, lora.rank)
         k = keep_count(s, cap, method, param)
-        out[name] = _truncated(pair, u, s, vh, k)
-        reports.append(_report(name, pair, s, k))
+        out[module] = _truncated(lora, u, s, vh, k)
+        reports.append(_report((names or {}).get(module, module), lora, s, k))
     return out, reports
+
+
+def report_names(keys: Mapping[str, str]) -> dict[str, str]:
+    """Each module by its key in the file (``keys``), a part of a fused BFL module as the fused
+    key and the part's diffusers name in brackets: ``…img_attn.qkv[attn.to_q]``."""
+    shared = Counter(keys.values())
+    return {m: key if shared[key] == 1 else f"{key}[{_IN_BLOCK.sub('', m)}]" for m, key in keys.items()}
 
 
 # ---------------------------------------------------------------- files
@@ -180,12 +194,17 @@ def check_resize(lora: LoraFile, rank: int, conv_rank: int | None, method: str, 
     if method == "fixed" and rank > lora.max_rank:
         raise LoraLabError(f"--rank {rank} is above the LoRA's rank ({lora.max_rank}): resize only "
                            "reduces the rank")
-    convs = [p.rank for p in lora.pairs.values() if p.down.dim() == 4 and tuple(p.down.shape[2:]) != (1, 1)]
+    convs = [m.rank for m in lora.modules.values() if _is_conv(m)]
     if method == "fixed" and conv_rank is not None and convs and conv_rank > max(convs):
         raise LoraLabError(f"--conv-rank {conv_rank} is above the LoRA's convolution rank ({max(convs)})")
 
 
-def resize_metadata(lora: LoraFile, new: Mapping[str, Pair], reports: Sequence[LayerReport], *, rank: int,
+def alpha_text(alpha: torch.Tensor | float) -> str:
+    """An alpha as sd-scripts' metadata writes it ("1.5", "4.0"), a float32 one without its noise."""
+    return str(torch.as_tensor(alpha).float().numpy())
+
+
+def resize_metadata(lora: LoraFile, new: Mapping[str, Lora], reports: Sequence[LayerReport], *, rank: int,
                     conv_rank: int | None, method: str, param: float | None) -> dict[str, str]:
     """The file's metadata with the resize recorded as sd-scripts records it (ss_network_dim and
     _alpha, "Dynamic" for dynamic methods; ss_training_comment) plus ``lora_lab_resize``."""
@@ -193,9 +212,9 @@ def resize_metadata(lora: LoraFile, new: Mapping[str, Pair], reports: Sequence[L
     comment = meta.get("ss_training_comment", "")
     old_dim = meta.get("ss_network_dim", str(lora.max_rank))
     if method == "fixed":
-        alphas = Counter(p.alpha for p in new.values())
+        alphas = Counter(alpha_text(m.alpha) for m in new.values())
         meta["ss_training_comment"] = f"dimension is resized from {old_dim} to {rank}; {comment}"
-        meta["ss_network_dim"], meta["ss_network_alpha"] = str(rank), str(alphas.most_common(1)[0][0])
+        meta["ss_network_dim"], meta["ss_network_alpha"] = str(rank), alphas.most_common(1)[0][0]
     else:
         meta["ss_training_comment"] = f"Dynamic resize with {method}: {param} from {old_dim}; {comment}"
         meta["ss_network_dim"] = meta["ss_network_alpha"] = "Dynamic"
@@ -204,7 +223,7 @@ def resize_metadata(lora: LoraFile, new: Mapping[str, Pair], reports: Sequence[L
         "original_rank": lora.max_rank, "original_network_dim": old_dim,
         "original_network_alpha": lora.metadata.get("ss_network_alpha"),
         "original_file": lora.path.name, "original_model_hash": lora.metadata.get("sshs_model_hash"),
-        "new_ranks": sorted({p.rank for p in new.values()}),
+        "new_ranks": sorted({m.rank for m in new.values()}),
         "max_error": max((r.error for r in reports), default=0.0),
         "mean_fro_retained": _mean(r.fro_retained for r in reports),
     })
@@ -218,9 +237,10 @@ def resize_lora(path: str | os.PathLike, out: str | os.PathLike, rank: int, *, c
     (the cap, for a dynamic ``method``); nothing is written when the request is refused."""
     path = Path(path)
     out = check_output(out, [path])
-    lora = read_pairs(path)
+    lora = read_file(path)
     check_resize(lora, rank, conv_rank, method, param)
-    new, reports = resize_pairs(lora.pairs, rank, conv_rank=conv_rank, method=method, param=param)
+    names = report_names(lora.keys or {m: m for m in lora.modules})
+    new, reports = resize_modules(lora.modules, rank, conv_rank=conv_rank, method=method, param=param, names=names)
     meta = resize_metadata(lora, new, reports, rank=rank, conv_rank=conv_rank, method=method, param=param)
-    save_pairs(lora, new, out, meta)
+    write_file(new, lora.format, lora.family, out, meta, lora.dtype, lora.keys)  # the same keys
     return ResizeReport(str(out), method, param, rank, lora.max_rank, reports)
