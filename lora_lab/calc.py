@@ -29,6 +29,7 @@ class StepPlan:
     total_steps: int
     images: int | None = None  # for the explanation only
     repeats: int | None = None  # None: each kohya N_name folder sets its own
+    held_out: int = 0  # images validation holds out (not in ``images``): for the explanation only
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -39,8 +40,9 @@ class StepPlan:
         counts = self.bucket_samples
         lead = ""
         if self.images is not None:
-            lead = f"{self.images} images x " + (f"{self.repeats} repeats" if self.repeats
-                                                 else "their folders' repeats") + " = "
+            held = f" ({self.held_out} more held out for validation)" if self.held_out else ""
+            lead = f"{self.images} images{held} x " + (f"{self.repeats} repeats" if self.repeats
+                                                       else "their folders' repeats") + " = "
         text = f"{lead}{self.samples_per_epoch} samples per epoch"
         raw = _batches(counts, self.batch_size)
         if len(counts) > 1:
@@ -64,7 +66,7 @@ class StepPlan:
 
 def plan_steps(bucket_samples: Sequence[int], batch_size: int = 1, grad_accum: int = 1,
                world: int = 1, epochs: int = 1, max_steps: int = 0, *, images: int | None = None,
-               repeats: int | None = None) -> StepPlan:
+               repeats: int | None = None, held_out: int = 0) -> StepPlan:
     """Optimizer steps per epoch and in total, as the trainer runs them: each bucket's samples
     in batches of ``batch_size`` (a partial last batch is a batch), the epoch's batches padded
     to a multiple of ``world`` so every process runs as many, ``world x grad_accum`` batches per
@@ -80,7 +82,7 @@ def plan_steps(bucket_samples: Sequence[int], batch_size: int = 1, grad_accum: i
     batches = math.ceil(_batches(counts, batch_size) / world) * world
     steps = math.ceil(batches / (world * grad_accum))
     return StepPlan(counts, batch_size, grad_accum, world, epochs, max_steps, sum(counts), batches,
-                    steps, max_steps or epochs * steps, images, repeats)
+                    steps, max_steps or epochs * steps, images, repeats, held_out)
 
 
 def _batches(bucket_samples: Sequence[int], batch_size: int) -> int:

@@ -128,3 +128,28 @@ def test_the_launcher_counts_buckets_as_calc_does(ws, cli, tiny_models, uneven, 
     assert json.loads(cli("calc", "--config", tmp_path / "run.toml", "--json")[1])["total_steps"] == 20
     launcher.fields["train.max_steps"].value = 7
     assert launcher.steps == 7 and "max steps 7 wins" in launcher.plan.value
+
+
+def test_calc_holds_out_named_images_of_kohya_folders(cli, tmp_path):
+    root = tmp_path / "kohya"
+    write_images(root / "3_sks", [(192, 64)] * 2)
+    write_images(root / "1_other", [(64, 192)] * 2)
+    path = TrainConfig.from_dict({
+        "model": {"base": "-", "family": "sd15"},
+        "dataset": {"source": str(root), "resolution": 128, "min_bucket": 64, "max_bucket": 256},
+        "validation": {"images": ["3_sks/0.jpg"]}}).write(tmp_path / "run.toml")
+    plan = json.loads(cli("calc", "--config", path, "--json")[1])
+    assert plan["bucket_samples"] == [2, 3] and plan["held_out"] == 1  # 3_sks/0.jpg's 3 repeats gone
+    assert "3 images (1 more held out for validation) x their folders' repeats" in cli("calc", "--config", path)[1]
+
+
+def test_the_launcher_counts_without_the_held_out_images(ws, tiny_models):
+    launcher = TrainingLauncher(str(tiny_models["samples"]), str(tiny_models["sd15"]), workspace=ws,
+                                autostart=False)
+    for dotted, value in {"dataset.resolution": 64, "dataset.trigger": "sks", "train.batch_size": 1, "train.epochs": 1,
+                          "train.max_steps": 0}.items():
+        launcher.fields[dotted].value = value
+    assert launcher.steps == 8
+    launcher.fields["validation.split"].value = 0.25
+    assert launcher.problems == {}
+    assert launcher.steps == 6 and "6 images (2 more held out for validation)" in launcher.plan.value

@@ -215,3 +215,39 @@ def test_the_launcher_has_the_validation_fields_and_refuses_a_split_that_leaves_
     launcher.fields["validation.split"].value = 0.0
     assert launcher.problems == {}
     launcher.close()
+
+
+def test_calc_counts_the_steps_a_run_with_a_split_trains(cli, ws, tiny_models, tmp_path):
+    """Epoch-based, so the held-out images change the count: 6 images in batches of 3 are 2
+    steps, where all 8 would be 3."""
+    common = dict(train={"max_steps": 0, "epochs": 1, "batch_size": 3}, sample={"steps": 2})
+    plain = config(tiny_models, **common).write(tmp_path / "plain.toml")
+    split = config(tiny_models, **common, validation={"split": 0.25, "every_n_steps": 100}
+                   ).write(tmp_path / "split.toml")
+    assert json.loads(cli("calc", "--config", plain, "--json")[1])["total_steps"] == 3
+    plan = json.loads(cli("calc", "--config", split, "--json")[1])
+    assert (plan["images"], plan["held_out"], plan["total_steps"]) == (6, 2, 2)
+    out = json.loads(cli("train", split, "--json")[1])
+    job = JobRecord(ws.jobs / out["job"])
+    totals = {e["total"] for e in job.events() if e["type"] == "progress"}
+    assert totals == {plan["total_steps"]} == {job.status()["steps"]}
+
+
+@pytest.mark.parametrize("validation, held", [({"split": 0.25}, 2), ({"images": ["red_circle.jpg"]}, 1)])
+def test_calc_leaves_the_held_out_images_of_a_folder_and_a_dataset_aside(cli, tiny_models, tmp_path,
+                                                                         validation, held):
+    """One step an image (batch 1, one bucket at 64 px): the total is the images the trainer's
+    own hold_out leaves to train on, whether the source is a folder or a dataset."""
+    images = gather_images(str(tiny_models["samples"]))
+    trained = hold_out(images, validation.get("split", 0.0), validation.get("images", ()))[0]
+    assert len(trained) == len(images) - held
+    cli("dataset", "ingest", tiny_models["samples"], "--name", "shapes")
+    for source in (str(tiny_models["samples"]), "shapes"):
+        path = config(tiny_models, dataset={"source": source}, train={"max_steps": 0, "epochs": 1},
+                      validation=validation).write(tmp_path / "run.toml")
+        plan = json.loads(cli("calc", "--config", path, "--json")[1])
+        assert (plan["total_steps"], plan["held_out"]) == (len(trained), held), source
+    # a second dataset holds out nothing from the training images
+    other = config(tiny_models, train={"max_steps": 0, "epochs": 1},
+                   validation={"source": "shapes"}).write(tmp_path / "other.toml")
+    assert json.loads(cli("calc", "--config", other, "--json")[1])["total_steps"] == len(images)

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("calc", help="steps per epoch and total steps, as the trainer counts them",
                        description="Steps per epoch and in total. A batch never mixes aspect-ratio "
                                    "buckets, so with --dataset or --config each bucket is counted "
-                                   "apart, from the images' sizes, exactly as `lora-lab train` will.")
+                                   "apart, from the images' sizes, exactly as `lora-lab train` will "
+                                   "(the images validation holds out left aside).")
     count = c.add_mutually_exclusive_group(required=True)
     count.add_argument("--images", type=int, help="number of images (all in one bucket)")
     count.add_argument("--dataset", help="a dataset name or a folder: its images' buckets")
@@ -56,7 +57,7 @@ def cmd_calc(args: argparse.Namespace) -> None:
         plan = _flat_plan(args)
     else:
         from ..training.config import TrainConfig
-        from ..training.data import measure_images, steps_for
+        from ..training.data import measure_images, needs_hashes, steps_for
 
         if args.config:
             config = TrainConfig.load(args.config)
@@ -66,7 +67,7 @@ def cmd_calc(args: argparse.Namespace) -> None:
         given = [f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}"
                  for flag, key in _SETTINGS.items() if (value := getattr(args, flag)) is not None]
         config = config.apply_overrides(given) if given else config
-        sizes = measure_images(config.dataset.source, workspace(args))
+        sizes = measure_images(config.dataset.source, workspace(args), needs_hashes(config))
         if not sizes:
             raise LoraLabError(f"{config.dataset.source!r} has no images")
         plan = steps_for(config, sizes, args.gpus)

@@ -6,6 +6,7 @@ a resumed run sees exactly the batch an uninterrupted run saw.
 """
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import zlib
@@ -76,20 +77,31 @@ def held_out_count(split: float, images: int) -> int:
     return max(1, round(split * images)) if split else 0
 
 
-def hold_out(images: list[TrainImage], split: float, names: Sequence[str]) -> tuple[
-        list[TrainImage], list[TrainImage]]:
-    """(the images to train on, those held out for validation): ``names`` by file name (or
-    path under the source), else a ``split`` share chosen by a hash of each image's bytes, so
-    the same images are held out whatever the file order or the seed."""
+def held_out(records: Sequence[tuple[str, str]], split: float, names: Sequence[str]) -> set[int]:
+    """Which images validation holds out, by index, from each one's (sha256, "folder/file")
+    record: ``names`` by file name (or folder/file), else a ``split`` share ranked by a hash of
+    each image's bytes, so the same images are held out whatever the file order or the seed.
+    The trainer (:func:`hold_out`) and the step count (:func:`steps_for`) both ask here."""
     if names:
         wanted = set(names)
-        held = [img for img in images if img.path.name in wanted
-                or f"{img.path.parent.name}/{img.path.name}" in wanted]
-    else:
-        ranked = sorted(images, key=lambda img: (stable_seed("validation", img.sha256), str(img.path)))
-        held = ranked[:held_out_count(split, len(images))]
-    chosen = {id(img) for img in held}
-    return [img for img in images if id(img) not in chosen], held
+        return {i for i, (_, name) in enumerate(records)
+                if name in wanted or name.rpartition("/")[2] in wanted}
+    ranked = sorted(range(len(records)),
+                    key=lambda i: (stable_seed("validation", records[i][0]), records[i][1]))
+    return set(ranked[:held_out_count(split, len(records))])
+
+
+def hold_out(images: list[TrainImage], split: float, names: Sequence[str]) -> tuple[
+        list[TrainImage], list[TrainImage]]:
+    """(the images to train on, those held out for validation), as :func:`held_out` picks them."""
+    held = held_out([(img.sha256, _folder_file(img.path)) for img in images], split, names)
+    return ([img for i, img in enumerate(images) if i not in held],
+            [img for i, img in enumerate(images) if i in held])
+
+
+def _folder_file(path: Path) -> str:
+    """An image's name as validation.images matches it: its folder's name and its file name."""
+    return f"{path.parent.name}/{path.name}"
 
 
 def source_files(source: str, workspace: Workspace | None = None) -> list[str]:
@@ -118,11 +130,15 @@ class ImageSize:
     width: int  # as displayed (EXIF orientation applied)
     height: int
     repeats: int | None  # set by a kohya ``N_name`` folder; None: dataset.repeats applies
+    name: str = ""  # "folder/file", as validation.images matches it
+    sha256: str = ""  # of the file's bytes: from a dataset's index, for a folder only if asked
 
 
-def measure_images(source: str, workspace: Workspace | None = None) -> list[ImageSize]:
+def measure_images(source: str, workspace: Workspace | None = None,
+                   hashes: bool = False) -> list[ImageSize]:
     """The sizes of the images :func:`gather_images` would find, cheaply: from a dataset's
-    index, or from a folder's image headers (nothing decoded or hashed)."""
+    index, or from a folder's image headers (nothing decoded; files hashed only with
+    ``hashes``, which a validation.split needs: see :func:`needs_hashes`)."""
     ws = workspace or Workspace()
     path = Path(source).expanduser()
     if is_dataset_name(source):
@@ -131,7 +147,8 @@ def measure_images(source: str, workspace: Workspace | None = None) -> list[Imag
         except NotFound:
             raise LoraLabError(f"{source!r} is neither a dataset in {ws.datasets} nor a folder") from None
         try:
-            return [ImageSize(r["width"], r["height"], None) for r in ds.index.all()]
+            return [ImageSize(r["width"], r["height"], None, _folder_file(ds.path / r["file"]),
+                              r["sha256"]) for r in ds.index.all()]
         finally:
             ds.index.close()
     if not path.is_dir():
@@ -139,7 +156,14 @@ def measure_images(source: str, workspace: Workspace | None = None) -> list[Imag
     subdirs = sorted((d, int(m[1])) for d in path.iterdir()
                      if d.is_dir() and (m := _KOHYA_DIR.match(d.name)))
     folders = subdirs or [(path, None)]
-    return [_header_size(p, n) for d, n in folders for p in _image_files(d)]
+    return [_header_size(p, n, hashes) for d, n in folders for p in _image_files(d)]
+
+
+def needs_hashes(config: TrainConfig) -> bool:
+    """Whether counting ``config``'s steps needs its images' hashes: a validation.split holds
+    out images by them (a dataset's index has them; a folder's files must be read)."""
+    v = config.validation
+    return bool(v.split) and not v.source and not v.images
 
 
 @dataclass(frozen=True)
@@ -199,7 +223,7 @@ def _image_files(folder: Path) -> list[Path]:
                   if p.suffix.lower() in EXTENSIONS and p.is_file() and not p.name.startswith("."))
 
 
-def _header_size(path: Path, repeats: int | None) -> ImageSize:
+def _header_size(path: Path, repeats: int | None, hashes: bool = False) -> ImageSize:
     from PIL import Image
 
     try:
@@ -211,20 +235,42 @@ def _header_size(path: Path, repeats: int | None) -> ImageSize:
                 turned = False
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise LoraLabError(f"cannot train on {path}: {e}") from None
-    return ImageSize(h, w, repeats) if turned else ImageSize(w, h, repeats)
+    if turned:
+        w, h = h, w
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest() if hashes else ""
+    return ImageSize(w, h, repeats, _folder_file(path), sha256)
 
 
 def steps_for(config: TrainConfig, sizes: list[ImageSize], world: int = 1) -> StepPlan:
     """The steps ``config`` trains for on images of ``sizes`` with ``world`` processes, counted
-    as the trainer counts them: each image in its aspect-ratio bucket, batches per bucket. The
-    family, whose defaults set the buckets, is model.family or read from model.base's files."""
+    as the trainer counts them: the images validation holds out left aside, each other image in
+    its aspect-ratio bucket, batches per bucket. The family, whose defaults set the buckets, is
+    model.family or read from model.base's files."""
     family = config.model.family if config.model.family != "auto" else detect_family(config.model.base)
     d, t = config.resolved(family).dataset, config.train
-    buckets = assign_buckets(sizes, d.resolution, d.min_bucket, d.max_bucket, d.bucket_step)
-    counts = samples_per_bucket(buckets, [s.repeats or d.repeats for s in sizes])
-    fixed = any(s.repeats for s in sizes)
+    trained = training_sizes(config, sizes)
+    buckets = assign_buckets(trained, d.resolution, d.min_bucket, d.max_bucket, d.bucket_step)
+    counts = samples_per_bucket(buckets, [s.repeats or d.repeats for s in trained])
+    fixed = any(s.repeats for s in trained)
     return plan_steps(list(counts.values()), t.batch_size, t.grad_accum, world, t.epochs,
-                      t.max_steps, images=len(sizes), repeats=None if fixed else d.repeats)
+                      t.max_steps, images=len(trained), repeats=None if fixed else d.repeats,
+                      held_out=len(sizes) - len(trained))
+
+
+def training_sizes(config: TrainConfig, sizes: list[ImageSize]) -> list[ImageSize]:
+    """The images of ``sizes`` the trainer trains on: all but those validation.split or
+    validation.images hold out (validation.source holds out none)."""
+    v = config.validation
+    if v.source or not (v.split or v.images):
+        return sizes
+    if needs_hashes(config) and not all(s.sha256 for s in sizes):
+        raise ValueError("validation.split needs the images' hashes: measure_images(..., hashes=True)")
+    held = held_out([(s.sha256, s.name) for s in sizes], v.split, v.images)
+    if len(held) == len(sizes):
+        key = "validation.images" if v.images else "validation.split"
+        raise LoraLabError(f"{key}: it holds out all {len(held)} images of {config.dataset.source}, "
+                           "which leaves no training images; hold out fewer")
+    return [s for i, s in enumerate(sizes) if i not in held]
 
 
 def _from_dataset(ds: Dataset, repeats: int) -> list[TrainImage]:

@@ -25,7 +25,7 @@ from ..jobdir import JobRecord
 from ..jobs import check_params, submit
 from ..training.base_model import detect_family, local_models
 from ..training.config import ConfigError, TrainConfig
-from ..training.data import ImageSize, measure_images, source_captions, steps_for
+from ..training.data import ImageSize, measure_images, needs_hashes, source_captions, steps_for
 from ..training.presets import PRESETS, preset_config, preset_for, sample_every, sample_prompts
 from ..training.sections import show_value
 from ..workspace import Workspace
@@ -88,7 +88,8 @@ class TrainingLauncher(widgets.VBox):
         self.problems: dict[str, str] = {}  # dotted key -> its message (or "" for the form)
         self.steps: int | None = None
         self.edited: set[str] = set()  # fields the user changed: presets and defaults leave them
-        self._sizes: dict[str, list[ImageSize] | str] = {}  # source -> its images' sizes, or a problem
+        # (source, hashed) -> its images' sizes, or a problem; hashed: a validation.split needs them
+        self._sizes: dict[tuple[str, bool], list[ImageSize] | str] = {}
         self._captions: dict[tuple[str, str], list[str]] = {}  # (source, extension) -> captions
         self._prompts_for: tuple[str, ...] | None = None  # (source, extension, trigger) of the defaults
         self._loading = False
@@ -297,7 +298,7 @@ class TrainingLauncher(widgets.VBox):
             cfg = self.config()
         except ConfigError:
             cfg = None
-        sizes = self._image_sizes(cfg.dataset.source) if cfg else None
+        sizes = self._image_sizes(cfg.dataset.source, needs_hashes(cfg)) if cfg else None
         if cfg is None or not isinstance(sizes, list) or not sizes:
             return "<i>steps: fill in a valid form and an existing dataset</i>"
         try:
@@ -307,13 +308,14 @@ class TrainingLauncher(widgets.VBox):
         self.steps = plan.total_steps
         return f"<b>{self.steps} steps</b>: {html.escape(plan.explain())}"
 
-    def _image_sizes(self, source: str) -> list[ImageSize] | str:
-        if source not in self._sizes:
+    def _image_sizes(self, source: str, hashes: bool) -> list[ImageSize] | str:
+        key = (source, hashes)
+        if key not in self._sizes:
             try:
-                self._sizes[source] = measure_images(source, self.ws)
+                self._sizes[key] = measure_images(source, self.ws, hashes)
             except LoraLabError as e:
-                self._sizes[source] = str(e)
-        return self._sizes[source]
+                self._sizes[key] = str(e)
+        return self._sizes[key]
 
     def _show_problems(self) -> None:
         for dotted, label in self.messages.items():
