@@ -138,7 +138,7 @@ def test_a_trained_lora_goes_up_with_card_samples_and_curve_in_one_commit(cli, t
     assert 'image = pipe("sks, a red circle")' in readme and f"<lora:{name[:-12]}:1>" in readme
     assert readme.count(f"# {name[:-12]}\n") == 1  # titled by the file: the run had no name
     assert 'max_steps = 4' in readme and str(root) not in readme  # the config, without local paths
-    assert "validation" not in readme  # this run had no validation
+    assert "validation loss" not in readme  # this run had no validation
 
 
 def test_validation_events_give_a_curve_with_the_best_step(trained_ws, hub, tmp_path):
