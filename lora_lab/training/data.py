@@ -6,11 +6,12 @@ a resumed run sees exactly the batch an uninterrupted run saw.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -104,20 +105,27 @@ def _folder_file(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
+@contextlib.contextmanager
+def _source_dataset(source: str, ws: Workspace) -> Iterator[Dataset]:
+    """The dataset dataset.source names, open, its index closed after."""
+    try:
+        ds = Dataset.open(source, ws)
+    except NotFound:
+        raise NotFound(f"dataset.source: {source!r} is neither a dataset in {ws.datasets} nor "
+                       "a folder (see `lora-lab dataset list`)") from None
+    try:
+        yield ds
+    finally:
+        ds.index.close()
+
+
 def source_files(source: str, workspace: Workspace | None = None) -> list[str]:
     """The file names of the images :func:`gather_images` would find (kohya subfolders as
     ``N_name/file``), cheaply: from a dataset's index, or from the folder's listing."""
     ws = workspace or Workspace()
     if is_dataset_name(source):
-        try:
-            ds = Dataset.open(source, ws)
-        except NotFound:
-            raise NotFound(f"dataset.source: {source!r} is neither a dataset in {ws.datasets} nor "
-                           "a folder") from None
-        try:
+        with _source_dataset(source, ws) as ds:
             return ds.index.files(ImageQuery())
-        finally:
-            ds.index.close()
     path = Path(source).expanduser()
     subdirs = sorted(d for d in path.iterdir() if d.is_dir() and _KOHYA_DIR.match(d.name))
     if subdirs:
@@ -194,16 +202,9 @@ def source_captions(source: str, caption_extension: str = ".txt",
     a folder's caption files (no image opened)."""
     ws = workspace or Workspace()
     if is_dataset_name(source):
-        try:
-            ds = Dataset.open(source, ws)
-        except NotFound:
-            raise NotFound(f"dataset.source: {source!r} is neither a dataset in {ws.datasets} nor "
-                           "a folder (see `lora-lab dataset list`)") from None
-        try:
+        with _source_dataset(source, ws) as ds:
             return SourceCaptions(f"dataset {source!r}", source, ds.index.count(),
                                   ds.index.files(ImageQuery(captioned=False)), ds.index.captions(), [])
-        finally:
-            ds.index.close()
     path = Path(source).expanduser()
     if not path.is_dir():
         raise LoraLabError(f"dataset.source: folder {path} does not exist")
