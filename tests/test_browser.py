@@ -83,6 +83,7 @@ def test_the_panels_work_in_jupyterlab(ws, tiny_models, trained, page, tmp_path)
         type_caption(page, ws, "shapes", first, "sks, typed in the browser")
 
         monitor = page.locator(".lora-lab-monitor")
+        monitor.scroll_into_view_if_needed()  # an off-screen cell renders no text (content-visibility)
         monitor.locator("svg polyline").first.wait_for(timeout=WAIT_MS)
         monitor.locator("img").first.wait_for(timeout=WAIT_MS)  # a sample image
         assert "succeeded" in monitor.inner_text()
