@@ -174,11 +174,10 @@ def test_inspect_reads_every_layout_alike(trained, cli):
     assert "red 4, circle 2" in text and "sshs_model_hash matches" in text
 
 
-def test_sd_comfyui_files_name_comfyuis_own_modules(trained, tiny_models):
+@pytest.mark.parametrize("trained", SD, indirect=True)  # the transformer families' ComfyUI keys:
+def test_sd_comfyui_files_name_comfyuis_own_modules(trained, tiny_models):  # test_train_flow, test_flux2klein
     """ComfyUI's saver and loader name the LDM UNet's state-dict paths under `diffusion_model.` and
     the CLIP state dicts' under `text_encoders.clip_l/clip_g.transformer.` (ui_rules' layout)."""
-    if trained.family not in SD:
-        pytest.skip("the transformer families' ComfyUI keys are checked by test_train_flow/test_flux2klein")
     from diffusers import UNet2DConditionModel
 
     layout = comfy_ldm_layout(UNet2DConditionModel.load_config(tiny_models[trained.family] / "unet"))
