@@ -31,6 +31,8 @@
 # ~20 s; it needs curl.
 # bench_resize.py (a rank-128 SDXL-shaped LoRA resized to 32, against a bare per-layer SVD loop)
 # runs every module on a GPU; on a CPU every 20th (~25 min a repeat on 2 loaded cores, nearly all of it the floor).
+# bench_tryout.py (a 3x3 LoRA tryout grid on the tiny SD1.5 through one loaded pipeline, against
+# loading the pipeline for each image) takes ~1.5 min; `--family sdxl` runs it on the tiny SDXL.
 # BENCH_PYTHON picks the interpreter (default: the project's .venv).
 set -e
 cd "$(dirname "$0")/.."

@@ -1,4 +1,4 @@
-"""``lora-lab lora inspect|resize|merge|convert|push``: tools for LoRA files (lora_lab.tools)."""
+"""``lora-lab lora inspect|resize|merge|convert|push|try``: tools for LoRA files (lora_lab.tools)."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_resize(verbs)
     _register_merge(verbs)
     _register_push(verbs)
+    _register_try(verbs)
 
 
 def _register_inspect(verbs: argparse._SubParsersAction) -> None:
@@ -151,3 +152,78 @@ def _cmd_merge(args: argparse.Namespace) -> None:
         return
     report = merge_loras(args.files, args.out, args.weights, rank=args.rank)
     emit(args, report.to_dict(), report.text())
+
+
+def _numbers(kind: type, what: str):
+    """An argparse type: a comma-separated list of ``kind`` ("0,0.5,1")."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be numbers separated by commas, not {text!r}") from None
+    return parse
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, x, height = text.lower().partition("x")
+    if not (x and width.isdigit() and height.isdigit()):
+        raise argparse.ArgumentTypeError(f"--size is WIDTHxHEIGHT, like 512x768, not {text!r}")
+    return int(width), int(height)
+
+
+def _register_try(verbs: argparse._SubParsersAction) -> None:
+    c = verbs.add_parser("try", help="a grid of images: prompts x seeds against checkpoints x strengths",
+                         description="Render LoRAs on their base model as one labelled grid: a row per "
+                                     "prompt and seed, a column per checkpoint and strength (the base "
+                                     "alone first, for strength 0). The base loads once, each image is "
+                                     "cached by its inputs, and the grid is saved as a PNG with a JSON "
+                                     "of its inputs beside it.")
+    c.add_argument("loras", nargs="+", metavar="LORA",
+                   help="a .safetensors LoRA, a folder of them (each a checkpoint, by step) or a job (its id "
+                        "or folder: its LoRA files by step, the final last)")
+    c.add_argument("--base", required=True, help="the base model (diffusers folder, checkpoint or Hub id)")
+    c.add_argument("--prompt", action="append", required=True, metavar="P", help="a prompt (repeatable)")
+    c.add_argument("--negative", default="", help="the negative prompt")
+    c.add_argument("--strength", type=_numbers(float, "--strength"), default=[0.0, 0.5, 1.0], metavar="S,S",
+                   help="LoRA strengths from -2 to 2 (default 0,0.5,1; 0 is the base alone; a list "
+                        "starting below 0 as --strength=-1,0,1)")
+    c.add_argument("--seed", type=_numbers(int, "--seed"), action="append", metavar="N",
+                   help="seeds, repeatable or N,N (default 0)")
+    c.add_argument("--steps", type=int, help="denoising steps (default 20)")
+    c.add_argument("--guidance", type=float, help="guidance scale (default 7)")
+    c.add_argument("--size", type=_size, metavar="WxH", help="image size (default: the model's)")
+    c.add_argument("--out", type=Path, required=True, help="the grid's .png (its inputs go beside it as .json)")
+    c.add_argument("--force", action="store_true", help="replace --out and its .json if they exist")
+    add_json_flag(c)
+    c.set_defaults(run=_cmd_try)
+
+
+def _grid_out(out: Path, force: bool) -> Path:
+    """--out checked before anything renders: a new .png (unless --force) in a folder that exists."""
+    if out.suffix.lower() != ".png":
+        raise LoraLabError(f"--out must name a .png file: {out.name}")
+    if not out.parent.is_dir():
+        raise LoraLabError(f"--out {out}: folder {out.parent} does not exist")
+    taken = [p for p in (out, out.with_suffix(".json")) if p.exists()]
+    if taken and not force:
+        raise LoraLabError(f"--out: {taken[0]} already exists; choose a new name or add --force")
+    if any(p.is_dir() for p in taken):
+        raise LoraLabError(f"--out: {taken[0]} is a folder")
+    return out
+
+
+def _cmd_try(args: argparse.Namespace) -> None:
+    from ..tools.tryout import Tryout
+
+    out = _grid_out(args.out, args.force)
+    width, height = args.size or (None, None)
+    tryout = Tryout(args.base, workspace(args))
+    grid = tryout.grid(args.loras, args.prompt, args.strength, [s for seeds in args.seed or [[0]] for s in seeds],
+                       steps=args.steps, guidance=args.guidance, width=width, height=height,
+                       negative=args.negative)
+    grid.save(out)
+    result = {"grid": str(out), "json": str(out.with_suffix(".json")), "images": len(grid.cells),
+              "cache_hits": grid.hits, "rendered": tryout.renders, "inputs": grid.inputs()}
+    emit(args, result, f"grid of {len(grid.rows)} rows x {len(grid.columns)} columns -> {out}\n"
+                       f"inputs -> {result['json']}\n"
+                       f"{grid.hits} of {len(grid.cells)} images from the cache, {tryout.renders} rendered")

@@ -164,6 +164,24 @@ def merge_loras(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
 
 # ---------------------------------------------------------------- into a base model
 
+def check_loadable(lora: LoraFile, base: str, family: str) -> None:
+    """Refuse a LoRA that diffusers cannot apply to base ``base`` (of ``family``) as trained:
+    another family's, or a DoRA in kohya's layout."""
+    if lora.family != family:
+        raise LoraLabError(f"{lora.path.name} is a LoRA for {lora.family}, base {base} is {family}")
+    if lora.dora and lora.format != "diffusers":
+        raise LoraLabError(f"{lora.path.name} is a DoRA in kohya's layout, whose dora_scale diffusers "
+                           "does not apply; use it in ComfyUI, or save it with the diffusers format")
+
+
+def load_adapter(pipe, path: Path, name: str, base: str) -> None:
+    """Load the LoRA file ``path`` into the pipeline ``pipe`` of ``base`` as adapter ``name``."""
+    try:
+        pipe.load_lora_weights(str(path), adapter_name=name)
+    except (ValueError, KeyError, RuntimeError, AssertionError) as e:  # diffusers asserts shapes
+        raise LoraLabError(f"{path.name} does not fit base {base}: {e or type(e).__name__}") from None
+
+
 def merge_into_base(paths: Sequence[str | os.PathLike], base: str, out: str | os.PathLike,
                     weights: Sequence[float] | None = None) -> dict:
     """Fuse LoRA files into the base model ``base`` (any family lora-lab trains) at ``weights``
@@ -175,20 +193,12 @@ def merge_into_base(paths: Sequence[str | os.PathLike], base: str, out: str | os
     weights = _weights(paths, weights)
     out = check_output(out, paths, folder=True)
     family = detect_family(base)
-    loras = [read_file(p) for p in paths]
-    for lora in loras:
-        if lora.family != family:
-            raise LoraLabError(f"{lora.path.name} is a LoRA for {lora.family}, base {base} is {family}")
-        if lora.dora and lora.format != "diffusers":
-            raise LoraLabError(f"{lora.path.name} is a DoRA in kohya's layout, whose dora_scale diffusers "
-                               "does not apply; merge it in ComfyUI, or save it with the diffusers format")
+    for path in paths:
+        check_loadable(read_file(path), base, family)
     pipe = load_base_model(base, family).pipeline
     names = [f"lora{i}" for i in range(len(paths))]
     for name, path in zip(names, paths):
-        try:
-            pipe.load_lora_weights(str(path), adapter_name=name)
-        except (ValueError, KeyError, RuntimeError, AssertionError) as e:  # diffusers asserts shapes
-            raise LoraLabError(f"{path.name} does not fit base {base}: {e or type(e).__name__}") from None
+        load_adapter(pipe, path, name, base)
     pipe.set_adapters(names, weights)
     pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
     pipe.unload_lora_weights()

@@ -9,5 +9,7 @@ from .captions import CaptionEditor
 from .jobs_panel import JobsPanel
 from .launcher import TrainingLauncher
 from .monitor import TrainingMonitor
+from .tryout import LoraTryout
 
-__all__ = ["CaptionEditor", "CaptionPanel", "DatasetBrowser", "JobsPanel", "TrainingLauncher", "TrainingMonitor"]
+__all__ = ["CaptionEditor", "CaptionPanel", "DatasetBrowser", "JobsPanel", "LoraTryout", "TrainingLauncher",
+           "TrainingMonitor"]
