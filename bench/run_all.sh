@@ -15,6 +15,8 @@
 # `--family flux` runs one family (~1.5 min).
 # bench_validation.py (tiny SD1.5 trained 200 steps without validation, with it at its default
 # interval, and with a validation prompt too; validation's share of training time) takes ~1.5 min.
+# bench_train_lab.py (TrainLab.batch(n) on the tiny SD1.5, against the trainer building the same
+# micro-batch and against one training step) takes ~1.5 min.
 # bench_monitor.py (a TrainingMonitor following a job that writes 50 events/s: lag, memory,
 # cost of a poller step) takes ~1 min.
 # bench_widgets.py (DatasetBrowser paging a 10,000-image dataset, against reading the page's

@@ -27,7 +27,8 @@ from lora_lab.widgets.pipelines import CaptionPipeline, TrainPipeline, dataset_m
 
 KIT = kit_dir()
 TRAIN_NB, CAPTION_NB = KIT / "pipelines" / "train.ipynb", KIT / "pipelines" / "caption.ipynb"
-INTERACTIVE = sorted((KIT / "interactive").glob("*.ipynb"))
+# debugging.ipynb trains (Run All makes two jobs): tests/test_train_lab.py runs it
+INTERACTIVE = sorted(p for p in (KIT / "interactive").glob("*.ipynb") if p.stem != "debugging")
 
 
 def execute(notebook: Path, out: Path, **parameters) -> nbformat.NotebookNode:

@@ -79,6 +79,10 @@ def cancel(job: JobRecord, grace_s: float = 10.0) -> dict[str, Any]:
         raise Conflict(f"job {job.id} is already {view['state']}; only a queued or running "
                        "job can be cancelled")
     atomic.write_text(job.path / "cancel-requested", f"{time.time()}\n")
+    if view.get("kernel") == view["pid"]:  # a notebook's TrainLab: it stops, the kernel lives on
+        job.event({"type": "cancelled"})
+        job.set_status("cancelled", error=None, pid=view["pid"])
+        return job.view()
     pid = view["pid"]
     _signal(view, signal.SIGINT)
     if not _exited(pid, grace_s):

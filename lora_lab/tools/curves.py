@@ -14,11 +14,11 @@ SMOOTH_ABOVE = 50  # points: longer curves get a moving average drawn over them
 
 
 def loss_chart(points: Sequence[tuple[int, float]], title: str,
-               marked: Sequence[tuple[int, float]] = (), dots: bool = False) -> bytes:
+               marked: Sequence[tuple[int, float]] = (), dots: bool = False, by: str = "step") -> bytes:
     """A PNG line chart of (step, loss) ``points``, with ``marked`` points circled in red
     (the best validation loss) and, with ``dots``, every point drawn (few, far-apart points).
     A long curve (training losses are noisy step to step) is drawn faint, with its moving
-    average over it."""
+    average over it. ``by``: what the x axis counts."""
     from PIL import Image, ImageDraw, ImageFont
 
     img = Image.new("RGB", (WIDTH, HEIGHT), "white")
@@ -43,7 +43,7 @@ def loss_chart(points: Sequence[tuple[int, float]], title: str,
     draw.rectangle([left, top, right, bottom], outline=_INK)
     for step in sorted({x0, (x0 + x1) // 2, x1}):
         draw.text((at(step, y0)[0], bottom + 6), str(step), fill=_INK, font=font, anchor="mt")
-    draw.text(((left + right) / 2, HEIGHT - 4), f"{title} by step", fill=_INK, font=font, anchor="mb")
+    draw.text(((left + right) / 2, HEIGHT - 4), f"{title} by {by}", fill=_INK, font=font, anchor="mb")
     xy = [at(s, v) for s, v in points]
     if len(xy) > SMOOTH_ABOVE:
         draw.line(xy, fill=_RAW, width=1)

@@ -91,13 +91,18 @@ def train(config: TrainConfig, job: JobRecord | None = None, *, resume: bool = F
             job.record_end(e)
         raise
     if main:
-        done = {"output": str(result.output), "steps": result.steps, "seconds": result.seconds,
-                "loss": result.loss}
-        status = job.status()  # what validation found, for whoever reads the record's end
-        done.update({k: status[k] for k in ("best_step", "best_val_loss", "best_lora") if k in status})
-        job.event({"type": "done", **done})
-        job.set_status("succeeded", phase="done", progress=1.0, **done)
+        record_done(job, result)
     return result
+
+
+def record_done(job: JobRecord, result: TrainResult) -> None:
+    """The end of a run that trained to its last step: a ``done`` event, the job succeeded."""
+    done = {"output": str(result.output), "steps": result.steps, "seconds": result.seconds,
+            "loss": result.loss}
+    status = job.status()  # what validation found, for whoever reads the record's end
+    done.update({k: status[k] for k in ("best_step", "best_val_loss", "best_lora") if k in status})
+    job.event({"type": "done", **done})
+    job.set_status("succeeded", phase="done", progress=1.0, **done)
 
 
 def launch(job: JobRecord, gpus: int, resume: bool, on_event: OnEvent = None) -> TrainResult:

@@ -119,3 +119,14 @@ def _save_atomic(tensor: torch.Tensor, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.writing(path) as f:
         torch.save(tensor.contiguous(), f)
+
+
+@torch.no_grad()
+def decode_params(vae: torch.nn.Module, params: torch.Tensor, frames: bool) -> torch.Tensor:
+    """Pixels in [-1, 1] (B, 3, H, W) that ``vae`` decodes from the means of latent distributions
+    ``params``: what the latents a batch trains on hold, before their noise is drawn; ``frames``:
+    a video VAE (:func:`takes_frames`)."""
+    mean = params.chunk(2, dim=1)[0].to(vae.device, vae.dtype)
+    if frames:
+        return vae.decode(mean.unsqueeze(2)).sample.squeeze(2).float().cpu().clamp(-1, 1)
+    return vae.decode(mean).sample.float().cpu().clamp(-1, 1)

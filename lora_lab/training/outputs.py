@@ -51,17 +51,17 @@ class TrainerOutputs:
                        "path": str(path.relative_to(self.job.path))})
 
     def _render(self, step: int, folder: Path, prompts: tuple[str, ...],
-                encoded: list[dict[str, Any]] | None, seed: int) -> list[Path]:
-        """One image per prompt (``seed`` + its index) as sample.steps, guidance and size say,
-        into ``folder/step-000100-0.png``...; ``encoded``: the prompts' inputs, made before the
-        text encoders were freed (None: they are still loaded)."""
+                encoded: list[dict[str, Any]] | None, seed: int, steps: int | None = None) -> list[Path]:
+        """One image per prompt (``seed`` + its index) as sample.steps (or ``steps``), guidance
+        and size say, into ``folder/step-000100-0.png``...; ``encoded``: the prompts' inputs,
+        made before the text encoders were freed (None: they are still loaded)."""
         s, pipe, paths = self.cfg.sample, self.base.pipeline, []
         for i, prompt in enumerate(prompts):
             g = torch.Generator().manual_seed(seed + i)
             with torch.no_grad():
                 inputs = encoded[i] if encoded is not None else \
                     self.spec.prompt_inputs(pipe, prompt, s.negative, s.guidance, self.acc.device)
-                image = pipe(**inputs, num_inference_steps=s.steps, width=s.width, height=s.height,
+                image = pipe(**inputs, num_inference_steps=steps or s.steps, width=s.width, height=s.height,
                              generator=g).images[0]
             paths.append(folder / f"step-{step:06d}-{i}.png")
             atomic.write_bytes(paths[-1], _png(image))

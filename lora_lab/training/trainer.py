@@ -52,6 +52,8 @@ from .validation import TrainerValidation
 class Trainer(TrainerOutputs, TrainerCheckpoints, TrainerValidation):
     """One training run into a job directory; :meth:`run` does it all."""
 
+    keep_text_encoders = False  # True: loaded after caching, to encode any prompt (TrainLab)
+
     def __init__(self, config: TrainConfig, job: JobRecord, workspace: Workspace | None = None,
                  on_event: Callable[[dict[str, Any]], None] | None = None):
         self.ws = workspace or Workspace()
@@ -213,7 +215,8 @@ class Trainer(TrainerOutputs, TrainerCheckpoints, TrainerValidation):
                 [self.spec.prompt_inputs(self.base.pipeline, p, s.negative, s.guidance, self.acc.device)
                  for p in prompts] for prompts in (s.prompts, self.cfg.validation.prompts))
         self.acc.wait_for_everyone()
-        free_text_encoders(self.spec, self.base.pipeline)
+        if not self.keep_text_encoders:
+            free_text_encoders(self.spec, self.base.pipeline)
 
     # -- the step --------------------------------------------------------------------------------
     def _encode_text(self, captions: list[str]) -> Conditioning:
@@ -221,15 +224,21 @@ class Trainer(TrainerOutputs, TrainerCheckpoints, TrainerValidation):
             return self.spec.encode(self.base.pipeline, captions, self.acc.device)
         return self.spec.collate([self.text_cache.get(c) for c in captions])
 
-    def micro_batch_loss(self, m: int) -> torch.Tensor:
-        """The loss of micro-batch ``m`` (counted over all ranks from the start)."""
+    def micro_batch(self, m: int) -> Batch:
+        """Micro-batch ``m`` (counted over all ranks from the start) as the loss takes it: what
+        the training loop and :class:`.lab.TrainLab` both build."""
         samples = self.plan.samples(m, self.rules)
         images = [self.images[s.image] for s in samples]
         bucket = self.buckets[samples[0].image]
         g = torch.Generator().manual_seed(stable_seed(self.cfg.train.seed, "noise", m))
-        params = self.latents.batch(images, bucket, [s.flip for s in samples])
-        batch = Batch(params, self._encode_text([s.caption for s in samples]), images, bucket, g)
-        return self.objective.loss(self.models[0], batch, self.acc.device, self.dtype)
+        flips, captions = [s.flip for s in samples], [s.caption for s in samples]
+        params = self.latents.batch(images, bucket, flips)
+        return Batch(params, self._encode_text(captions), images, bucket, g, flips=flips,
+                     captions=captions)
+
+    def micro_batch_loss(self, m: int) -> torch.Tensor:
+        """The loss of micro-batch ``m``."""
+        return self.objective.loss(self.models[0], self.micro_batch(m), self.acc.device, self.dtype)
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> TrainResult:
@@ -244,11 +253,16 @@ class Trainer(TrainerOutputs, TrainerCheckpoints, TrainerValidation):
             finally:
                 self.on_event = shown
 
-    def _train(self, saved: tuple[Path, dict[str, Any], dict[str, Any]] | None) -> TrainResult:
+    def prepare(self, saved: tuple[Path, dict[str, Any], dict[str, Any]] | None = None) -> int:
+        """Data, model and caches ready to train (a checkpoint's state applied); the step to
+        train next (what the job and :class:`.lab.TrainLab` both start with)."""
         self.load_data()
         self.load_model()
         self.cache()
-        step = self._apply_checkpoint(*saved) if saved else 0
+        return self._apply_checkpoint(*saved) if saved else 0
+
+    def _train(self, saved: tuple[Path, dict[str, Any], dict[str, Any]] | None) -> TrainResult:
+        step = self.prepare(saved)
         self.phase("training", total=self.total)
         started, first_step, loss = time.monotonic(), step, float("nan")
         self._status_time = 0.0

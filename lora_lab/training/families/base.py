@@ -30,6 +30,10 @@ class Batch:
     images: list[TrainImage]  # one per sample (an image drawn twice appears twice)
     bucket: tuple[int, int]
     generator: torch.Generator
+    # given timestep indices (0..num_train_timesteps-1) instead of drawn ones: loss by timestep
+    timesteps: torch.Tensor | None = None
+    flips: list[bool] = field(default_factory=list)  # per sample, as drawn (what TrainLab shows)
+    captions: list[str] = field(default_factory=list)  # per sample, after shuffle and dropout
 
 
 class Objective(ABC):
@@ -90,6 +94,15 @@ class Family(ABC):
             else:
                 joined.append(torch.cat(items))
         return tuple(joined)
+
+    def token_limits(self, pipe: Any) -> list[tuple[str, Any, int]]:
+        """Per text encoder: its name, its tokenizer and how many tokens of a caption
+        :meth:`encode` gives it (the rest is cut off)."""
+        limits = []
+        for name in self.text_encoders:
+            tokenizer = getattr(pipe, name.replace("text_encoder", "tokenizer"))
+            limits.append((name, tokenizer, tokenizer.model_max_length))
+        return limits
 
     def untrained_modules(self, denoiser: torch.nn.Module) -> list[str]:
         """Full names of target modules to leave out: those whose output the loss never sees,

@@ -37,6 +37,9 @@ class ChromaObjective(PackedFlowObjective):
 class Chroma(Flux):
     """Flux's targets and buckets; its own conditioning and objective."""
 
+    def token_limits(self, pipe: Any) -> list[tuple[str, Any, int]]:
+        return [("text_encoder", pipe.tokenizer, MAX_TOKENS)]  # encode's max_sequence_length
+
     def encode(self, pipe: Any, captions: list[str], device: torch.device) -> Conditioning:
         embeds, _, mask, *_ = pipe.encode_prompt(list(captions), device=device, do_classifier_free_guidance=False,
                                                  max_sequence_length=MAX_TOKENS)

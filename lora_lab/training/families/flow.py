@@ -23,11 +23,13 @@ class FlowPath:
         self.timesteps, self.sigmas = table.timesteps.clone(), table.sigmas.clone()
         self.steps = table.config.num_train_timesteps
 
-    def noised(self, latents: torch.Tensor, g: torch.Generator
+    def noised(self, latents: torch.Tensor, g: torch.Generator, index: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, the velocity target, the timesteps in 0..1000), every draw from ``g``."""
+        """(x_t, the velocity target, the timesteps in 0..1000), every draw from ``g``; ``index``:
+        the table's indices to use instead of drawn ones."""
         noise = torch.randn(latents.shape, generator=g)
-        index = (torch.rand(len(latents), generator=g) * self.steps).long()
+        if index is None:
+            index = (torch.rand(len(latents), generator=g) * self.steps).long()
         sigma = self.sigmas[index].view(-1, *[1] * (latents.ndim - 1))
         return (1 - sigma) * latents + sigma * noise, noise - latents, self.timesteps[index]
 

@@ -55,7 +55,7 @@ class PackedFlowObjective(Objective):
     def loss(self, model: torch.nn.Module, batch: Batch, device: torch.device,
              dtype: torch.dtype) -> torch.Tensor:
         latents = sample_latents(batch.params, batch.generator, self.scaling, self.shift)
-        noisy, target, t = self.path.noised(latents, batch.generator)
+        noisy, target, t = self.path.noised(latents, batch.generator, batch.timesteps)
         b, c, h, w = latents.shape
         packed = self.packing._pack_latents(noisy, b, c, h, w).to(device, dtype)
         img_ids = self.packing._prepare_latent_image_ids(b, h // 2, w // 2, device, dtype)
@@ -80,6 +80,11 @@ class FluxObjective(PackedFlowObjective):
 
 
 class Flux(Family):
+    def token_limits(self, pipe: Any) -> list[tuple[str, Any, int]]:
+        clip, t5 = pipe.tokenizer, pipe.tokenizer_2  # CLIP's pooled embedding, T5's sequence
+        return [("text_encoder", clip, clip.model_max_length),
+                ("text_encoder_2", t5, MAX_TOKENS[is_dev(pipe)])]
+
     def encode(self, pipe: Any, captions: list[str], device: torch.device) -> Conditioning:
         embeds, pooled, _ = pipe.encode_prompt(list(captions), prompt_2=None, device=device,
                                                max_sequence_length=MAX_TOKENS[is_dev(pipe)])

@@ -34,6 +34,9 @@ MAX_TOKENS = 512  # the pipeline's default max_sequence_length
 
 
 class Flux2Klein(Family):
+    def token_limits(self, pipe: Any) -> list[tuple[str, Any, int]]:
+        return [("text_encoder", pipe.tokenizer, MAX_TOKENS)]  # encode's max_sequence_length
+
     def encode(self, pipe: Any, captions: list[str], device: torch.device) -> Conditioning:
         embeds, _ = pipe.encode_prompt(list(captions), device=device, max_sequence_length=MAX_TOKENS)
         return (embeds,)
@@ -73,7 +76,7 @@ class Flux2KleinObjective(Objective):
 
         latents = P._patchify_latents(sample_latents(batch.params, batch.generator, 1.0))
         latents = (latents - self.mean) / self.std
-        noisy, target, t = self.path.noised(latents, batch.generator)
+        noisy, target, t = self.path.noised(latents, batch.generator, batch.timesteps)
         packed = P._pack_latents(noisy).to(device, dtype)  # (B, H*W, 128)
         img_ids = P._prepare_latent_ids(noisy).to(device)
         (embeds,) = batch.cond

@@ -28,6 +28,9 @@ _TEXT_OUTPUTS = ("attn.add_q_proj", "attn.to_add_out", "txt_mlp.net.0.proj", "tx
 
 
 class QwenImage(Family):
+    def token_limits(self, pipe: Any) -> list[tuple[str, Any, int]]:
+        return [("text_encoder", pipe.tokenizer, MAX_TOKENS)]  # encode's max_sequence_length
+
     def encode(self, pipe: Any, captions: list[str], device: torch.device) -> Conditioning:
         embeds, mask = pipe.encode_prompt(list(captions), device=device, max_sequence_length=MAX_TOKENS)
         lengths = mask.sum(dim=1).tolist() if mask is not None else [embeds.shape[1]] * len(embeds)
@@ -65,7 +68,7 @@ class QwenImageObjective(Objective):
         from diffusers import QwenImagePipeline
 
         latents = (sample_latents(batch.params, batch.generator, 1.0) - self.mean) * self.inv_std
-        noisy, target, t = self.path.noised(latents, batch.generator)
+        noisy, target, t = self.path.noised(latents, batch.generator, batch.timesteps)
         b, c, h, w = noisy.shape
         packed = QwenImagePipeline._pack_latents(noisy.to(device, dtype), b, c, h, w)
         embeds, mask = _padded(batch.cond[0], device, dtype)

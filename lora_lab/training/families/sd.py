@@ -96,7 +96,8 @@ class UNetObjective(Objective):
         noise = torch.randn(latents.shape, generator=g)
         if self.noise_offset:
             noise += self.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=g)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),), generator=g)
+        t = batch.timesteps if batch.timesteps is not None else \
+            torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),), generator=g)
         latents, noise, t = latents.to(device), noise.to(device), t.to(device)
         noisy = self.scheduler.add_noise(latents, noise, t)
         target = noise if self.prediction == "epsilon" else self.scheduler.get_velocity(latents, noise, t)

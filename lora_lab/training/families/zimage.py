@@ -19,6 +19,9 @@ MAX_TOKENS = 512  # the pipeline's default max_sequence_length
 
 
 class ZImage(Family):
+    def token_limits(self, pipe: Any) -> list[tuple[str, Any, int]]:
+        return [("text_encoder", pipe.tokenizer, MAX_TOKENS)]  # encode's max_sequence_length
+
     def encode(self, pipe: Any, captions: list[str], device: torch.device) -> Conditioning:
         embeds, _ = pipe.encode_prompt(list(captions), device=device, do_classifier_free_guidance=False,
                                        max_sequence_length=MAX_TOKENS)
@@ -46,7 +49,7 @@ class ZImageObjective(Objective):
     def loss(self, model: torch.nn.Module, batch: Batch, device: torch.device,
              dtype: torch.dtype) -> torch.Tensor:
         latents = sample_latents(batch.params, batch.generator, self.scaling, self.shift)
-        noisy, target, t = self.path.noised(latents, batch.generator)
+        noisy, target, t = self.path.noised(latents, batch.generator, batch.timesteps)
         frames = list(noisy.to(device, dtype).unsqueeze(2).unbind(0))  # (C, 1, H, W) each
         (embeds,) = batch.cond
         out = model(frames, ((1000 - t) / 1000).to(device, dtype), [e.to(device, dtype) for e in embeds],
