@@ -233,10 +233,8 @@ def test_one_lab_per_family(ws, tiny_models, tiny_flow, family):
 
 
 def test_the_debugging_notebook_shows_the_cause_and_trains_the_fix(tiny_models, tmp_path):
-    import importlib.util
     import re
 
-    import nbformat
     from test_notebooks import KIT, errors_in, execute, outputs
 
     from lora_lab import Workspace
@@ -245,11 +243,7 @@ def test_the_debugging_notebook_shows_the_cause_and_trains_the_fix(tiny_models, 
     models.mkdir()
     for key in ("sd15", "samples"):
         (models / key).symlink_to(tiny_models[key])
-    nb = nbformat.read(KIT / "interactive" / "debugging.ipynb", as_version=4)
-    if importlib.util.find_spec("lora_lab.tools.tryout") is None:  # the tryout cells come last
-        nb.cells = [c for c in nb.cells if "tryout" not in c.metadata.get("tags", [])]
-    nbformat.write(nb, tmp_path / "debugging.ipynb")
-    executed = execute(tmp_path / "debugging.ipynb", tmp_path / "run.ipynb",
+    executed = execute(KIT / "interactive" / "debugging.ipynb", tmp_path / "run.ipynb",
                        workspace=str(tmp_path / "ws"), models=str(models))
     assert not errors_in(executed)
     printed = "".join(outputs(executed, "stream"))
@@ -266,6 +260,12 @@ def test_the_debugging_notebook_shows_the_cause_and_trains_the_fix(tiny_models, 
     for line in printed.splitlines():
         if line.startswith(("bad:", "fixed:")):
             assert line.split(": ", 1)[1] in loras
+    # the two LoRAs compared in a grid: the base column, then each at 0.5 and 1, a row per prompt
+    grid = json.loads((tmp_path / "ws" / "exports" / "debugging-grid.json").read_text())
+    assert sorted(lora["path"] for lora in grid["loras"]) == sorted(loras)
+    assert (tmp_path / "ws" / "exports" / "debugging-grid.png").is_file()
+    assert grid["strengths"] == [0.0, 0.5, 1.0] and len(grid["prompts"]) == 2
+    assert outputs(executed, "application/vnd.jupyter.widget-view+json")  # the LoraTryout panel
 
 
 @pytest.mark.parametrize("family", ["sd15", "flux"])
