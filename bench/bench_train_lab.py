@@ -26,7 +26,7 @@ import time
 import warnings
 from pathlib import Path
 
-from benchlib import Row, Target, p50, print_machine, print_table
+from benchlib import Row, Target, p50, print_machine, print_table, tiny_family
 
 TARGET = Target(ms=50)
 
@@ -55,15 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     from lora_lab import Workspace
-    from lora_lab.tiny import fabricate
     from lora_lab.training import TrainLab
 
     print_machine()
     with tempfile.TemporaryDirectory(prefix="bench-train-lab-") as tmp:
         root = Path(tmp)
-        sd = args.family in ("sd15", "sdxl")
-        tiny = fabricate(root / "tiny", caption=False, sd15=args.family == "sd15",
-                         sdxl=args.family == "sdxl", flow=() if sd else (args.family,))
+        tiny = tiny_family(root / "tiny", args.family)
         for size in args.batch_sizes:
             lab = TrainLab({"model": {"base": str(tiny[args.family])},
                             "dataset": {"source": str(tiny["samples"]), "resolution": 64,

@@ -31,7 +31,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from benchlib import Row, Target, print_machine, print_table
+from benchlib import Row, Target, print_machine, print_table, tiny_family
 
 TARGET_SHARE = Target(ratio=0.05)  # validation time / training time without it
 
@@ -80,14 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.steps = 100
     warnings.filterwarnings("ignore")
-    from lora_lab.tiny import fabricate
 
     print_machine()
     with tempfile.TemporaryDirectory(prefix="bench-validation-") as tmp:
         root = Path(tmp)
-        sd = args.family in ("sd15", "sdxl")
-        tiny = fabricate(root / "tiny", caption=False, sd15=args.family == "sd15",
-                         sdxl=args.family == "sdxl", flow=() if sd else (args.family,))
+        tiny = tiny_family(root / "tiny", args.family)
         runs: dict[str, list[tuple[float, float]]] = {kind: [] for kind in KINDS}
         for r in range(args.rounds):
             for kind in KINDS:

@@ -183,6 +183,15 @@ def print_table(title: str, floor: str, rows: list[Row]) -> None:
                         for i, (cell, w) in enumerate(zip(line, widths))).rstrip())
 
 
+def tiny_family(root: Path, family: str) -> dict[str, Path]:
+    """The tiny model of ``family`` (sd15, sdxl, zimage, ...) and the sample images, under ``root``."""
+    from lora_lab.tiny import fabricate
+
+    sd = family in ("sd15", "sdxl")
+    return fabricate(root, caption=False, sd15=family == "sd15", sdxl=family == "sdxl",
+                     flow=() if sd else (family,))
+
+
 def print_machine() -> None:
     print(f"# {platform.python_implementation()} {platform.python_version()}, Pillow "
           f"{PIL.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs ({platform.machine()})")
