@@ -127,3 +127,27 @@ def test_the_pipeline_lets_go_when_a_train_job_starts_and_loads_again(ws, tiny_m
         if job is not None and job.view()["state"] in ("queued", "running"):
             cancel(job)
         panel.close()
+
+
+def test_steps_guidance_and_negative_follow_the_bases_family(ws, tiny_models, tiny_flow, loras):  # noqa: F811
+    """The form starts at the base's family's preset sample settings and follows a base of another
+    family; a value the user typed stays while the family does."""
+    panel = LoraTryout(str(tiny_flow["flux"]), loras=[str(loras.a)], prompts=["a red circle"], workspace=ws,
+                       autostart=False)
+    try:
+        form = lambda: (panel.steps.value, panel.guidance.value, panel.negative.value)  # noqa: E731
+        assert form() == (50, 3.5, "")  # FLUX.1 [dev]
+        panel.base.value = str(tiny_flow["chroma"])
+        assert form()[:2] == (40, 3.0) and form()[2].startswith("low quality, ugly")
+        panel.steps.value = 12
+        panel.base.value = str(tiny_flow["chroma"])[:-3]  # half typed: kept
+        panel.base.value = str(tiny_flow["chroma"])
+        assert form()[0] == 12
+        panel.base.value = str(tiny_flow["zimage"])
+        assert form() == (8, 0.0, "")  # Z-Image Turbo
+        panel.base.value = str(tiny_models["sd15"])
+        assert form() == (20, 7.0, "")
+        fill(panel, strengths="1", seeds="0").render_button.click()
+        assert panel.grid.settings["guidance"] == 7.0 and panel.grid.settings["steps"] == 2, panel.notice.text
+    finally:
+        panel.close()

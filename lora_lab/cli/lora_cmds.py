@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from ..errors import LoraLabError
@@ -183,19 +184,23 @@ def _register_try(verbs: argparse._SubParsersAction) -> None:
                         "or folder: its LoRA files by step, the final last)")
     c.add_argument("--base", required=True, help="the base model (diffusers folder, checkpoint or Hub id)")
     c.add_argument("--prompt", action="append", required=True, metavar="P", help="a prompt (repeatable)")
-    c.add_argument("--negative", default="", help="the negative prompt")
+    c.add_argument("--negative", help="the negative prompt (default: the family's preset's; \"\" for none)")
     c.add_argument("--strength", type=_numbers(float, "--strength"), default=[0.0, 0.5, 1.0], metavar="S,S",
-                   help="LoRA strengths from -2 to 2 (default 0,0.5,1; 0 is the base alone; a list "
-                        "starting below 0 as --strength=-1,0,1)")
+                   help="LoRA strengths from -2 to 2 (default 0,0.5,1; 0 is the base alone), e.g. -0.5,0,1")
     c.add_argument("--seed", type=_numbers(int, "--seed"), action="append", metavar="N",
                    help="seeds, repeatable or N,N (default 0)")
-    c.add_argument("--steps", type=int, help="denoising steps (default 20)")
-    c.add_argument("--guidance", type=float, help="guidance scale (default 7)")
+    c.add_argument("--steps", type=int, help="denoising steps (default: the family's preset's, e.g. 50 for "
+                                             "FLUX.1 [dev], 8 for Z-Image Turbo, 20 for SD)")
+    c.add_argument("--guidance", type=float, help="guidance scale (default: the family's preset's, e.g. 3.5 for "
+                                                  "FLUX.1 [dev], 0 for Z-Image Turbo, 7 for SD)")
     c.add_argument("--size", type=_size, metavar="WxH", help="image size (default: the model's)")
     c.add_argument("--out", type=Path, required=True, help="the grid's .png (its inputs go beside it as .json)")
     c.add_argument("--force", action="store_true", help="replace --out and its .json if they exist")
     add_json_flag(c)
     c.set_defaults(run=_cmd_try)
+    # a value starting with a minus and a digit is a value, not an option, as Python 3.13's argparse
+    # reads it: --strength -0.5,1 (3.11 takes only a lone number, -0.5, as one)
+    c._negative_number_matcher = re.compile(r"-\.?\d")
 
 
 def _grid_out(out: Path, force: bool) -> Path:

@@ -11,6 +11,7 @@ the first file's layout with its keys (fused BFL modules fused again, their part
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -164,6 +165,14 @@ def merge_loras(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
 
 # ---------------------------------------------------------------- into a base model
 
+def for_base(lora: LoraFile, family: str) -> LoraFile:
+    """``lora`` as read for a base of ``family``: a Chroma LoRA without sd-scripts' metadata has
+    FLUX.1's keys alone, so it reads as flux; on a Chroma base it is taken as Chroma."""
+    if lora.family == "flux" and family == "chroma" and "ss_base_model_version" not in lora.metadata:
+        return dataclasses.replace(lora, family=family)
+    return lora
+
+
 def check_loadable(lora: LoraFile, base: str, family: str) -> None:
     """Refuse a LoRA that diffusers cannot apply to base ``base`` (of ``family``) as trained:
     another family's, or a DoRA in kohya's layout."""
@@ -194,7 +203,7 @@ def merge_into_base(paths: Sequence[str | os.PathLike], base: str, out: str | os
     out = check_output(out, paths, folder=True)
     family = detect_family(base)
     for path in paths:
-        check_loadable(read_file(path), base, family)
+        check_loadable(for_base(read_file(path), family), base, family)
     pipe = load_base_model(base, family).pipeline
     names = [f"lora{i}" for i in range(len(paths))]
     for name, path in zip(names, paths):

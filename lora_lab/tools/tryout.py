@@ -27,6 +27,7 @@ from typing import Any
 from lora_lab import atomic
 from lora_lab.errors import LoraLabError
 from lora_lab.training.base_model import detect_family, load_base_model
+from lora_lab.training.presets import get_preset, preset_for
 from lora_lab.training.sections import SampleSection
 from lora_lab.workspace import Workspace
 
@@ -36,7 +37,6 @@ from .tryout_loras import Checkpoint, read_checkpoints
 MAX_STRENGTH = 2.0  # strengths beyond ±2 only burn the image
 MAX_CELLS = 400
 MAX_SEED = 2**32 - 1
-DEFAULT_STEPS, DEFAULT_GUIDANCE = SampleSection.steps, SampleSection.guidance
 Progress = Callable[[int, int], None]  # (cells done, cells in all)
 
 
@@ -53,10 +53,42 @@ class Settings:
     negative: str
 
 
+@dataclass(frozen=True)
+class SampleDefaults:
+    """What a grid renders with where it is not told: the family's preset's sample settings."""
+    preset: str
+    steps: int
+    guidance: float
+    negative: str
+
+
+def sample_defaults(base: str, family: str) -> SampleDefaults:
+    """The steps, guidance and negative prompt base ``base`` (of ``family``) samples with: its
+    family's default preset's sample settings (FLUX.1 [dev]'s 50 steps at 3.5, Z-Image Turbo's 8
+    without guidance...), [schnell]'s for a FLUX.1 folder without a guidance input, and the
+    trainer's sample defaults where the preset sets none (SD1.5, SDXL)."""
+    name = preset_for(family)
+    if family == "flux" and not _embeds_guidance(Path(base).expanduser()):
+        name = "flux-schnell"
+    sample = get_preset(name).overrides.get("sample", {})
+    return SampleDefaults(name, sample.get("steps", SampleSection.steps),
+                          sample.get("guidance", SampleSection.guidance),
+                          sample.get("negative", SampleSection.negative))
+
+
+def _embeds_guidance(base: Path) -> bool:
+    """Whether a FLUX.1 diffusers folder's transformer takes a guidance input ([dev]); True where
+    its config cannot tell (a checkpoint file, a Hub id): [dev] is what LoRAs train on."""
+    try:
+        return bool(json.loads((base / "transformer" / "config.json").read_text()).get("guidance_embeds", True))
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
 def check_settings(prompts: Sequence[str], strengths: Sequence[float], seeds: Sequence[int],
                    steps: int | None, guidance: float | None, width: int | None, height: int | None,
-                   negative: str) -> Settings:
-    """The settings, or a LoraLabError naming the first one that is wrong."""
+                   negative: str | None, defaults: SampleDefaults) -> Settings:
+    """The settings (``defaults``' where None), or a LoraLabError naming the first one that is wrong."""
     prompts = tuple(dict.fromkeys(p.strip() for p in prompts if p.strip()))
     if not prompts:
         raise LoraLabError("give at least one prompt")
@@ -70,10 +102,10 @@ def check_settings(prompts: Sequence[str], strengths: Sequence[float], seeds: Se
     seeds = tuple(dict.fromkeys(int(s) for s in seeds))
     if not seeds or any(not 0 <= s <= MAX_SEED for s in seeds):
         raise LoraLabError(f"seeds must be whole numbers from 0 to {MAX_SEED}, at least one")
-    steps = DEFAULT_STEPS if steps is None else int(steps)
+    steps = defaults.steps if steps is None else int(steps)
     if not 1 <= steps <= 150:
         raise LoraLabError(f"steps must be from 1 to 150, not {steps}")
-    guidance = DEFAULT_GUIDANCE if guidance is None else float(guidance)
+    guidance = defaults.guidance if guidance is None else float(guidance)
     if not 0 <= guidance <= 30:
         raise LoraLabError(f"guidance must be from 0 to 30, not {guidance:g}")
     if (width is None) != (height is None):
@@ -81,7 +113,8 @@ def check_settings(prompts: Sequence[str], strengths: Sequence[float], seeds: Se
     for side in (width, height):
         if side is not None and (not 64 <= side <= 4096 or side % 8):
             raise LoraLabError(f"image sides must be multiples of 8 from 64 to 4096, not {side}")
-    return Settings(prompts, seeds, strengths, steps, guidance, width, height, negative.strip())
+    negative = defaults.negative if negative is None else negative.strip()
+    return Settings(prompts, seeds, strengths, steps, guidance, width, height, negative)
 
 
 def base_identity(base: str) -> str:
@@ -118,6 +151,7 @@ class Tryout:
     def __init__(self, base: str | os.PathLike, workspace: Workspace | str | None = None):
         self.base = str(base)
         self.family = detect_family(self.base)  # a bad base fails now, before any grid
+        self.defaults = sample_defaults(self.base, self.family)
         self.ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         self.cache = self.ws.root / "cache" / "tryout"
         self.pipeline: Any = None
@@ -135,10 +169,11 @@ class Tryout:
     def grid(self, loras: Sequence[str | os.PathLike], prompts: Sequence[str],
              strengths: Sequence[float] = (0.0, 0.5, 1.0), seeds: Sequence[int] = (0,),
              steps: int | None = None, guidance: float | None = None, width: int | None = None,
-             height: int | None = None, negative: str = "", progress: Progress | None = None) -> Grid:
+             height: int | None = None, negative: str | None = None, progress: Progress | None = None) -> Grid:
         """The grid of ``loras`` (files, folders of them, job ids: each file a checkpoint column
-        per strength) against ``prompts`` x ``seeds`` rows; cells in the cache are not rendered."""
-        s = check_settings(prompts, strengths, seeds, steps, guidance, width, height, negative)
+        per strength) against ``prompts`` x ``seeds`` rows; cells in the cache are not rendered.
+        ``steps``, ``guidance`` and ``negative`` left None are the family's (:attr:`defaults`)."""
+        s = check_settings(prompts, strengths, seeds, steps, guidance, width, height, negative, self.defaults)
         checkpoints = read_checkpoints(loras, self.base, self.family, self.ws)
         columns: list[tuple[Checkpoint | None, float]] = [(None, 0.0)] if 0.0 in s.strengths else []
         columns += [(c, v) for c in checkpoints for v in s.strengths if v != 0.0]
@@ -150,7 +185,7 @@ class Tryout:
             cells = self._cells(rows, columns, s, progress)
         return Grid(cells, rows, columns, checkpoints, {
             "base": self.base, "family": self.family, "negative": s.negative, "steps": s.steps,
-            "guidance": s.guidance, "device": self._where()})
+            "guidance": s.guidance, "device": self._where(), "defaults_from": f"preset {self.defaults.preset}"})
 
     def _cells(self, rows: list[tuple[str, int]], columns: list[tuple[Checkpoint | None, float]],
                s: Settings, progress: Progress | None) -> list[Cell]:

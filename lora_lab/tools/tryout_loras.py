@@ -85,9 +85,9 @@ def expand(item: str | os.PathLike, ws: Workspace) -> list[tuple[Path, int | Non
 
 def _read(path: Path, step: int | None, base: str, family: str) -> Checkpoint:
     from .files import read_file  # torch: not for a panel that only lists files
-    from .merge import check_loadable
+    from .merge import check_loadable, for_base
 
-    lora = read_file(path)  # refuses what is no LoRA, or of no family lora-lab knows
+    lora = for_base(read_file(path), family)  # refuses what is no LoRA, or of no family lora-lab knows
     if lora.family == family:
         check_loadable(lora, base, family)
     with open(path, "rb") as f:

@@ -1,6 +1,8 @@
 """LoraTryout: try LoRAs in a notebook. Pick a base model, LoRA files and jobs of the workspace
 (a job: each of its saved steps a checkpoint), prompts, strengths and seeds; Render shows the
 grid (:class:`lora_lab.tools.tryout.Tryout`), Save grid writes it with its inputs as JSON.
+Steps, guidance and the negative prompt start at the base's family's preset sample settings,
+and follow a base of another family.
 
 With ``autostart`` a grid renders on a thread, so the kernel stays free; without (tests), in the
 click. The panel's pipeline stays loaded between renders, and lets go of its memory when a
@@ -20,10 +22,10 @@ import ipywidgets as widgets
 from ..errors import LoraLabError
 from ..jobdir.record import list_jobs, lora_files
 from ..jobdir.watch import TrainStarts
-from ..tools.tryout import Tryout
+from ..tools.tryout import Tryout, sample_defaults
 from ..tools.tryout_grid import Grid
 from ..tools.tryout_loras import folder_files
-from ..training.base_model import local_models
+from ..training.base_model import detect_family, local_models
 from ..workspace import Workspace
 from .common import Notice, Poller, reporting, workspace_of
 
@@ -61,6 +63,7 @@ class LoraTryout(widgets.VBox):
         self.grid: Grid | None = None
         self.thread: threading.Thread | None = None
         self._starts: TrainStarts | None = None  # train jobs seen running since the pipeline loaded
+        self._family: str | None = None  # the base's, whose defaults the form holds
         self.notice = Notice()
         self.base = widgets.Combobox(description="Base model", value=str(base or ""), ensure_option=False,
                                      options=[str(p) for p, _ in local_models(self.ws.models)],
@@ -97,6 +100,23 @@ class LoraTryout(widgets.VBox):
                          self.negative, widgets.HBox([self.strengths, self.seeds]),
                          widgets.HBox([self.steps, self.guidance, self.size]), self.render_button,
                          self.notice, self.image, widgets.HBox([self.out, self.save_button])]
+        self.base.observe(self._on_base, names="value")
+        self._on_base()
+
+    def _on_base(self, _: Any = None) -> None:
+        """Steps, guidance and negative prompt at the family's preset sample settings, when the
+        base's family changes (FLUX.1 [dev]: 50 steps at 3.5, Z-Image Turbo: 8 without guidance)."""
+        base = self.base.value.strip()
+        try:
+            family = detect_family(base) if base else None
+        except LoraLabError:  # a path half typed: the form stays as it is
+            return
+        if family is None or family == self._family:
+            return
+        self._family = family
+        defaults = sample_defaults(base, family)
+        self.steps.value, self.guidance.value = defaults.steps, defaults.guidance
+        self.negative.value = defaults.negative
 
     @reporting
     def _on_refresh(self, _: Any = None) -> None:
