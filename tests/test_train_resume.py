@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -115,6 +116,25 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_then_resume_finishes(ws, tiny_model
     out = json.loads(_run(ws, "train", "--resume", job.id, "--json").stdout)
     _same_weights(load_file(out["output"]), reference)
     assert "already succeeded" in _run(ws, "train", "--resume", job.id, check=False).stderr
+
+
+def test_a_stop_at_a_save_step_still_writes_that_steps_lora(ws, tiny_models, reference_run):
+    """Ctrl-C read at step 10, a step that saves: the step's LoRA is written before the
+    checkpoint the resume starts after, so no intermediate save goes missing."""
+    from lora_lab.training.job import train
+
+    def ctrl_c_during_step_10(event: dict) -> None:
+        if event["type"] == "progress" and event["step"] == 9:
+            os.kill(os.getpid(), signal.SIGINT)  # read by the loop at the end of step 10
+
+    job = JobRecord.create("train", {"config": _config(tiny_models).to_dict(), "gpus": 1}, ws)
+    with pytest.raises(KeyboardInterrupt, match="interrupted at step 10"):
+        train(_config(tiny_models), job, workspace=ws, on_event=ctrl_c_during_step_10)
+    assert [f["step"] for f in job.view()["loras"]] == [5, 10]
+    train(_config(tiny_models), job, workspace=ws, resume=True)
+    assert [f["step"] for f in job.view()["loras"]] == [5, 10, 15, 20, 25, None]
+    name = "resumed-000010.safetensors"
+    _same_weights(load_file(ws.loras / name), load_file(reference_run.parent / name))
 
 
 def test_two_data_parallel_processes_on_cpu(ws, tiny_models, tmp_path):

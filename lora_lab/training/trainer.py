@@ -273,10 +273,7 @@ class Trainer(TrainerOutputs, TrainerCheckpoints, TrainerValidation):
                 loss, grad_norm, stopping = self._update(step, stop.requested)
                 step += 1
                 self._progress(step, loss, grad_norm, started, first_step)
-                if stopping:
-                    self._checkpoint(step)
-                    raise KeyboardInterrupt(f"interrupted at step {step}; resume to continue")
-                self._after_step(step)
+                self._after_step(step, stopping)
         return self._export(step, loss, time.monotonic() - started)
 
     def _update(self, step: int, stop_requested: bool) -> tuple[float, float, bool]:
@@ -327,15 +324,21 @@ class Trainer(TrainerOutputs, TrainerCheckpoints, TrainerValidation):
                    "eta_s": round((self.total - step) / rate, 1) if rate else None,
                    "epoch": math.ceil(step / self.steps_per_epoch), **self.gpu_meter.fields()})
 
-    def _after_step(self, step: int) -> None:
+    def _after_step(self, step: int, stopping: bool = False) -> None:
+        """The step's validation, LoRA save and checkpoint when due, then its samples; when
+        ``stopping``, what was due, a checkpoint, and the interrupt (a resume repeats none)."""
         s, every = self.cfg.sample, self.cfg.save.every_n_steps
         # validation before the checkpoint: it records the best, and a resume repeats no validation
         best = self._validate(step) if self._validation_due(step) else False
-        if step < self.total and (best or (every and step % every == 0)):
+        due = step < self.total and (best or (every and step % every == 0))
+        if due:
             lora = self._save_step_lora(step)  # first: a resume from this checkpoint never skips it
             if best and lora is not None:
                 self.job.set_status("running", best_lora=str(lora))
+        if due or stopping:
             self._checkpoint(step)
+        if stopping:
+            raise KeyboardInterrupt(f"interrupted at step {step}; resume to continue")
         if s.every_n_steps and step % s.every_n_steps == 0:
             self._samples(step)
 
