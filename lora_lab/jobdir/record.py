@@ -59,6 +59,11 @@ class JobRecord:
         return job
 
     @property
+    def workspace(self) -> Workspace:
+        """The workspace the job's folder lies in (``ROOT/jobs/ID``)."""
+        return Workspace(self.path.parent.parent)
+
+    @property
     def log_path(self) -> Path:
         return self.path / "log.txt"
 
@@ -262,5 +267,18 @@ def pid_alive(pid: int | None) -> bool:
 
 
 def process_alive(status: dict[str, Any]) -> bool:
-    """Whether the process a status names runs and has beaten its heart lately."""
-    return pid_alive(status.get("pid")) and time.time() - status.get("heartbeat", 0) < STALE_S
+    """Whether the process a status names runs and has beaten its heart lately. A Ray job's
+    process runs elsewhere: its pid means nothing here, so a stale heartbeat asks Ray."""
+    fresh = time.time() - status.get("heartbeat", 0) < STALE_S
+    sid = ray_submission(status)
+    if sid is None:
+        return fresh and pid_alive(status.get("pid"))
+    from ..ray_jobs import RAY_ACTIVE, state
+    return fresh or state(status["handle"]["address"], sid) in RAY_ACTIVE
+
+
+def ray_submission(status: dict[str, Any]) -> str | None:
+    """The Ray submission id of a job submitted to Ray; None for a job on this box (or one its
+    Ray dispatcher has not submitted yet)."""
+    handle = status.get("handle") if status.get("executor") == "ray" else None
+    return (handle or {}).get("submission_id")

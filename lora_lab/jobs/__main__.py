@@ -1,7 +1,10 @@
-"""``python -m lora_lab.jobs JOB_DIR [--resume] [--slots N]``: the process of one background job.
+"""``python -m lora_lab.jobs JOB_DIR [--resume] [--slots N] [--executor ray]``: the process of
+one background job.
 
 The job runner starts it detached; it waits its turn for a GPU slot, then runs the job its
 spec describes (directly, or through the notebook the spec names) with its output in log.txt.
+With ``--executor ray`` it is the job's dispatcher instead: it submits the job to the Ray
+cluster, whose process runs this module again with ``--slots 0``.
 """
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ from pathlib import Path
 
 from ..errors import LoraLabError
 from ..jobdir import ACTIVE, JobRecord
-from ..workspace import Workspace
 from .execute import run_job, run_notebook
+from .executors import dispatch
 from .kinds import kind_of
 from .slots import holding_slots
 
@@ -26,14 +29,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lora_lab.jobs")
     parser.add_argument("job", type=Path, help="job directory (workspace/jobs/ID)")
     parser.add_argument("--resume", action="store_true", help="continue where it stopped")
-    parser.add_argument("--slots", type=int, default=1, help="jobs that may run at once")
+    parser.add_argument("--slots", type=int, default=1,
+                        help="jobs that may run at once (0: take none, the executor gave its GPUs)")
+    parser.add_argument("--executor", choices=["ray"],
+                        help="submit it to a Ray cluster once the cluster has its GPUs free")
     args = parser.parse_args(argv)
     job = JobRecord(args.job.resolve())
-    ws = Workspace(job.path.parent.parent)
+    ws = job.workspace
     os.nice(NICENESS)
     job.set_status("queued", pgid=os.getpgrp())
     try:
         spec = job.spec()
+        if args.executor == "ray":
+            dispatch(job, args.resume)
+            return 0
         with holding_slots(job, ws, args.slots, kind_of(spec["kind"]).gpus(spec["params"])):
             if spec.get("notebook"):
                 run_notebook(job, Path(spec["notebook"]), args.resume)

@@ -25,7 +25,7 @@ def run_job(job_dir: str | os.PathLike, resume: bool = False) -> Any:
     job = JobRecord(Path(job_dir).resolve())
     kind = job.spec()["kind"]
     print(f"{kind} job {job.id}{' (resumed)' if resume else ''}, pid {os.getpid()}", flush=True)
-    return kind_of(kind).run(job, Workspace(job.path.parent.parent), resume, LogLines())
+    return kind_of(kind).run(job, job.workspace, resume, LogLines())
 
 
 def run_here(job: JobRecord, workspace: Workspace, *, resume: bool = False,

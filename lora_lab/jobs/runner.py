@@ -10,41 +10,39 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from .. import atomic
 from ..errors import Conflict, LoraLabError, NotFound
-from ..jobdir import ACTIVE, JobRecord, list_jobs, lora_files, pid_alive
+from ..jobdir import ACTIVE, JobRecord, list_jobs, lora_files
 from ..training.loras import written_by
 from ..workspace import Workspace
+from .executors import check_executor, start, stop
 from .kinds import check_params
 from .slots import gpu_slots
 
 
 def submit(kind: str, params: dict[str, Any], workspace: Workspace | None = None, *,
            slots: int | None = None, notebook: str | os.PathLike | None = None,
-           base: str | os.PathLike | None = None) -> JobRecord:
-    """Check ``params`` (relative paths are taken from ``base``, default the current folder),
-    record the job and start its process; returns at once (queued). A refused request leaves
-    no job behind.
+           base: str | os.PathLike | None = None, executor: str | None = None) -> JobRecord:
+    """Check ``params`` (relative paths are taken from ``base``, default the current folder)
+    and the ``executor`` (see :mod:`.executors`), record the job and start its process;
+    returns at once (queued). A refused request leaves no job behind.
 
     With ``notebook``, the job runs through it under papermill: the notebook gets parameters
     ``job_dir`` and ``resume`` and calls ``lora_lab.jobs.run_job(job_dir, resume)``.
     """
     ws = workspace or Workspace()
     params = check_params(kind, params, ws, base)
+    executor = check_executor(executor, ws)
     if notebook is not None:
         notebook = Path(notebook).expanduser().resolve()
         if notebook.suffix != ".ipynb" or not notebook.is_file():
             raise LoraLabError(f"notebook {notebook} is not an .ipynb file")
     job = JobRecord.create(kind, params, ws, notebook)
-    _start(job, resume=False, slots=slots)
+    start(job, executor, resume=False, slots=slots or gpu_slots())
     return job
 
 
@@ -66,8 +64,10 @@ def reopen(job: JobRecord, kind: str | None = None) -> JobRecord:
 
 
 def resume(job: JobRecord, *, slots: int | None = None) -> JobRecord:
-    """Start an ended job again: training from its last checkpoint, captioning where it stopped."""
-    _start(reopen(job), resume=True, slots=slots)
+    """Start an ended job again, where it ran before: training from its last checkpoint,
+    captioning where it stopped."""
+    executor = check_executor(job.status().get("executor", "local"), job.workspace)
+    start(reopen(job), executor, resume=True, slots=slots or gpu_slots())
     return job
 
 
@@ -83,14 +83,10 @@ def cancel(job: JobRecord, grace_s: float = 10.0) -> dict[str, Any]:
         job.event({"type": "cancelled"})
         job.set_status("cancelled", error=None, pid=view["pid"])
         return job.view()
-    pid = view["pid"]
-    _signal(view, signal.SIGINT)
-    if not _exited(pid, grace_s):
-        _signal(view, signal.SIGKILL)
-        _exited(pid, 5.0)
+    stop(view, grace_s)
     status = job.status()
     # killed before it could record it; a run resumed meanwhile is another process: left alone
-    if status["state"] in ACTIVE and status.get("pid") == pid:
+    if status["state"] in ACTIVE and status.get("pid") == view["pid"]:
         job.event({"type": "cancelled", "forced": True})
         job.set_status("cancelled", error=None)
     return job.view()
@@ -198,37 +194,3 @@ def _output(job: JobRecord) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return output if isinstance(output, str) and output else None
-
-
-def _start(job: JobRecord, *, resume: bool, slots: int | None) -> None:
-    # pid = ours until the child writes its own: "queued", not "interrupted", meanwhile
-    job.set_status("queued", queued_at=time.time(), error=None, phase=None, progress=None)
-    cmd = [sys.executable, "-m", "lora_lab.jobs", str(job.path), "--slots", str(slots or gpu_slots())]
-    cmd += ["--resume"] if resume else []
-    with open(job.log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=job.path,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    threading.Thread(target=proc.wait, daemon=True).start()  # reap it: no zombie to mistake for alive
-    if job.status().get("pid") == os.getpid():
-        job.set_status("queued", pid=proc.pid, pgid=proc.pid)
-
-
-def _signal(view: dict[str, Any], sig: int) -> None:
-    """``sig`` to the job's process group (data-parallel ranks included), else its process."""
-    try:
-        if view.get("pgid"):
-            os.killpg(view["pgid"], sig)
-        else:
-            os.kill(view["pid"], sig)
-    except ProcessLookupError:
-        pass
-
-
-def _exited(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True

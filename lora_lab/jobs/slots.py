@@ -106,6 +106,8 @@ def _ahead(job: JobRecord, ws: Workspace) -> int:
             status = other.status()
         except (OSError, ValueError):
             continue
+        if status.get("executor") == "ray":  # the cluster's GPUs, not this box's slots
+            continue
         if status["state"] == "queued" and process_alive(status) and \
                 (status.get("queued_at", 0), other.id) < mine:
             count += 1

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from ..errors import LoraLabError
 from ..jobdir import JobRecord
-from ..workspace import Workspace
 from .config import TrainConfig
 from .job import train
 
@@ -21,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     job = JobRecord(args.job.resolve())
     try:
         config = TrainConfig.from_dict(job.spec()["params"]["config"])
-        train(config, job, resume=args.resume, workspace=Workspace(job.path.parent.parent))
+        train(config, job, resume=args.resume, workspace=job.workspace)
     except LoraLabError as e:
         print(f"lora-lab: error: {e}", file=sys.stderr)
         return 1

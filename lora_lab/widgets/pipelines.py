@@ -36,7 +36,7 @@ class Pipeline:
 
     def __init__(self, job: JobRecord, resume: bool = False):
         self.job, self.resume = job, resume
-        self.ws = Workspace(job.path.parent.parent)
+        self.ws = job.workspace
 
     @property
     def params(self) -> dict[str, Any]:

@@ -1,0 +1,168 @@
+"""Where a job's process runs: its executor starts it, tells whether it lives, and stops it.
+
+- ``local`` (the default): a detached process on this box that waits for its GPU slots here.
+- ``ray`` (``lora_lab[ray]``): a Ray job on a cluster. Ray Jobs is not a queue (a job that cannot
+  start within 15 minutes fails), so lora_lab's queue stays in front: a local dispatcher process
+  waits until the cluster has the job's GPUs free, then submits ``python -m lora_lab.jobs JOB``
+  under the job's id and exits. The job folder must lie where every node sees it at the same
+  path (one box, or a shared network volume).
+
+``status.json`` records ``executor`` and, for Ray, its ``handle`` (the cluster's Jobs API address
+and the submission id). A Ray job is judged alive by its heartbeat, then by asking Ray; a
+process id only ever counts for a process on this box.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import cluster, ray_jobs
+from ..errors import LoraLabError
+from ..jobdir import JobRecord, pid_alive
+from ..jobdir.record import ray_submission
+from ..workspace import Workspace
+from .kinds import kind_of
+
+EXECUTORS = ("local", "ray")
+POLL_S = 1.0
+STOP_GRACE_S = 10  # a Ray job's time to save its checkpoint after the SIGINT (cancel's default)
+
+
+def check_executor(name: str | None, ws: Workspace) -> str:
+    """The executor a job runs on: ``name``, else ``$LORA_LAB_EXECUTOR``, else local. Ray is
+    checked here, before any job exists: installed, configured and reachable."""
+    name = name or os.environ.get("LORA_LAB_EXECUTOR") or "local"
+    if name not in EXECUTORS:
+        raise LoraLabError(f"executor must be one of {', '.join(EXECUTORS)}, not {name!r}")
+    if name == "ray":
+        cluster.require_ray()
+        cluster.cluster_resources(cluster.dashboard_url(ws))
+    return name
+
+
+def start(job: JobRecord, executor: str, *, resume: bool, slots: int) -> None:
+    """Start the job's local process: the job itself, or (Ray) the dispatcher that submits it."""
+    fields: dict[str, Any] = {"executor": executor, "handle": None}
+    cmd = [sys.executable, "-m", "lora_lab.jobs", str(job.path), "--slots", str(slots)]
+    if executor == "ray":
+        fields["handle"] = {"address": cluster.dashboard_url(job.workspace),
+                            "submission_id": None}
+        cmd += ["--executor", "ray"]
+    # pid = ours until the child writes its own: "queued", not "interrupted", meanwhile
+    job.set_status("queued", queued_at=time.time(), error=None, phase=None, progress=None, **fields)
+    cmd += ["--resume"] if resume else []
+    with open(job.log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=job.path,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    threading.Thread(target=proc.wait, daemon=True).start()  # reap it: no zombie to mistake for alive
+    if job.status().get("pid") == os.getpid():
+        job.set_status("queued", pid=proc.pid, pgid=proc.pid)
+
+
+def stop(view: dict[str, Any], grace_s: float) -> None:
+    """Ask the job to stop as Ctrl-C does (a training job saves a checkpoint), then kill it
+    after ``grace_s`` (a Ray job: after the grace set when it was submitted)."""
+    sid = ray_submission(view)
+    if sid is None:
+        _stop_local(view, grace_s)
+        return
+    address = view["handle"]["address"]
+    ray_jobs.stop(address, sid)  # SIGINT first: the grace period was set at submission
+    deadline = time.monotonic() + STOP_GRACE_S + 10
+    while ray_jobs.state(address, sid) in ray_jobs.RAY_ACTIVE and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def dispatch(job: JobRecord, resume: bool) -> None:
+    """The Ray dispatcher's work: wait until the cluster has the job's GPUs free (a job asking
+    for more than the cluster has waits, saying why), submit it, and return once Ray runs it."""
+    status = job.status()
+    address, need = status["handle"]["address"], _gpus(job)
+    ws = job.workspace
+    lock_path = ws.jobs / ".slots" / "ray.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with job.heartbeat(), open(lock_path, "w") as lock:
+        while True:
+            reason = _wait_reason(address, need)
+            if reason is None:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # one dispatcher submits at a time: no two
+                reason = _wait_reason(address, need)  # take the same free GPUs
+                if reason is None:
+                    _submit(job, address, need, resume)
+                    return
+                fcntl.flock(lock, fcntl.LOCK_UN)
+            if job.status().get("reason") != reason:
+                job.set_status("queued", phase="waiting for the Ray cluster", reason=reason)
+            time.sleep(POLL_S)
+
+
+def _wait_reason(address: str, need: int) -> str | None:
+    """Why a job needing ``need`` GPUs cannot start on the cluster now; None when it can."""
+    try:
+        free = cluster.cluster_resources(address)
+    except LoraLabError as e:
+        return str(e)
+    if need > free["gpus"]:
+        return (f"it asks for {need} GPUs and the Ray cluster at {address} has {free['gpus']}; "
+                "join more nodes (lora-lab cluster start prints the line) or ask for fewer")
+    if need > free["gpus_free"]:
+        return f"waiting for {need} free GPUs on the Ray cluster ({free['gpus_free']} free)"
+    return None
+
+
+def _submit(job: JobRecord, address: str, need: int, resume: bool) -> None:
+    resumes = sum(e["type"] == "resumed" for e in job.events())
+    sid = job.id if not resumes else f"{job.id}-r{resumes}"  # Ray ids are never reused
+    job.set_status("queued", phase="starting on the Ray cluster", reason=None,
+                   handle={"address": address, "submission_id": sid})
+    python = Path(sys.executable)
+    entry = f"python -m lora_lab.jobs {shlex.quote(str(job.path))} --slots 0"
+    entry += (" --resume" if resume else "") + f" >> {shlex.quote(str(job.log_path))} 2>&1"
+    ray_jobs.submit(address, sid, entry, gpus=need,
+                       env={"PATH": f"{python.parent}:${{PATH}}",  # Ray expands ${PATH} on the node
+                            "PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_SIGNAL": "SIGINT",
+                            "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)})
+    while ray_jobs.state(address, sid) == "PENDING":  # the lock is held until Ray placed it
+        time.sleep(0.2)
+
+
+def _gpus(job: JobRecord) -> int:
+    spec = job.spec()
+    return kind_of(spec["kind"]).gpus(spec["params"])
+
+
+def _stop_local(view: dict[str, Any], grace_s: float) -> None:
+    pid = view["pid"]
+    _signal(view, signal.SIGINT)
+    if not _exited(pid, grace_s):
+        _signal(view, signal.SIGKILL)
+        _exited(pid, 5.0)
+
+
+def _signal(view: dict[str, Any], sig: int) -> None:
+    """``sig`` to the job's process group (data-parallel ranks included), else its process."""
+    try:
+        if view.get("pgid"):
+            os.killpg(view["pgid"], sig)
+        else:
+            os.kill(view["pid"], sig)
+    except ProcessLookupError:
+        pass
+
+
+def _exited(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
