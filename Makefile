@@ -39,7 +39,7 @@ $(LABEXT)/package.json: $(LABEXT_SRC)
 # Refresh the lock from pyproject.toml's ranges, keeping the pins that still satisfy them;
 # `make lock UPGRADE=--upgrade` moves everything to the newest (then make test on a fresh clone).
 lock: $(UV)
-	$(UV) pip compile pyproject.toml --extra caption --extra memory --extra track --extra ray --extra test $(UPGRADE) \
+	$(UV) pip compile pyproject.toml --extra caption --extra memory --extra track --extra ray --extra bucket --extra test $(UPGRADE) \
 	    --python-version 3.11 --python-platform x86_64-manylinux_2_28 --find-links /opt/wheels \
 	    --override requirements/overrides.txt --quiet -o $(LOCK)
 
