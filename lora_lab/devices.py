@@ -30,12 +30,13 @@ def visible_devices() -> tuple[int, str]:
     return (len(ids), "GPU") if ids else (os.cpu_count() or 1, "CPU core")
 
 
-def check_gpus(gpus: object) -> int:
-    """``gpus`` as a job may ask for it: a whole number from 1 to the visible devices."""
-    count, what = visible_devices()
+def check_gpus(gpus: object, local: bool = True) -> int:
+    """``gpus`` as a job may ask for it: a whole number from 1, to the visible devices when the
+    job runs on this box (a cluster's queue holds a job asking for more than it has)."""
     if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
         raise LoraLabError(f"gpus must be a whole number >= 1, not {gpus!r}")
-    if gpus > count:
+    count, what = visible_devices()
+    if local and gpus > count:
         raise LoraLabError(f"gpus = {gpus}, but this machine has {count} {what}"
                            f"{'s' if count > 1 else ''} to run on")
     return gpus

@@ -268,13 +268,17 @@ def pid_alive(pid: int | None) -> bool:
 
 def process_alive(status: dict[str, Any]) -> bool:
     """Whether the process a status names runs and has beaten its heart lately. A Ray job's
-    process runs elsewhere: its pid means nothing here, so a stale heartbeat asks Ray."""
-    fresh = time.time() - status.get("heartbeat", 0) < STALE_S
+    process runs elsewhere, so its pid means nothing here: a heartbeat that missed a beat asks
+    Ray, and only while Ray cannot be reached does the heartbeat alone decide."""
+    age = time.time() - status.get("heartbeat", 0)
     sid = ray_submission(status)
     if sid is None:
-        return fresh and pid_alive(status.get("pid"))
+        return age < STALE_S and pid_alive(status.get("pid"))
+    if age < 2 * HEARTBEAT_S:
+        return True
     from ..ray_jobs import RAY_ACTIVE, state
-    return fresh or state(status["handle"]["address"], sid) in RAY_ACTIVE
+    ray_state = state(status["handle"]["address"], sid)
+    return age < STALE_S if ray_state is None else ray_state in RAY_ACTIVE
 
 
 def ray_submission(status: dict[str, Any]) -> str | None:

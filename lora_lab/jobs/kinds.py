@@ -18,13 +18,14 @@ OnEvent = Callable[[dict[str, Any]], None] | None
 @dataclass(frozen=True)
 class JobKind:
     name: str
-    # params checked and completed, relative paths made absolute against a folder
-    check: Callable[[dict[str, Any], Workspace, Path], dict[str, Any]]
+    # params checked and completed, relative paths made absolute against a folder; the flag:
+    # the job runs on this box (its devices are checked), not on a cluster
+    check: Callable[[dict[str, Any], Workspace, Path, bool], dict[str, Any]]
     gpus: Callable[[dict[str, Any]], int]  # the GPU slots its checked params take
     run: Callable[[JobRecord, Workspace, bool, OnEvent], Any]  # (job, workspace, resume, on_event)
 
 
-def _check_caption(params: dict[str, Any], ws: Workspace, base: Path) -> dict[str, Any]:
+def _check_caption(params: dict[str, Any], ws: Workspace, base: Path, local: bool) -> dict[str, Any]:
     from ..captioning.job import caption_params
 
     params = dict(params)
@@ -40,10 +41,10 @@ def _run_caption(job: JobRecord, ws: Workspace, resume: bool, on_event: OnEvent)
     return run_caption_job(job, ws, on_event=on_event)
 
 
-def _check_train(params: dict[str, Any], ws: Workspace, base: Path) -> dict[str, Any]:
+def _check_train(params: dict[str, Any], ws: Workspace, base: Path, local: bool) -> dict[str, Any]:
     from ..training.job import train_params
 
-    return train_params(params, ws, base)
+    return train_params(params, ws, base, local)
 
 
 def _run_train(job: JobRecord, ws: Workspace, resume: bool, on_event: OnEvent) -> Any:
@@ -52,7 +53,7 @@ def _run_train(job: JobRecord, ws: Workspace, resume: bool, on_event: OnEvent) -
     return run_train_job(job, ws, resume=resume, on_event=on_event)
 
 
-def _check_pull(params: dict[str, Any], ws: Workspace, base: Path) -> dict[str, Any]:
+def _check_pull(params: dict[str, Any], ws: Workspace, base: Path, local: bool) -> dict[str, Any]:
     from ..models.job import pull_params
 
     return pull_params(params, ws)  # it names no path: models go to the workspace's models/
@@ -79,7 +80,7 @@ def kind_of(name: str) -> JobKind:
 
 
 def check_params(kind: str, params: Any, workspace: Workspace | None = None,
-                 base: str | os.PathLike | None = None) -> dict[str, Any]:
+                 base: str | os.PathLike | None = None, local: bool = True) -> dict[str, Any]:
     """A job's parameters checked, completed with defaults and with every path absolute
     (relative ones are taken from ``base``, default the current folder), before anything
     starts: a job runs in its own directory, where a relative path would mean another file.
@@ -88,8 +89,10 @@ def check_params(kind: str, params: Any, workspace: Workspace | None = None,
     jobs and the launcher alike: it reads, never writes, and refuses (LoraLabError) what the
     job would fail on at its start: for a train job see :mod:`lora_lab.training.preflight`;
     a caption job needs a dataset with images and its GGUF model files (or a caption server).
+    ``local``: the job runs on this box, whose GPUs it may ask for; a cluster's job leaves them
+    to the cluster's queue.
     """
     job_kind = kind_of(kind)
     if not isinstance(params, dict):
         raise LoraLabError(f"a {kind} job's params must be an object, not {type(params).__name__}")
-    return job_kind.check(params, workspace or Workspace(), Path(base or os.getcwd()).absolute())
+    return job_kind.check(params, workspace or Workspace(), Path(base or os.getcwd()).absolute(), local)

@@ -35,8 +35,8 @@ def submit(kind: str, params: dict[str, Any], workspace: Workspace | None = None
     ``job_dir`` and ``resume`` and calls ``lora_lab.jobs.run_job(job_dir, resume)``.
     """
     ws = workspace or Workspace()
-    params = check_params(kind, params, ws, base)
     executor = check_executor(executor, ws)
+    params = check_params(kind, params, ws, base, local=executor == "local")
     if notebook is not None:
         notebook = Path(notebook).expanduser().resolve()
         if notebook.suffix != ".ipynb" or not notebook.is_file():

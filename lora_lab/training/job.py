@@ -27,15 +27,17 @@ OnEvent = Callable[[dict[str, Any]], None] | None
 PARAMS = ("config", "gpus")
 
 
-def train_params(params: dict[str, Any], workspace: Workspace, base: Path) -> dict[str, Any]:
+def train_params(params: dict[str, Any], workspace: Workspace, base: Path,
+                 local: bool = True) -> dict[str, Any]:
     """``{"config": {...}, "gpus": N}`` checked as :mod:`.preflight` says (every problem at
-    once), with every path in the config absolute (relative ones taken from ``base``)."""
+    once), with every path in the config absolute (relative ones taken from ``base``). A job
+    not ``local`` (for a cluster) is not held to this box's devices."""
     if not isinstance(params.get("config"), dict) or set(params) - set(PARAMS):
         raise LoraLabError('a train job\'s params are {"config": {...}, "gpus": N}: the '
                            "TrainConfig as an object with sections model, dataset, network, "
                            "train, save, sample, validation, track, and the number of GPUs (default 1)")
-    config = check_train(absolute_paths(params["config"], base), workspace, base)
-    return {"config": config.to_dict(), "gpus": check_gpus(params.get("gpus", 1))}
+    config = check_train(absolute_paths(params["config"], base), workspace, base, local)
+    return {"config": config.to_dict(), "gpus": check_gpus(params.get("gpus", 1), local)}
 
 
 def absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

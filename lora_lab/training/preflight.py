@@ -48,7 +48,7 @@ _DEFAULTS = {f"{table}.{f.name}": None if f.default is dataclasses.MISSING else 
              for f in dataclasses.fields(section)}
 
 
-def check_train(data: Any, workspace: Workspace, folder: Path) -> TrainConfig:
+def check_train(data: Any, workspace: Workspace, folder: Path, local: bool = True) -> TrainConfig:
     """``data`` (TrainConfig data, its paths made absolute against ``folder``) as the config a
     job may start from. Otherwise every problem at once, each line starting with its dotted
     field: a ConfigError, or the one problem alone as it was raised (a taken name: Conflict)."""
@@ -79,7 +79,8 @@ def check_train(data: Any, workspace: Workspace, folder: Path) -> TrainConfig:
     run(("model.adapter",), lambda ref: check_adapter(ref, family))
     for key in ("train.optimizer", "model.quantize", "track.mlflow", "track.wandb"):
         run((key,), lambda value, key=key: check_package(key, value))
-    run(("train.device",), check_device)
+    if local:  # a cluster's job gets a GPU node from the cluster when it asks for one
+        run(("train.device",), check_device)
     run(("dataset.source", "dataset.caption_extension", "dataset.trigger"),
         lambda source, ext, trigger: check_source(source, ext, trigger, workspace))
     run(("dataset.source", "validation.split", "validation.images"),
