@@ -1,5 +1,5 @@
 """What this box can do for lora_lab, one line per check: the GPU, torch's CUDA build and bf16,
-llama.cpp's GPU offload, free disk, the models present, the server extension.
+llama.cpp's GPU offload, free disk, the models present, the server extension, the Ray cluster.
 
 Each line is ok, warn or fail with what was found and, when not ok, the fix. A check that
 raises becomes a fail line with the error's first line, never a traceback. torch is imported
@@ -23,7 +23,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+from .cluster import ADDRESS_ENV, PIP_LINE, cluster_file, cluster_resources, dashboard_url, ray_installed
 from .devices import NVIDIA_GPUS, driver_version, gpu_status
+from .errors import LoraLabError
 from .workspace import Workspace
 
 Status = Literal["ok", "warn", "fail"]
@@ -286,10 +288,36 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+# -- the Ray cluster ----------------------------------------------------------------------------
+def cluster_line(box: Box) -> list[Check]:
+    """Ray installed or not, and the configured cluster's nodes and GPUs. Without a configured
+    cluster nothing is asked over the network and Ray is not imported, so this costs nothing."""
+    ray = f"Ray {importlib.metadata.version('ray')}" if ray_installed() else None
+    configured = os.environ.get(ADDRESS_ENV, "").strip() or cluster_file(box.ws).is_file()
+    if not configured:
+        found = (f"{ray} installed; no cluster configured: jobs run on this box" if ray else
+                 f"Ray is not installed: jobs run on this box (for a Ray cluster: {PIP_LINE})")
+        return [Check("cluster", "ok", found)]
+    fix = (f"on the head box: lora-lab cluster start (or status); elsewhere, set {ADDRESS_ENV} "
+           "to the head's dashboard URL (http://HOST:8265)")
+    try:
+        url = dashboard_url(box.ws)
+        found = cluster_resources(url, timeout=3)
+    except LoraLabError as e:
+        return [Check("cluster", "fail", str(e), fix)]
+    alive = sum(node["alive"] for node in found["nodes"])
+    line = (f"{url}: {alive} node(s), {found['gpus_free']} of {found['gpus']} GPU(s) free, "
+            f"{found['cpus_free']} of {found['cpus']} CPU(s) free")
+    if ray is None:
+        return [Check("cluster", "warn", f"{line}; but Ray is not installed here: jobs cannot be "
+                      "sent to it", PIP_LINE)]
+    return [Check("cluster", "ok", f"{ray}; {line}")]
+
+
 # -- running them --------------------------------------------------------------------------------
 CHECKS: tuple[tuple[str, Callable[[Box], list[Check]]], ...] = (
     ("gpu", gpu_line), ("torch", torch_lines), ("llama.cpp", llama_line), ("disk", disk_line),
-    ("models", model_lines), ("server extension", extension_line))
+    ("models", model_lines), ("server extension", extension_line), ("cluster", cluster_line))
 
 
 def diagnose(ws: Workspace | None = None) -> list[Check]:

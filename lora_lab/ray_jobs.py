@@ -46,7 +46,7 @@ def stop(address: str, submission_id: str) -> None:
 @functools.lru_cache(maxsize=8)
 def _client(address: str) -> Any:
     """One client per cluster (making one asks the cluster for its version)."""
-    require_ray()
+    require_ray("a job on a Ray cluster")
     from ray.job_submission import JobSubmissionClient
     try:
         return JobSubmissionClient(address)

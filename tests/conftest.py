@@ -1,9 +1,15 @@
 """Shared fixtures: a fresh workspace per test, sample images, and the CLI run in-process."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import json
 import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +129,45 @@ def wheel_venv(tmp_path_factory) -> WheelEnv:
     """lora_lab's wheel, built offline from this checkout, alone in a fresh venv (tests/wheel_env.py)."""
     wheel = build_wheel(tmp_path_factory.mktemp("wheel"))
     return WheelEnv.create(tmp_path_factory.mktemp("wheel-venv"), wheel)
+
+
+@dataclass(frozen=True)
+class RayHead:
+    url: str  # the dashboard, which serves the Jobs API
+    address: str  # IP:PORT, what `ray start --address` joins
+    workspace_root: Path  # holds the cluster.json `cluster start` wrote
+    printed: str  # what `lora-lab cluster start` printed
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory) -> RayHead:
+    """A local Ray head with 2 CPUs and 2 logical GPUs, started once per session through `lora-lab
+    cluster start` (dashboard on 127.0.0.1, free ports, a short temp dir: socket paths must stay
+    under 108 characters) and stopped through `lora-lab cluster stop`, which must end it."""
+    from lora_lab.cluster import free_port
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        env.setenv("RAY_AUTH_MODE", "disabled")  # a token file from a local ray.init() must not matter
+        env.delenv("LORA_LAB_RAY_ADDRESS", raising=False)
+        root, temp = tmp_path_factory.mktemp("ray-ws"), tempfile.mkdtemp(prefix="ray", dir="/tmp")
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = main(["--workspace", str(root), "cluster", "start", "--node-ip", "127.0.0.1",
+                       "--port", str(free_port()), "--dashboard-port", str(free_port()),
+                       "--num-cpus", "2", "--num-gpus", "2", "--temp-dir", temp])
+        assert rc == 0, out.getvalue()
+        record = json.loads((root / "cluster.json").read_text())
+        yield RayHead(record["dashboard"], record["address"], root, out.getvalue())
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = main(["--workspace", str(root), "cluster", "stop"])
+        assert rc == 0 and not (root / "cluster.json").exists()
+        for _ in range(50):  # every process of the head ended (the stop waits; its reaping may lag)
+            try:
+                os.killpg(record["pgid"], 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"the Ray head's processes outlived `lora-lab cluster stop`: {record}")
+        shutil.rmtree(temp, ignore_errors=True)

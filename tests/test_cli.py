@@ -47,7 +47,7 @@ def test_console_script_end_to_end(tmp_path, samples):
 
 def test_import_is_light():
     code = ("import sys, lora_lab, lora_lab.datasets, lora_lab.cli; "
-            "heavy = {'torch', 'diffusers', 'transformers', 'llama_cpp'} & set(sys.modules); "
+            "heavy = {'torch', 'diffusers', 'transformers', 'llama_cpp', 'ray'} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -23,7 +23,8 @@ from lora_lab.devices import NVIDIA_GPUS
 from lora_lab.doctor import EXTENSION
 from lora_lab.tiny import gguf_models
 
-NAMES = ["gpu", "torch", "bf16", "llama.cpp", "disk", "base models", "catalogue", "caption model", "server extension"]
+NAMES = ["gpu", "torch", "bf16", "llama.cpp", "disk", "base models", "catalogue", "caption model", "server extension",
+         "cluster"]
 REPO = Path(__file__).resolve().parent.parent
 no_gpu = pytest.mark.skipif(NVIDIA_GPUS.is_dir(), reason="this box has an NVIDIA GPU")
 

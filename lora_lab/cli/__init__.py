@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from ..errors import LoraLabError
 from . import (
     caption_cmds,
+    cluster_cmds,
     dataset_cmds,
     doctor_cmds,
     job_cmds,
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor_cmds.register(sub)
     lora_cmds.register(sub)
     suggest_cmds.register(sub)
+    cluster_cmds.register(sub)
     return parser
 
 

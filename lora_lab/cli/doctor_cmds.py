@@ -11,12 +11,13 @@ from .output import add_json_flag, emit, workspace
 
 def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser(
-        "doctor", help="what this box can do: GPU, torch CUDA, llama.cpp GPU offload, disk, models",
+        "doctor", help="what this box can do: GPU, torch CUDA, llama.cpp GPU offload, disk, models, cluster",
         description="One line per check, each ok, warn or fail, with what was found and the fix: "
                     "the GPU (name, memory, driver), torch built with CUDA and seeing the GPU, "
                     "bf16, llama-cpp-python built with GPU offload, free disk on the workspace's "
                     "volume, the base and caption models in the workspace, the Jupyter server "
-                    "extension. Exit status 0 unless a check fails (1).")
+                    "extension, the Ray cluster (when one is configured: its nodes and free "
+                    "GPUs). Exit status 0 unless a check fails (1).")
     add_json_flag(c)
     c.set_defaults(run=cmd_doctor)
 

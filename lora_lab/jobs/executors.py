@@ -43,7 +43,8 @@ def check_executor(name: str | None, ws: Workspace) -> str:
     if name not in EXECUTORS:
         raise LoraLabError(f"executor must be one of {', '.join(EXECUTORS)}, not {name!r}")
     if name == "ray":
-        cluster.require_ray()
+        if not cluster.ray_installed():  # checked without importing Ray: that takes seconds
+            raise LoraLabError(f"a job on a Ray cluster needs Ray: {cluster.PIP_LINE}")
         cluster.cluster_resources(cluster.dashboard_url(ws))
     return name
 
