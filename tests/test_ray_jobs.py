@@ -1,0 +1,145 @@
+"""Jobs on a Ray cluster (a real local head with 2 logical GPUs): trained, captioned, cancelled,
+killed and resumed through the CLI as on this box, with lora_lab's queue in front of Ray's."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import jpeg_bytes
+from test_train import config
+
+from lora_lab.datasets import Dataset
+from lora_lab.jobdir import ACTIVE, JobRecord, list_jobs
+from lora_lab.jobs import cancel, submit
+
+WAIT_S = 180
+
+
+@pytest.fixture
+def on_ray(ray_cluster, ws, monkeypatch):
+    """The workspace, with jobs going to the test cluster by default; a job a failed test left
+    running is cancelled, so it holds none of the cluster's GPUs."""
+    monkeypatch.setenv("LORA_LAB_RAY_ADDRESS", ray_cluster.url)
+    monkeypatch.setenv("LORA_LAB_EXECUTOR", "ray")
+    yield ws
+    for job in list_jobs(ws):
+        if job.view()["state"] in ACTIVE:
+            cancel(job)
+
+
+def _wait(job: JobRecord, until: Callable[[dict], bool], what: str) -> dict:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        view = job.view()
+        if until(view):
+            return view
+        time.sleep(0.2)
+    raise AssertionError(f"job {job.id} never {what}: {job.view()}\n{job.log_path.read_text()[-3000:]}")
+
+
+def _only_job(ws) -> JobRecord:
+    jobs = list_jobs(ws)
+    assert len(jobs) == 1
+    return jobs[0]
+
+
+def _train_config(tiny_models, tmp_path: Path, steps: int = 200) -> Path:
+    return config(tiny_models, train={"max_steps": steps},
+                  save={"every_n_steps": 50, "name": "onray"}).write(tmp_path / "run.toml")
+
+
+def _trained(job: JobRecord) -> int:
+    return max((e["step"] for e in job.events() if e["type"] == "progress"), default=0)
+
+
+def test_training_on_ray_is_cancelled_with_a_checkpoint_and_resumed_to_its_end(
+        on_ray, cli, tiny_models, tmp_path, ray_cluster):
+    cli("jobs", "submit", "train", _train_config(tiny_models, tmp_path))
+    job = _only_job(on_ray)
+    view = _wait(job, lambda v: _trained(job) >= 5, "trained 5 steps")
+    assert view["executor"] == "ray" and view["handle"] == {"address": ray_cluster.url,
+                                                            "submission_id": job.id}
+    cli("jobs", "cancel", job.id)
+    assert job.view()["state"] == "cancelled"
+    events = job.events()
+    assert [e["step"] for e in events if e["type"] == "checkpoint"][-1] == _trained(job) < 200
+
+    cli("jobs", "resume", job.id)
+    view = _wait(job, lambda v: v["state"] not in ("queued", "running"), "ended")
+    assert view["state"] == "succeeded", job.log_path.read_text()[-3000:]
+    assert view["handle"]["submission_id"] == f"{job.id}-r1"  # Ray never reuses an id
+    assert [f["step"] for f in view["loras"]] == [50, 100, 150, None]
+    assert any(e.get("message", "").startswith("resumed from step-")
+               for e in job.events() if e["type"] == "log")
+    assert "train job" in job.log_path.read_text()  # the process's output, where it always is
+
+
+def test_a_worker_killed_mid_job_reads_interrupted_and_resumes_from_its_checkpoint(
+        on_ray, cli, tiny_models, tmp_path):
+    cli("jobs", "submit", "train", _train_config(tiny_models, tmp_path, steps=400))
+    job = _only_job(on_ray)
+    _wait(job, lambda v: any(e["type"] == "checkpoint" for e in job.events()), "saved a checkpoint")
+    os.kill(job.status()["pid"], signal.SIGKILL)  # the job's process on the (only) node
+    view = _wait(job, lambda v: v["state"] != "running", "stopped running")
+    assert view["state"] == "interrupted" and "resume it" in view["error"]
+    cli("jobs", "resume", job.id)
+    _wait(job, lambda v: any(e.get("message", "").startswith("resumed from step-")
+                             for e in job.events() if e["type"] == "log"), "resumed")
+    cli("jobs", "cancel", job.id)
+
+
+def test_a_caption_job_on_ray_killed_mid_way_resumes_with_nothing_lost_or_doubled(
+        on_ray, cli, tiny_caption, tmp_path):
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(40):
+        (src / f"img{i:02d}.jpg").write_bytes(jpeg_bytes((96, 96), seed=i))
+        (src / f"img{i:02d}.txt").write_text(f"orig{i:02d}")
+    cli("dataset", "ingest", src, "--name", "many")
+    cli("jobs", "submit", "caption", "many", "--mode", "append", "--model",
+        tiny_caption["caption_model"], "--mmproj", tiny_caption["caption_mmproj"],
+        "--max-tokens", "48")
+    job = _only_job(on_ray)
+    _wait(job, lambda v: sum(e["type"] == "progress" for e in job.events()) >= 3, "captioned 3")
+    os.kill(job.status()["pid"], signal.SIGKILL)  # the job's process on the (only) node
+    assert _wait(job, lambda v: v["state"] != "running", "stopped")["state"] == "interrupted"
+    ds = Dataset.open("many", on_ray)
+    assert 0 < len(ds.journal.last()[1]["changes"]) < 40, "killed too late to test a resume"
+
+    cli("jobs", "resume", job.id)
+    view = _wait(job, lambda v: v["state"] not in ("queued", "running"), "ended")
+    assert view["state"] == "succeeded" and view["executor"] == "ray", job.log_path.read_text()
+    entry = ds.journal.last()[1]
+    assert entry["done"] and sorted(f for f, _, _ in entry["changes"]) == sorted(
+        f"img{i:02d}.jpg" for i in range(40))
+    for file, before, after in entry["changes"]:
+        assert before == f"orig{file[3:5]}"  # appended once, to the original caption
+        assert after.startswith(before + ", ") and ds.caption(file) == after
+
+
+def test_a_job_asking_for_more_gpus_than_the_cluster_has_waits_saying_why(on_ray, tiny_models):
+    cfg = config(tiny_models, train={"max_steps": 4})
+    job = submit("train", {"config": cfg.to_dict(), "gpus": 4}, on_ray)
+    view = _wait(job, lambda v: v.get("reason"), "said why it waits")
+    assert view["state"] == "queued" and view["phase"] == "waiting for the Ray cluster"
+    assert "asks for 4 GPUs" in view["reason"] and "has 2" in view["reason"]
+    time.sleep(2)
+    assert job.view()["state"] == "queued" and job.view()["handle"]["submission_id"] is None
+    assert cancel(job)["state"] == "cancelled"
+
+
+def test_an_unreachable_head_refuses_the_job_before_it_exists(ws, cli, tiny_models, tmp_path,
+                                                             monkeypatch):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("LORA_LAB_RAY_ADDRESS", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("LORA_LAB_EXECUTOR", "ray")
+    line = cli.fails("jobs", "submit", "train", _train_config(tiny_models, tmp_path))
+    assert f"127.0.0.1:{port}" in line and "unreachable" in line
+    assert list_jobs(ws) == []
