@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
             "dataset": {"source": str(models["samples"]), "resolution": 64, "min_bucket": 64,
                         "max_bucket": 128, "trigger": "sks"},
             "train": {"max_steps": STEPS}, "sample": {"every_n_steps": 0}}).to_dict()
-        cluster.start_head(ws, node_ip="127.0.0.1", num_cpus=2, num_gpus=2,
-                           temp_dir=str(root / "ray"))
+        cluster.start_head(ws, port=cluster.free_port(), dashboard_port=cluster.free_port(),
+                           node_ip="127.0.0.1", num_cpus=2, num_gpus=2, temp_dir=root / "ray")
         try:
             runs = {e: [run_one(ws, cfg, e) for _ in range(args.repeats)] for e in ("local", "ray")}
         finally:
