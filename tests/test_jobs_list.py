@@ -62,15 +62,15 @@ def test_a_lora_name_comes_from_its_files_once_written(ws, tmp_path):
 
 def test_jobs_list_has_a_header_the_columns_and_filters(cli, ws, jobs):
     lines = cli("jobs", "list")[1].splitlines()
-    assert lines[0].split() == ["ID", "KIND", "STATE", "PHASE", "PROGRESS", "DATASET", "LORA",
-                                "STARTED", "DURATION", "SIZE", "REASON"]
+    assert lines[0].split() == ["ID", "KIND", "STATE", "WHERE", "PHASE", "PROGRESS", "DATASET",
+                                "LORA", "STARTED", "DURATION", "SIZE", "REASON"]
     assert len(lines) == 5 and lines[-1].startswith("total ") and lines[-1].endswith("in 3 jobs")
     rows = {line.split()[0]: line for line in lines[1:-1]}
     failed = rows[jobs["failed"].id]
     started = time.strftime("%Y-%m-%d %H:%M", time.localtime(T0))
     assert " cats " in failed and " cat " in failed and started in failed and "1m05s" in failed
     assert failed.endswith("the loss became nan at step 3, so training stopped before that update")
-    assert rows[jobs["caption"].id].split()[1:5] == ["caption", "succeeded", "100%", "shapes"]
+    assert rows[jobs["caption"].id].split()[1:6] == ["caption", "succeeded", "local", "100%", "shapes"]
     assert lines[0].index("PHASE") == rows[jobs["running"].id].index("training")
     assert " 25% " in rows[jobs["running"].id]
     # the columns line up under the header

@@ -31,6 +31,7 @@ from lora_lab.tiny.samples import draw
 pytestmark = pytest.mark.slow
 BASE_URL = "/pod/8888/"  # RunPod and JupyterHub serve JupyterLab under a prefix like this
 WAIT_MS = 120_000
+RAY_WAIT = "waiting for 4 free GPUs on the Ray cluster (2 free)"
 JOB_STREAM = re.compile(r".*/lora-lab/api/jobs/[^/]+/stream.*")
 
 
@@ -340,12 +341,24 @@ def test_the_sidebar_deletes_ended_jobs_and_refuses_a_running_one(ws, lab, brows
     gone, gone_lora = ended_run(ws, "gone")
     running = JobRecord.create("train", {"config": {}, "gpus": 1}, ws)
     running.set_status("running", phase="training", progress=0.3)  # this process: alive
-    with running.heartbeat():
+    ray = JobRecord.create("train", {"config": {}, "gpus": 4}, ws)  # as the Ray dispatcher leaves it
+    ray.set_status("queued", executor="ray", phase="waiting for the Ray cluster", reason=RAY_WAIT,
+                   handle={"address": "http://127.0.0.1:8265", "submission_id": None})
+    with running.heartbeat(), ray.heartbeat():
         page = open_lab(browser, lab)
         open_sidebar(page)
         view = page.locator(".lora-lab-jobview")
         wait_state(page, kept.id, "succeeded")
-        page.locator(".lora-lab-heading", has_text="Jobs (3)").wait_for(timeout=WAIT_MS)
+        page.locator(".lora-lab-heading", has_text="Jobs (4)").wait_for(timeout=WAIT_MS)
+
+        # a job on the Ray cluster has a badge; its view says where it runs and why it waits
+        assert row(page, ray.id).locator(".lora-lab-where").inner_text() == "ray"
+        assert row(page, kept.id).locator(".lora-lab-where").is_hidden()
+        assert row(page, ray.id).locator(".lora-lab-waiting").inner_text() == RAY_WAIT
+        row(page, ray.id).click()
+        wait_text(page, ".lora-lab-jobview-where", f"Reason: {RAY_WAIT}")
+        where = view.locator(".lora-lab-jobview-where").inner_text()
+        assert "Runs on: Ray cluster" in where and "Ray submission id: none yet" in where
 
         # selected, an ended job shows its folder's size (in its row too) and its LoRA files
         row(page, kept.id).click()
@@ -382,8 +395,9 @@ def test_the_sidebar_deletes_ended_jobs_and_refuses_a_running_one(ws, lab, brows
         wait_text(page, ".lora-lab-jobview-message", "is still running; cancel it first")
         assert row(page, running.id).is_visible()
         assert sorted(p.name for p in running.path.iterdir()) == files
-        page.locator(".lora-lab-heading", has_text="Jobs (1)").wait_for(timeout=WAIT_MS)
+        page.locator(".lora-lab-heading", has_text="Jobs (2)").wait_for(timeout=WAIT_MS)
         running.set_status("cancelled")
+        ray.set_status("cancelled")
 
 
 SCENES = [(f"scene-{i:02d}.jpg", ((256, 192), (192, 256), (224, 224))[i % 3],

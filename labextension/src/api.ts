@@ -30,6 +30,12 @@ export interface IJob {
   bytes?: number;
   /** The LoRA files a training job wrote: intermediate saves and the final one (step null). */
   loras?: ILora[];
+  /** Where it runs: 'local' (this box) or 'ray' (the Ray cluster). */
+  executor?: string;
+  /** A Ray job's cluster and submission id (null until lora_lab's queue submits it). */
+  handle?: { address?: string; submission_id?: string | null } | null;
+  /** Why it failed, or why a queued job waits (a Ray job waiting for the cluster's GPUs). */
+  reason?: string | null;
 }
 
 export interface ILora {

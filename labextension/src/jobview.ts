@@ -22,6 +22,7 @@ import {
 import { LossChart } from './chart';
 import { deletedText, deleteJob } from './deleteJob';
 import { basename, browsePath, fileSize } from './format';
+import { waiting, whereTitle } from './rows';
 import { LiveSocket } from './socket';
 
 const MAX_LINES = 1000;
@@ -52,6 +53,7 @@ export class JobView extends Widget {
     this.title.label = 'Job';
     this.header.className = 'lora-lab-jobview-header';
     this.message.className = 'lora-lab-jobview-message';
+    this.where.className = 'lora-lab-jobview-where';
     const actions = document.createElement('div');
     actions.className = 'lora-lab-actions';
     actions.append(this.cancel, this.resume, this.remove, this.openDir, this.openLora);
@@ -65,6 +67,7 @@ export class JobView extends Widget {
     this.log.setAttribute('aria-live', 'off');
     this.node.append(
       this.header,
+      this.where,
       actions,
       this.message,
       this.loras,
@@ -114,6 +117,7 @@ export class JobView extends Widget {
     const phase = job.phase && active ? ` · ${job.phase}` : '';
     const size = typeof job.bytes === 'number' && !active ? ` · ${fileSize(job.bytes)}` : '';
     this.header.textContent = `${job.kind} ${job.id} · ${job.state}${phase}${size}`;
+    this.renderWhere(job);
     this.cancel.disabled = !active;
     this.resume.disabled = !RESUMABLE.includes(job.state);
     this.remove.title = active
@@ -322,6 +326,25 @@ export class JobView extends Widget {
     }
   }
 
+  /** Where the job runs: the executor, a Ray job's submission id, and why a queued one waits. */
+  private renderWhere(job: IJob): void {
+    const ray = job.executor === 'ray';
+    const lines = [ray ? 'Runs on: Ray cluster' : 'Runs on: this box'];
+    if (ray) {
+      lines.push(`Ray submission id: ${job.handle?.submission_id ?? 'none yet'}`);
+    }
+    const why = waiting(job);
+    if (why) {
+      lines.push(`Reason: ${why}`);
+    }
+    const text = lines.join('\n');
+    if (this.where.textContent !== text) {
+      this.where.textContent = text;
+    }
+    this.where.title = whereTitle(job);
+    this.where.dataset.executor = ray ? 'ray' : 'local';
+  }
+
   /** The LoRA files the job wrote (intermediate saves, then the final one), each a link into
    * the file browser; redrawn only when they changed. */
   private renderLoras(loras: ILora[]): void {
@@ -393,6 +416,7 @@ export class JobView extends Widget {
   private chart = new LossChart();
   private header = document.createElement('div');
   private message = document.createElement('div');
+  private where = document.createElement('div');
   private sample = document.createElement('figure');
   private image = document.createElement('img');
   private sampleCaption = document.createElement('figcaption');

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..jobdir import STATES, JobFollower, JobRecord, open_job
 from ..jobs import KINDS, LORA_CHOICES, cancel, delete, job_summaries, job_summary, resume, submit
+from ..jobs.executors import EXECUTORS
 from ..jobs.summary import COLUMNS, cells, format_bytes, table
 from ..training.tracking import TENSORBOARD, tensorboard_command
 from .caption_cmds import add_caption_arguments, caption_args
@@ -37,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--notebook", type=Path, metavar="IPYNB",
                        help="run it through this notebook with papermill (parameters job_dir, "
                             "resume); the executed copy is the job's run.ipynb")
+        add_executor_flag(p)
         add_json_flag(p)
     for name, run, text in (("list", cmd_list, "every job, newest first"),
                             ("show", cmd_show, "one job's status and last events"),
@@ -67,8 +69,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     rm.set_defaults(run=cmd_rm)
 
 
+def add_executor_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=EXECUTORS,
+                   help="where the job runs: local (a process on this box) or ray (the Ray "
+                        "cluster, see `lora-lab cluster`); default $LORA_LAB_EXECUTOR, else local")
+
+
 def cmd_submit_caption(args: argparse.Namespace) -> None:
-    _submitted(args, submit("caption", caption_args(args), workspace(args), notebook=args.notebook))
+    _submitted(args, submit("caption", caption_args(args), workspace(args), notebook=args.notebook,
+                            executor=args.executor))
 
 
 def cmd_submit_train(args: argparse.Namespace) -> None:
@@ -77,11 +86,14 @@ def cmd_submit_train(args: argparse.Namespace) -> None:
     config = TrainConfig.load(args.config)
     config = config.apply_overrides(args.set) if args.set else config
     _submitted(args, submit("train", {"config": config.to_dict(), "gpus": args.gpus},
-                            workspace(args), notebook=args.notebook))
+                            workspace(args), notebook=args.notebook, executor=args.executor))
 
 
 def _submitted(args: argparse.Namespace, job: JobRecord) -> None:
-    emit(args, job.view(), f"submitted {job.id}\n  follow it: lora-lab jobs logs {job.id} -f")
+    view = job.view()
+    view["executor"] = view.get("executor") or "local"
+    where = " on the Ray cluster" if view["executor"] == "ray" else ""
+    emit(args, view, f"submitted {job.id}{where}\n  follow it: lora-lab jobs logs {job.id} -f")
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -107,7 +119,7 @@ def _cells(summary: dict[str, Any]) -> dict[str, str]:
 def cmd_show(args: argparse.Namespace) -> None:
     job = open_job(args.id, workspace(args))
     view = {**job_summary(job), "bytes": job.disk_bytes()}
-    lines = [*table([_cells(view)], LIST_COLUMNS[:-1]), f"path: {job.path}"]
+    lines = [*table([_cells(view)], LIST_COLUMNS[:-1]), f"path: {job.path}", *_where_lines(job)]
     if view.get("error"):
         lines.append(f"error: {view['error']}")
     lines += [_lora_line(f) for f in view["loras"]]
@@ -116,6 +128,21 @@ def cmd_show(args: argparse.Namespace) -> None:
     lines += [f"  {e['type']} " + " ".join(f"{k}={v}" for k, v in e.items() if k not in ("type", "time"))
               for e in job.events()[-5:]]
     emit(args, {**view, "events": job.events()[-20:]}, "\n".join(lines))
+
+
+def _where_lines(job: JobRecord) -> list[str]:
+    """Where the job runs: the executor, a Ray job's cluster and submission id, and why a
+    queued one waits (in full: the table cuts it)."""
+    status = job.status()
+    executor = status.get("executor") or "local"
+    lines = [f"executor: {executor}"]
+    handle = status.get("handle") or {}
+    if executor == "ray":
+        lines.append(f"ray cluster: {handle.get('address') or '?'}, submission id: "
+                     f"{handle.get('submission_id') or 'not submitted yet'}")
+    if status.get("reason") and status["state"] == "queued":
+        lines.append(f"reason: {status['reason']}")
+    return lines
 
 
 def _lora_line(f: dict[str, Any]) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import LoraLabError
 from ..jobs import submit
+from ..jobs.executors import EXECUTORS
 from ..jobs.summary import format_bytes, table
 from ..models import CATALOGUE, list_models, pull
 from .output import add_json_flag, emit, progress_bar, progress_end, workspace
@@ -31,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with ORG/NAME: only the files matching (repeatable; default: every file)")
     p.add_argument("--background", action="store_true",
                    help="pull as a background job (see `lora-lab jobs`), and return at once")
+    p.add_argument("--executor", choices=EXECUTORS,
+                   help="with --background: where the job runs, local (this box) or ray (the "
+                        "Ray cluster); default $LORA_LAB_EXECUTOR, else local")
     add_json_flag(p)
     p.set_defaults(run=cmd_pull)
 
@@ -57,10 +62,13 @@ def _listing_lines(listing: dict[str, Any]) -> list[str]:
 def cmd_pull(args: argparse.Namespace) -> None:
     ws = workspace(args)
     include = tuple(args.include)
+    if args.executor and not args.background:
+        raise LoraLabError("--executor is for a background pull: add --background")
     if args.background:
         params = {"model": args.model, "name": args.name, "include": list(include)}
-        job = submit("pull", params, ws)
-        emit(args, {"id": job.id, "path": str(job.path)},
+        job = submit("pull", params, ws, executor=args.executor)
+        emit(args, {"id": job.id, "path": str(job.path),
+                    "executor": job.status().get("executor") or "local"},
              f"pulling {args.model} in job {job.id}; follow it with `lora-lab jobs logs {job.id} -f`")
         return
     try:

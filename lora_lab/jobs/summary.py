@@ -1,6 +1,6 @@
 """What every list of jobs shows, worked out once so that `lora-lab jobs list`, the JobsPanel and
-REST agree: each job's dataset, LoRA name, start time, duration and error reason, the filters
-by state and kind, and the columns of a table of them.
+REST agree: each job's dataset, LoRA name, where it runs, start time, duration and reason (why it
+failed, or why it waits), the filters by state and kind, and the columns of a table of them.
 
 Read from the job directory alone (spec.json, status.json), never from a step's code: listing a
 hundred jobs imports no torch.
@@ -19,14 +19,16 @@ from ..workspace import Workspace
 from .kinds import KINDS
 
 REASON_CHARS = 160  # one line of a table: the whole message is in `jobs show` and the monitor
-COLUMNS = ("id", "kind", "state", "phase", "progress", "dataset", "lora", "started", "duration",
-           "reason")
+COLUMNS = ("id", "kind", "state", "where", "phase", "progress", "dataset", "lora", "started",
+           "duration", "reason")
 
 
 def summarize(view: dict[str, Any], spec: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     """The fields a list shows beyond the view: ``dataset``, ``lora_name`` (the LoRA files'
     name, or the one they will get), ``started_at`` and ``duration_s`` of the job's latest run
-    (to its end, or to now while it runs), and ``reason``, the first line of why it failed."""
+    (to its end, or to now while it runs), ``executor``, where it runs ("local" for a job made
+    before executors were recorded), and ``reason``: the first line of why it failed, or why a
+    queued job waits (a Ray job waiting for the cluster's GPUs)."""
     dataset, name = _dataset_and_name(view, _table(spec, "params"))
     started = view.get("started_at")
     started = started if isinstance(started, (int, float)) else None
@@ -36,7 +38,13 @@ def summarize(view: dict[str, Any], spec: dict[str, Any], now: float | None = No
         and view["state"] != "queued" else None
     return {"dataset": dataset, "lora_name": name, "started_at": started,
             "duration_s": round(max(duration, 0.0), 1) if duration is not None else None,
-            "reason": one_line(view.get("error")) if view["state"] in ("failed", "interrupted") else None}
+            "executor": view.get("executor") or "local", "reason": _reason(view)}
+
+
+def _reason(view: dict[str, Any]) -> str | None:
+    if view["state"] in ("failed", "interrupted"):
+        return one_line(view.get("error"))
+    return one_line(view.get("reason")) if view["state"] == "queued" else None
 
 
 def job_summary(job: JobRecord) -> dict[str, Any]:
@@ -78,7 +86,7 @@ def cells(summary: dict[str, Any]) -> dict[str, str]:
     progress = summary.get("progress")
     started = summary.get("started_at")
     return {"id": summary["id"], "kind": summary["kind"], "state": summary["state"],
-            "phase": summary.get("phase") or "",
+            "where": summary.get("executor") or "local", "phase": summary.get("phase") or "",
             "progress": f"{progress:.0%}" if isinstance(progress, (int, float)) else "",
             "dataset": summary.get("dataset") or "", "lora": summary.get("lora_name") or "",
             "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else "",

@@ -24,6 +24,7 @@ from traitlets import Int, List, TraitError, Unicode, default, validate
 from .. import __version__
 from ..confine import server_prefix
 from ..errors import LoraLabError
+from ..jobs.executors import EXECUTORS
 from ..served import export_server
 from ..workspace import Workspace, default_root
 from . import (
@@ -89,6 +90,12 @@ class LoraLabApp(ExtensionApp):
         refused, so the server's caption API key ($LORA_LAB_CAPTION_API_KEY) goes nowhere else.
         Defaults to $LORA_LAB_ALLOWED_CAPTION_SERVERS (comma- or space-separated), else none.""",
     )
+    executor = Unicode(
+        config=True,
+        help="""Where a job submitted over REST runs when the request names no "executor":
+        local (a process on this box) or ray (the Ray cluster `lora-lab cluster start` made,
+        or $LORA_LAB_RAY_ADDRESS). Defaults to $LORA_LAB_EXECUTOR, else local.""",
+    )
     ingest_roots = List(
         Unicode(), config=True,
         help="""Folders outside the workspace that POST datasets {source} may read zips and
@@ -121,6 +128,15 @@ class LoraLabApp(ExtensionApp):
         raw = os.environ.get("LORA_LAB_ALLOWED_CAPTION_SERVERS", "")
         return [url for url in re.split(r"[\s,]+", raw) if url]
 
+    @default("executor")
+    def _executor_default(self) -> str:
+        return _known_executor(os.environ.get("LORA_LAB_EXECUTOR", "").strip() or "local",
+                               "$LORA_LAB_EXECUTOR")
+
+    @validate("executor")
+    def _executor_setting(self, proposal: dict[str, Any]) -> str:
+        return _known_executor(proposal["value"], "LoraLabApp.executor")
+
     @default("ingest_roots")
     def _ingest_roots_default(self) -> list[str]:
         return [p for p in os.environ.get("LORA_LAB_INGEST_ROOTS", "").split(os.pathsep) if p]
@@ -151,7 +167,7 @@ class LoraLabApp(ExtensionApp):
         """Build the one :class:`Services` the handlers share, into the tornado settings."""
         settings = Settings(
             caption_model=self.caption_model, caption_mmproj=self.caption_mmproj,
-            max_upload_mb=self.max_upload_mb, gpu_slots=self.gpu_slots,
+            max_upload_mb=self.max_upload_mb, gpu_slots=self.gpu_slots, executor=self.executor,
             allowed_caption_servers=tuple(self.allowed_caption_servers),
             ingest_roots=tuple(Path(r).expanduser().resolve() for r in self.ingest_roots),
             contents_root=Path(self.serverapp.root_dir).expanduser().resolve())
@@ -159,8 +175,11 @@ class LoraLabApp(ExtensionApp):
         self.settings[SETTINGS_KEY] = self.services
         # the kernels this server starts inherit it: their panels then link LoRA files for download
         export_server(url_path_join(self.serverapp.base_url, API), self.services.ws)
-        self.log.info("lora_lab %s: workspace %s, %d GPU slot(s)", __version__,
-                      self.services.ws.root, self.gpu_slots)
+        # ... and its default executor: their panels and terminals run jobs where REST does
+        os.environ["LORA_LAB_EXECUTOR"] = self.executor
+        self.log.info("lora_lab %s: workspace %s, %d GPU slot(s), jobs run %s by default",
+                      __version__, self.services.ws.root, self.gpu_slots,
+                      "on the Ray cluster" if self.executor == "ray" else "on this box")
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(routes())
@@ -171,6 +190,12 @@ class LoraLabApp(ExtensionApp):
         services = getattr(self, "services", None)
         if services is not None:
             await asyncio.get_running_loop().run_in_executor(None, services.close)
+
+
+def _known_executor(name: str, source: str) -> str:
+    if name not in EXECUTORS:
+        raise TraitError(f"{source} must be one of {', '.join(EXECUTORS)}, not {name!r}")
+    return name
 
 
 def _env_int(name: str, fallback: int) -> int:

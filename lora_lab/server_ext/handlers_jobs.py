@@ -29,6 +29,11 @@ class JobHandlerBase(LoraLabHandler):
         """The job's view as served: with the paths the file browser opens (``browse``)."""
         return job_view(job, self.ws, self.services.settings.contents_root)
 
+    def executor(self, body: dict[str, Any]) -> str:
+        """Where the job a request submits runs: its ``executor``, else the server's setting
+        (checked, Ray's cluster included, when the job is submitted)."""
+        return field(body, "executor", str, None) or self.services.settings.executor
+
     def accepted(self, job: JobRecord, view: dict[str, Any]) -> None:
         """202: the job runs on in its own process; its URL says where to watch it."""
         self.set_header("Location", self.api_url("jobs", job.id))
@@ -37,8 +42,9 @@ class JobHandlerBase(LoraLabHandler):
 
 class JobsHandler(JobHandlerBase):
     """GET ``?offset=&limit=``: the jobs newest first (all without ``limit``) and their
-    ``total``. POST ``{"kind": "caption"|"train", "params": {...}}``: check the parameters (400
-    naming the bad one), start the job, 202 with its id."""
+    ``total``. POST ``{"kind": "caption"|"train", "params": {...}, "executor"?: "local"|"ray"}``:
+    check the parameters (400 naming the bad one) and the executor (default the server's
+    setting), start the job, 202 with its id."""
 
     @authenticated
     async def get(self) -> None:
@@ -49,17 +55,19 @@ class JobsHandler(JobHandlerBase):
 
     @authenticated
     async def post(self) -> None:
-        body = self.json_body("kind", "params")
+        body = self.json_body("kind", "params", "executor")
         kind, params = field(body, "kind", str), field(body, "params", dict, {})
-        job, view = await self.blocking(self._submit, kind, params)
+        job, view = await self.blocking(self._submit, kind, params, self.executor(body))
         self.accepted(job, view)
 
-    def _submit(self, kind: str, params: dict[str, Any]) -> tuple[JobRecord, dict[str, Any]]:
+    def _submit(self, kind: str, params: dict[str, Any],
+                executor: str) -> tuple[JobRecord, dict[str, Any]]:
         # every path a request names stays in the workspace (relative ones are the workspace's,
         # not the server's current folder), and only allowed caption servers get the API key
         settings = self.services.settings
         params = job_params(kind, params, self.ws, settings.allowed_caption_servers)
-        job = submit(kind, params, self.ws, slots=settings.gpu_slots, base=self.ws.root)
+        job = submit(kind, params, self.ws, slots=settings.gpu_slots, base=self.ws.root,
+                     executor=executor)
         if kind == "train":  # it will want the GPU memory the resident caption model holds
             self.services.close_caption_worker()
         return job, self.view(job)

@@ -27,21 +27,22 @@ class ModelsHandler(LoraLabHandler):
 
 
 class ModelPullHandler(JobHandlerBase):
-    """POST ``{"model": NAME | ORG/NAME | ORG/NAME/PATH, "name"?: FOLDER, "include"?: [GLOB]}``:
+    """POST ``{"model": NAME | ORG/NAME | ORG/NAME/PATH, "name"?: FOLDER, "include"?: [GLOB],
+    "executor"?: "local"|"ray"}``:
     checked as far as a pull checks before downloading (404: no such catalogue name, repo or
     file; 400: offline, gated without a token; 507: too little disk; 409: a pull into that
     folder runs, or a file is in the way), then pulled by a job: 202 with its id."""
 
     @authenticated
     async def post(self) -> None:
-        body = self.json_body("model", "name", "include")
+        body = self.json_body("model", "name", "include", "executor")
         params = {"model": field(body, "model", str), "name": field(body, "name", str, None),
                   "include": field(body, "include", list, [])}
-        job, view = await self.blocking(self._submit, params)
+        job, view = await self.blocking(self._submit, params, self.executor(body))
         self.accepted(job, view)
 
-    def _submit(self, params: dict[str, Any]) -> tuple[JobRecord, dict[str, Any]]:
-        job = submit("pull", params, self.ws, base=self.ws.root)
+    def _submit(self, params: dict[str, Any], executor: str) -> tuple[JobRecord, dict[str, Any]]:
+        job = submit("pull", params, self.ws, base=self.ws.root, executor=executor)
         return job, self.view(job)
 
 

@@ -122,12 +122,14 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
             _param("sort", "query", {"enum": [*SORTS, *("-" + s for s in SORTS)]},
                    "a leading - reverses"))
     after = _param("after", "query", _int(0, 10**12), "the last event number already seen")
-    train = _obj(("kind", "params"), closed=True, kind={"enum": ["train"]}, params=_obj(
+    train = _obj(("kind", "params"), closed=True, kind={"enum": ["train"]},
+                 executor=schemas.executor(), params=_obj(
         ("config",), closed=True, config=schemas.train_config(),
         gpus={"type": "integer", "minimum": 1, "maximum": visible_devices()[0],
               "description": "data-parallel processes: up to this machine's GPUs (CPU cores on "
                              "a machine without one)"}))
     caption = _obj(("kind", "params"), closed=True, kind={"enum": ["caption"]},
+                   executor=schemas.executor(),
                    params=schemas.caption_job(settings.allowed_caption_servers))
     return {
         "/health": {"get": _op("The server extension's version and settings, and where the "
@@ -268,7 +270,8 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
                       name=_opt(schemas.name("the folder under models/ (default: the catalogue "
                                              "name, or the repo's name)")),
                       include=_opt({"type": "array", "items": {"type": "string", "minLength": 1},
-                                    "description": "with ORG/NAME: only the files matching"})))},
+                                    "description": "with ORG/NAME: only the files matching"}),
+                      executor=schemas.executor()))},
         "/caption": {"post": _op(
             "Caption one image now with the resident caption model (undoable)",
             errors=(400, 404, 503), result=_ref("Captioned"),
@@ -318,7 +321,9 @@ SCHEMAS = {
                     ("path", "step", "bytes"), path=STR, step=NULL_INT, bytes=NULL_INT,
                     missing=BOOL)},
                 dataset=NULL_STR, lora_name=NULL_STR, started_at=NULL_NUM, duration_s=NULL_NUM,
-                reason=NULL_STR,
+                reason={**NULL_STR, "description": "the first line of why it failed, or why a "
+                        "queued job waits (a Ray job waiting for the cluster's GPUs)"},
+                **schemas.JOB_WHERE,
                 # a train job with [validation]: its best step by validation loss, and that LoRA
                 best_step=NULL_INT, best_val_loss=NULL_NUM, best_lora=NULL_STR),
     "JobDeleted": _obj(("id", "bytes", "lora", "lora_removed", "lora_kept"), id=STR, bytes=INT,
@@ -327,6 +332,8 @@ SCHEMAS = {
     "JobPage": _obj(("jobs", "total", "offset", "limit"), jobs={"type": "array", "items": _ref("Job")},
                     total=INT, offset=INT, limit=NULL_INT),
     "Health": _obj(("ok", "version", "workspace", "contents"), ok=BOOL, version=STR, workspace=STR,
+                   executor={**schemas.JOB_WHERE["executor"], "description": "where a job runs "
+                             "when its request names none (LoraLabApp.executor)"},
                    contents=_obj(("root", "workspace"), root=NULL_STR, workspace=NULL_STR)),
     "Doctor": _obj(("checks",), checks={"type": "array", "items": _obj(
         ("check", "status", "found", "fix"), check=STR, status={"enum": ["ok", "warn", "fail"]},

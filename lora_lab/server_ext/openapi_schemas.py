@@ -11,6 +11,8 @@ import dataclasses
 import re
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from ..jobs.executors import EXECUTORS
+
 STR, INT, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}
 OBJECT = {"type": "object"}
 
@@ -30,6 +32,23 @@ REL_PATH = r"(?![~/])(?!(?:[^/]*/)*\.\.?(?:/|$))(?:[^/\x00]{1,255}/+){0,15}[^/\x
 REL_PATH_PATTERN = anchored(REL_PATH)
 # captioning.prompts.check_template: only {trigger}, {filename}, {existing}; {{ and }} escape
 PROMPT_PATTERN = anchored(r"(?:[^{}]|\{\{|\}\}|\{(?:trigger|filename|existing)\})*")
+
+
+def executor() -> dict[str, Any]:
+    """Where a submitted job runs (jobs.executors.EXECUTORS); null or absent: the server's default."""
+    return {"type": "string", "nullable": True, "enum": [*EXECUTORS, None],
+            "description": "where the job runs: local (a process on this box) or ray (the Ray "
+                           "cluster); absent or null: the server's default (LoraLabApp.executor, "
+                           "GET health says it). Ray without a reachable cluster is refused (400)"}
+
+
+# Where a job runs, in the job views: the executor's handle (null for a local job)
+JOB_WHERE = {
+    "executor": {"enum": list(EXECUTORS), "description": "where the job runs"},
+    "handle": {"type": "object", "nullable": True, "description": "a Ray job's cluster (its Jobs "
+               "API address) and submission id (null until the job is submitted to Ray)",
+               "properties": {"address": STR, "submission_id": {"type": "string", "nullable": True}}},
+}
 
 
 # What `lora-lab models pull` takes: a catalogue name, a Hub repo ORG/NAME, or ORG/NAME/PATH

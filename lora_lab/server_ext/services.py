@@ -28,6 +28,7 @@ class Settings:
     caption_mmproj: str = ""
     max_upload_mb: int = 4096
     gpu_slots: int = 1
+    executor: str = "local"  # where a job runs when its request names no executor
     allowed_caption_servers: tuple[str, ...] = ()
     ingest_roots: tuple[Path, ...] = ()
     contents_root: Path | None = None  # the Jupyter server's root_dir (its file browser's root)
@@ -81,6 +82,7 @@ class Services:
         model, mmproj = model_paths(s.caption_model or None, s.caption_mmproj or None, self.ws)
         worker = self._caption_worker
         return {"version": __version__, "workspace": str(self.ws.root), "gpu_slots": s.gpu_slots,
+                "executor": s.executor,
                 "max_upload_mb": s.max_upload_mb,
                 "allowed_caption_servers": list(s.allowed_caption_servers),
                 "ingest_roots": [str(r) for r in s.ingest_roots],

@@ -26,7 +26,7 @@ from ..jobdir.tail import EventTail
 from ..jobs import submit
 from .browser import DatasetBrowser
 from .caption_parts import OpenCaption, ResidentCaptioner, TagTable
-from .common import Notice, Poller, Quiet, reporting
+from .common import Notice, Poller, Quiet, reporting, run_on_choice, waiting_reason
 
 PREVIEW_SIZE = 384
 ENDED = ("succeeded", "failed", "cancelled", "interrupted")
@@ -101,6 +101,7 @@ class CaptionEditor(Quiet, widgets.VBox):
                                         tooltip="caption the image shown above (overwrites it)")
         self.ai_selection_button = widgets.Button(description="Caption selection with AI",
                                                   layout=widgets.Layout(width="210px"))
+        self.run_on = run_on_choice()  # where the selection's caption job runs
         self.progress = widgets.FloatProgress(min=0.0, max=1.0, layout=widgets.Layout(
             width="300px", visibility="hidden"))
         self.progress_label = widgets.Label()
@@ -122,7 +123,7 @@ class CaptionEditor(Quiet, widgets.VBox):
 
     def _ai_box(self) -> widgets.Box:
         return widgets.HBox([self.preset, self.mode, self.ai_button, self.ai_selection_button,
-                             self.progress, self.progress_label],
+                             self.run_on, self.progress, self.progress_label],
                             layout=widgets.Layout(flex_flow="row wrap"))
 
     def _wire(self) -> None:
@@ -293,12 +294,13 @@ class CaptionEditor(Quiet, widgets.VBox):
         params = {"dataset": self.dataset.name, "files": files, "model": str(self.model),
                   "mmproj": str(self.mmproj), "max_tokens": self.max_tokens,
                   **self._settings(self.mode.value)}
-        self.job = submit("caption", params, self.browser.workspace)
+        self.job = submit("caption", params, self.browser.workspace, executor=self.run_on.value)
         self._events = EventTail(self.job.path / "events.jsonl")
         self.progress.value, self.progress.bar_style = 0.0, ""
         self.progress.layout.visibility = "visible"
         self.progress_label.value = f"job {self.job.id}: queued"
-        self.notice.show(f"caption job {self.job.id} started for {len(files)} images", "info")
+        where = " on the Ray cluster" if self.job.status().get("executor") == "ray" else ""
+        self.notice.show(f"caption job {self.job.id} started for {len(files)} images{where}", "info")
         if self.autostart:
             self.poller.start()
 
@@ -309,6 +311,8 @@ class CaptionEditor(Quiet, widgets.VBox):
                 self.progress.value = e["step"] / e["total"]
                 self.progress_label.value = f"{e['step']}/{e['total']} images"
         view = self.job.view()
+        if why := waiting_reason(view):  # a Ray job waiting for the cluster's GPUs
+            self.progress_label.value = f"job {self.job.id}: {why}"
         if view["state"] not in ENDED:
             return True
         self._job_ended(view)

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import html
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..errors import LoraLabError
+from ..jobs.executors import EXECUTORS
 from ..workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,37 @@ COLORS = {"error": "#b3261e", "warning": "#8a5a00", "info": "#1f5f8b", "ok": "#1
 def workspace_of(workspace: Workspace | str | None) -> Workspace:
     """The workspace a panel works in: the one given, a path, or the default."""
     return workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+
+
+RUN_ON = (("This box", "local"), ("Ray cluster", "ray"))
+
+
+def run_on_choice() -> widgets.Dropdown:
+    """Where a panel's job runs: this box or the Ray cluster, at first the default
+    ($LORA_LAB_EXECUTOR, which the Jupyter server sets to its own setting for its kernels). A
+    default that names no executor leaves nothing chosen: the job is then refused saying why."""
+    default = os.environ.get("LORA_LAB_EXECUTOR") or "local"
+    return widgets.Dropdown(options=RUN_ON, value=default if default in EXECUTORS else None,
+                            description="Run on", style={"description_width": "50px"},
+                            layout={"width": "190px"},
+                            tooltip="where the job runs: a process on this box, or a Ray job on "
+                                    "the cluster `lora-lab cluster start` made")
+
+
+def where_html(view: dict[str, Any]) -> str:
+    """Where a job runs, for a panel's status line: nothing for this box, "on the Ray cluster"
+    (its address and submission id in the tooltip) for Ray."""
+    if (view.get("executor") or "local") != "ray":
+        return ""
+    handle = view.get("handle") or {}
+    tip = (f"Ray cluster {handle.get('address') or '?'}, submission id "
+           f"{handle.get('submission_id') or 'none yet (waiting in the queue)'}")
+    return f' · <span class="lora-lab-run-where" title="{html.escape(tip)}">on the Ray cluster</span>'
+
+
+def waiting_reason(view: dict[str, Any]) -> str | None:
+    """Why a queued job waits (a Ray job waiting for the cluster's GPUs), if it says."""
+    return view.get("reason") if view.get("state") == "queued" and view.get("reason") else None
 
 
 class Notice(widgets.HTML):

@@ -29,7 +29,7 @@ from ..training.data import ImageSize, measure_images, needs_hashes, source_capt
 from ..training.presets import PRESETS, preset_config, preset_for, sample_every, sample_prompts
 from ..training.sections import show_value
 from ..workspace import Workspace
-from .common import COLORS, Notice, reporting, workspace_of
+from .common import COLORS, Notice, reporting, run_on_choice, workspace_of
 from .monitor import TrainingMonitor
 from .suggest_box import SuggestBox
 
@@ -135,6 +135,7 @@ class TrainingLauncher(widgets.VBox):
         self.gpus = widgets.IntText(value=1, description="GPUs", style={"description_width": "40px"},
                                     layout={"width": "110px"})
         self.gpus.observe(lambda _: self._on_change(None), "value")  # the step count divides by it
+        self.run_on = run_on_choice()  # this box or the Ray cluster, as `--executor`
         self.save_button.on_click(self._on_save)
         self.train_button.on_click(self._on_train)
         self.monitor_box = widgets.VBox()
@@ -143,7 +144,8 @@ class TrainingLauncher(widgets.VBox):
         self.children = [self.assistant, widgets.HBox([self.preset, self.preset_note]), self.preset_changes,
                          *common, *memory, self.advanced, self.plan,
                          widgets.HBox([self.toml_path, self.save_button]),
-                         widgets.HBox([self.train_button, self.gpus, self.reason]), self.notice,
+                         widgets.HBox([self.train_button, self.gpus, self.run_on, self.reason]),
+                         self.notice,
                          self.monitor_box]
 
     def _row(self, dotted: str, label: str, explained: bool = False) -> widgets.HBox:
@@ -354,12 +356,14 @@ class TrainingLauncher(widgets.VBox):
     @reporting
     def _on_train(self, _: Any = None) -> None:
         cfg = self._valid_config()
-        self.job = submit("train", {"config": cfg.to_dict(), "gpus": self.gpus.value}, self.ws)
+        self.job = submit("train", {"config": cfg.to_dict(), "gpus": self.gpus.value}, self.ws,
+                          executor=self.run_on.value)  # None: the default, refused saying why
         if self.monitor is not None:
             self.monitor.close()
         self.monitor = TrainingMonitor(self.job, self.ws, autostart=self.autostart)
         self.monitor_box.children = [self.monitor]
-        self.notice.show(f"submitted job {self.job.id}", "ok")
+        where = " on the Ray cluster" if self.job.status().get("executor") == "ray" else ""
+        self.notice.show(f"submitted job {self.job.id}{where}", "ok")
 
     def close(self) -> None:
         if self.monitor is not None:

@@ -26,7 +26,7 @@ from ..jobs.summary import format_bytes
 from ..served import job_file_url
 from ..workspace import Workspace
 from .chart import Curves
-from .common import Notice, Poller, reporting, workspace_of
+from .common import Notice, Poller, reporting, waiting_reason, where_html, workspace_of
 
 log = logging.getLogger(__name__)
 LOG_LINES = 200  # log lines kept and shown
@@ -133,14 +133,16 @@ class MonitoredJob:
 
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
-    keys = ("state", "phase", "progress", "error", "loras", "best_step")
+    keys = ("state", "phase", "progress", "error", "loras", "best_step", "executor", "handle",
+            "reason")
     return any(before.get(k) != after.get(k) for k in keys)
 
 
 class TrainingMonitor(widgets.VBox):
-    """Live view of one job: state, phase, progress, speed and ETA, loss (and validation loss)
-    and learning-rate curves, the best validation step, samples and validation images, the LoRA
-    files it wrote (path, size, download link), the log tail, and cancel / resume.
+    """Live view of one job: state, phase, where it runs (and why a Ray job waits), progress,
+    speed and ETA, loss (and validation loss) and learning-rate curves, the best validation
+    step, samples and validation images, the LoRA files it wrote (path, size, download link),
+    the log tail, and cancel / resume.
 
     ``job`` is a job id or a JobRecord; an unknown id raises NotFound here, as every other
     surface refuses it. ``autostart=False`` leaves the background poller off (call
@@ -220,10 +222,12 @@ class TrainingMonitor(widgets.VBox):
         self.title.value = f"<b>{html.escape(f.view.get('kind', 'job'))} job</b> <code>{self.job.id}</code>"
         phase = f.view.get("phase") or f.phase  # status.json's is the newest (e.g. "done")
         self.state.value = (f"<b>{state}</b>" + (f" · {html.escape(phase)}" if phase else "")
-                            + device_html(f.device))
+                            + where_html(f.view) + device_html(f.device))
         self.bar.value = _fraction(f)
         self.bar.bar_style = STATE_STYLE.get(state, "info")
-        self.stats.value = html.escape(stats_line(f.progress, state)) + validation_html(f.validation, f.view)
+        waiting = waiting_reason(f.view)  # a Ray job waiting for the cluster's GPUs says why
+        self.stats.value = html.escape(waiting or stats_line(f.progress, state)) \
+            + validation_html(f.validation, f.view)
         self.cancel_button.disabled = state not in ACTIVE
         self.cancel_button.button_style = "warning" if state in ACTIVE else ""  # no orange when idle
         self.resume_button.disabled = self.resume_pending or \
