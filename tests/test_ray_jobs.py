@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 from conftest import jpeg_bytes
+from server_api import api, jp_server_config  # noqa: F401 (fixtures)
+from test_launcher import launcher_on
+from test_server_jobs import read_stream, train_config
 from test_train import config
 
 from lora_lab.datasets import Dataset
@@ -143,3 +146,33 @@ def test_an_unreachable_head_refuses_the_job_before_it_exists(ws, cli, tiny_mode
     line = cli.fails("jobs", "submit", "train", _train_config(tiny_models, tmp_path))
     assert f"127.0.0.1:{port}" in line and "unreachable" in line
     assert list_jobs(ws) == []
+
+
+async def test_rest_runs_a_job_on_ray_and_its_stream_follows_it_to_the_end(
+        on_ray, api, jp_ws_fetch, tiny_models):  # noqa: F811
+    code, accepted = await api("jobs", method="POST", body={
+        "kind": "train", "params": {"config": train_config(on_ray, tiny_models, 20)},
+        "executor": "ray"})
+    assert code == 202 and accepted["job"]["executor"] == "ray"
+    messages = await read_stream(jp_ws_fetch, accepted["id"],
+                                 until=lambda ms: ms[-1]["type"] == "end")
+    assert messages[-1]["state"] == "succeeded"
+    assert [m["step"] for m in messages if m["type"] == "progress"][-1] == 20
+    assert any(m["type"] == "log_line" for m in messages)  # the log, read where the job wrote it
+    code, view = await api("jobs", accepted["id"])
+    assert view["executor"] == "ray" and view["handle"]["submission_id"] == accepted["id"]
+
+
+def test_the_launcher_trains_on_ray_and_its_monitor_follows(on_ray, tiny_models):
+    launcher = launcher_on(on_ray, tiny_models, **{"dataset.trigger": "sks", "train.max_steps": 20})
+    launcher.run_on.value = "ray"
+    launcher.gpus.value = 1
+    assert launcher.check(), launcher.problems
+    launcher.train_button.click()
+    assert launcher.job is not None, launcher.notice.text
+    view = _wait(launcher.job, lambda v: v["state"] not in ("queued", "running"), "ended")
+    assert view["state"] == "succeeded" and view["executor"] == "ray"
+    monitor = launcher.monitor
+    monitor.refresh()
+    assert "on the Ray cluster" in monitor.state.value and "succeeded" in monitor.state.value
+    launcher.close()

@@ -36,10 +36,15 @@ POLL_S = 1.0
 STOP_GRACE_S = 10  # a Ray job's time to save its checkpoint after the SIGINT (cancel's default)
 
 
+def chosen(name: str | None) -> str:
+    """The executor a job asks for: ``name``, else ``$LORA_LAB_EXECUTOR``, else local."""
+    return name or os.environ.get("LORA_LAB_EXECUTOR") or "local"
+
+
 def check_executor(name: str | None, ws: Workspace) -> str:
-    """The executor a job runs on: ``name``, else ``$LORA_LAB_EXECUTOR``, else local. Ray is
-    checked here, before any job exists: installed, configured and reachable."""
-    name = name or os.environ.get("LORA_LAB_EXECUTOR") or "local"
+    """The executor a job runs on (:func:`chosen`), checked before any job exists: a known
+    one, and for Ray installed, configured and reachable."""
+    name = chosen(name)
     if name not in EXECUTORS:
         raise LoraLabError(f"executor must be one of {', '.join(EXECUTORS)}, not {name!r}")
     if name == "ray":

@@ -6,7 +6,6 @@ import contextlib
 import functools
 import html
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..errors import LoraLabError
-from ..jobs.executors import EXECUTORS
+from ..jobs.executors import EXECUTORS, chosen
 from ..workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ def run_on_choice() -> widgets.Dropdown:
     """Where a panel's job runs: this box or the Ray cluster, at first the default
     ($LORA_LAB_EXECUTOR, which the Jupyter server sets to its own setting for its kernels). A
     default that names no executor leaves nothing chosen: the job is then refused saying why."""
-    default = os.environ.get("LORA_LAB_EXECUTOR") or "local"
+    default = chosen(None)
     return widgets.Dropdown(options=RUN_ON, value=default if default in EXECUTORS else None,
                             description="Run on", style={"description_width": "50px"},
                             layout={"width": "190px"},

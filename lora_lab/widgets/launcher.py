@@ -23,6 +23,7 @@ from ..datasets.dataset import list_datasets
 from ..errors import LoraLabError
 from ..jobdir import JobRecord
 from ..jobs import check_params, submit
+from ..jobs.executors import chosen
 from ..training.base_model import detect_family, local_models
 from ..training.config import ConfigError, TrainConfig
 from ..training.data import ImageSize, measure_images, needs_hashes, source_captions, steps_for
@@ -136,6 +137,7 @@ class TrainingLauncher(widgets.VBox):
                                     layout={"width": "110px"})
         self.gpus.observe(lambda _: self._on_change(None), "value")  # the step count divides by it
         self.run_on = run_on_choice()  # this box or the Ray cluster, as `--executor`
+        self.run_on.observe(lambda _: self._on_change(None), "value")  # checked against its devices
         self.save_button.on_click(self._on_save)
         self.train_button.on_click(self._on_train)
         self.monitor_box = widgets.VBox()
@@ -253,7 +255,8 @@ class TrainingLauncher(widgets.VBox):
             plan = self._plan()
         self.problems = {}
         try:
-            check_params("train", {"config": self.values(), "gpus": self.gpus.value}, self.ws)
+            check_params("train", {"config": self.values(), "gpus": self.gpus.value}, self.ws,
+                         local=chosen(self.run_on.value) == "local")  # a cluster's GPUs are its own
         except LoraLabError as e:
             for line in getattr(e, "problems", None) or [str(e)]:
                 key, _, message = line.partition(": ")
