@@ -20,6 +20,7 @@ from . import (
     models_cmds,
     notebook_cmds,
     suggest_cmds,
+    sync_cmds,
     train_cmds,
 )
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor_cmds.register(sub)
     lora_cmds.register(sub)
     suggest_cmds.register(sub)
+    sync_cmds.register(sub)
     return parser
 
 
