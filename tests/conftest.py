@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -171,3 +172,70 @@ def ray_cluster(tmp_path_factory) -> RayHead:
         else:
             raise AssertionError(f"the Ray head's processes outlived `lora-lab cluster stop`: {record}")
         shutil.rmtree(temp, ignore_errors=True)
+class S3Bucket:
+    """A bucket in moto's S3 server on 127.0.0.1, with IAM authentication on: only the
+    fixture's key and secret are accepted, so wrong credentials really fail."""
+
+    def __init__(self, endpoint: str, name: str, key: str, secret: str, prefix: str = "lab"):
+        self.endpoint, self.name, self.key, self.secret = endpoint, name, key, secret
+        self.url = f"s3://{name}/{prefix}"
+
+    def under(self, prefix: str) -> S3Bucket:
+        """The same bucket with another prefix (each test its own: the server is shared)."""
+        return S3Bucket(self.endpoint, self.name, self.key, self.secret, prefix)
+
+    def env(self, monkeypatch, **changes: str | None) -> None:
+        """Configure lora_lab for this bucket through the environment (``changes`` override
+        or, with None, remove a variable); ~/.aws and instance metadata are kept out."""
+        values = {"LORA_LAB_BUCKET": self.url, "LORA_LAB_BUCKET_ENDPOINT": self.endpoint,
+                  "AWS_ACCESS_KEY_ID": self.key, "AWS_SECRET_ACCESS_KEY": self.secret,
+                  "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_CONFIG_FILE": os.devnull,
+                  "AWS_EC2_METADATA_DISABLED": "true", **changes}
+        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            monkeypatch.delenv(var, raising=False)
+        for var, value in values.items():
+            if value is None:
+                monkeypatch.delenv(var, raising=False)
+            else:
+                monkeypatch.setenv(var, value)
+
+
+@pytest.fixture(scope="session")
+def s3_bucket():
+    """moto's S3 server on 127.0.0.1 (offline), an IAM user allowed s3:*, its bucket."""
+    import json
+
+    import botocore.session
+    import requests
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    # us-east-1: the one region where CreateBucket needs no LocationConstraint
+    setup = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
+                 aws_secret_access_key="setup")
+    session = botocore.session.Session()
+    iam = session.create_client("iam", **setup)
+    iam.create_user(UserName="lab")
+    allow = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+    policy = iam.create_policy(PolicyName="s3-all", PolicyDocument=json.dumps(allow))["Policy"]["Arn"]
+    iam.attach_user_policy(UserName="lab", PolicyArn=policy)
+    key = iam.create_access_key(UserName="lab")["AccessKey"]
+    session.create_client("s3", **setup).create_bucket(Bucket="lab-bucket")
+    # from here on every request is checked against IAM (moto's INITIAL_NO_AUTH_ACTION_COUNT = 0)
+    requests.post(f"{endpoint}/moto-api/reset-auth", data=b"0", timeout=10).raise_for_status()
+    yield S3Bucket(endpoint, "lab-bucket", key["AccessKeyId"], key["SecretAccessKey"])
+    server.stop()
+
+
+@pytest.fixture
+def bucket_env(s3_bucket, monkeypatch) -> S3Bucket:
+    """The session's bucket, under a prefix of this test's own, configured through the environment."""
+    import secrets
+
+    bucket = s3_bucket.under(f"t-{secrets.token_hex(4)}")
+    bucket.env(monkeypatch)
+    return bucket

@@ -78,7 +78,9 @@ def test_the_job_directory_is_a_leaf():
     graph = import_graph()
     for name in (n for n in graph if n.startswith("lora_lab.jobdir")):
         outside = {m for m in graph[name] if not m.startswith("lora_lab.jobdir")}
-        assert outside <= {"lora_lab.atomic", "lora_lab.errors", "lora_lab.workspace"}, (name, outside)
+        # ray_jobs: a job on a Ray cluster is judged alive by Ray's word once its heartbeat lags
+        assert outside <= {"lora_lab.atomic", "lora_lab.errors", "lora_lab.workspace",
+                           "lora_lab.ray_jobs"}, (name, outside)
 
 
 def test_the_steps_and_the_core_import_no_adapter():

@@ -10,7 +10,7 @@ import math
 import re
 from typing import Any, get_args
 
-from ..buckets import FAMILIES
+from ..aspect_buckets import FAMILIES
 from ..calc import StepPlan
 from ..models.catalogue import CATALOGUE
 from ..training.config import PACKAGES, TrainConfig

@@ -21,6 +21,7 @@ from . import (
     models_cmds,
     notebook_cmds,
     suggest_cmds,
+    sync_cmds,
     train_cmds,
 )
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     lora_cmds.register(sub)
     suggest_cmds.register(sub)
     cluster_cmds.register(sub)
+    sync_cmds.register(sub)
     return parser
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..buckets import FAMILIES
+from ..aspect_buckets import FAMILIES
 from ..calc import StepPlan, plan_steps
 from ..errors import LoraLabError
 from ..tiny import FLOW_FAMILIES

@@ -15,7 +15,7 @@ from typing import Any
 
 import tomli_w
 
-from ..buckets import FAMILIES
+from ..aspect_buckets import FAMILIES
 from ..errors import Conflict, LoraLabError
 from ..workspace import check_name
 from .captions import prefix, split_tags

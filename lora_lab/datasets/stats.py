@@ -5,7 +5,7 @@ import statistics
 from collections import Counter
 from typing import Any
 
-from ..buckets import FAMILIES, assign_bucket, family_buckets
+from ..aspect_buckets import FAMILIES, assign_bucket, family_buckets
 from .dataset import Dataset
 from .tags import tag_counts
 

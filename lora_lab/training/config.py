@@ -21,8 +21,8 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import tomli_w
 
+from ..aspect_buckets import FAMILIES
 from ..atomic import write_text
-from ..buckets import FAMILIES
 from ..errors import LoraLabError
 from .sections import (
     DatasetSection,

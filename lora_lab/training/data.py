@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from ..buckets import assign_bucket, make_buckets
+from ..aspect_buckets import assign_bucket, make_buckets
 from ..calc import StepPlan, plan_steps
 from ..datasets import Dataset
 from ..datasets.captions import join_tags, prefix, split_tags

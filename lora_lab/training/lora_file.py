@@ -37,7 +37,7 @@ from safetensors.torch import save as safetensors_bytes
 from lora_lab.atomic import write_bytes
 from lora_lab.errors import LoraLabError
 
-from ..buckets import FAMILIES as DEFAULT_BUCKETS
+from ..aspect_buckets import FAMILIES as DEFAULT_BUCKETS
 from .bfl_names import BflNames, block_diagonal_parts, fuse
 from .families import FAMILIES, get_family
 from .kohya_names import ldm_unet_path, unet_naming, uses_ldm_names

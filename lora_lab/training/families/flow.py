@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ...buckets import make_buckets
+from ...aspect_buckets import make_buckets
 from ...errors import LoraLabError
 from ..sections import DatasetSection
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from ...buckets import make_buckets
+from ...aspect_buckets import make_buckets
 from ...errors import LoraLabError
 from ..latents import fit, sample_latents
 from ..sections import DatasetSection, TrainSection
