@@ -35,6 +35,8 @@
 # runs every module on a GPU; on a CPU every 20th (~25 min a repeat on 2 loaded cores, nearly all of it the floor).
 # bench_tryout.py (a 3x3 LoRA tryout grid on the tiny SD1.5 through one loaded pipeline, against
 # loading the pipeline for each image) takes ~1.5 min; `--family sdxl` runs it on the tiny SDXL.
+# bench_ray_jobs.py (a tiny training job through the Ray executor on a local head against the
+# local executor: submit overhead and event lag) takes ~3 min.
 # BENCH_PYTHON picks the interpreter (default: the project's .venv).
 set -e
 cd "$(dirname "$0")/.."
