@@ -136,6 +136,22 @@ def test_a_job_asking_for_more_gpus_than_the_cluster_has_waits_saying_why(on_ray
     assert cancel(job)["state"] == "cancelled"
 
 
+def test_a_job_waits_in_lora_labs_queue_until_the_cluster_has_its_gpus(on_ray, tiny_models):
+    """Ray Jobs is not a queue: a job needing GPUs another job holds is not submitted (Ray would
+    fail it after 15 minutes) but waits here, saying why, and goes once they are free."""
+    first = submit("train", {"config": config(tiny_models, train={"max_steps": 100_000}).to_dict(),
+                             "gpus": 1}, on_ray)
+    _wait(first, lambda v: v["state"] == "running", "ran")
+    second = submit("train", {"config": config(tiny_models, train={"max_steps": 4}).to_dict(),
+                              "gpus": 2}, on_ray)
+    view = _wait(second, lambda v: v.get("reason"), "said why it waits")
+    assert view["reason"] == "waiting for 2 free GPUs on the Ray cluster (1 free)"
+    assert view["state"] == "queued" and view["handle"]["submission_id"] is None
+    assert cancel(first)["state"] == "cancelled"
+    view = _wait(second, lambda v: v["state"] != "queued", "started")
+    assert view["handle"]["submission_id"] == second.id and not view.get("reason")
+
+
 def test_an_unreachable_head_refuses_the_job_before_it_exists(ws, cli, tiny_models, tmp_path,
                                                              monkeypatch):
     with socket.socket() as s:  # a port nothing listens on

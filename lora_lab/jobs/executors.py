@@ -13,6 +13,7 @@ process id only ever counts for a process on this box.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shlex
@@ -26,7 +27,7 @@ from typing import Any
 
 from .. import cluster, ray_jobs
 from ..errors import LoraLabError
-from ..jobdir import JobRecord, pid_alive
+from ..jobdir import ACTIVE, JobRecord, list_jobs, pid_alive
 from ..jobdir.record import ray_submission
 from ..workspace import Workspace
 from .kinds import kind_of
@@ -98,10 +99,10 @@ def dispatch(job: JobRecord, resume: bool) -> None:
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with job.heartbeat(), open(lock_path, "w") as lock:
         while True:
-            reason = _wait_reason(address, need)
+            reason = _wait_reason(job, address, need)
             if reason is None:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # one dispatcher submits at a time: no two
-                reason = _wait_reason(address, need)  # take the same free GPUs
+                reason = _wait_reason(job, address, need)  # take the same free GPUs
                 if reason is None:
                     _submit(job, address, need, resume)
                     return
@@ -111,18 +112,32 @@ def dispatch(job: JobRecord, resume: bool) -> None:
             time.sleep(POLL_S)
 
 
-def _wait_reason(address: str, need: int) -> str | None:
-    """Why a job needing ``need`` GPUs cannot start on the cluster now; None when it can."""
+def _wait_reason(job: JobRecord, address: str, need: int) -> str | None:
+    """Why ``job``, needing ``need`` GPUs, cannot start on the cluster now; None when it can."""
     try:
-        free = cluster.cluster_resources(address)
+        res = cluster.cluster_resources(address)
     except LoraLabError as e:
         return str(e)
-    if need > free["gpus"]:
-        return (f"it asks for {need} GPUs and the Ray cluster at {address} has {free['gpus']}; "
+    if need > res["gpus"]:
+        return (f"it asks for {need} GPUs and the Ray cluster at {address} has {res['gpus']}; "
                 "join more nodes (lora-lab cluster start prints the line) or ask for fewer")
-    if need > free["gpus_free"]:
-        return f"waiting for {need} free GPUs on the Ray cluster ({free['gpus_free']} free)"
+    # the dashboard counts a job's GPUs a second or two late: lora_lab's own jobs count at once
+    free = min(res["gpus_free"], res["gpus"] - _held(job, address))
+    if need > free:
+        return f"waiting for {need} free GPUs on the Ray cluster ({free} free)"
     return None
+
+
+def _held(job: JobRecord, address: str) -> int:
+    """The GPUs of the workspace's other jobs submitted to the cluster at ``address`` and not ended."""
+    held = 0
+    for other in list_jobs(job.workspace):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            view = other.view()
+            if other.id != job.id and view["state"] in ACTIVE and ray_submission(view) and \
+                    view["handle"]["address"] == address:
+                held += _gpus(other)
+    return held
 
 
 def _submit(job: JobRecord, address: str, need: int, resume: bool) -> None:
