@@ -202,12 +202,7 @@ def test_empty_dataset_and_bad_settings(cli, ds, caption_model, tiny_caption):
 
 def test_caption_killed_with_sigkill_resumes_with_nothing_lost_or_doubled(cli, ws, tmp_path,
                                                                           tiny_caption):
-    src = tmp_path / "many"
-    src.mkdir()
-    for i in range(40):
-        (src / f"img{i:02d}.jpg").write_bytes(jpeg_bytes((96, 96), seed=i))
-        (src / f"img{i:02d}.txt").write_text(f"orig{i:02d}")
-    cli("dataset", "ingest", src, "--name", "many")
+    cli("dataset", "ingest", forty_captioned(tmp_path), "--name", "many")
     argv = [str(Path(sys.executable).parent / "lora-lab"), "caption", "many", "--mode", "append",
             "--model", str(tiny_caption["caption_model"]), "--mmproj",
             str(tiny_caption["caption_mmproj"]), "--max-tokens", "48", "--json"]
@@ -226,13 +221,29 @@ def test_caption_killed_with_sigkill_resumes_with_nothing_lost_or_doubled(cli, w
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["already_done"] + report["captioned"] == 40 and report["failed"] == []
+    assert_each_appended_once(ds)
+    assert not [p for p in ds.path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def forty_captioned(tmp_path: Path) -> Path:
+    """A folder of 40 images, each with its caption ``origNN``: a run killed mid-way leaves
+    some appended to and some not."""
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(40):
+        (src / f"img{i:02d}.jpg").write_bytes(jpeg_bytes((96, 96), seed=i))
+        (src / f"img{i:02d}.txt").write_text(f"orig{i:02d}")
+    return src
+
+
+def assert_each_appended_once(ds: Dataset) -> None:
+    """The last caption run, killed and resumed, appended to each of the 40 captions once."""
     entry = ds.journal.last()[1]
     assert entry["done"] and sorted(f for f, _, _ in entry["changes"]) == sorted(
         f"img{i:02d}.jpg" for i in range(40))
     for file, before, after in entry["changes"]:
         assert before == f"orig{file[3:5]}"  # appended once, to the original caption
         assert after.startswith(before + ", ") and ds.caption(file) == after
-    assert not [p for p in ds.path.rglob("*") if p.name.endswith(".tmp")]
 
 
 def _wait_for_events(ws, proc, at_least: int) -> list[dict]:

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import jpeg_bytes
 from server_api import api, jp_server_config  # noqa: F401 (fixtures)
+from test_caption_batch import assert_each_appended_once, forty_captioned
+from test_jobs import wait_until
 from test_launcher import launcher_on
 from test_server_jobs import read_stream, train_config
 from test_train import config
@@ -35,14 +36,9 @@ def on_ray(ray_cluster, ws, monkeypatch):
             cancel(job)
 
 
-def _wait(job: JobRecord, until: Callable[[dict], bool], what: str) -> dict:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        view = job.view()
-        if until(view):
-            return view
-        time.sleep(0.2)
-    raise AssertionError(f"job {job.id} never {what}: {job.view()}\n{job.log_path.read_text()[-3000:]}")
+def _wait(job: JobRecord, until: Callable[[dict], bool]) -> dict:
+    """The view once ``until`` holds, waiting long enough for Ray to set a job up."""
+    return wait_until(job, until, WAIT_S)
 
 
 def _only_job(ws) -> JobRecord:
@@ -64,7 +60,7 @@ def test_training_on_ray_is_cancelled_with_a_checkpoint_and_resumed_to_its_end(
         on_ray, cli, tiny_models, tmp_path, ray_cluster):
     cli("jobs", "submit", "train", _train_config(tiny_models, tmp_path))
     job = _only_job(on_ray)
-    view = _wait(job, lambda v: _trained(job) >= 5, "trained 5 steps")
+    view = _wait(job, lambda v: _trained(job) >= 5)
     assert view["executor"] == "ray" and view["handle"] == {"address": ray_cluster.url,
                                                             "submission_id": job.id}
     cli("jobs", "cancel", job.id)
@@ -73,7 +69,7 @@ def test_training_on_ray_is_cancelled_with_a_checkpoint_and_resumed_to_its_end(
     assert [e["step"] for e in events if e["type"] == "checkpoint"][-1] == _trained(job) < 200
 
     cli("jobs", "resume", job.id)
-    view = _wait(job, lambda v: v["state"] not in ("queued", "running"), "ended")
+    view = _wait(job, lambda v: v["state"] not in ("queued", "running"))
     assert view["state"] == "succeeded", job.log_path.read_text()[-3000:]
     assert view["handle"]["submission_id"] == f"{job.id}-r1"  # Ray never reuses an id
     assert [f["step"] for f in view["loras"]] == [50, 100, 150, None]
@@ -86,49 +82,39 @@ def test_a_worker_killed_mid_job_reads_interrupted_and_resumes_from_its_checkpoi
         on_ray, cli, tiny_models, tmp_path):
     cli("jobs", "submit", "train", _train_config(tiny_models, tmp_path, steps=400))
     job = _only_job(on_ray)
-    _wait(job, lambda v: any(e["type"] == "checkpoint" for e in job.events()), "saved a checkpoint")
+    _wait(job, lambda v: any(e["type"] == "checkpoint" for e in job.events()))
     os.kill(job.status()["pid"], signal.SIGKILL)  # the job's process on the (only) node
-    view = _wait(job, lambda v: v["state"] != "running", "stopped running")
+    view = _wait(job, lambda v: v["state"] != "running")
     assert view["state"] == "interrupted" and "resume it" in view["error"]
     cli("jobs", "resume", job.id)
     _wait(job, lambda v: any(e.get("message", "").startswith("resumed from step-")
-                             for e in job.events() if e["type"] == "log"), "resumed")
+                             for e in job.events() if e["type"] == "log"))
     cli("jobs", "cancel", job.id)
 
 
 def test_a_caption_job_on_ray_killed_mid_way_resumes_with_nothing_lost_or_doubled(
         on_ray, cli, tiny_caption, tmp_path):
-    src = tmp_path / "many"
-    src.mkdir()
-    for i in range(40):
-        (src / f"img{i:02d}.jpg").write_bytes(jpeg_bytes((96, 96), seed=i))
-        (src / f"img{i:02d}.txt").write_text(f"orig{i:02d}")
-    cli("dataset", "ingest", src, "--name", "many")
+    cli("dataset", "ingest", forty_captioned(tmp_path), "--name", "many")
     cli("jobs", "submit", "caption", "many", "--mode", "append", "--model",
         tiny_caption["caption_model"], "--mmproj", tiny_caption["caption_mmproj"],
         "--max-tokens", "48")
     job = _only_job(on_ray)
-    _wait(job, lambda v: sum(e["type"] == "progress" for e in job.events()) >= 3, "captioned 3")
+    _wait(job, lambda v: sum(e["type"] == "progress" for e in job.events()) >= 3)
     os.kill(job.status()["pid"], signal.SIGKILL)  # the job's process on the (only) node
-    assert _wait(job, lambda v: v["state"] != "running", "stopped")["state"] == "interrupted"
+    assert _wait(job, lambda v: v["state"] != "running")["state"] == "interrupted"
     ds = Dataset.open("many", on_ray)
     assert 0 < len(ds.journal.last()[1]["changes"]) < 40, "killed too late to test a resume"
 
     cli("jobs", "resume", job.id)
-    view = _wait(job, lambda v: v["state"] not in ("queued", "running"), "ended")
+    view = _wait(job, lambda v: v["state"] not in ("queued", "running"))
     assert view["state"] == "succeeded" and view["executor"] == "ray", job.log_path.read_text()
-    entry = ds.journal.last()[1]
-    assert entry["done"] and sorted(f for f, _, _ in entry["changes"]) == sorted(
-        f"img{i:02d}.jpg" for i in range(40))
-    for file, before, after in entry["changes"]:
-        assert before == f"orig{file[3:5]}"  # appended once, to the original caption
-        assert after.startswith(before + ", ") and ds.caption(file) == after
+    assert_each_appended_once(ds)
 
 
 def test_a_job_asking_for_more_gpus_than_the_cluster_has_waits_saying_why(on_ray, tiny_models):
     cfg = config(tiny_models, train={"max_steps": 4})
     job = submit("train", {"config": cfg.to_dict(), "gpus": 4}, on_ray)
-    view = _wait(job, lambda v: v.get("reason"), "said why it waits")
+    view = _wait(job, lambda v: v.get("reason"))
     assert view["state"] == "queued" and view["phase"] == "waiting for the Ray cluster"
     assert "asks for 4 GPUs" in view["reason"] and "has 2" in view["reason"]
     time.sleep(2)
@@ -141,14 +127,14 @@ def test_a_job_waits_in_lora_labs_queue_until_the_cluster_has_its_gpus(on_ray, t
     fail it after 15 minutes) but waits here, saying why, and goes once they are free."""
     first = submit("train", {"config": config(tiny_models, train={"max_steps": 100_000}).to_dict(),
                              "gpus": 1}, on_ray)
-    _wait(first, lambda v: v["state"] == "running", "ran")
+    _wait(first, lambda v: v["state"] == "running")
     second = submit("train", {"config": config(tiny_models, train={"max_steps": 4}).to_dict(),
                               "gpus": 2}, on_ray)
-    view = _wait(second, lambda v: v.get("reason"), "said why it waits")
+    view = _wait(second, lambda v: v.get("reason"))
     assert view["reason"] == "waiting for 2 free GPUs on the Ray cluster (1 free)"
     assert view["state"] == "queued" and view["handle"]["submission_id"] is None
     assert cancel(first)["state"] == "cancelled"
-    view = _wait(second, lambda v: v["state"] != "queued", "started")
+    view = _wait(second, lambda v: v["state"] != "queued")
     assert view["handle"]["submission_id"] == second.id and not view.get("reason")
 
 
@@ -186,7 +172,7 @@ def test_the_launcher_trains_on_ray_and_its_monitor_follows(on_ray, tiny_models)
     assert launcher.check(), launcher.problems
     launcher.train_button.click()
     assert launcher.job is not None, launcher.notice.text
-    view = _wait(launcher.job, lambda v: v["state"] not in ("queued", "running"), "ended")
+    view = _wait(launcher.job, lambda v: v["state"] not in ("queued", "running"))
     assert view["state"] == "succeeded" and view["executor"] == "ray"
     monitor = launcher.monitor
     monitor.refresh()
