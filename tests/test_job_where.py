@@ -28,7 +28,7 @@ from lora_lab.widgets.monitor import TrainingMonitor
 ADDRESS = "http://127.0.0.1:8265"
 WAITING = (f"it asks for 4 GPUs and the Ray cluster at {ADDRESS} has 2; join more nodes "
            "(lora-lab cluster start prints the line) or ask for fewer")
-NO_CLUSTER = "no Ray cluster: run `lora-lab cluster start`"
+NO_CLUSTER = "no Ray cluster configured: run `lora-lab cluster start`"
 
 
 @pytest.fixture(autouse=True)
