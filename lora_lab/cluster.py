@@ -27,7 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from .atomic import write_text
-from .errors import LoraLabError
+from .errors import LoraLabError, Unavailable
 from .workspace import Workspace
 
 ADDRESS_ENV = "LORA_LAB_RAY_ADDRESS"
@@ -63,7 +63,7 @@ def dashboard_url(workspace: Workspace) -> str:
         return parse_dashboard_url(given)
     recorded = read_cluster_file(workspace)
     if recorded is None:
-        raise LoraLabError(f"no Ray cluster configured: run `lora-lab cluster start` on the head "
+        raise Unavailable(f"no Ray cluster configured: run `lora-lab cluster start` on the head "
                            f"box, or set {ADDRESS_ENV} to its dashboard URL (http://HOST:8265)")
     return str(recorded["dashboard"])
 
@@ -96,10 +96,10 @@ def read_cluster_file(workspace: Workspace) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise LoraLabError(f"{path} is unreadable ({e}): remove it, then `lora-lab cluster "
+        raise Unavailable(f"{path} is unreadable ({e}): remove it, then `lora-lab cluster "
                            "start` again") from None
     if not isinstance(data, dict) or not isinstance(data.get("dashboard"), str):
-        raise LoraLabError(f"{path} names no dashboard: remove it, then `lora-lab cluster start` again")
+        raise Unavailable(f"{path} names no dashboard: remove it, then `lora-lab cluster start` again")
     return data
 
 
@@ -114,7 +114,7 @@ def cluster_resources(url: str, timeout: float = 5) -> dict[str, Any]:
     try:
         nodes = [_node(entry, _usage_by_node(status)) for entry in summary["data"]["summary"]]
     except (KeyError, TypeError, AttributeError):
-        raise LoraLabError(f"{url} answers, but not as a Ray dashboard does: is it the head's "
+        raise Unavailable(f"{url} answers, but not as a Ray dashboard does: is it the head's "
                            "dashboard port (8265 by default)?") from None
     totals = {key: sum(n[key] for n in nodes) for key in ("gpus", "gpus_free", "cpus", "cpus_free")}
     return {**totals, "nodes": sorted(nodes, key=lambda n: (not n["alive"], n["ip"]))}
@@ -155,17 +155,17 @@ def _get_json(url: str, path: str, timeout: float) -> Any:
             return json.loads(response.read())
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
-            raise LoraLabError(f"the Ray head at {url} asks for a token (Ray's token "
+            raise Unavailable(f"the Ray head at {url} asks for a token (Ray's token "
                                "authentication): start it with `lora-lab cluster start`, or "
                                "with RAY_AUTH_MODE=disabled") from None
-        raise LoraLabError(f"{url} answers HTTP {e.code} to {path}: it is not a Ray dashboard "
+        raise Unavailable(f"{url} answers HTTP {e.code} to {path}: it is not a Ray dashboard "
                            "(the head's dashboard port is 8265 by default)") from None
     except ValueError:
-        raise LoraLabError(f"{url} answers {path} with something other than JSON: it is not a "
+        raise Unavailable(f"{url} answers {path} with something other than JSON: it is not a "
                            "Ray dashboard") from None
     except (urllib.error.URLError, OSError) as e:
         why = getattr(e, "reason", e)
-        raise LoraLabError(f"the Ray head at {url} is unreachable ({why}): start it with `lora-lab "
+        raise Unavailable(f"the Ray head at {url} is unreachable ({why}): start it with `lora-lab "
                            f"cluster start`, or fix {ADDRESS_ENV}") from None
 
 

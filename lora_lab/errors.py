@@ -17,5 +17,10 @@ class Conflict(LoraLabError):
     """The request clashes with what exists (a taken name, a newer edit)."""
 
 
+class Unavailable(LoraLabError):
+    """What the request needs is not there to serve it (no Ray cluster configured or reachable):
+    the server's trouble, not the request's."""
+
+
 class NoSpace(LoraLabError):
     """The disk has too little room for what was asked (a model to download)."""

@@ -132,7 +132,7 @@ async def test_rest_takes_an_executor_and_refuses_a_bad_one_leaving_no_job(api, 
     assert code == 400 and body["detail"] == "executor must be one of local, ray, not 'bogus'"
     code, body = await api("jobs", method="POST",
                            body={"kind": "caption", "params": shapes, "executor": "ray"})
-    assert code == 400 and NO_CLUSTER in body["detail"]
+    assert code == 503 and NO_CLUSTER in body["detail"]
     code, body = await api("models/pull", method="POST", body={"model": "sd15", "executor": 7})
     assert code == 400 and body["detail"] == "executor must be a string, not 7"
     assert tree_digest(ws.jobs) == before
@@ -164,7 +164,7 @@ async def test_the_server_setting_is_the_default_a_request_can_override(api, ws,
     assert (await api("health"))[1]["executor"] == "ray"
     before = tree_digest(ws.jobs)
     code, body = await api("jobs", method="POST", body={"kind": "caption", "params": shapes})
-    assert code == 400 and NO_CLUSTER in body["detail"]  # the setting's ray: no cluster here
+    assert code == 503 and NO_CLUSTER in body["detail"]  # the setting's ray: no cluster here
     assert tree_digest(ws.jobs) == before
     code, body = await api("jobs", method="POST",
                            body={"kind": "caption", "params": shapes, "executor": "local"})

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import cluster, ray_jobs
-from ..errors import LoraLabError
+from ..errors import LoraLabError, Unavailable
 from ..jobdir import ACTIVE, JobRecord, list_jobs, pid_alive
 from ..jobdir.record import ray_submission
 from ..workspace import Workspace
@@ -50,7 +50,7 @@ def check_executor(name: str | None, ws: Workspace) -> str:
         raise LoraLabError(f"executor must be one of {', '.join(EXECUTORS)}, not {name!r}")
     if name == "ray":
         if not cluster.ray_installed():  # checked without importing Ray: that takes seconds
-            raise LoraLabError(f"a job on a Ray cluster needs Ray: {cluster.PIP_LINE}")
+            raise Unavailable(f"a job on a Ray cluster needs Ray: {cluster.PIP_LINE}")
         cluster.cluster_resources(cluster.dashboard_url(ws))
     return name
 

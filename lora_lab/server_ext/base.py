@@ -23,7 +23,7 @@ from tornado.web import HTTPError, RequestHandler
 
 from ..captioning.base import CaptionError
 from ..datasets import Dataset
-from ..errors import Conflict, LoraLabError, NoSpace, NotFound
+from ..errors import Conflict, LoraLabError, NoSpace, NotFound, Unavailable
 from ..workspace import Workspace
 from .services import SETTINGS_KEY, Services
 
@@ -38,10 +38,10 @@ SAFE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
 
 API = "lora-lab/api"  # under the server's base_url; the frontend builds URLs from the same string
 
-# Most specific first. A caption model that cannot load or answer is the server's trouble,
-# not the request's: 503, so a client knows to retry or tell an admin.
+# Most specific first. A caption model that cannot load or answer, or a Ray cluster that is not
+# there, is the server's trouble, not the request's: 503, so a client knows to retry or tell an admin.
 STATUS: list[tuple[type[Exception], int]] = [
-    (NotFound, 404), (Conflict, 409), (CaptionError, 503), (NoSpace, 507), (LoraLabError, 400)]
+    (NotFound, 404), (Conflict, 409), (CaptionError, 503), (Unavailable, 503), (NoSpace, 507), (LoraLabError, 400)]
 
 
 def status_of(error: LoraLabError) -> int:

@@ -25,7 +25,8 @@ ERROR_CODES = {400: "Bad input: the detail says what was wrong and what to do",
                     "undo over newer edits)",
                412: "The caption changed since the ETag in If-Match was read; nothing was written",
                413: "The upload is larger than LoraLabApp.max_upload_mb",
-               503: "The caption model cannot load or answer",
+               503: "The caption model cannot load or answer, or the Ray cluster a job asks for is "
+                    "not configured, installed or reachable",
                507: "The workspace's disk is full, or too small for the model asked for"}
 
 
@@ -188,8 +189,9 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
                         "fail at its start is refused before its record exists: a dataset "
                         "without images, uncaptioned images and no trigger word, a base or "
                         "caption model that is missing or of an unknown family (400, every "
-                        "problem in `problems`), a LoRA name another run holds (409)", ok=(202,),
-                        result=_ref("Accepted"), errors=(400, 404, 409),
+                        "problem in `problems`), a LoRA name another run holds (409), the Ray "
+                        "cluster `executor` ray asks for not there (503)", ok=(202,),
+                        result=_ref("Accepted"), errors=(400, 404, 409, 503),
                         body={"oneOf": [caption, train]}),
         },
         "/jobs/{job_id}": {
@@ -203,8 +205,9 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
         "/jobs/{job_id}/cancel": {"post": _op("Stop a queued or running job", params=(JOB,),
                                               result=_ref("Job"), errors=(400, 404, 409))},
         "/jobs/{job_id}/resume": {"post": _op(
-            "Start an ended job again where it stopped", ok=(202,), params=(JOB,),
-            result=_ref("Accepted"), errors=(400, 404, 409))},
+            "Start an ended job again where it stopped, on the executor it ran on (a Ray job: "
+            "503 when its cluster is not there)", ok=(202,), params=(JOB,),
+            result=_ref("Accepted"), errors=(400, 404, 409, 503))},
         "/jobs/{job_id}/events": {"get": _op(
             "The events after number `after`, each numbered `n`", params=(JOB, after))},
         "/jobs/{job_id}/files": {"get": _op(
@@ -264,8 +267,8 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
             "cancel and resume are the job's). Refused before the job exists: an unknown name "
             "(404, with the closest ones), the Hub unreachable or a gated repo without the "
             "server's HF_TOKEN (400), too little disk (507), a pull into the same folder running "
-            "or a different file in the way (409)", ok=(202,), result=_ref("Accepted"),
-            errors=(400, 404, 409, 507),
+            "or a different file in the way (409), no Ray cluster for `executor` ray (503)",
+            ok=(202,), result=_ref("Accepted"), errors=(400, 404, 409, 503, 507),
             body=_obj(("model",), closed=True, model=schemas.MODEL_SPEC,
                       name=_opt(schemas.name("the folder under models/ (default: the catalogue "
                                              "name, or the repo's name)")),
