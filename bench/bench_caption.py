@@ -1,5 +1,6 @@
-"""Captioning benchmarks: lora_lab's batch against a bare create_chat_completion loop, and the
-OpenAI-compatible engine with 4 requests in flight against sequential requests.
+"""Captioning benchmarks: lora_lab's batch against a bare create_chat_completion loop, the
+OpenAI-compatible engine with 4 requests in flight against sequential requests, and that engine
+on two servers against one.
 
     .venv/bin/python bench/bench_caption.py            # 64 images, best of 3 (~5 min on 2 idle cores)
     .venv/bin/python bench/bench_caption.py --quick    # 16 images, 1 run (~40 s)
@@ -33,9 +34,13 @@ from lora_lab.captioning.batch import CaptionSettings, caption_dataset
 from lora_lab.datasets import Dataset, ingest
 from lora_lab.workspace import Workspace
 
-SECTIONS = ("llama", "openai")
+SECTIONS = ("llama", "openai", "servers")
 LLAMA_TARGET = Target(ratio=1.10)
 OPENAI_TARGET = Target(ratio=1.0)  # faster than sequential
+SERVERS_TARGET = Target(ratio=1 / 1.8)  # two servers at least 1.8x as fast as one
+# A stand-in server's pace in the servers section: slow enough that preparing the images
+# (~28 ms each on one core) keeps ahead of two servers' 2 x IN_FLIGHT slots.
+SERVERS_LATENCY_S = 1.0
 IN_FLIGHT = 4
 # Photo-like sizes up to ~2 MP, landscape and portrait: 1.0-1.9 MP are decoded in full and
 # resized to the 0.5 MP cap; 1920x1080 is decoded at half scale (JPEG draft) and re-encoded.
@@ -72,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
             bench_llama(args, root, ds, files, paths, settings)
         if "openai" in args.only:
             bench_openai(args, ds, settings)
+        if "servers" in args.only:
+            bench_servers(args, ds, settings)
 
 
 # -- local engine: lora_lab against a bare loop ----------------------------------------------------
@@ -325,6 +332,45 @@ def bench_openai(args: argparse.Namespace, ds: Dataset, settings: CaptionSetting
     print(f"images/s: sequential {n / seq.seconds:.2f}, {IN_FLIGHT} in flight {n / par.seconds:.2f}; "
           f"speed-up {seq.seconds / par.seconds:.2f}x (ideal {IN_FLIGHT}x: the server alone needs "
           f"{ideal:.2f} s sequential, {ideal / IN_FLIGHT:.2f} s with {IN_FLIGHT} slots)")
+    print_runs(runs)
+
+
+def bench_servers(args: argparse.Namespace, ds: Dataset, settings: CaptionSettings) -> None:
+    """Two stand-in servers of the same fixed latency, against one of them alone."""
+    from lora_lab.captioning.openai_server import OpenAIServerCaptioner
+
+    servers = [FakeServer(SERVERS_LATENCY_S) for _ in range(2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True, name="bench-server").start()
+    try:
+        engines = {n: OpenAIServerCaptioner([s.url for s in servers[:n]], concurrency=IN_FLIGHT,
+                                            max_tokens=args.max_tokens, temperature=TEMPERATURE)
+                   for n in (1, 2)}
+
+        def run(n: int) -> Callable[[], list[int]]:
+            def go() -> list[int]:
+                before = [s.answered for s in servers]
+                report = caption_dataset(ds, engines[n], settings)
+                if report.captioned != len(ds):
+                    raise SystemExit(f"caption_dataset captioned {report.captioned} of {len(ds)} "
+                                     f"images through {n} server(s); failed: {report.failed[:3]}")
+                return [s.answered - b for s, b in zip(servers, before)]
+            return go
+
+        runs = alternate({"1 server": run(1), "2 servers": run(2)}, args.repeats)
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    one, two = best_run(runs["1 server"]), best_run(runs["2 servers"])
+    print_table(
+        f"caption {len(ds)} images through OpenAIServerCaptioner on 2 servers, concurrency="
+        f"{IN_FLIGHT} each, best of {args.repeats} undisturbed runs (order alternated)",
+        f"the same on one of them; each server is a local stand-in that waits "
+        f"{SERVERS_LATENCY_S * 1000:g} ms per request",
+        [Row(f"2 servers (images each: {two.info})", two.seconds, one.seconds, SERVERS_TARGET)])
+    print(f"images/s: 1 server {len(ds) / one.seconds:.2f}, 2 servers {len(ds) / two.seconds:.2f}; "
+          f"speed-up {one.seconds / two.seconds:.2f}x (target >= 1.8x, ideal 2x)")
     print_runs(runs)
 
 

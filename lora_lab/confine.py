@@ -88,14 +88,16 @@ def _train_source(ws: Workspace, source: str) -> str:
 
 
 def caption_job(params: dict[str, Any], ws: Workspace, servers: Iterable[str]) -> dict[str, Any]:
-    """A submitted caption job's params with its model files inside the workspace and its
-    caption server one the admin allows."""
+    """A submitted caption job's params with its model files inside the workspace and each of
+    its caption servers one the admin allows."""
     out = dict(params)
     for key in ("model", "mmproj"):
         if isinstance(out.get(key), str) and out[key]:
             out[key] = str(existing(ws, out[key], f"caption parameter {key}"))
-    if isinstance(out.get("server"), str) and out["server"]:
-        check_caption_server(out["server"], servers)
+    named = out.get("server")  # one URL or a list; other shapes: the job's own check refuses them
+    for url in [named] if isinstance(named, str) else named if isinstance(named, list) else []:
+        if isinstance(url, str) and url:
+            check_caption_server(url, servers)
     return out
 
 

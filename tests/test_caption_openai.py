@@ -134,16 +134,32 @@ class Handler(BaseHTTPRequestHandler):
                                    "total_tokens": 80 + len(answer.split(" "))}})
 
 
-@pytest.fixture(scope="module")
-def server():
+def serve() -> ThreadingHTTPServer:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.state = FakeState()
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield httpd
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    return httpd
+
+
+def stop(httpd: ThreadingHTTPServer) -> None:
     httpd.state.release.set()
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = serve()
+    yield httpd
+    stop(httpd)
+
+
+@pytest.fixture(scope="module")
+def second_server():
+    """Another server for a run shared by two."""
+    httpd = serve()
+    yield httpd
+    stop(httpd)
 
 
 @pytest.fixture
@@ -157,8 +173,20 @@ def fake(server, monkeypatch) -> FakeState:
 
 
 @pytest.fixture
+def fake2(second_server, fake) -> FakeState:
+    second_server.state.reset()
+    yield second_server.state
+    second_server.state.release.set()
+
+
+@pytest.fixture
 def url(server) -> str:
     return f"http://127.0.0.1:{server.server_port}"
+
+
+@pytest.fixture
+def url2(second_server) -> str:
+    return f"http://127.0.0.1:{second_server.server_port}"
 
 
 def jpeg(colour: str = "red", size: tuple[int, int] = (64, 48)) -> bytes:
@@ -324,7 +352,7 @@ def test_a_non_http_url_is_refused(bad):
 @pytest.mark.parametrize("suffix", ["", "/", "/v1", "/v1/", "/v1/chat/completions"])
 def test_the_url_is_normalised(fake, url, suffix):
     cap = OpenAIServerCaptioner(url + suffix)
-    assert cap.url == f"{url}/v1/chat/completions"
+    assert cap.servers[0].url == f"{url}/v1/chat/completions"
     cap.caption(jpeg(), "p")
     assert [r["path"] for r in fake.requests] == ["/v1/models", "/v1/chat/completions"]
 
@@ -337,11 +365,11 @@ def test_api_base_keeps_a_path_prefix():
 def test_the_model_is_picked_from_the_server(fake, url):
     fake.models = ["Qwen2.5-VL-7B-Instruct-Q8_0.gguf", "other"]
     cap = OpenAIServerCaptioner(url)
-    assert cap.model == "Qwen2.5-VL-7B-Instruct-Q8_0.gguf"
+    assert cap.servers[0].model == "Qwen2.5-VL-7B-Instruct-Q8_0.gguf"
     assert cap.name == f"openai:Qwen2.5-VL-7B-Instruct-Q8_0.gguf@127.0.0.1:{url.rsplit(':', 1)[1]}"
     cap.caption(jpeg(), "p")
     assert fake.posts()[0]["body"]["model"] == "Qwen2.5-VL-7B-Instruct-Q8_0.gguf"
-    assert OpenAIServerCaptioner(url, model="chosen").model == "chosen"
+    assert OpenAIServerCaptioner(url, model="chosen").servers[0].model == "chosen"
 
 
 def test_a_server_with_no_models_needs_a_model_name(fake, url):
@@ -370,3 +398,140 @@ def test_a_caption_job_through_the_server_saves_retried_answers_whole(fake, url,
     assert all(ds.caption(f).endswith(("red", "green", "blue")) for f in ds.select())  # whole
     assert ds.images(truncated=True).total == 0
     assert open_job(out["job"], ws).view()["retried"] == 8
+
+
+# -- several servers for one run ------------------------------------------------------------------
+def shapes_items(n: int):
+    """(key, image, expected answer) for n distinct images."""
+    sizes = [(40 + i, 30 + 2 * i) for i in range(n)]
+    return [(f"img{i}", jpeg(list(COLOURS)[i % 3], size),
+             Answer(f"an image of {size[0]}x{size[1]} pixels, mostly {list(COLOURS)[i % 3]}"))
+            for i, size in enumerate(sizes)]
+
+
+def caption_all(cap: OpenAIServerCaptioner, items) -> dict:
+    results = {}
+    for key, answer in cap.caption_many((k, image, "p") for k, image, _ in items):
+        assert key not in results
+        results[key] = answer
+    return results
+
+
+def test_two_servers_share_a_run_each_with_its_own_slots(fake, fake2, url, url2):
+    for state in (fake, fake2):
+        state.delay, state.gate = 0.2, 2
+    cap = OpenAIServerCaptioner([url, url2], concurrency=2)
+    port, port2 = url.rsplit(":", 1)[1], url2.rsplit(":", 1)[1]
+    assert cap.name == f"openai:tiny-vlm@127.0.0.1:{port},tiny-vlm@127.0.0.1:{port2}"
+    items = shapes_items(12)
+    assert caption_all(cap, items) == {k: answer for k, _, answer in items}
+    assert (fake.max_in_flight, fake2.max_in_flight) == (2, 2)  # both full, neither over
+    assert len(fake.posts()) + len(fake2.posts()) == 12
+
+
+def test_a_faster_server_takes_more_images(fake, fake2, url, url2):
+    fake.delay, fake2.delay = 0.01, 0.5
+    cap = OpenAIServerCaptioner([url, url2], concurrency=1)
+    items = shapes_items(16)
+    assert caption_all(cap, items) == {k: answer for k, _, answer in items}
+    assert 1 <= len(fake2.posts()) < len(fake.posts())
+
+
+def test_a_failing_server_is_left_out_and_the_other_finishes_the_run(fake, fake2, url, url2):
+    fake2.script = [(500, {"error": {"code": 500, "message": "slot crashed", "type": "server_error"}})] * 50
+    fake.delay = 0.05  # the live server is busy when a new image comes: the failing one gets it
+    notices = []
+    cap = OpenAIServerCaptioner([url, url2], concurrency=2, retries=2, on_notice=notices.append)
+    items = shapes_items(10)
+    assert caption_all(cap, items) == {k: answer for k, _, answer in items}
+    assert len(fake.posts()) == 10  # every image captioned once, on the live server
+    assert 3 <= len(fake2.posts()) <= 4  # three failures in a row (two more were in flight at most)
+    [notice] = notices
+    assert notice.startswith(f"caption server at {url2}/v1 left out of this run after ")
+    assert "slot crashed" in notice and notice.endswith(f"going on with {url}/v1")
+
+
+def test_a_server_stopped_mid_run_is_left_out(fake, url):
+    third = serve()
+    url3 = f"http://127.0.0.1:{third.server_port}"
+    third.state.delay = fake.delay = 0.05
+    notices = []
+    cap = OpenAIServerCaptioner([url3, url], concurrency=2, on_notice=notices.append)
+    items, results = shapes_items(16), {}
+    for key, answer in cap.caption_many((k, image, "p") for k, image, _ in items):
+        results[key] = answer
+        if len(results) == 3:
+            stop(third)
+    assert results == {k: answer for k, _, answer in items}
+    assert len(fake.posts()) + len(third.state.posts()) >= 16
+    assert len(notices) == 1 and f"no caption server at {url3}/v1" in notices[0]
+
+
+def test_the_last_server_is_never_left_out(fake, url):
+    fake.script = [(500, {"error": {"message": "busy"}})] * 6
+    notices = []
+    cap = OpenAIServerCaptioner(url, concurrency=1, retries=2, on_notice=notices.append)
+    results = dict(cap.caption_many((i, jpeg(), "p") for i in range(3)))
+    assert [isinstance(results[i], CaptionError) for i in range(3)] == [True, True, False]
+    assert notices == []
+
+
+def test_an_unreachable_second_server_is_refused_at_start_naming_it(fake, url):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(CaptionError, match=f"^no caption server at http://127.0.0.1:{port}/v1: "
+                                           "connection refused"):
+        OpenAIServerCaptioner([url, f"http://127.0.0.1:{port}"])
+
+
+@pytest.mark.parametrize("urls, error", [
+    ([], "no caption server given"),
+    (["http://127.0.0.1:1", "http://127.0.0.1:1/v1/"], "http://127.0.0.1:1/v1 is named twice"),
+    (["http://127.0.0.1:1", 5], "must be text"),
+])
+def test_a_bad_server_list_is_refused_before_any_request(urls, error):
+    with pytest.raises(CaptionError, match=error):
+        OpenAIServerCaptioner(urls)
+
+
+def test_a_caption_job_through_two_servers_saves_every_caption(fake, fake2, url, url2, cli, ws, samples):
+    from test_jobs import ended, wait_until
+
+    cli("dataset", "ingest", samples, "--name", "shapes")
+    fake.delay = fake2.delay = 0.1
+    out = json.loads(cli("jobs", "submit", "caption", "shapes", "--server", url, "--server", url2,
+                         "--concurrency", "2", "--mode", "overwrite", "--json")[1])
+    job = open_job(out["id"], ws)
+    assert job.spec()["params"]["server"] == [url, url2]
+    assert wait_until(job, ended)["state"] == "succeeded", job.log_path.read_text()
+    ds = Dataset.open("shapes", ws)
+    assert all(ds.caption(f).endswith(("red", "green", "blue")) for f in ds.select())
+    assert len(fake.posts()) + len(fake2.posts()) == 8 and fake.posts() and fake2.posts()
+    assert job.events()[-1]["captioned"] == 8
+
+
+def test_the_cli_refuses_a_dead_or_doubled_server_before_a_job_exists(fake, url, cli, ws, samples):
+    cli("dataset", "ingest", samples, "--name", "shapes")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    line = cli.fails("caption", "shapes", "--server", f"{url},{dead}")
+    assert f"no caption server at {dead}/v1: connection refused" in line
+    line = cli.fails("jobs", "submit", "caption", "shapes", "--server", url, "--server", url + "/v1")
+    assert f"caption server {url}/v1 is named twice" in line
+    assert not ws.jobs.exists() or list(ws.jobs.iterdir()) == []
+
+
+def test_a_server_left_out_of_a_caption_job_is_in_its_events(fake, fake2, url, url2, cli, ws, samples):
+    cli("dataset", "ingest", samples, "--name", "shapes")
+    fake2.script = [(503, {"error": {"message": "Loading model"}})] * 2 + ["drop"] * 50
+    fake.delay = 0.05
+    out = json.loads(cli("caption", "shapes", "--server", f"{url},{url2}", "--concurrency", "1",
+                         "--mode", "overwrite", "--json")[1])
+    assert (out["captioned"], out["failed"]) == (8, [])
+    assert len(fake.posts()) == 8
+    job = open_job(out["job"], ws)
+    [warning] = [e for e in job.events() if e["type"] == "log"]
+    assert warning["level"] == "warning" and warning["message"].startswith(
+        f"caption server at {url2}/v1 left out of this run after 3 failures in a row (")

@@ -142,7 +142,10 @@ def test_caption_jobs_need_images_and_their_model(ws, tiny_models, tiny_caption,
     params = check_params("caption", {"dataset": "one", "mmproj": tiny_caption["caption_mmproj"].name},
                           ws, tiny_caption["caption_mmproj"].parent)  # relative: from the folder given
     assert params["mmproj"] == str(tiny_caption["caption_mmproj"])
-    assert check_params("caption", {"dataset": "one", "server": "http://127.0.0.1:1"}, ws)
+    # no local model for a caption server; on a cluster, its workers probe it when the job starts
+    assert check_params("caption", {"dataset": "one", "server": "http://127.0.0.1:1"}, ws, local=False)
+    with pytest.raises(LoraLabError, match="no caption server at http://127.0.0.1:1/v1"):
+        check_params("caption", {"dataset": "one", "server": "http://127.0.0.1:1"}, ws)  # on this box
 
 
 def test_default_samples():

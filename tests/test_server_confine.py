@@ -149,7 +149,25 @@ async def test_only_the_allowed_caption_servers_pass(api, ws, shapes):
     assert submitted(ws) == []
     code, doc, _ = await api("openapi.json")
     params = doc["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert "127\\.0\\.0\\.1:8080" in params["oneOf"][0]["properties"]["params"]["properties"]["server"]["pattern"]
+    one, several = params["oneOf"][0]["properties"]["params"]["properties"]["server"]["oneOf"]
+    assert "127\\.0\\.0\\.1:8080" in one["pattern"] and several["items"]["pattern"] == one["pattern"]
+
+
+@pytest.mark.parametrize("jp_server_config", [{"allowed_caption_servers": ["http://127.0.0.1:8080"]}],
+                         indirect=True)
+async def test_a_list_of_caption_servers_is_checked_url_by_url(api, ws, shapes):
+    code, err, _ = await api("jobs", method="POST", body={"kind": "caption", "params": {
+        "dataset": shapes, "server": ["http://127.0.0.1:8080", "http://127.0.0.1:8081"]}})
+    assert code == 400 and "caption server 'http://127.0.0.1:8081' is not allowed" in err["detail"]
+    code, err, _ = await api("jobs", method="POST", body={"kind": "caption", "params": {
+        "dataset": shapes, "server": ["http://127.0.0.1:8080", "http://127.0.0.1:8080/v1"]}})
+    assert code == 400 and "is named twice" in err["detail"]
+    # both allowed and named once: probed before the job exists (nothing listens on 8080 here),
+    # a server's trouble (503), not the request's
+    code, err, _ = await api("jobs", method="POST", body={"kind": "caption", "params": {
+        "dataset": shapes, "server": ["http://127.0.0.1:8080", "http://127.0.0.1:8080/team"]}})
+    assert code == 503 and "no caption server at http://127.0.0.1:8080/v1" in err["detail"], err
+    assert submitted(ws) == []
 
 
 def test_caption_server_prefixes_match_by_scheme_host_port_and_path_segment():

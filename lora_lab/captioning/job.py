@@ -18,6 +18,7 @@ from ..workspace import Workspace
 from . import prompts
 from .base import Captioner, CaptionError
 from .batch import MODES, BatchReport, CaptionSettings, caption_dataset, check_settings
+from .openai_server import server_urls
 
 HANDLERS = ("qwen25vl", "mtmd")
 # parameter: (default, accepted types); "dataset" has no default
@@ -25,7 +26,8 @@ PARAMS: dict[str, tuple[Any, tuple[type, ...]]] = {
     "dataset": (None, (str,)),
     "model": (None, (str, type(None))), "mmproj": (None, (str, type(None))),
     "handler": ("qwen25vl", (str,)),
-    "server": (None, (str, type(None))), "concurrency": (4, (int,)),
+    # one URL, or a list of them: one run shared by several servers
+    "server": (None, (str, list, type(None))), "concurrency": (4, (int,)),
     "preset": (None, (str, type(None))), "prompt": (None, (str, type(None))),
     "mode": ("skip", (str,)), "trigger": ("", (str,)),
     "max_words": (None, (int, type(None))), "max_tokens": (300, (int,)),
@@ -34,8 +36,11 @@ PARAMS: dict[str, tuple[Any, tuple[type, ...]]] = {
 _TYPE_NAMES = {str: "text", int: "a whole number", list: "a list of file names"}
 
 
-def caption_params(params: dict[str, Any], workspace: Workspace | None = None) -> dict[str, Any]:
-    """``params`` checked and completed with defaults, before any model is loaded."""
+def caption_params(params: dict[str, Any], workspace: Workspace | None = None,
+                   probe: bool = False) -> dict[str, Any]:
+    """``params`` checked and completed with defaults, before any model is loaded; with
+    ``probe``, every caption server named must answer now (a job run on this box), not only
+    once the job has started."""
     unknown = sorted(set(params) - set(PARAMS))
     if unknown:
         raise LoraLabError(f"unknown caption parameter(s) {', '.join(unknown)}; known: "
@@ -52,6 +57,11 @@ def caption_params(params: dict[str, Any], workspace: Workspace | None = None) -
                            f"{', '.join(HANDLERS)}")
     if full["concurrency"] < 1 or full["max_tokens"] < 1:
         raise LoraLabError("caption parameters concurrency and max_tokens must be at least 1")
+    if full["server"] or full["server"] == []:  # each a URL, named once
+        try:
+            server_urls(full["server"])
+        except CaptionError as e:  # the request's fault, not a server's
+            raise LoraLabError(f"caption parameter server: {e}") from None
     ds = Dataset.open(full["dataset"], workspace)
     try:
         settings_of(full)
@@ -63,6 +73,8 @@ def caption_params(params: dict[str, Any], workspace: Workspace | None = None) -
         ds.index.close()
     if not full["server"]:  # a caption server has its own model
         _check_model(full["model"], full["mmproj"], workspace)
+    elif probe:
+        captioner_of(full, workspace).close()
     return full
 
 
@@ -93,12 +105,14 @@ def settings_of(params: dict[str, Any]) -> CaptionSettings:
     return settings
 
 
-def captioner_of(params: dict[str, Any], workspace: Workspace | None = None) -> Captioner:
+def captioner_of(params: dict[str, Any], workspace: Workspace | None = None,
+                 on_notice: Callable[[str], None] | None = None) -> Captioner:
+    """The engine ``params`` name; ``on_notice`` hears of a caption server left out mid-run."""
     if params["server"]:
         from .openai_server import OpenAIServerCaptioner
 
         return OpenAIServerCaptioner(params["server"], concurrency=params["concurrency"],
-                                     max_tokens=params["max_tokens"])
+                                     max_tokens=params["max_tokens"], on_notice=on_notice)
     from .llama import LlamaCaptioner
 
     return LlamaCaptioner(params["model"], params["mmproj"], handler=params["handler"],
@@ -113,7 +127,8 @@ def run_caption_job(job: JobRecord, workspace: Workspace | None = None,
     job.set_status("running", phase="loading model", started_at=time.time())
     try:
         with job.heartbeat():
-            captioner = captioner_of(params, workspace)
+            captioner = captioner_of(params, workspace, lambda message: _record(
+                job, {"type": "log", "level": "warning", "message": message}, on_event))
             try:
                 job.set_status("running", phase="captioning", model=captioner.name)
                 report = caption_dataset(ds, captioner, settings_of(params), files=params["files"],

@@ -26,9 +26,11 @@ def add_caption_arguments(c: argparse.ArgumentParser) -> None:
                                     "the pulled caption model's)")
     c.add_argument("--handler", choices=("qwen25vl", "mtmd"), default="qwen25vl",
                    help="chat handler: Qwen2.5-VL, or the generic one for other GGUF VLMs")
-    c.add_argument("--server", metavar="URL",
-                   help="use an OpenAI-compatible server (llama-server -np N, vLLM) instead")
-    c.add_argument("--concurrency", type=int, default=4, help="requests in flight with --server")
+    c.add_argument("--server", metavar="URL", action="append",
+                   help="use an OpenAI-compatible server (llama-server -np N, vLLM) instead; "
+                        "repeat it (or list URLs with commas) to share the run among servers")
+    c.add_argument("--concurrency", type=int, default=4,
+                   help="requests in flight per --server")
     c.add_argument("--preset", choices=("tags", "short", "detailed"), help="prompt preset")
     c.add_argument("--prompt", help="custom prompt; placeholders {trigger} {filename} {existing}")
     c.add_argument("--mode", choices=MODES, default="skip",
@@ -70,7 +72,10 @@ def _token_limit_lines(report: BatchReport) -> list[str]:
 
 def caption_args(args: argparse.Namespace) -> dict[str, Any]:
     """The caption job parameters the command line gives."""
-    return {"dataset": args.name, **{k: getattr(args, k) for k in PARAMS if k != "dataset"}}
+    params = {"dataset": args.name, **{k: getattr(args, k) for k in PARAMS if k != "dataset"}}
+    urls = [url.strip() for given in args.server or () for url in given.split(",") if url.strip()]
+    params["server"] = urls[0] if len(urls) == 1 else urls or None  # one URL: a spec as before
+    return params
 
 def _show(event: dict[str, Any]) -> None:
     if event["type"] == "progress":

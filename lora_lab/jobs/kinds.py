@@ -32,7 +32,7 @@ def _check_caption(params: dict[str, Any], ws: Workspace, base: Path, local: boo
     for key in ("model", "mmproj"):  # absolute first: the files are checked where the job reads them
         if isinstance(params.get(key), str) and params[key]:
             params[key] = str(base / Path(params[key]).expanduser())
-    return caption_params(params, ws)
+    return caption_params(params, ws, probe=local)  # a cluster's workers may reach other servers
 
 
 def _run_caption(job: JobRecord, ws: Workspace, resume: bool, on_event: OnEvent) -> Any:
@@ -88,7 +88,8 @@ def check_params(kind: str, params: Any, workspace: Workspace | None = None,
     The one check before a job exists, for ``jobs submit``, ``train``, ``caption``, REST POST
     jobs and the launcher alike: it reads, never writes, and refuses (LoraLabError) what the
     job would fail on at its start: for a train job see :mod:`lora_lab.training.preflight`;
-    a caption job needs a dataset with images and its GGUF model files (or a caption server).
+    a caption job needs a dataset with images and its GGUF model files, or caption servers that
+    answer (asked now when the job runs on this box).
     ``local``: the job runs on this box, whose GPUs it may ask for; a cluster's job leaves them
     to the cluster's queue.
     """

@@ -168,8 +168,11 @@ def caption_server(servers: tuple[str, ...]) -> dict[str, Any]:
         return {"type": "string", "nullable": True, "enum": [None],
                 "description": "no caption server is allowed here (LoraLabApp.allowed_caption_servers)"}
     under = "|".join(re.escape(s.rstrip("/")) for s in servers)
-    return {"type": "string", "nullable": True, "pattern": anchored(f"(?:{under})(?:/[\\w-]+)*/?"),
-            "description": "an OpenAI-compatible caption server under one of the URLs "
+    url = {"type": "string", "pattern": anchored(f"(?:{under})(?:/[\\w-]+)*/?")}
+    # several servers share one run, each named once
+    return {"oneOf": [{**url, "nullable": True}, {"type": "array", "minItems": 1, "uniqueItems": True,
+                                                  "items": url}],
+            "description": "an OpenAI-compatible caption server, or a list of them, under the URLs "
                            "LoraLabApp.allowed_caption_servers lists: " + ", ".join(servers)}
 
 
