@@ -1,6 +1,7 @@
 """The JupyterLab extension as a user gets it: the wheel built from this checkout, installed alone
 into a fresh venv (tests/wheel_env.py), JupyterLab under a non-root base_url as behind a pod's
 proxy, driven in Debian's chromium. Launcher cards start a run and open the quickstart; the
+New training run dialog runs it where the server's setting says, or where its Run on asks; the
 sidebar follows the run live (through a dropped WebSocket), cancels and resumes, opens the LoRA
 in the file browser, pages 500 jobs, explains each failure it can meet and deletes ended jobs.
 A day's work end to end: 20 images captioned with the keyboard alone in the CaptionPanel, a run
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tree_digest
 from lab import CHROMIUM_ARGS, Lab, chromium, run_all, set_theme, type_caption, wait_for_kernel
 from test_train import config
 
@@ -32,6 +34,7 @@ pytestmark = pytest.mark.slow
 BASE_URL = "/pod/8888/"  # RunPod and JupyterHub serve JupyterLab under a prefix like this
 WAIT_MS = 120_000
 RAY_WAIT = "waiting for 4 free GPUs on the Ray cluster (2 free)"
+NO_CLUSTER = "no Ray cluster configured: run `lora-lab cluster start`"
 JOB_STREAM = re.compile(r".*/lora-lab/api/jobs/[^/]+/stream.*")
 
 
@@ -104,8 +107,8 @@ def wait_state(page, job_id: str, state: str, timeout: int = WAIT_MS) -> None:
     page.locator(f'.lora-lab-job[data-job-id="{job_id}"][data-state="{state}"]').wait_for(timeout=timeout)
 
 
-def start_run(page, ws, base: Path, name: str, steps: int, prompt: str = "") -> str:
-    """Fill the New training run dialog and start it; the id of the job it selects."""
+def fill_run(page, base: Path, name: str, steps: int, prompt: str = ""):
+    """Fill the open New training run dialog (Run on left as it is); the dialog."""
     dialog = page.locator(".jp-Dialog")
     dialog.locator('select[name="dataset"]').wait_for(timeout=WAIT_MS)
     dialog.locator('select[name="dataset"]').select_option("shapes")
@@ -113,6 +116,16 @@ def start_run(page, ws, base: Path, name: str, steps: int, prompt: str = "") -> 
     for field, value in {"base": str(base), "resolution": "64", "max_steps": str(steps), "rank": "4",
                          "lr": "0.001", "trigger": "sks", "name": name, "prompt": prompt}.items():
         dialog.locator(f'input[name="{field}"]').fill(value)
+    return dialog
+
+
+def start_run(page, ws, base: Path, name: str, steps: int, prompt: str = "",
+              run_on: str | None = None) -> str:
+    """Fill the New training run dialog (``run_on``: its Run on choice) and start it; the id of
+    the job it selects."""
+    dialog = fill_run(page, base, name, steps, prompt)
+    if run_on:
+        dialog.locator('select[name="executor"]').select_option(run_on)
     before = {job.id for job in list_jobs(ws)}
     dialog.get_by_role("button", name="Start training").click()
     page.wait_for_function("!document.querySelector('.jp-Dialog') || "
@@ -207,6 +220,39 @@ def test_a_run_from_the_launcher_card_followed_in_the_sidebar(ws, shapes, base, 
     tile.locator("button").click()
     page.locator(".lora-lab-caption-editor textarea").wait_for(timeout=WAIT_MS)
     type_caption(page, ws, "quickstart", first, "typed in the quickstart")
+
+
+def test_the_new_training_run_dialog_runs_where_the_server_says_or_where_asked(
+        tmp_path, ws, shapes, base, wheel_venv, browser):
+    """Run on starts at the server's setting (LoraLabApp.executor, here ray); ray with no Ray
+    cluster is refused in the dialog with the server's message, no job created; on this box the
+    run goes ahead and says local."""
+    config = tmp_path / ".jupyter"
+    config.mkdir()
+    (config / "jupyter_server_config.json").write_text(json.dumps({"LoraLabApp": {"executor": "ray"}}))
+    lab = Lab(tmp_path, ws.root, python=wheel_venv.python, env=wheel_venv.env, base_url=BASE_URL)
+    try:
+        page = open_lab(browser, lab)
+        open_sidebar(page)
+        page.locator(".lora-lab-sidebar").get_by_role("button", name="New training run").click()
+        dialog = fill_run(page, base, "refused-run", 4)
+        run_on = dialog.locator('select[name="executor"]')
+        assert run_on.input_value() == "ray"
+        assert run_on.locator("option").all_inner_texts() == ["This box", "Ray cluster"]
+        assert dialog.locator("label", has=run_on).inner_text().startswith("Run on")
+        before = tree_digest(ws.jobs), sorted(ws.jobs.iterdir())
+        dialog.get_by_role("button", name="Start training").click()
+        wait_text(page, ".lora-lab-dialog-error", NO_CLUSTER)  # the server's 503 message
+        assert dialog.count() == 1 and dialog.locator(".lora-lab-dialog-error").is_visible()
+        assert (tree_digest(ws.jobs), sorted(ws.jobs.iterdir())) == before
+
+        job_id = start_run(page, ws, base, "local-run", 4, run_on="local")
+        wait_state(page, job_id, "succeeded", timeout=300_000)
+        assert open_job(job_id, ws).view()["executor"] == "local"
+        assert row(page, job_id).locator(".lora-lab-where").is_hidden()  # no ray badge
+        wait_text(page, ".lora-lab-jobview-where", "Runs on: this box")
+    finally:
+        lab.stop()
 
 
 def run_above_the_first_training_cell(page) -> None:

@@ -90,6 +90,8 @@ export interface IPreset {
 export interface IHealth {
   ok: boolean;
   version?: string;
+  /** Where a job runs when its request names none (the server's LoraLabApp.executor). */
+  executor?: string;
   contents?: { root: string; workspace: string | null };
 }
 

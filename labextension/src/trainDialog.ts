@@ -1,13 +1,20 @@
 /**
  * The "New training run" dialog: a preset's full config (``GET presets``) with the fields a
- * first run changes, POSTed as a training job. The server validates the config; its message
- * (naming the field and the allowed range) shows in the dialog, which stays open.
+ * first run changes, and where it runs (this box or the Ray cluster, at first the server's
+ * default), POSTed as a training job. The server validates the config and the executor; its
+ * message (the field and the allowed range, or the missing Ray cluster) shows in the dialog,
+ * which stays open.
  */
-import { getJson, IDataset, IJob, IPreset, postJson, TrainConfigData } from './api';
+import { getJson, IDataset, IHealth, IJob, IPreset, postJson, TrainConfigData } from './api';
 import { Form, FormDialog } from './dialogs';
 
 const LAST_BASE = 'lora-lab:last-base';
 const DEFAULT_PRESET = 'sd15';
+/** Where a job runs, as the notebook panels name it (REST's ``executor``). */
+const RUN_ON: [string, string][] = [
+  ['local', 'This box'],
+  ['ray', 'Ray cluster']
+];
 
 interface IFields {
   dataset: HTMLSelectElement;
@@ -20,16 +27,19 @@ interface IFields {
   trigger: HTMLInputElement;
   name: HTMLInputElement;
   prompt: HTMLInputElement;
+  executor: HTMLSelectElement;
 }
 
 /** Ask, submit, and return the new job (null when cancelled). */
 export async function newTrainingRun(): Promise<IJob | null> {
-  const [{ presets }, { datasets }] = await Promise.all([
+  const [{ presets }, { datasets }, health] = await Promise.all([
     getJson<{ presets: IPreset[] }>(['presets']),
-    getJson<{ datasets: IDataset[] }>(['datasets'])
+    getJson<{ datasets: IDataset[] }>(['datasets']),
+    getJson<IHealth>(['health'])
   ]);
   const form = new Form();
   const f = fields(form, presets, datasets);
+  f.executor.value = health.executor ?? 'local'; // a server from before executors: this box
   const byName = new Map(presets.map(p => [p.name, p]));
   f.preset.value = byName.has(DEFAULT_PRESET) ? DEFAULT_PRESET : presets[0]?.name ?? '';
   const fill = () => {
@@ -54,7 +64,8 @@ export async function newTrainingRun(): Promise<IJob | null> {
     const config = trainConfig(preset, f);
     const reply = await postJson<{ id: string; job: IJob }>(['jobs'], {
       kind: 'train',
-      params: { config, gpus: 1 }
+      params: { config, gpus: 1 },
+      executor: f.executor.value
     });
     window.localStorage.setItem(LAST_BASE, f.base.value.trim());
     job = reply.job ?? { id: reply.id, kind: 'train', state: 'queued' };
@@ -90,7 +101,13 @@ function fields(form: Form, presets: IPreset[], datasets: IDataset[]): IFields {
     name: form.add('name', 'LoRA name', { placeholder: "empty: the dataset's name and the date" }),
     prompt: form.add('prompt', 'Sample prompt', {
       placeholder: 'optional: renders samples while it trains'
-    })
+    }),
+    executor: form.add(
+      'executor',
+      'Run on',
+      { title: 'a process on this box, or a Ray job on the cluster `lora-lab cluster start` made' },
+      RUN_ON
+    )
   };
   if (!datasets.length) {
     form.note('No datasets yet: create one with New dataset first.');
