@@ -239,7 +239,7 @@ def test_the_new_training_run_dialog_runs_where_the_server_says_or_where_asked(
         run_on = dialog.locator('select[name="executor"]')
         assert run_on.input_value() == "ray"
         assert run_on.locator("option").all_inner_texts() == ["This box", "Ray cluster"]
-        assert dialog.locator("label", has=run_on).inner_text().startswith("Run on")
+        assert dialog.locator('label:has(select[name="executor"]) > span').inner_text() == "Run on"
         before = tree_digest(ws.jobs), sorted(ws.jobs.iterdir())
         dialog.get_by_role("button", name="Start training").click()
         wait_text(page, ".lora-lab-dialog-error", NO_CLUSTER)  # the server's 503 message
