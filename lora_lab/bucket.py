@@ -120,7 +120,10 @@ def open_bucket(url: str | None = None) -> Bucket:
                            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / ~/.aws/credentials)")
     ep = endpoint()
     _check(session, parsed, ep)
-    fs = s3fs.S3FileSystem(endpoint_url=ep, config_kwargs=TRANSFER_CONFIG, skip_instance_cache=True)
+    # no listings cache: a job folder's objects change under us, and a stale listing makes
+    # s3fs take a new object for a missing one
+    fs = s3fs.S3FileSystem(endpoint_url=ep, config_kwargs=TRANSFER_CONFIG, skip_instance_cache=True,
+                           use_listings_cache=False)
     return Bucket(parsed, fs, ep)
 
 

@@ -34,6 +34,14 @@ def state(address: str, submission_id: str) -> str | None:
         return None
 
 
+def logs(address: str, submission_id: str) -> str:
+    """What the Ray job's entrypoint printed (empty when the cluster cannot say)."""
+    try:
+        return _client(address).get_job_logs(submission_id)
+    except (ConnectionError, RuntimeError, ValueError):
+        return ""
+
+
 def stop(address: str, submission_id: str) -> None:
     """Ask Ray to stop the job: the signal and grace period its submission set, then a kill."""
     try:

@@ -1,10 +1,11 @@
-"""``python -m lora_lab.jobs JOB_DIR [--resume] [--slots N] [--executor ray]``: the process of
-one background job.
+"""``python -m lora_lab.jobs JOB_DIR|URL [--resume] [--slots N] [--executor ray]``: the process
+of one background job.
 
 The job runner starts it detached; it waits its turn for a GPU slot, then runs the job its
 spec describes (directly, or through the notebook the spec names) with its output in log.txt.
 With ``--executor ray`` it is the job's dispatcher instead: it submits the job to the Ray
-cluster, whose process runs this module again with ``--slots 0``.
+cluster, whose process runs this module again with ``--slots 0``: with the job's folder, or
+with its URL in the bucket (:mod:`.bucket_jobs`), which it downloads and runs in a scratch copy.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from ..errors import LoraLabError
 from ..jobdir import ACTIVE, JobRecord
+from .bucket_jobs import run_from_bucket
 from .execute import run_job, run_notebook
 from .executors import dispatch
 from .kinds import kind_of
@@ -27,14 +29,20 @@ NICENESS = 10
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lora_lab.jobs")
-    parser.add_argument("job", type=Path, help="job directory (workspace/jobs/ID)")
+    parser.add_argument("job", help="job directory (workspace/jobs/ID), or its URL in the bucket")
     parser.add_argument("--resume", action="store_true", help="continue where it stopped")
     parser.add_argument("--slots", type=int, default=1,
                         help="jobs that may run at once (0: take none, the executor gave its GPUs)")
     parser.add_argument("--executor", choices=["ray"],
                         help="submit it to a Ray cluster once the cluster has its GPUs free")
     args = parser.parse_args(argv)
-    job = JobRecord(args.job.resolve())
+    if "://" in args.job:  # a Ray worker's: the job's folder is in the bucket
+        try:
+            return run_from_bucket(args.job, args.resume)
+        except LoraLabError as e:
+            print(f"lora-lab: error: {e}", flush=True)
+            return 1
+    job = JobRecord(Path(args.job).resolve())
     ws = job.workspace
     os.nice(NICENESS)
     job.set_status("queued", pgid=os.getpgrp())

@@ -30,6 +30,7 @@ from ..errors import LoraLabError, Unavailable
 from ..jobdir import ACTIVE, JobRecord, list_jobs, pid_alive
 from ..jobdir.record import ray_submission
 from ..workspace import Workspace
+from . import bucket_jobs
 from .kinds import kind_of
 
 EXECUTORS = ("local", "ray")
@@ -60,8 +61,10 @@ def start(job: JobRecord, executor: str, *, resume: bool, slots: int) -> None:
     fields: dict[str, Any] = {"executor": executor, "handle": None}
     cmd = [sys.executable, "-m", "lora_lab.jobs", str(job.path), "--slots", str(slots)]
     if executor == "ray":
-        fields["handle"] = {"address": cluster.dashboard_url(job.workspace),
-                            "submission_id": None}
+        url = (job.status().get("handle") or {}).get("url") if resume else bucket_jobs.jobs_url() and \
+            bucket_jobs.job_url(job.id)
+        fields["handle"] = {"address": cluster.dashboard_url(job.workspace), "submission_id": None,
+                            **({"url": url} if url else {})}
         cmd += ["--executor", "ray"]
     # pid = ours until the child writes its own: "queued", not "interrupted", meanwhile
     job.set_status("queued", queued_at=time.time(), error=None, phase=None, progress=None, **fields)
@@ -75,16 +78,28 @@ def start(job: JobRecord, executor: str, *, resume: bool, slots: int) -> None:
         job.set_status("queued", pid=proc.pid, pgid=proc.pid)
 
 
-def stop(view: dict[str, Any], grace_s: float) -> None:
+def stop(job: JobRecord, view: dict[str, Any], grace_s: float) -> None:
     """Ask the job to stop as Ctrl-C does (a training job saves a checkpoint), then kill it
     after ``grace_s`` (a Ray job: after the grace set when it was submitted)."""
     sid = ray_submission(view)
     if sid is None:
         _stop_local(view, grace_s)
         return
-    address = view["handle"]["address"]
-    ray_jobs.stop(address, sid)  # SIGINT first: the grace period was set at submission
-    deadline = time.monotonic() + STOP_GRACE_S + 10
+    address, url = view["handle"]["address"], view["handle"].get("url")
+    if url:  # the worker passes it on as one Ctrl-C; Ray's stop only if it does not end in time
+        bucket_jobs.request_cancel(url)
+        _ended(address, sid, STOP_GRACE_S + 5)
+    if not url or ray_jobs.state(address, sid) in ray_jobs.RAY_ACTIVE:
+        ray_jobs.stop(address, sid)  # SIGINT first: the grace period was set at submission
+    _ended(address, sid, STOP_GRACE_S + 10)
+    # the dispatcher pulls the worker's last words: wait for them rather than write over them
+    deadline = time.monotonic() + 10 * bucket_jobs.POLL_S
+    while url and job.status()["state"] in ACTIVE and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _ended(address: str, sid: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
     while ray_jobs.state(address, sid) in ray_jobs.RAY_ACTIVE and time.monotonic() < deadline:
         time.sleep(0.2)
 
@@ -104,12 +119,18 @@ def dispatch(job: JobRecord, resume: bool) -> None:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # one dispatcher submits at a time: no two
                 reason = _wait_reason(job, address, need)  # take the same free GPUs
                 if reason is None:
-                    _submit(job, address, need, resume)
-                    return
+                    mirror = _submit(job, address, need, resume)
+                    break
                 fcntl.flock(lock, fcntl.LOCK_UN)
             if job.status().get("reason") != reason:
                 job.set_status("queued", phase="waiting for the Ray cluster", reason=reason)
             time.sleep(POLL_S)
+    if mirror:  # the job's folder lives in the bucket: bring the worker's writes here
+        sid = job.status()["handle"]["submission_id"]
+        bucket_jobs.follow(mirror, lambda: ray_jobs.state(address, sid) in ray_jobs.RAY_ACTIVE)
+        if job.status()["state"] in ACTIVE:  # it ended before the job could say why: Ray's log
+            with open(job.log_path, "a", encoding="utf-8") as log:
+                log.write(ray_jobs.logs(address, sid)[-20000:])
 
 
 def _wait_reason(job: JobRecord, address: str, need: int) -> str | None:
@@ -140,20 +161,30 @@ def _held(job: JobRecord, address: str) -> int:
     return held
 
 
-def _submit(job: JobRecord, address: str, need: int, resume: bool) -> None:
+def _submit(job: JobRecord, address: str, need: int, resume: bool) -> bucket_jobs.Mirror | None:
+    """Submit the job to Ray; with its folder in the bucket, put it there first (the mirror
+    that then follows the worker's writes)."""
     resumes = sum(e["type"] == "resumed" for e in job.events())
     sid = job.id if not resumes else f"{job.id}-r{resumes}"  # Ray ids are never reused
+    url = job.status()["handle"].get("url")
     job.set_status("queued", phase="starting on the Ray cluster", reason=None,
-                   handle={"address": address, "submission_id": sid})
+                   handle={"address": address, "submission_id": sid, **({"url": url} if url else {})})
     python = Path(sys.executable)
-    entry = f"python -m lora_lab.jobs {shlex.quote(str(job.path))} --slots 0"
-    entry += (" --resume" if resume else "") + f" >> {shlex.quote(str(job.log_path))} 2>&1"
-    ray_jobs.submit(address, sid, entry, gpus=need,
-                       env={"PATH": f"{python.parent}:${{PATH}}",  # Ray expands ${PATH} on the node
-                            "PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_SIGNAL": "SIGINT",
-                            "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)})
+    env = {"PATH": f"{python.parent}:${{PATH}}",  # Ray expands ${PATH} on the node
+           "PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_SIGNAL": "SIGINT",
+           "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)}
+    entry = f"python -m lora_lab.jobs {shlex.quote(url or str(job.path))} --slots 0"
+    entry += " --resume" if resume else ""
+    mirror = None
+    if url:  # the worker writes its log into its copy of the folder
+        mirror = bucket_jobs.upload_for_run(job, url, resume)
+        env.update(bucket_jobs.worker_env())
+    else:
+        entry += f" >> {shlex.quote(str(job.log_path))} 2>&1"
+    ray_jobs.submit(address, sid, entry, gpus=need, env=env)
     while ray_jobs.state(address, sid) == "PENDING":  # the lock is held until Ray placed it
         time.sleep(0.2)
+    return mirror
 
 
 def _gpus(job: JobRecord) -> int:

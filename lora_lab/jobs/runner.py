@@ -19,6 +19,7 @@ from ..errors import Conflict, LoraLabError, NotFound
 from ..jobdir import ACTIVE, JobRecord, list_jobs, lora_files
 from ..training.loras import written_by
 from ..workspace import Workspace
+from . import bucket_jobs
 from .executors import check_executor, start, stop
 from .kinds import check_params
 from .slots import gpu_slots
@@ -36,6 +37,8 @@ def submit(kind: str, params: dict[str, Any], workspace: Workspace | None = None
     """
     ws = workspace or Workspace()
     executor = check_executor(executor, ws)
+    if executor == "ray":
+        bucket_jobs.check(kind)
     params = check_params(kind, params, ws, base, local=executor == "local")
     if notebook is not None:
         notebook = Path(notebook).expanduser().resolve()
@@ -66,7 +69,10 @@ def reopen(job: JobRecord, kind: str | None = None) -> JobRecord:
 def resume(job: JobRecord, *, slots: int | None = None) -> JobRecord:
     """Start an ended job again, where it ran before: training from its last checkpoint,
     captioning where it stopped."""
-    executor = check_executor(job.status().get("executor", "local"), job.workspace)
+    status = job.status()
+    executor = check_executor(status.get("executor", "local"), job.workspace)
+    if (status.get("handle") or {}).get("url"):
+        bucket_jobs.check(job.spec()["kind"], status["handle"]["url"])
     start(reopen(job), executor, resume=True, slots=slots or gpu_slots())
     return job
 
@@ -83,7 +89,7 @@ def cancel(job: JobRecord, grace_s: float = 10.0) -> dict[str, Any]:
         job.event({"type": "cancelled"})
         job.set_status("cancelled", error=None, pid=view["pid"])
         return job.view()
-    stop(view, grace_s)
+    stop(job, view, grace_s)
     status = job.status()
     # killed before it could record it; a run resumed meanwhile is another process: left alone
     if status["state"] in ACTIVE and status.get("pid") == view["pid"]:

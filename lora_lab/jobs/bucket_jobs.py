@@ -1,0 +1,424 @@
+"""Job folders in the bucket, for Ray jobs on nodes that share no filesystem with this box.
+
+With ``$LORA_LAB_JOBS_URL`` set (``s3://BUCKET/PREFIX/jobs``, inside the configured bucket, see
+:mod:`lora_lab.bucket`), a job on the Ray executor keeps its folder at ``JOBS_URL/ID`` too:
+
+    spec.json, status.json     whole objects, replaced
+    events/000001.jsonl        events in segments named by their first event's number (object
+                               stores cannot append); an ``events.jsonl`` object is read as well
+    log.txt, checkpoints/...   the folder's other files, each uploaded whole after its local write
+    outputs/<path>             LoRA files the job wrote outside its folder, keyed by their path
+    inputs/N/, places.json     the base model, dataset ... the spec names, staged for the worker
+    cancel-requested           a cancel's word to the worker
+
+The bucket speaks in this box's paths; the worker runs the job in a scratch workspace and
+translates paths both ways (:class:`Places`). The dispatcher here uploads the folder and the
+inputs before it submits (:func:`upload_for_run`), then pulls what the worker writes until the
+Ray job ends (:func:`follow`); the worker (:func:`run_from_bucket`) downloads them, runs the job
+as a child process and pushes what changed every half second, and once more at the end.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import atomic
+from ..bucket import Bucket, BucketURL, configured_url, open_bucket, within
+from ..errors import LoraLabError
+from ..jobdir import JobRecord
+from ..workspace import Workspace
+
+ENV_JOBS_URL = "LORA_LAB_JOBS_URL"
+POLL_S = 0.5
+_SEGMENT = re.compile(r"^events/(\d{6,})\.jsonl$")
+_TRANSLATED = ("spec.json", "status.json")  # the JSON files that name paths
+_NOT_MIRRORED = ("events.jsonl", "cancel-requested", "places.json")
+_SHARED_ENV = ("LORA_LAB_BUCKET", "LORA_LAB_BUCKET_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+               "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")
+
+
+def jobs_url() -> str | None:
+    """Where Ray jobs keep their folders: ``$LORA_LAB_JOBS_URL``, or None (a shared filesystem)."""
+    return os.environ.get(ENV_JOBS_URL, "").strip().rstrip("/") or None
+
+
+def check(kind: str, url: str | None = None) -> Bucket | None:
+    """For a job on Ray: the bucket its folder (``url``, default under :func:`jobs_url`) goes to,
+    that URL inside the configured bucket and the credentials proven, before any job exists or
+    resumes; None when folders lie on a shared filesystem."""
+    url = url or jobs_url()
+    if url is None:
+        return None
+    if kind != "train":
+        raise LoraLabError(f"a {kind} job cannot keep its folder in the bucket ({ENV_JOBS_URL}): it "
+                           "writes into this box's workspace; run it here, or on a cluster that "
+                           "shares the workspace's filesystem (unset $" + ENV_JOBS_URL + ")")
+    within(url, configured_url())
+    return open_bucket()
+
+
+def worker_env() -> dict[str, str]:
+    """What a worker needs to reach the bucket: its settings and the credentials in this
+    environment (a node may have its own instead: an instance role, ~/.aws)."""
+    return {k: os.environ[k] for k in _SHARED_ENV if os.environ.get(k)}
+
+
+@dataclass
+class Places:
+    """Where the job's paths lie on each side: (here, there) pairs; the bucket speaks here's."""
+    pairs: list[tuple[str, str]]
+
+    def there(self, text: str) -> str:
+        return _swap(text, self.pairs)
+
+    def here(self, text: str) -> str:
+        return _swap(text, [(b, a) for a, b in self.pairs])
+
+
+def _swap(text: str, pairs: list[tuple[str, str]]) -> str:
+    """Each path prefix replaced, in one pass (a replacement is never replaced again), where a
+    whole path segment ends (``/ws`` is not in ``/ws2``), the longest first."""
+    if not pairs:
+        return text
+    swap = dict(pairs)
+    olds = "|".join(re.escape(old) for old in sorted(swap, key=len, reverse=True))
+    return re.sub(f'(?:{olds})(?=[/"\\\\]|$)', lambda m: swap[m[0]], text, flags=re.M)
+
+
+@dataclass
+class Mirror:
+    """A local copy of the job folder kept in step with the bucket's, in one direction at a time:
+    :meth:`push` sends what changed here, :meth:`pull` fetches what changed there."""
+    bucket: Bucket
+    url: BucketURL  # the job folder's
+    folder: Path
+    places: Places = field(default_factory=lambda: Places([]))
+    sent: dict[str, tuple[int, int]] = field(default_factory=dict)  # rel -> size, mtime pushed
+    got: dict[str, str] = field(default_factory=dict)  # rel -> ETag pulled
+    remote_events: int | None = None  # events the bucket holds
+    targets: tuple[Path, ...] = ()  # where pulled LoRA files may go: the workspace, output_dir
+    status_text: str = ""  # the status last pulled
+
+    def key(self, rel: str) -> str:
+        return f"{self.url.bucket}/{self.url.key(rel)}"
+
+    def listing(self) -> dict[str, dict[str, Any]]:
+        root = self.key("")
+        self.bucket.fs.invalidate_cache(root)
+        try:
+            found = self.bucket.fs.find(root, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {name[len(root):].lstrip("/"): info for name, info in found.items()
+                if info.get("type") != "directory"}
+
+    # -- this side to the bucket -----------------------------------------------------------------
+    def push(self) -> None:
+        """The folder's changed files, then its LoRA files, its new events and last its status,
+        so that whoever reads an event or the status finds the files they name."""
+        files = {rel: p for rel, p in _files(self.folder).items() if rel not in _TRANSLATED}
+        for rel, path in files.items():
+            self._send(rel, path)
+        for gone in [r for r in self.sent if r not in files and r not in _TRANSLATED and
+                     not r.startswith("outputs/")]:
+            with contextlib.suppress(FileNotFoundError):  # a rotated checkpoint
+                self.bucket.fs.rm_file(self.key(gone))
+            del self.sent[gone]
+        status = self.folder / "status.json"
+        for lora in _outputs(status, self.folder):
+            self._send("outputs/" + self.places.here(str(lora)).lstrip("/"), lora)
+        self._push_events()
+        for rel in _TRANSLATED:
+            self._send(rel, self.folder / rel)
+
+    def _send(self, rel: str, path: Path) -> None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return
+        if self.sent.get(rel) == (st.st_size, st.st_mtime_ns):
+            return
+        if rel in _TRANSLATED:
+            self.bucket.fs.pipe_file(self.key(rel), self.places.here(path.read_text(encoding="utf-8")).encode())
+        else:
+            self.bucket.fs.put_file(str(path), self.key(rel))
+        self.sent[rel] = (st.st_size, st.st_mtime_ns)
+
+    def _push_events(self) -> None:
+        if self.remote_events is None:
+            self.remote_events = len(_remote_events(self, self.listing()))
+        lines = _complete_lines(self.folder / "events.jsonl")[self.remote_events:]
+        if lines:
+            text = self.places.here("".join(lines))
+            self.bucket.fs.pipe_file(self.key(f"events/{self.remote_events + 1:06d}.jsonl"), text.encode())
+            self.remote_events += len(lines)
+
+    # -- the bucket to this side -----------------------------------------------------------------
+    def pull(self) -> None:
+        """What the worker wrote since the last pull: files, LoRA files, events, then the status.
+        The status is read before the listing: whatever it names was pushed before it, so is
+        listed."""
+        status = self.places.there(self.bucket.fs.cat_file(self.key("status.json")).decode())
+        listing = self.listing()
+        for rel, info in listing.items():
+            if _mirrored(rel) and rel not in _TRANSLATED and not rel.startswith("outputs/"):
+                self._fetch(rel, info, self.folder / rel)
+        for gone in [r for r in self.got if r not in listing and not r.startswith("outputs/")]:
+            (self.folder / gone).unlink(missing_ok=True)  # a rotated checkpoint
+            del self.got[gone]
+        for lora in _outputs_of(json.loads(status), self.folder):
+            rel = "outputs/" + self.places.here(str(lora)).lstrip("/")
+            if rel in listing and lora.suffix == ".safetensors" and \
+                    any(lora.is_relative_to(t) for t in self.targets):
+                self._fetch(rel, listing[rel], lora)
+        self._pull_events(listing)
+        if status != self.status_text:
+            atomic.write_text(self.folder / "status.json", status)
+            self.status_text = status
+
+    def _fetch(self, rel: str, info: dict[str, Any], target: Path) -> None:
+        if self.got.get(rel) == info.get("ETag"):
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.pull.tmp"
+        self.bucket.fs.get_file(self.key(rel), str(tmp))
+        os.replace(tmp, target)
+        self.got[rel] = info.get("ETag")
+
+    def _pull_events(self, listing: dict[str, dict[str, Any]]) -> None:
+        have = len(_complete_lines(self.folder / "events.jsonl"))
+        new = _remote_events(self, listing, have)
+        if new:
+            with open(self.folder / "events.jsonl", "a", encoding="utf-8") as f:
+                f.write(self.places.there("".join(new)))
+
+
+def _remote_events(mirror: Mirror, listing: dict[str, dict[str, Any]], have: int = 0) -> list[str]:
+    """The bucket's events after the first ``have``, as lines: an ``events.jsonl`` object, then
+    the segments in order; only segments past ``have`` are read."""
+    segments = sorted((int(m[1]), rel) for rel in listing if (m := _SEGMENT.match(rel)))
+    lines: list[str] = []
+    if "events.jsonl" in listing and (not segments or have < segments[0][0] - 1):
+        lines = _lines(mirror.bucket.fs.cat_file(mirror.key("events.jsonl")).decode("utf-8"))[have:]
+    for number, rel in segments:
+        if number <= have:
+            continue
+        if number != have + len(lines) + 1:  # a segment written while this one was listed: next time
+            break
+        lines += _lines(mirror.bucket.fs.cat_file(mirror.key(rel)).decode("utf-8"))
+    return lines
+
+
+def _lines(text: str) -> list[str]:
+    return text[:text.rfind("\n") + 1].splitlines(keepends=True)
+
+
+def _complete_lines(path: Path) -> list[str]:
+    try:
+        return _lines(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+
+
+def _mirrored(rel: str) -> bool:
+    parts = rel.split("/")
+    return not (rel in _NOT_MIRRORED or _SEGMENT.match(rel) or parts[0] == "inputs"
+                or any(p.endswith(".tmp") for p in parts))
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    """The folder's complete files by relative path, a checkpoint's state.json after its others
+    (it marks the checkpoint complete), none being written (``*.tmp``)."""
+    found = {str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file()}
+    mirrored = [rel for rel in found if _mirrored(rel)]
+    return {rel: found[rel] for rel in sorted(mirrored, key=lambda r: (Path(r).name == "state.json", r))}
+
+
+def _outputs(status: Path, folder: Path) -> list[Path]:
+    try:
+        return _outputs_of(json.loads(status.read_text(encoding="utf-8")), folder)
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def _outputs_of(status: dict[str, Any], folder: Path) -> list[Path]:
+    """The LoRA files a status records that lie outside the job folder."""
+    paths = [e.get("path") for e in status.get("loras") or [] if isinstance(e, dict)]
+    paths.append(status.get("output"))
+    return [Path(p) for p in dict.fromkeys(paths) if isinstance(p, str) and p and
+            not Path(p).is_relative_to(folder)]
+
+
+# -- the dispatcher, on this box --------------------------------------------------------------
+def job_url(job_id: str) -> str:
+    return f"{jobs_url()}/{job_id}"
+
+
+def upload_for_run(job: JobRecord, url: str, resume: bool) -> Mirror:
+    """Put the job's folder in the bucket, with its inputs the first time, before the worker
+    starts: the worker sees the status and events as they are here, and no stale cancel."""
+    bucket = open_bucket()
+    output_dir = job.spec()["params"]["config"]["save"].get("output_dir")
+    mirror = Mirror(bucket, within(url, configured_url()), job.path,
+                    targets=(job.workspace.root, *([Path(output_dir)] if output_dir else [])))
+    if not resume:
+        _stage_inputs(mirror, job)
+    with contextlib.suppress(FileNotFoundError):
+        bucket.fs.rm_file(mirror.key("cancel-requested"))
+    mirror.push()
+    mirror.got = {rel: info.get("ETag") for rel, info in mirror.listing().items()}
+    return mirror
+
+
+def follow(mirror: Mirror, running: Callable[[], bool]) -> None:
+    """Pull the worker's writes every half second while ``running()``, then once more."""
+    while running():
+        time.sleep(POLL_S)
+        with contextlib.suppress(OSError, ValueError):  # a dropped connection: next time
+            mirror.pull()
+    mirror.pull()
+
+
+def request_cancel(url: str) -> None:
+    """Ask the worker to cancel the job: it reads this within half a second and gives the job
+    its Ctrl-C (a checkpoint is saved, the job records cancelled)."""
+    bucket = open_bucket()
+    parsed = within(url, configured_url())
+    bucket.fs.pipe_file(f"{parsed.bucket}/{parsed.key('cancel-requested')}", f"{time.time()}\n".encode())
+
+
+def _stage_inputs(mirror: Mirror, job: JobRecord) -> None:
+    """Upload the inputs the spec names and ``places.json``: where each lies here."""
+    ws = job.workspace
+    inputs = []
+    for n, path in enumerate(_inputs(job.spec(), ws)):
+        key = f"inputs/{n}"
+        if path.is_dir():
+            mirror.bucket.fs.put(str(path) + "/", mirror.key(key) + "/", recursive=True)
+        else:
+            mirror.bucket.fs.put_file(str(path), mirror.key(f"{key}/{path.name}"))
+        inputs.append({"path": str(path), "key": key, "dir": path.is_dir()})
+    output_dir = job.spec()["params"]["config"]["save"].get("output_dir")
+    places = {"root": str(ws.root), "inputs": inputs,
+              "outputs": [output_dir] if output_dir and not Path(output_dir).is_relative_to(ws.root) else []}
+    mirror.bucket.fs.pipe_file(mirror.key("places.json"), json.dumps(places, indent=2).encode())
+
+
+def _inputs(spec: dict[str, Any], ws: Workspace) -> list[Path]:
+    """The local files and folders a train job reads: base model parts, adapter, datasets."""
+    cfg = spec["params"]["config"]
+    named = [cfg["model"].get(k) for k in ("base", "vae", "config", "adapter")]
+    paths = [Path(p) for p in named if isinstance(p, str) and p.startswith("/") and Path(p).exists()]
+    for section in ("dataset", "validation"):
+        source = (cfg.get(section) or {}).get("source")
+        if isinstance(source, str) and source:
+            paths.append(Path(source) if "/" in source else ws.datasets / source)
+    return list(dict.fromkeys(p.resolve() for p in paths))
+
+
+# -- the worker, on a Ray node ----------------------------------------------------------------
+def run_from_bucket(url: str, resume: bool) -> int:
+    """Run the job whose folder is at ``url`` in a scratch workspace on this node: download it
+    and its inputs, run it as a child process while pushing what changes, push the end."""
+    parsed = within(url, configured_url())  # refused before anything is read or written
+    mirror = _download(open_bucket(), parsed)
+    job_dir = mirror.folder
+    cmd = [sys.executable, "-m", "lora_lab.jobs", str(job_dir), "--slots", "0"] + (["--resume"] if resume else [])
+    with open(job_dir / "log.txt", "ab") as log:
+        # it dies with this process (a SIGKILL after the stop's grace period)
+        child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                 preexec_fn=_die_with_parent, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    # Ray's stop signals every process of the job, the child too: this one keeps pushing
+    signal.signal(signal.SIGINT, lambda *_: _cancel_seen(mirror))
+    signal.signal(signal.SIGTERM, lambda *_: _cancel_seen(mirror))
+    asked = False
+    while child.poll() is None:
+        time.sleep(POLL_S)
+        with contextlib.suppress(OSError, ValueError):
+            mirror.push()
+            if not asked and _cancel_seen(mirror):  # a cancel: the child's Ctrl-C, exactly once
+                asked = True
+                os.kill(child.pid, signal.SIGINT)
+    mirror.push()
+    return child.returncode if child.returncode >= 0 else 128 - child.returncode  # by a signal
+
+
+def _cancel_seen(mirror: Mirror) -> bool:
+    """Whether a cancel was asked for in the bucket; if so, the job reads it as asked for here."""
+    if not mirror.bucket.fs.exists(mirror.key("cancel-requested")):
+        return False
+    atomic.write_text(mirror.folder / "cancel-requested", f"{time.time()}\n")
+    return True
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def scratch_root(job_id: str) -> Path:
+    """The worker's workspace for the job: the same path on every node, so a checkpoint's
+    settings (which name paths) match when another node resumes it."""
+    return Path(tempfile.gettempdir()) / "lora-lab-jobs" / job_id
+
+
+def _download(bucket: Bucket, url: BucketURL) -> Mirror:
+    """The job folder and its inputs in a fresh scratch workspace; the mirror that pushes back."""
+    job_id = url.prefix.rsplit("/", 1)[-1]
+    root = scratch_root(job_id)
+    mirror = Mirror(bucket, url, root / "ws" / "jobs" / job_id)
+    listing = mirror.listing()
+    if "spec.json" not in listing:
+        raise LoraLabError(f"no job folder at {url} (no spec.json there)")
+    places = json.loads(bucket.fs.cat_file(mirror.key("places.json")))
+    pairs = [(places["root"], str(root / "ws"))]
+    for entry in places["inputs"]:
+        there = root / "ws" / Path(entry["path"]).relative_to(places["root"]) \
+            if Path(entry["path"]).is_relative_to(places["root"]) else root / entry["key"] / Path(entry["path"]).name
+        _fetch_input(bucket, mirror.key(entry["key"]), there, entry["dir"])
+        pairs.append((entry["path"], str(there)))
+    pairs += [(out, str(root / "outputs" / str(n))) for n, out in enumerate(places["outputs"])]
+    mirror.places = Places(pairs)
+    shutil.rmtree(mirror.folder, ignore_errors=True)  # what an earlier run here left
+    mirror.folder.mkdir(parents=True)
+    Workspace(root / "ws")
+    for rel in listing:
+        if _mirrored(rel) and not rel.startswith("outputs/"):
+            target = mirror.folder / rel
+            if rel in _TRANSLATED:
+                atomic.write_text(target, mirror.places.there(bucket.fs.cat_file(mirror.key(rel)).decode()))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                bucket.fs.get_file(mirror.key(rel), str(target))
+            mirror.sent[rel] = (target.stat().st_size, target.stat().st_mtime_ns)
+    events = _remote_events(mirror, listing)
+    (mirror.folder / "events.jsonl").write_text(mirror.places.there("".join(events)), encoding="utf-8")
+    mirror.remote_events = len(events)
+    return mirror
+
+
+def _fetch_input(bucket: Bucket, key: str, there: Path, is_dir: bool) -> None:
+    """An input in place on this node; what an earlier run put there with the same sizes stays."""
+    found = bucket.fs.find(key, detail=True)
+    for name, info in found.items():
+        rel = name[len(key):].lstrip("/")
+        target = there / rel if is_dir else there
+        if target.is_file() and target.stat().st_size == int(info["size"]):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp"
+        bucket.fs.get_file(name, str(tmp))
+        os.replace(tmp, target)

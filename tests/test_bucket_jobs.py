@@ -1,0 +1,142 @@
+"""Ray jobs whose folders live in the bucket (moto's S3 server on 127.0.0.1): the worker runs
+the job in a scratch workspace of its own, this box follows it through the bucket; cancel,
+kill and resume work as on a shared filesystem, and bad settings are refused before any job."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from test_ray_jobs import _only_job, _train_config, _trained, _wait, on_ray  # noqa: F401 (fixture)
+
+from lora_lab.bucket import open_bucket
+from lora_lab.jobdir import list_jobs
+from lora_lab.jobs.bucket_jobs import Mirror, Places, scratch_root
+
+
+@pytest.fixture
+def in_bucket(on_ray, bucket_env, monkeypatch):
+    """Ray jobs on the test cluster, their folders under the test's own prefix of the bucket."""
+    monkeypatch.setenv("LORA_LAB_JOBS_URL", f"{bucket_env.url}/jobs")
+    return bucket_env
+
+
+def _objects(bucket_env, job_id: str) -> list[str]:
+    bucket = open_bucket()
+    root = bucket.path("jobs", job_id)
+    bucket.fs.invalidate_cache(root)
+    return sorted(name[len(root) + 1:] for name in bucket.fs.find(root))
+
+
+def test_a_run_in_the_bucket_is_followed_here_cancelled_with_a_checkpoint_and_resumed(
+        on_ray, in_bucket, cli, tiny_models, tmp_path, ray_cluster):
+    cli("jobs", "submit", "train", _train_config(tiny_models, tmp_path))
+    job = _only_job(on_ray)
+    view = _wait(job, lambda v: _trained(job) >= 5)  # events came here through the bucket
+    assert view["handle"]["url"] == f"{in_bucket.url}/jobs/{job.id}"
+    scratch = scratch_root(job.id) / "ws" / "jobs" / job.id
+    assert (scratch / "spec.json").is_file()  # the worker ran in a copy of its own
+    objects = _objects(in_bucket, job.id)
+    assert "events/000001.jsonl" in objects and "events.jsonl" not in objects
+    assert {"spec.json", "status.json", "places.json"} <= set(objects)
+    assert any(o.startswith("inputs/") for o in objects)  # the base model and the images, staged
+
+    cli("jobs", "cancel", job.id)
+    assert job.view()["state"] == "cancelled"  # the worker's word, not a forced one
+    events = job.events()
+    assert not any(e.get("forced") for e in events)
+    checkpoint = [e["step"] for e in events if e["type"] == "checkpoint"][-1]
+    assert checkpoint == _trained(job) < 200
+    assert any(o.startswith(f"checkpoints/step-{checkpoint:06d}/") for o in _objects(in_bucket, job.id))
+
+    cli("jobs", "resume", job.id)
+    view = _wait(job, lambda v: v["state"] not in ("queued", "running"))
+    assert view["state"] == "succeeded", job.log_path.read_text()[-3000:]
+    assert [f["step"] for f in view["loras"]] == [50, 100, 150, None]
+    assert all(f["path"].startswith(str(on_ray.root)) and not f.get("missing") for f in view["loras"])
+    assert any(e.get("message", "").startswith(f"resumed from step-{checkpoint:06d}")
+               for e in job.events() if e["type"] == "log")
+    numbers = [e.get("step") for e in job.events() if e["type"] == "progress"]
+    assert numbers == sorted(numbers) or numbers.count(checkpoint + 1) == 1  # nothing doubled
+    assert "train job" in job.log_path.read_text()  # the worker's log, pulled here
+
+
+def test_a_killed_worker_reads_interrupted_and_resumes_from_the_buckets_checkpoint(
+        on_ray, in_bucket, cli, tiny_models, tmp_path):
+    cli("jobs", "submit", "train", _train_config(tiny_models, tmp_path, steps=400))
+    job = _only_job(on_ray)
+    _wait(job, lambda v: any(e["type"] == "checkpoint" for e in job.events()))
+    os.kill(job.status()["pid"], signal.SIGKILL)  # the job's process on the (only) node
+    view = _wait(job, lambda v: v["state"] != "running")
+    assert view["state"] == "interrupted" and "resume it" in view["error"]
+    saved = [e["step"] for e in job.events() if e["type"] == "checkpoint"][-1]
+    cli("jobs", "resume", job.id)
+    _wait(job, lambda v: any(e.get("message", "").startswith(f"resumed from step-{saved:06d}")
+                             for e in job.events() if e["type"] == "log"))
+    cli("jobs", "cancel", job.id)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"AWS_SECRET_ACCESS_KEY": "wrong"}, "refused the secret key"),
+    ({"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}, "no credentials for bucket"),
+])
+def test_a_bucket_without_or_with_wrong_credentials_is_refused_before_the_job(
+        on_ray, in_bucket, cli, tiny_models, tmp_path, monkeypatch, change, expected):
+    in_bucket.env(monkeypatch, **change)
+    line = cli.fails("jobs", "submit", "train", _train_config(tiny_models, tmp_path))
+    assert expected in line and list_jobs(on_ray) == []
+
+
+def test_a_job_folder_url_outside_the_bucket_prefix_is_refused(on_ray, in_bucket, cli, tiny_models,
+                                                               tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_LAB_JOBS_URL", f"s3://{in_bucket.name}/elsewhere/jobs")
+    line = cli.fails("jobs", "submit", "train", _train_config(tiny_models, tmp_path))
+    assert "outside the configured bucket" in line and list_jobs(on_ray) == []
+    # a worker handed such a URL reads and writes nothing either
+    worker = subprocess.run([sys.executable, "-m", "lora_lab.jobs",
+                             f"s3://{in_bucket.name}/elsewhere/jobs/20261207-101500123-train-abcdef"],
+                            capture_output=True, text=True, timeout=60)
+    assert worker.returncode == 1 and "outside the configured bucket" in worker.stdout
+    assert not scratch_root("20261207-101500123-train-abcdef").exists()
+
+
+def test_a_caption_job_cannot_keep_its_folder_in_the_bucket(on_ray, in_bucket, cli):
+    line = cli.fails("jobs", "submit", "caption", "holiday")
+    assert "cannot keep its folder in the bucket" in line and list_jobs(on_ray) == []
+
+
+def test_events_in_segments_and_an_old_events_jsonl_are_joined_in_order(bucket_env, tmp_path):
+    """A reader lists the segments and joins them after an ``events.jsonl`` object; a segment
+    past a gap waits; paths come back in this side's terms."""
+    bucket = open_bucket()
+    url = f"{bucket_env.url}/jobs/20261207-101500123-train-abcdef"
+    from lora_lab.bucket import parse_url
+
+    mirror = Mirror(bucket, parse_url(url), tmp_path / "job", Places([("/here/ws", "/there/ws")]))
+    mirror.folder.mkdir()
+    put = lambda rel, lines: bucket.fs.pipe_file(mirror.key(rel), "".join(  # noqa: E731
+        json.dumps(e) + "\n" for e in lines).encode())
+    put("events.jsonl", [{"type": "phase", "n": 1}, {"type": "phase", "n": 2}])
+    put("events/000003.jsonl", [{"type": "checkpoint", "path": "/here/ws/jobs/x/checkpoints"}])
+    put("events/000005.jsonl", [{"type": "progress", "n": 5}])  # 4 is missing yet
+    mirror.pull()
+    read = [json.loads(line) for line in (mirror.folder / "events.jsonl").read_text().splitlines()]
+    assert [e.get("n") for e in read] == [1, 2, None]
+    assert read[2]["path"] == "/there/ws/jobs/x/checkpoints"
+    put("events/000004.jsonl", [{"type": "progress", "n": 4}])
+    mirror.pull()
+    read = [json.loads(line) for line in (mirror.folder / "events.jsonl").read_text().splitlines()]
+    assert [e.get("n") for e in read] == [1, 2, None, 4, 5]
+
+
+def test_places_translate_whole_path_segments_only():
+    places = Places([("/root/ws", "/tmp/x/ws"), ("/data/photos", "/tmp/x/inputs/1/photos")])
+    text = json.dumps({"a": "/root/ws/loras/a.safetensors", "b": "/root/ws2/c", "c": "/data/photos",
+                       "d": "/root/ws"})
+    there = json.loads(places.there(text))
+    assert there == {"a": "/tmp/x/ws/loras/a.safetensors", "b": "/root/ws2/c",
+                     "c": "/tmp/x/inputs/1/photos", "d": "/tmp/x/ws"}
+    assert json.loads(places.here(json.dumps(there))) == json.loads(text)
