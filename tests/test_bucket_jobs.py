@@ -119,6 +119,7 @@ def test_events_in_segments_and_an_old_events_jsonl_are_joined_in_order(bucket_e
     mirror.folder.mkdir()
     put = lambda rel, lines: bucket.fs.pipe_file(mirror.key(rel), "".join(  # noqa: E731
         json.dumps(e) + "\n" for e in lines).encode())
+    bucket.fs.pipe_file(mirror.key("status.json"), b'{"state": "running"}')
     put("events.jsonl", [{"type": "phase", "n": 1}, {"type": "phase", "n": 2}])
     put("events/000003.jsonl", [{"type": "checkpoint", "path": "/here/ws/jobs/x/checkpoints"}])
     put("events/000005.jsonl", [{"type": "progress", "n": 5}])  # 4 is missing yet
