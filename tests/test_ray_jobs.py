@@ -36,6 +36,15 @@ def on_ray(ray_cluster, ws, monkeypatch):
             cancel(job)
 
 
+@pytest.fixture(params=["shared", "bucket"])
+def folders(request, monkeypatch) -> str:
+    """Where Ray jobs keep their folders: in this workspace (a filesystem the nodes share), or
+    in the bucket, followed from here."""
+    if request.param == "bucket":
+        monkeypatch.setenv("LORA_LAB_JOBS_URL", f"{request.getfixturevalue('bucket_env').url}/jobs")
+    return request.param
+
+
 def _wait(job: JobRecord, until: Callable[[dict], bool]) -> dict:
     """The view once ``until`` holds, waiting long enough for Ray to set a job up."""
     return wait_until(job, until, WAIT_S)
@@ -151,7 +160,7 @@ def test_an_unreachable_head_refuses_the_job_before_it_exists(ws, cli, tiny_mode
 
 
 async def test_rest_runs_a_job_on_ray_and_its_stream_follows_it_to_the_end(
-        on_ray, api, jp_ws_fetch, tiny_models):  # noqa: F811
+        on_ray, folders, api, jp_ws_fetch, tiny_models):  # noqa: F811
     code, accepted = await api("jobs", method="POST", body={
         "kind": "train", "params": {"config": train_config(on_ray, tiny_models, 20)},
         "executor": "ray"})
@@ -163,9 +172,11 @@ async def test_rest_runs_a_job_on_ray_and_its_stream_follows_it_to_the_end(
     assert any(m["type"] == "log_line" for m in messages)  # the log, read where the job wrote it
     code, view = await api("jobs", accepted["id"])
     assert view["executor"] == "ray" and view["handle"]["submission_id"] == accepted["id"]
+    assert ("url" in view["handle"]) == (folders == "bucket")
+    assert not view["loras"][-1].get("missing")  # the LoRA file is here, wherever it was written
 
 
-def test_the_launcher_trains_on_ray_and_its_monitor_follows(on_ray, tiny_models):
+def test_the_launcher_trains_on_ray_and_its_monitor_follows(on_ray, folders, tiny_models):
     launcher = launcher_on(on_ray, tiny_models, **{"dataset.trigger": "sks", "train.max_steps": 20})
     launcher.run_on.value = "ray"
     launcher.gpus.value = 1
