@@ -331,7 +331,8 @@ def _inputs(spec: dict[str, Any], ws: Workspace) -> list[Path]:
 # -- the worker, on a Ray node ----------------------------------------------------------------
 def run_from_bucket(url: str, resume: bool) -> int:
     """Run the job whose folder is at ``url`` in a scratch workspace on this node: download it
-    and its inputs, run it as a child process while pushing what changes, push the end."""
+    and its inputs, run it as a child process while pushing what changes, push the end. The
+    scratch stays for a resume until the job succeeds."""
     parsed = within(url, configured_url())  # refused before anything is read or written
     mirror = _download(open_bucket(), parsed)
     job_dir = mirror.folder
@@ -352,6 +353,8 @@ def run_from_bucket(url: str, resume: bool) -> int:
                 asked = True
                 os.kill(child.pid, signal.SIGINT)
     mirror.push()
+    if json.loads((job_dir / "status.json").read_text(encoding="utf-8"))["state"] == "succeeded":
+        shutil.rmtree(scratch_root(job_dir.name), ignore_errors=True)  # the staged inputs too
     return child.returncode if child.returncode >= 0 else 128 - child.returncode  # by a signal
 
 
