@@ -109,9 +109,12 @@ def test_a_job_folder_url_outside_the_bucket_prefix_is_refused(on_ray, in_bucket
     assert not scratch_root("20261207-101500123-train-abcdef").exists()
 
 
-def test_a_caption_job_cannot_keep_its_folder_in_the_bucket(on_ray, in_bucket, cli):
+def test_a_caption_job_or_one_on_several_gpus_cannot_keep_its_folder_in_the_bucket(
+        on_ray, in_bucket, cli, tiny_models, tmp_path):
     line = cli.fails("jobs", "submit", "caption", "holiday")
-    assert "cannot keep its folder in the bucket" in line and list_jobs(on_ray) == []
+    assert "caption job cannot keep its folder in the bucket" in line
+    line = cli.fails("jobs", "submit", "train", _train_config(tiny_models, tmp_path), "--gpus", "2")
+    assert "several GPUs cannot keep its folder in the bucket" in line and list_jobs(on_ray) == []
 
 
 def test_events_in_segments_and_an_old_events_jsonl_are_joined_in_order(bucket_env, tmp_path):

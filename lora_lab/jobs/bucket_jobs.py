@@ -54,17 +54,20 @@ def jobs_url() -> str | None:
     return os.environ.get(ENV_JOBS_URL, "").strip().rstrip("/") or None
 
 
-def check(kind: str, url: str | None = None) -> Bucket | None:
+def check(kind: str, params: Any, url: str | None = None) -> Bucket | None:
     """For a job on Ray: the bucket its folder (``url``, default under :func:`jobs_url`) goes to,
     that URL inside the configured bucket and the credentials proven, before any job exists or
     resumes; None when folders lie on a shared filesystem."""
     url = url or jobs_url()
     if url is None:
         return None
+    unset = f"; run it on a cluster that shares the workspace's filesystem (unset ${ENV_JOBS_URL})"
     if kind != "train":
-        raise LoraLabError(f"a {kind} job cannot keep its folder in the bucket ({ENV_JOBS_URL}): it "
-                           "writes into this box's workspace; run it here, or on a cluster that "
-                           "shares the workspace's filesystem (unset $" + ENV_JOBS_URL + ")")
+        raise LoraLabError(f"a {kind} job cannot keep its folder in the bucket: it writes into this "
+                           f"box's workspace{unset}, or here")
+    if isinstance(params, dict) and params.get("gpus", 1) != 1:
+        raise LoraLabError("a train job on several GPUs cannot keep its folder in the bucket yet: "
+                           f"its ranks may run on nodes that have no copy of it{unset}")
     within(url, configured_url())
     return open_bucket()
 
