@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,10 +13,11 @@ import time
 
 import pytest
 from test_ray_jobs import _only_job, _train_config, _trained, _wait, on_ray  # noqa: F401 (fixture)
+from test_train import config
 
 from lora_lab.bucket import open_bucket
-from lora_lab.jobdir import list_jobs
-from lora_lab.jobs.bucket_jobs import Mirror, Places, scratch_root
+from lora_lab.jobdir import JobRecord, list_jobs
+from lora_lab.jobs.bucket_jobs import Mirror, Places, job_url, scratch_root, upload_for_run
 
 
 @pytest.fixture
@@ -43,7 +45,7 @@ def test_a_run_in_the_bucket_is_followed_here_cancelled_with_a_checkpoint_and_re
     objects = _objects(in_bucket, job.id)
     assert "events/000001.jsonl" in objects and "events.jsonl" not in objects
     assert {"spec.json", "status.json", "places.json"} <= set(objects)
-    assert any(o.startswith("inputs/") for o in objects)  # the base model and the images, staged
+    assert len(_objects(in_bucket, "inputs")) > 2  # the base model and the images, staged beside
 
     cli("jobs", "cancel", job.id)
     assert job.view()["state"] == "cancelled"  # the worker's word, not a forced one
@@ -150,3 +152,23 @@ def test_places_translate_whole_path_segments_only():
     assert there == {"a": "/tmp/x/ws/loras/a.safetensors", "b": "/root/ws2/c",
                      "c": "/tmp/x/inputs/1/photos", "d": "/tmp/x/ws"}
     assert json.loads(places.here(json.dumps(there))) == json.loads(text)
+
+
+def test_jobs_on_the_same_inputs_share_one_staged_copy_until_a_file_changes(
+        bucket_env, ws, tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_LAB_JOBS_URL", f"{bucket_env.url}/jobs")
+    images = tmp_path / "images"
+    shutil.copytree(tiny_models["samples"], images)
+    cfg = config(tiny_models, dataset={"source": str(images)}).to_dict()
+
+    def staged() -> list[str]:
+        job = JobRecord.create("train", {"config": cfg, "gpus": 1}, ws)
+        upload_for_run(job, job_url(job.id), resume=False)
+        return sorted(o for o in _objects(bucket_env, "inputs") if o.endswith(".complete"))
+
+    first = staged()
+    assert len(first) == 2  # the model folder and the images
+    assert staged() == first  # a second job: nothing uploaded again
+    os.utime(next(images.glob("*.png")))
+    changed = staged()
+    assert len(changed) == 3 and set(first) < set(changed)  # the images again, the model not

@@ -8,8 +8,11 @@ With ``$LORA_LAB_JOBS_URL`` set (``s3://BUCKET/PREFIX/jobs``, inside the configu
                                stores cannot append); an ``events.jsonl`` object is read as well
     log.txt, checkpoints/...   the folder's other files, each uploaded whole after its local write
     outputs/<path>             LoRA files the job wrote outside its folder, keyed by their path
-    inputs/N/, places.json     the base model, dataset ... the spec names, staged for the worker
+    places.json                where the inputs below lie here, where the outputs go
     cancel-requested           a cancel's word to the worker
+
+and beside the jobs, ``JOBS_URL/inputs/DIGEST-NAME/``: the base model, dataset ... a spec names,
+staged for the workers, one copy while the files stay the same.
 
 The bucket speaks in this box's paths; the worker runs the job in a scratch workspace and
 translates paths both ways (:class:`Places`). The dispatcher here uploads the folder and the
@@ -20,6 +23,7 @@ as a child process and pushes what changed every half second, and once more at t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -237,8 +241,7 @@ def _complete_lines(path: Path) -> list[str]:
 
 def _mirrored(rel: str) -> bool:
     parts = rel.split("/")
-    return not (rel in _NOT_MIRRORED or _SEGMENT.match(rel) or parts[0] == "inputs"
-                or any(p.endswith(".tmp") for p in parts))
+    return not (rel in _NOT_MIRRORED or _SEGMENT.match(rel) or any(p.endswith(".tmp") for p in parts))
 
 
 def _files(folder: Path) -> dict[str, Path]:
@@ -303,15 +306,21 @@ def request_cancel(url: str) -> None:
 
 
 def _stage_inputs(mirror: Mirror, job: JobRecord) -> None:
-    """Upload the inputs the spec names and ``places.json``: where each lies here."""
+    """Upload the inputs the spec names, each once for all jobs while it stays the same (a
+    sweep's jobs share one copy of the base model), and ``places.json``: where each lies here."""
     ws = job.workspace
+    shared = f"{mirror.url.bucket}/{mirror.url.prefix.rsplit('/', 1)[0]}/inputs"
     inputs = []
-    for n, path in enumerate(_inputs(job.spec(), ws)):
-        key = f"inputs/{n}"
-        if path.is_dir():
-            mirror.bucket.fs.put(str(path) + "/", mirror.key(key) + "/", recursive=True)
-        else:
-            mirror.bucket.fs.put_file(str(path), mirror.key(f"{key}/{path.name}"))
+    for path in _inputs(job.spec(), ws):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        identity = [str(path)] + [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+        key = f"{shared}/{hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]}-{path.name}"
+        if not mirror.bucket.fs.exists(f"{key}.complete"):
+            if path.is_dir():
+                mirror.bucket.fs.put(str(path) + "/", key + "/", recursive=True)
+            else:
+                mirror.bucket.fs.put_file(str(path), f"{key}/{path.name}")
+            mirror.bucket.fs.pipe_file(f"{key}.complete", b"")  # the upload finished
         inputs.append({"path": str(path), "key": key, "dir": path.is_dir()})
     output_dir = job.spec()["params"]["config"]["save"].get("output_dir")
     places = {"root": str(ws.root), "inputs": inputs,
@@ -392,9 +401,10 @@ def _download(bucket: Bucket, url: BucketURL) -> Mirror:
     places = json.loads(bucket.fs.cat_file(mirror.key("places.json")))
     pairs = [(places["root"], str(root / "ws"))]
     for entry in places["inputs"]:
-        there = root / "ws" / Path(entry["path"]).relative_to(places["root"]) \
-            if Path(entry["path"]).is_relative_to(places["root"]) else root / entry["key"] / Path(entry["path"]).name
-        _fetch_input(bucket, mirror.key(entry["key"]), there, entry["dir"])
+        here = Path(entry["path"])
+        there = root / "ws" / here.relative_to(places["root"]) if here.is_relative_to(places["root"]) \
+            else root / "inputs" / Path(entry["key"]).name / here.name
+        _fetch_input(bucket, entry["key"], there, entry["dir"])
         pairs.append((entry["path"], str(there)))
     pairs += [(out, str(root / "outputs" / str(n))) for n, out in enumerate(places["outputs"])]
     mirror.places = Places(pairs)
