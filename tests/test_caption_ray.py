@@ -58,12 +58,16 @@ def test_a_two_gpu_caption_job_on_ray_captions_every_image_through_two_actors(
 @pytest.mark.parametrize("killed, reads", [
     ("driver", "interrupted"),  # the job's own process: Ray ends its actors with it
     ("actor", "failed"),  # one captioner: the job stops, saying so
+    ("cancel", "cancelled"),  # SIGINT through Ray, as a cancel on this box
 ])
 def test_a_two_gpu_caption_job_killed_mid_way_resumes_with_nothing_lost_or_doubled(
         on_ray, cli, tiny_caption, tmp_path, killed, reads):  # noqa: F811
     job = _caption_on_two_gpus(on_ray, cli, tiny_caption, tmp_path)
     _wait(job, lambda v: sum(e["type"] == "progress" for e in job.events()) >= 3)
-    os.kill(job.status()["pid"] if killed == "driver" else _actor_pids(job)[0], signal.SIGKILL)
+    if killed == "cancel":
+        cli("jobs", "cancel", job.id)
+    else:
+        os.kill(job.status()["pid"] if killed == "driver" else _actor_pids(job)[0], signal.SIGKILL)
     view = _wait(job, lambda v: v["state"] != "running")
     assert view["state"] == reads, view
     if killed == "actor":

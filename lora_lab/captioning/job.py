@@ -127,7 +127,7 @@ def settings_of(params: dict[str, Any]) -> CaptionSettings:
 def captioner_of(params: dict[str, Any], workspace: Workspace | None = None,
                  on_notice: Callable[[str], None] | None = None) -> Captioner:
     """The engine ``params`` name; ``on_notice`` hears of a caption server left out mid-run,
-    and how many images each actor of a pool over several GPUs answered."""
+    and of each actor of a pool over several GPUs (its model loaded, the images it answered)."""
     if params.get("gpus", 1) > 1:  # older specs have no gpus
         from .llama import model_name, model_paths
         from .pool import CaptionPool
