@@ -37,6 +37,8 @@
 # loading the pipeline for each image) takes ~1.5 min; `--family sdxl` runs it on the tiny SDXL.
 # bench_ray_jobs.py (a tiny training job through the Ray executor on a local head against the
 # local executor: submit overhead and event lag) takes ~3 min.
+# bench_caption_actors.py (captioning through 2 Ray captioner actors against 1, on a stand-in of
+# fixed latency, on a local head) takes ~1 min.
 # BENCH_PYTHON picks the interpreter (default: the project's .venv).
 set -e
 cd "$(dirname "$0")/.."

@@ -6,12 +6,14 @@ continues where it stopped (the batch journal skips what is done).
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from ..datasets import Dataset
+from ..devices import check_gpus
 from ..errors import LoraLabError
 from ..jobdir import JobRecord
 from ..workspace import Workspace
@@ -32,15 +34,18 @@ PARAMS: dict[str, tuple[Any, tuple[type, ...]]] = {
     "mode": ("skip", (str,)), "trigger": ("", (str,)),
     "max_words": (None, (int, type(None))), "max_tokens": (300, (int,)),
     "files": (None, (list, type(None))),
+    # on a Ray cluster: one captioner actor (one model) per GPU, see .pool
+    "gpus": (1, (int,)),
 }
 _TYPE_NAMES = {str: "text", int: "a whole number", list: "a list of file names"}
 
 
 def caption_params(params: dict[str, Any], workspace: Workspace | None = None,
-                   probe: bool = False) -> dict[str, Any]:
+                   probe: bool = False, local: bool = True) -> dict[str, Any]:
     """``params`` checked and completed with defaults, before any model is loaded; with
     ``probe``, every caption server named must answer now (a job run on this box), not only
-    once the job has started."""
+    once the job has started. Not ``local`` (a job on a Ray cluster), ``gpus`` is not held to
+    this box's devices, and more than one captions through an actor pool (:mod:`.pool`)."""
     unknown = sorted(set(params) - set(PARAMS))
     if unknown:
         raise LoraLabError(f"unknown caption parameter(s) {', '.join(unknown)}; known: "
@@ -57,6 +62,7 @@ def caption_params(params: dict[str, Any], workspace: Workspace | None = None,
                            f"{', '.join(HANDLERS)}")
     if full["concurrency"] < 1 or full["max_tokens"] < 1:
         raise LoraLabError("caption parameters concurrency and max_tokens must be at least 1")
+    _check_gpus(full, local)
     if full["server"] or full["server"] == []:  # each a URL, named once
         try:
             server_urls(full["server"])
@@ -76,6 +82,19 @@ def caption_params(params: dict[str, Any], workspace: Workspace | None = None,
     elif probe:
         captioner_of(full, workspace).close()
     return full
+
+
+def _check_gpus(full: dict[str, Any], local: bool) -> None:
+    """As a train job's ``gpus``; more than one only where there are models to spread over."""
+    gpus = check_gpus(full["gpus"], local)
+    if gpus > 1 and full["server"]:
+        raise LoraLabError(f"caption parameter gpus: {gpus} GPUs are for captioning with a model "
+                           "of this run's own; a run through caption servers uses theirs (leave "
+                           "gpus at 1, or name more servers)")
+    if gpus > 1 and local:
+        raise LoraLabError(f"caption parameter gpus: {gpus} GPUs caption through a Ray cluster, "
+                           "one model per GPU (executor ray; `lora-lab cluster start` makes one "
+                           "of this box); a job on this box captions with one model")
 
 
 def _check_model(model: str | None, mmproj: str | None, workspace: Workspace | None) -> None:
@@ -107,7 +126,15 @@ def settings_of(params: dict[str, Any]) -> CaptionSettings:
 
 def captioner_of(params: dict[str, Any], workspace: Workspace | None = None,
                  on_notice: Callable[[str], None] | None = None) -> Captioner:
-    """The engine ``params`` name; ``on_notice`` hears of a caption server left out mid-run."""
+    """The engine ``params`` name; ``on_notice`` hears of a caption server left out mid-run,
+    and of each actor of a pool over several GPUs (its model loaded, the images it answered)."""
+    if params.get("gpus", 1) > 1:  # older specs have no gpus
+        from .llama import model_name, model_paths
+        from .pool import CaptionPool
+
+        one = functools.partial(captioner_of, {**params, "gpus": 1}, workspace)  # each actor's
+        return CaptionPool(one, model_name(*model_paths(params["model"], params["mmproj"], workspace)),
+                           params["gpus"], on_notice=on_notice)
     if params["server"]:
         from .openai_server import OpenAIServerCaptioner
 
@@ -122,7 +149,8 @@ def captioner_of(params: dict[str, Any], workspace: Workspace | None = None,
 def run_caption_job(job: JobRecord, workspace: Workspace | None = None,
                     on_event: Callable[[dict[str, Any]], None] | None = None) -> BatchReport:
     """Caption as ``job``'s spec says, recording progress and the outcome in ``job``."""
-    params = caption_params(job.spec()["params"], workspace)
+    # its GPUs were weighed when it was submitted: a Ray job's are the cluster's, not this box's
+    params = caption_params(job.spec()["params"], workspace, local=False)
     ds = Dataset.open(params["dataset"], workspace)
     job.set_status("running", phase="loading model", started_at=time.time())
     try:

@@ -41,6 +41,9 @@ def add_caption_arguments(c: argparse.ArgumentParser) -> None:
                    help="generation limit per caption; a caption cut there is asked again at "
                         "double the limit, then saved marked truncated")
     c.add_argument("--files", nargs="+", metavar="FILE", help="only these images")
+    c.add_argument("--gpus", type=int, default=1,
+                   help="on a Ray cluster (--executor ray): caption on this many GPUs, one "
+                        "model each (default 1)")
 
 def cmd_caption(args: argparse.Namespace) -> None:
     ws = workspace(args)

@@ -5,7 +5,8 @@
   start within 15 minutes fails), so lora_lab's queue stays in front: a local dispatcher process
   waits until the cluster has the job's GPUs free, then submits ``python -m lora_lab.jobs JOB``
   under the job's id and exits. The job folder must lie where every node sees it at the same
-  path (one box, or a shared network volume).
+  path (one box, or a shared network volume). A caption job over several GPUs asks Ray for none
+  for its own process: its captioner actors take them (:mod:`lora_lab.captioning.pool`).
 
 ``status.json`` records ``executor`` and, for Ray, its ``handle`` (the cluster's Jobs API address
 and the submission id). A Ray job is judged alive by its heartbeat, then by asking Ray; a
@@ -181,7 +182,9 @@ def _submit(job: JobRecord, address: str, need: int, resume: bool) -> bucket_job
         env.update(bucket_jobs.worker_env())
     else:
         entry += f" >> {shlex.quote(str(job.log_path))} 2>&1"
-    ray_jobs.submit(address, sid, entry, gpus=need, env=env)
+    spec = job.spec()  # its actors' GPUs are theirs to take: the job still holds them (_held)
+    own = need - kind_of(spec["kind"]).actor_gpus(spec["params"])
+    ray_jobs.submit(address, sid, entry, gpus=own, env=env)
     while ray_jobs.state(address, sid) == "PENDING":  # the lock is held until Ray placed it
         time.sleep(0.2)
     return mirror

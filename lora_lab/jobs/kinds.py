@@ -23,6 +23,9 @@ class JobKind:
     check: Callable[[dict[str, Any], Workspace, Path, bool], dict[str, Any]]
     gpus: Callable[[dict[str, Any]], int]  # the GPU slots its checked params take
     run: Callable[[JobRecord, Workspace, bool, OnEvent], Any]  # (job, workspace, resume, on_event)
+    # of those GPUs, the ones its Ray actors take rather than its own process (on a Ray cluster,
+    # the job's process asks Ray for the rest)
+    actor_gpus: Callable[[dict[str, Any]], int] = lambda p: 0
 
 
 def _check_caption(params: dict[str, Any], ws: Workspace, base: Path, local: bool) -> dict[str, Any]:
@@ -32,7 +35,19 @@ def _check_caption(params: dict[str, Any], ws: Workspace, base: Path, local: boo
     for key in ("model", "mmproj"):  # absolute first: the files are checked where the job reads them
         if isinstance(params.get(key), str) and params[key]:
             params[key] = str(base / Path(params[key]).expanduser())
-    return caption_params(params, ws, probe=local)  # a cluster's workers may reach other servers
+    # a cluster's workers may reach other servers, and have other GPUs
+    return caption_params(params, ws, probe=local, local=local)
+
+
+def _caption_gpus(params: dict[str, Any]) -> int:
+    """A caption server elsewhere needs no GPU here; older specs have no gpus: one."""
+    return 0 if params["server"] else params.get("gpus", 1)
+
+
+def _caption_actor_gpus(params: dict[str, Any]) -> int:
+    """Several GPUs caption through an actor pool (one model each), driven by a GPU-less process."""
+    gpus = _caption_gpus(params)
+    return gpus if gpus > 1 else 0
 
 
 def _run_caption(job: JobRecord, ws: Workspace, resume: bool, on_event: OnEvent) -> Any:
@@ -66,8 +81,7 @@ def _run_pull(job: JobRecord, ws: Workspace, resume: bool, on_event: OnEvent) ->
 
 
 KINDS = {k.name: k for k in (
-    # a caption server elsewhere (--server URL) needs no GPU here
-    JobKind("caption", _check_caption, lambda p: 0 if p["server"] else 1, _run_caption),
+    JobKind("caption", _check_caption, _caption_gpus, _run_caption, _caption_actor_gpus),
     JobKind("train", _check_train, lambda p: p.get("gpus", 1), _run_train),  # older specs: 1
     JobKind("pull", _check_pull, lambda p: 0, _run_pull),  # a download takes no GPU slot
 )}

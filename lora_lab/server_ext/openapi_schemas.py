@@ -160,7 +160,10 @@ def caption_job(servers: tuple[str, ...]) -> dict[str, Any]:
         "max_words": {"type": "integer", "minimum": 1, "nullable": True},
         "max_tokens": {"type": "integer", "minimum": 1},
         "files": {"type": "array", "nullable": True,
-                  "items": {"type": "string", "pattern": FILE_PATTERN}}}}
+                  "items": {"type": "string", "pattern": FILE_PATTERN}},
+        "gpus": {"type": "integer", "minimum": 1,
+                 "description": "on a Ray cluster: one captioner (one model) per GPU; a job on "
+                                "this box takes 1"}}}
 
 
 def caption_server(servers: tuple[str, ...]) -> dict[str, Any]:
