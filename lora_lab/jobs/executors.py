@@ -148,12 +148,19 @@ def _submit(job: JobRecord, address: str, need: int, resume: bool) -> None:
     python = Path(sys.executable)
     entry = f"python -m lora_lab.jobs {shlex.quote(str(job.path))} --slots 0"
     entry += (" --resume" if resume else "") + f" >> {shlex.quote(str(job.log_path))} 2>&1"
-    ray_jobs.submit(address, sid, entry, gpus=need,
-                       env={"PATH": f"{python.parent}:${{PATH}}",  # Ray expands ${PATH} on the node
-                            "PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_SIGNAL": "SIGINT",
-                            "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)})
+    ray_jobs.submit(address, sid, entry, gpus=_entry_gpus(job, need),
+                    env={"PATH": f"{python.parent}:${{PATH}}",  # Ray expands ${PATH} on the node
+                         "PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_SIGNAL": "SIGINT",
+                         "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S), ray_jobs.JOB_ENV: sid})
     while ray_jobs.state(address, sid) == "PENDING":  # the lock is held until Ray placed it
         time.sleep(0.2)
+
+
+def _entry_gpus(job: JobRecord, need: int) -> int:
+    """The GPUs the Ray job's own process asks for: all the job's, except for a data-parallel
+    train job, whose Ray Train workers take them, one each (the job's ``need`` still counts in
+    :func:`_held` from its submission on, before the workers hold them)."""
+    return 0 if job.spec()["kind"] == "train" and need > 1 else need
 
 
 def _gpus(job: JobRecord) -> int:
