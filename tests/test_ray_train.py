@@ -17,8 +17,11 @@ from test_ray_jobs import WAIT_S, _trained, on_ray  # noqa: F401 (fixture)
 from test_train import config
 from test_train_resume import _same_weights
 
+from lora_lab.errors import Unavailable
 from lora_lab.jobdir import JobRecord
 from lora_lab.jobs import cancel, resume, submit
+from lora_lab.training.ray_train import train_on_ray
+from lora_lab.widgets.monitor import TrainingMonitor
 
 LORA_LAB = str(Path(sys.executable).parent / "lora-lab")
 STEPS = 24
@@ -56,14 +59,6 @@ def _submit(ws, tiny_models) -> JobRecord:
 def test_two_ray_train_workers_end_with_the_lora_of_accelerate_launch(on_ray, tiny_models,  # noqa: F811
                                                                        launched):
     job = _submit(on_ray, tiny_models)
-    running = _wait(job, lambda v: v["state"] == "running" and _trained(job) >= 1)
-    assert running["executor"] == "ray" and running["phase"] == "training"
-    # its GPUs count as held while its workers run, though the Ray job's own process asked for none
-    other = submit("train", {"config": config(tiny_models).to_dict(), "gpus": 1}, on_ray,
-                   executor="ray")
-    waiting = _wait(other, lambda v: v.get("reason"))
-    assert waiting["reason"] == "waiting for 1 free GPUs on the Ray cluster (0 free)"
-    assert cancel(other)["state"] == "cancelled"
     view = _wait(job, lambda v: v["state"] not in ("queued", "running"))
     assert view["state"] == "succeeded", job.log_path.read_text()[-4000:]
     events = job.events()
@@ -74,6 +69,32 @@ def test_two_ray_train_workers_end_with_the_lora_of_accelerate_launch(on_ray, ti
     assert [e["type"] for e in events].count("done") == 1
     _same_weights(load_file(view["output"]), launched)
     assert [f["step"] for f in view["loras"]] == [8, 16, None]
+    monitor = TrainingMonitor(job, on_ray, autostart=False)
+    assert "succeeded" in monitor.state.value and "on the Ray cluster" in monitor.state.value
+    assert monitor.bar.value == 1
+    monitor.close()
+
+
+def test_a_running_job_holds_its_gpus_and_the_monitor_follows_it(on_ray, tiny_models):  # noqa: F811
+    job = submit("train", {"config": config(tiny_models, train={"max_steps": 100_000}).to_dict(),
+                           "gpus": 2}, on_ray, executor="ray")
+    running = _wait(job, lambda v: v["state"] == "running" and _trained(job) >= 1)
+    assert running["executor"] == "ray" and running["phase"] == "training"
+    monitor = TrainingMonitor(job, on_ray, autostart=False)
+    assert "running" in monitor.state.value and "on the Ray cluster" in monitor.state.value
+    steps = _trained(job)
+    _wait(job, lambda v: _trained(job) > steps)  # progress keeps arriving
+    monitor.refresh()
+    assert 0 < monitor.bar.value < 1 and "/100000" in monitor.stats.value
+    # its GPUs count as held while its workers run, though the Ray job's own process asked for none
+    other = submit("train", {"config": config(tiny_models).to_dict(), "gpus": 1}, on_ray,
+                   executor="ray")
+    waiting = _wait(other, lambda v: v.get("reason"))
+    assert waiting["reason"] == "waiting for 1 free GPUs on the Ray cluster (0 free)"
+    assert cancel(other)["state"] == "cancelled"
+    assert cancel(job)["state"] == "cancelled"
+    assert [e["step"] for e in job.events() if e["type"] == "checkpoint"] == [_trained(job)]
+    monitor.close()
 
 
 def test_cancelled_with_a_checkpoint_then_resumed_to_the_same_lora(on_ray, tiny_models,  # noqa: F811
@@ -111,3 +132,12 @@ def test_a_lost_worker_reads_interrupted_and_resumes_to_the_same_lora(on_ray, ti
     view = _wait(job, lambda v: v["state"] not in ("queued", "running"))
     assert view["state"] == "succeeded", job.log_path.read_text()[-4000:]
     _same_weights(load_file(view["output"]), launched)
+
+
+def test_without_ray_train_the_run_fails_with_the_line_that_installs_it(ws, tiny_models,
+                                                                          monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray.train", None)  # as Ray without pandas and pyarrow
+    job = JobRecord.create("train", {"config": _config(tiny_models).to_dict(), "gpus": 2}, ws)
+    with pytest.raises(Unavailable, match=r"2 GPUs of a Ray cluster needs Ray Train .*: "
+                                          r"pip install 'ray\[train\]==\d+\.\d+\.\d+' on every node"):
+        train_on_ray(job, 2, resume=False)

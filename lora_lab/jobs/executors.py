@@ -5,7 +5,8 @@
   start within 15 minutes fails), so lora_lab's queue stays in front: a local dispatcher process
   waits until the cluster has the job's GPUs free, then submits ``python -m lora_lab.jobs JOB``
   under the job's id and exits. The job folder must lie where every node sees it at the same
-  path (one box, or a shared network volume).
+  path (one box, or a shared network volume). A data-parallel train job's process asks Ray for
+  no GPU: it runs the job as Ray Train workers, one per GPU (:mod:`lora_lab.training.ray_train`).
 
 ``status.json`` records ``executor`` and, for Ray, its ``handle`` (the cluster's Jobs API address
 and the submission id). A Ray job is judged alive by its heartbeat, then by asking Ray; a

@@ -48,7 +48,7 @@ def _check_train(params: dict[str, Any], ws: Workspace, base: Path, local: bool)
 
 
 def _run_train(job: JobRecord, ws: Workspace, resume: bool, on_event: OnEvent) -> Any:
-    from ..training.job import run_train_job
+    from ..training.run import run_train_job
 
     return run_train_job(job, ws, resume=resume, on_event=on_event)
 

@@ -1,6 +1,6 @@
 """A train job: its parameters checked before it exists, and the run, in one process or as
-data-parallel ranks: under ``accelerate launch`` on this box, or as Ray Train workers when the job
-runs on a Ray cluster (:mod:`.ray_train`).
+data-parallel ranks under ``accelerate launch`` (on a Ray cluster: :mod:`.ray_train`; which one
+runs a job: :mod:`.run`).
 
 The same function runs it in the foreground (``lora-lab train``) and as a background job
 (``lora-lab jobs submit train``, the server extension, the notebook launcher).
@@ -63,21 +63,6 @@ def absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if source and ("/" in source or source.startswith("~") or (base / source).is_dir()):
             d[table]["source"] = os.path.normpath(base / Path(source).expanduser())
     return d
-
-
-def run_train_job(job: JobRecord, workspace: Workspace, *, resume: bool = False,
-                  on_event: OnEvent = None) -> TrainResult:
-    """Train as ``job``'s spec says: in this process, or with ``gpus`` data-parallel ranks."""
-    params = job.spec()["params"]
-    config = TrainConfig.from_dict(params["config"])
-    gpus = params.get("gpus", 1)
-    if gpus > 1:
-        from .ray_train import in_ray_job, train_on_ray
-
-        if in_ray_job():  # the cluster's Ray Train workers take the GPUs, on any of its nodes
-            return train_on_ray(job, gpus, resume, on_event)
-        return launch(job, gpus, resume, on_event)
-    return train(config, job, resume=resume, workspace=workspace, on_event=on_event)
 
 
 def train(config: TrainConfig, job: JobRecord | None = None, *, resume: bool = False,

@@ -42,11 +42,11 @@ def train_on_ray(job: JobRecord, gpus: int, resume: bool, on_event: OnEvent = No
     try:
         from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
-    except ImportError as e:
+    except ImportError as e:  # Ray without its train extra (pandas, pyarrow)
         raise Unavailable(f"training on {gpus} GPUs of a Ray cluster needs Ray Train ({e}): "
-                          "pip install 'lora_lab[ray]'") from None
+                          f"pip install 'ray[train]=={ray.__version__}' on every node") from None
     on_gpu, _ = pick_device(TrainConfig.from_dict(job.spec()["params"]["config"]).train.device)
-    ray.init()  # the cluster the Ray job runs on
+    ray.init(ignore_reinit_error=True)  # the cluster the Ray job runs on ($RAY_ADDRESS)
     flag = ray.remote(num_cpus=0)(StopFlag).remote()
     trainer = TorchTrainer(
         _worker, train_loop_config={"job": str(job.path), "resume": resume, "stop": flag,
@@ -121,8 +121,11 @@ def _watch(flag: Any, stop: threading.Event, done: threading.Event) -> None:
     import ray
 
     while not done.wait(STOP_POLL_S):
-        if ray.get(flag.get.remote()):
-            stop.set()
+        try:
+            if ray.get(flag.get.remote()):
+                stop.set()
+                return
+        except ray.exceptions.RayActorError:  # the Ray job's process is gone: Ray ends the workers
             return
 
 
@@ -163,7 +166,9 @@ def _cause(failure: BaseException | None) -> str:
     if failures:
         rank, error = failures[0]
         return f"rank {rank}: {_first_line(getattr(error, '_base_exc', error))}"  # unwrapped
-    return _first_line(failure) if failure else "the workers ended without finishing"
+    if failure is None:
+        return "the workers ended without finishing"
+    return _first_line(getattr(failure, "controller_failure", failure))  # Ray Train's own trouble
 
 
 def _first_line(error: BaseException) -> str:
