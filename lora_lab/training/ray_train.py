@@ -60,6 +60,13 @@ def train_on_ray(job: JobRecord, gpus: int, resume: bool, on_event: OnEvent = No
     job.event(started)
     if on_event:
         on_event(started)
+    return _outcome(job, gpus, *_fit_passing_events(trainer, flag, job, on_event))
+
+
+def _fit_passing_events(trainer: Any, flag: Any, job: JobRecord, on_event: OnEvent
+                        ) -> tuple[BaseException | None, KeyboardInterrupt | None]:
+    """Run ``trainer`` to its end, passing the ranks' events on; a Ctrl-C meanwhile sets the
+    job's :class:`StopFlag`. Returns what ``fit()`` raised and the Ctrl-C, each when there was one."""
     events, failure, stopped, ended = new_events(job), [], None, threading.Event()
     # fit() off the main thread: there Ray Train would take Ctrl-C to abort the run, no checkpoint
     threading.Thread(target=_fit, args=(trainer, failure, ended), name=f"ray train {job.id}").start()
@@ -71,7 +78,7 @@ def train_on_ray(job: JobRecord, gpus: int, resume: bool, on_event: OnEvent = No
             stopped = e
             flag.set.remote()
     pass_on(events, on_event)
-    return _outcome(job, gpus, failure[0] if failure else None, stopped)
+    return (failure[0] if failure else None), stopped
 
 
 class StopFlag:
