@@ -12,6 +12,7 @@ from .cluster import require_ray
 from .errors import LoraLabError
 
 RAY_ACTIVE = ("PENDING", "RUNNING")  # Ray's states of a job that has not ended
+JOB_ENV = "LORA_LAB_RAY_JOB"  # in a Ray job lora_lab submitted (and its workers): its submission id
 
 
 def submit(address: str, submission_id: str, entrypoint: str, *, gpus: int,

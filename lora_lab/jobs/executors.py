@@ -4,9 +4,12 @@
 - ``ray`` (``lora_lab[ray]``): a Ray job on a cluster. Ray Jobs is not a queue (a job that cannot
   start within 15 minutes fails), so lora_lab's queue stays in front: a local dispatcher process
   waits until the cluster has the job's GPUs free, then submits ``python -m lora_lab.jobs JOB``
-  under the job's id and exits. The job folder must lie where every node sees it at the same
-  path (one box, or a shared network volume). A caption job over several GPUs asks Ray for none
-  for its own process: its captioner actors take them (:mod:`lora_lab.captioning.pool`).
+  under the job's id and exits (or, for a folder in the bucket, follows it). The job folder must
+  lie where every node sees it at the same
+  path (one box, or a shared network volume), or in the bucket (:mod:`.bucket_jobs`). A job over
+  several GPUs asks Ray for none for its own process: its Ray workers take them, one each (a
+  caption job's actors, :mod:`lora_lab.captioning.pool`; a train job's Ray Train workers,
+  :mod:`lora_lab.training.ray_train`).
 
 ``status.json`` records ``executor`` and, for Ray, its ``handle`` (the cluster's Jobs API address
 and the submission id). A Ray job is judged alive by its heartbeat, then by asking Ray; a
@@ -173,7 +176,7 @@ def _submit(job: JobRecord, address: str, need: int, resume: bool) -> bucket_job
     python = Path(sys.executable)
     env = {"PATH": f"{python.parent}:${{PATH}}",  # Ray expands ${PATH} on the node
            "PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_SIGNAL": "SIGINT",
-           "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)}
+           "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S), ray_jobs.JOB_ENV: sid}
     entry = f"python -m lora_lab.jobs {shlex.quote(url or str(job.path))} --slots 0"
     entry += " --resume" if resume else ""
     mirror = None
@@ -182,7 +185,7 @@ def _submit(job: JobRecord, address: str, need: int, resume: bool) -> bucket_job
         env.update(bucket_jobs.worker_env())
     else:
         entry += f" >> {shlex.quote(str(job.log_path))} 2>&1"
-    spec = job.spec()  # its actors' GPUs are theirs to take: the job still holds them (_held)
+    spec = job.spec()  # its workers' GPUs are theirs to take: the job still holds them (_held)
     own = need - kind_of(spec["kind"]).actor_gpus(spec["params"])
     ray_jobs.submit(address, sid, entry, gpus=own, env=env)
     while ray_jobs.state(address, sid) == "PENDING":  # the lock is held until Ray placed it

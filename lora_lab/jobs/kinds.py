@@ -23,8 +23,8 @@ class JobKind:
     check: Callable[[dict[str, Any], Workspace, Path, bool], dict[str, Any]]
     gpus: Callable[[dict[str, Any]], int]  # the GPU slots its checked params take
     run: Callable[[JobRecord, Workspace, bool, OnEvent], Any]  # (job, workspace, resume, on_event)
-    # of those GPUs, the ones its Ray actors take rather than its own process (on a Ray cluster,
-    # the job's process asks Ray for the rest)
+    # of those GPUs, the ones its Ray workers take, one each, rather than its own process (on a
+    # Ray cluster, the job's process asks Ray for the rest)
     actor_gpus: Callable[[dict[str, Any]], int] = lambda p: 0
 
 
@@ -63,7 +63,7 @@ def _check_train(params: dict[str, Any], ws: Workspace, base: Path, local: bool)
 
 
 def _run_train(job: JobRecord, ws: Workspace, resume: bool, on_event: OnEvent) -> Any:
-    from ..training.job import run_train_job
+    from ..training.run import run_train_job
 
     return run_train_job(job, ws, resume=resume, on_event=on_event)
 
@@ -82,7 +82,8 @@ def _run_pull(job: JobRecord, ws: Workspace, resume: bool, on_event: OnEvent) ->
 
 KINDS = {k.name: k for k in (
     JobKind("caption", _check_caption, _caption_gpus, _run_caption, _caption_actor_gpus),
-    JobKind("train", _check_train, lambda p: p.get("gpus", 1), _run_train),  # older specs: 1
+    JobKind("train", _check_train, lambda p: p.get("gpus", 1), _run_train,  # older specs: 1
+            lambda p: p.get("gpus", 1) if p.get("gpus", 1) > 1 else 0),  # Ray Train's workers
     JobKind("pull", _check_pull, lambda p: 0, _run_pull),  # a download takes no GPU slot
 )}
 

@@ -1,5 +1,6 @@
 """A train job: its parameters checked before it exists, and the run, in one process or as
-data-parallel ranks under ``accelerate launch``.
+data-parallel ranks under ``accelerate launch`` (on a Ray cluster: :mod:`.ray_train`; which one
+runs a job: :mod:`.run`).
 
 The same function runs it in the foreground (``lora-lab train``) and as a background job
 (``lora-lab jobs submit train``, the server extension, the notebook launcher).
@@ -10,6 +11,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,22 +65,13 @@ def absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return d
 
 
-def run_train_job(job: JobRecord, workspace: Workspace, *, resume: bool = False,
-                  on_event: OnEvent = None) -> TrainResult:
-    """Train as ``job``'s spec says: in this process, or with ``gpus`` data-parallel ranks."""
-    params = job.spec()["params"]
-    config = TrainConfig.from_dict(params["config"])
-    gpus = params.get("gpus", 1)
-    if gpus > 1:
-        return launch(job, gpus, resume, on_event)
-    return train(config, job, resume=resume, workspace=workspace, on_event=on_event)
-
-
 def train(config: TrainConfig, job: JobRecord | None = None, *, resume: bool = False,
-          workspace: Workspace | None = None, on_event: OnEvent = None) -> TrainResult:
+          workspace: Workspace | None = None, on_event: OnEvent = None,
+          stop: threading.Event | None = None) -> TrainResult:
     """Run a training job to its end, recording it in ``job`` (a new one by default).
 
-    Under ``accelerate launch`` every rank calls this with the same job; rank 0 reports.
+    Under ``accelerate launch`` or Ray Train every rank calls this with the same job; rank 0
+    reports. ``stop`` set asks the run to stop as Ctrl-C does (a checkpoint, then interrupted).
     """
     ws = workspace or Workspace()
     job = job or JobRecord.create("train", {"config": config.to_dict(), "gpus": 1}, ws)
@@ -87,7 +80,7 @@ def train(config: TrainConfig, job: JobRecord | None = None, *, resume: bool = F
         job.set_status("running", phase="validating", started_at=time.time())
     try:
         with job.heartbeat() if main else contextlib.nullcontext():
-            result = Trainer(config, job, ws, on_event).run(resume)
+            result = Trainer(config, job, ws, on_event, stop).run(resume)
     except BaseException as e:
         if main:
             job.record_end(e)
@@ -117,27 +110,44 @@ def launch(job: JobRecord, gpus: int, resume: bool, on_event: OnEvent = None) ->
            str(gpus), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", "0", "-m", "lora_lab.training", str(job.path)]
     cmd += ["--resume"] if resume else []
-    # ranks x threads within the cores (oversubscribed gloo ranks crawl)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    events = EventTail(job.path / "events.jsonl")
-    events.read_all()  # what earlier runs of the job wrote
+    env = {**os.environ, "OMP_NUM_THREADS": str(rank_threads())}
+    events = new_events(job)
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
     try:
         while proc.poll() is None:
             time.sleep(0.2)
-            _pass_on(events, on_event)
+            pass_on(events, on_event)
     except KeyboardInterrupt:  # the ranks got the same Ctrl-C: let them save their checkpoint
         proc.wait()
         raise
-    _pass_on(events, on_event)
+    pass_on(events, on_event)
     status = job.status()
     if proc.returncode != 0 or status["state"] != "succeeded":
         cause = status.get("error") or f"accelerate launch exited with {proc.returncode}"
         raise LoraLabError(f"training with {gpus} processes failed: {cause}")
+    return recorded_result(status)
+
+
+def recorded_result(status: dict[str, Any]) -> TrainResult:
+    """The result rank 0 recorded in a succeeded job's status."""
     return TrainResult(Path(status["output"]), status["steps"], status["seconds"], status["loss"])
 
 
-def _pass_on(events: EventTail, on_event: OnEvent) -> None:
+def rank_threads() -> int:
+    """Each rank's CPU threads: ranks x threads within the cores (oversubscribed gloo ranks
+    crawl), and the same for every run of a job (the count is part of exact resume)."""
+    return int(os.environ.get("OMP_NUM_THREADS", "1"))
+
+
+def new_events(job: JobRecord) -> EventTail:
+    """A tail of the job's events from their end now (what earlier runs of the job wrote is
+    not passed on again)."""
+    events = EventTail(job.path / "events.jsonl")
+    events.read_all()
+    return events
+
+
+def pass_on(events: EventTail, on_event: OnEvent) -> None:
     """The ranks' new events to ``on_event`` (read incrementally, not the whole file a poll)."""
     for event in events.read_all():
         if on_event:

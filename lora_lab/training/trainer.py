@@ -55,10 +55,12 @@ class Trainer(TrainerOutputs, TrainerCheckpoints, TrainerValidation):
     keep_text_encoders = False  # True: loaded after caching, to encode any prompt (TrainLab)
 
     def __init__(self, config: TrainConfig, job: JobRecord, workspace: Workspace | None = None,
-                 on_event: Callable[[dict[str, Any]], None] | None = None):
+                 on_event: Callable[[dict[str, Any]], None] | None = None,
+                 stop: threading.Event | None = None):
         self.ws = workspace or Workspace()
         self.job = job
         self.on_event = on_event or (lambda e: None)
+        self.stop_event = stop  # set: stop as Ctrl-C would (a Ray Train worker gets no signal)
         self.phase("validating")
         self.family = detect_family(config.model.base) if config.model.family == "auto" \
             else config.model.family
@@ -268,7 +270,7 @@ class Trainer(TrainerOutputs, TrainerCheckpoints, TrainerValidation):
         self._status_time = 0.0
         for model in self.models:
             model.train()
-        with _StopOnSigint() as stop:
+        with _StopOnSigint(self.stop_event) as stop:
             while step < self.total:
                 loss, grad_norm, stopping = self._update(step, stop.requested)
                 step += 1
@@ -347,20 +349,27 @@ def _has_fp8() -> bool:
 
 
 class _StopOnSigint:
-    """Ctrl-C sets a flag the loop reads between steps, so a checkpoint is never taken
-    mid-update; a second Ctrl-C interrupts at once."""
+    """Ctrl-C (or ``also`` set) sets a flag the loop reads between steps, so a checkpoint is
+    never taken mid-update; a second Ctrl-C interrupts at once."""
+
+    def __init__(self, also: threading.Event | None = None):
+        self.also = also
+
+    @property
+    def requested(self) -> bool:
+        return self._requested or (self.also is not None and self.also.is_set())
 
     def __enter__(self) -> _StopOnSigint:
-        self.requested = False
+        self._requested = False
         self._previous = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
+        if self._requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self._requested = True
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
