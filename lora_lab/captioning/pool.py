@@ -9,8 +9,9 @@ answers come back to it, where :mod:`.batch` writes each one as it always does (
 then atomic write), so a killed run resumes the same way, nothing lost or doubled.
 
 Images travel as prepared JPEG bytes through Ray's object store, so the actors' nodes need no
-copy of the dataset. Plain actors, not a Ray Data ``map_batches`` pool: that needs
-``ray[data]`` (pandas and pyarrow) for what is, here, a queue of (image, prompt) requests.
+copy of the dataset. Plain actors rather than a Ray Data ``map_batches`` pool: each answer must
+come back to this process as soon as it is ready, to be journaled, and the work is a queue of
+(image, prompt) requests that needs none of Ray Data's blocks and batching.
 """
 from __future__ import annotations
 
