@@ -1,12 +1,12 @@
 """Ray jobs whose folders live in the bucket (moto's S3 server on 127.0.0.1): the worker runs
-the job in a scratch workspace of its own, this box follows it through the bucket; cancel,
-kill and resume work as on a shared filesystem, and bad settings are refused before any job."""
+the job in a scratch workspace of its own, this box follows it through the bucket; cancel and
+resume work as on a shared filesystem, and bad settings are refused before any job. (REST, the
+launcher and a killed worker: test_ray_jobs.py, with the folders shared and in the bucket.)"""
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -70,21 +70,6 @@ def test_a_run_in_the_bucket_is_followed_here_cancelled_with_a_checkpoint_and_re
             break
         time.sleep(0.2)
     assert not scratch.exists()
-
-
-def test_a_killed_worker_reads_interrupted_and_resumes_from_the_buckets_checkpoint(
-        on_ray, in_bucket, cli, tiny_models, tmp_path):
-    cli("jobs", "submit", "train", _train_config(tiny_models, tmp_path, steps=400))
-    job = _only_job(on_ray)
-    _wait(job, lambda v: any(e["type"] == "checkpoint" for e in job.events()))
-    os.kill(job.status()["pid"], signal.SIGKILL)  # the job's process on the (only) node
-    view = _wait(job, lambda v: v["state"] != "running")
-    assert view["state"] == "interrupted" and "resume it" in view["error"]
-    saved = [e["step"] for e in job.events() if e["type"] == "checkpoint"][-1]
-    cli("jobs", "resume", job.id)
-    _wait(job, lambda v: any(e.get("message", "").startswith(f"resumed from step-{saved:06d}")
-                             for e in job.events() if e["type"] == "log"))
-    cli("jobs", "cancel", job.id)
 
 
 @pytest.mark.parametrize("change, expected", [

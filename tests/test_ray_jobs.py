@@ -88,15 +88,16 @@ def test_training_on_ray_is_cancelled_with_a_checkpoint_and_resumed_to_its_end(
 
 
 def test_a_worker_killed_mid_job_reads_interrupted_and_resumes_from_its_checkpoint(
-        on_ray, cli, tiny_models, tmp_path):
+        on_ray, folders, cli, tiny_models, tmp_path):
     cli("jobs", "submit", "train", _train_config(tiny_models, tmp_path, steps=400))
     job = _only_job(on_ray)
     _wait(job, lambda v: any(e["type"] == "checkpoint" for e in job.events()))
     os.kill(job.status()["pid"], signal.SIGKILL)  # the job's process on the (only) node
     view = _wait(job, lambda v: v["state"] != "running")
     assert view["state"] == "interrupted" and "resume it" in view["error"]
-    cli("jobs", "resume", job.id)
-    _wait(job, lambda v: any(e.get("message", "").startswith("resumed from step-")
+    saved = [e["step"] for e in job.events() if e["type"] == "checkpoint"][-1]
+    cli("jobs", "resume", job.id)  # from the bucket's last checkpoint, with the folder there
+    _wait(job, lambda v: any(e.get("message", "").startswith(f"resumed from step-{saved:06d}")
                              for e in job.events() if e["type"] == "log"))
     cli("jobs", "cancel", job.id)
 
