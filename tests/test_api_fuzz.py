@@ -154,6 +154,9 @@ CONFIG = schemathesis.Config.from_dict({
                                "not_a_server_error": {
                                    "expected-statuses": ["2xx", "3xx", "4xx", "503"]}}}],
     "checks": {
+        # every request carries the token (the header above), so this check's forged _xsrf cookie
+        # still comes with a valid login; test_server_security sends every route without one
+        "ignored_auth": {"enabled": False},
         # a stale If-Match is refused by design (412), as the document says for that route
         "positive_data_acceptance": {
             "expected-statuses": ["2xx", "3xx", "401", "403", "404", "409", "412"]},
@@ -194,9 +197,21 @@ def _exists(path: Path) -> bool:
         return False
 
 
+def on_the_cluster(case) -> None:
+    """A caption job over several GPUs runs on a Ray cluster only, a rule across two fields that
+    the document states in words: such a case is sent asking for Ray, so it is answered as one
+    (the fuzz server has no cluster: 503) rather than refused for that rule (400)."""
+    body = case.body
+    if (case.method, case.operation.path) == ("POST", "/jobs") and isinstance(body, dict) and \
+            body.get("kind") == "caption" and isinstance(body.get("params"), dict) and \
+            isinstance(body["params"].get("gpus"), int) and body["params"]["gpus"] > 1:
+        body["executor"] = "ray"
+
+
 @schema.parametrize()
 def test_the_api_keeps_its_contract(case, server):
     url, ws = server
+    on_the_cluster(case)
     if not starts_a_job(case, ws):
         case.call_and_validate(base_url=url)
     if not (ws.jobs / JOB_ID).exists():  # deleted by DELETE jobs/{job_id}, as it should be

@@ -17,7 +17,8 @@ class LoraInspectHandler(LoraLabHandler):
     async def get(self) -> None:
         from ..tools.inspect import inspect_lora
 
-        path = existing(self.ws, self.get_query_argument("path"), "path")
+        # as given: stripped, the relative "\r//x" would name the absolute "//x"
+        path = existing(self.ws, self.get_query_argument("path", strip=False), "path")
         report = await self.blocking(inspect_lora, path)
         self.reply({**report, "path": str(path.relative_to(self.ws.root))})
 

@@ -162,8 +162,9 @@ def caption_job(servers: tuple[str, ...]) -> dict[str, Any]:
         "files": {"type": "array", "nullable": True,
                   "items": {"type": "string", "pattern": FILE_PATTERN}},
         "gpus": {"type": "integer", "minimum": 1,
-                 "description": "on a Ray cluster: one captioner (one model) per GPU; a job on "
-                                "this box takes 1"}}}
+                 "description": "above 1 only on a Ray cluster (executor ray): one captioner (one "
+                                "model) per GPU; a job on this box, or through caption servers, "
+                                "takes 1 (400 otherwise)"}}}
 
 
 def caption_server(servers: tuple[str, ...]) -> dict[str, Any]:
