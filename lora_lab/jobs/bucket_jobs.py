@@ -46,6 +46,7 @@ from ..workspace import Workspace
 
 ENV_JOBS_URL = "LORA_LAB_JOBS_URL"
 POLL_S = 0.5
+RESEND_S = 5.0  # a file pushed already and changed since waits this long to go again
 _SEGMENT = re.compile(r"^events/(\d{6,})\.jsonl$")
 _TRANSLATED = ("spec.json", "status.json")  # the JSON files that name paths
 _NOT_MIRRORED = ("events.jsonl", "cancel-requested", "places.json")
@@ -112,7 +113,7 @@ class Mirror:
     url: BucketURL  # the job folder's
     folder: Path
     places: Places = field(default_factory=lambda: Places([]))
-    sent: dict[str, tuple[int, int]] = field(default_factory=dict)  # rel -> size, mtime pushed
+    sent: dict[str, tuple[int, int, float]] = field(default_factory=dict)  # rel -> size, mtime, when
     got: dict[str, str] = field(default_factory=dict)  # rel -> ETag pulled
     remote_events: int | None = None  # events the bucket holds
     targets: tuple[Path, ...] = ()  # where pulled LoRA files may go: the workspace, output_dir
@@ -132,36 +133,43 @@ class Mirror:
                 if info.get("type") != "directory"}
 
     # -- this side to the bucket -----------------------------------------------------------------
-    def push(self) -> None:
+    def push(self, files: bool = True, final: bool = False) -> None:
         """The folder's changed files, then its LoRA files, its new events and last its status,
-        so that whoever reads an event or the status finds the files they name."""
+        so that whoever reads an event or the status finds the files they name. A file that
+        keeps growing (log.txt, TensorBoard's) goes again at most every :data:`RESEND_S`,
+        except in the ``final`` push; without ``files``, only the events and the record."""
+        if files:
+            self._push_files(final)
+        self._push_events()
+        for rel in _TRANSLATED:
+            self._send(rel, self.folder / rel, final=True)
+
+    def _push_files(self, final: bool) -> None:
         files = {rel: p for rel, p in _files(self.folder).items() if rel not in _TRANSLATED}
         for rel, path in files.items():
-            self._send(rel, path)
+            self._send(rel, path, final)
         for gone in [r for r in self.sent if r not in files and r not in _TRANSLATED and
                      not r.startswith("outputs/")]:
             with contextlib.suppress(FileNotFoundError):  # a rotated checkpoint
                 self.bucket.fs.rm_file(self.key(gone))
             del self.sent[gone]
-        status = self.folder / "status.json"
-        for lora in _outputs(status, self.folder):
-            self._send("outputs/" + self.places.here(str(lora)).lstrip("/"), lora)
-        self._push_events()
-        for rel in _TRANSLATED:
-            self._send(rel, self.folder / rel)
+        for lora in _outputs(self.folder / "status.json", self.folder):
+            self._send("outputs/" + self.places.here(str(lora)).lstrip("/"), lora, final)
 
-    def _send(self, rel: str, path: Path) -> None:
+    def _send(self, rel: str, path: Path, final: bool) -> None:
         try:
             st = path.stat()
         except FileNotFoundError:
             return
-        if self.sent.get(rel) == (st.st_size, st.st_mtime_ns):
+        before = self.sent.get(rel)
+        if before and (before[:2] == (st.st_size, st.st_mtime_ns) or
+                       not final and time.monotonic() - before[2] < RESEND_S):
             return
         if rel in _TRANSLATED:
             self.bucket.fs.pipe_file(self.key(rel), self.places.here(path.read_text(encoding="utf-8")).encode())
         else:
             self.bucket.fs.put_file(str(path), self.key(rel))
-        self.sent[rel] = (st.st_size, st.st_mtime_ns)
+        self.sent[rel] = (st.st_size, st.st_mtime_ns, time.monotonic())
 
     def _push_events(self) -> None:
         if self.remote_events is None:
@@ -283,7 +291,7 @@ def upload_for_run(job: JobRecord, url: str, resume: bool) -> Mirror:
         _stage_inputs(mirror, job)
     with contextlib.suppress(FileNotFoundError):
         bucket.fs.rm_file(mirror.key("cancel-requested"))
-    mirror.push()
+    mirror.push(files=not resume)  # a resumed job's files are there already (pulled from there)
     mirror.got = {rel: info.get("ETag") for rel, info in mirror.listing().items()}
     return mirror
 
@@ -364,7 +372,7 @@ def run_from_bucket(url: str, resume: bool) -> int:
             if not asked and _cancel_seen(mirror):  # a cancel: the child's Ctrl-C, exactly once
                 asked = True
                 os.kill(child.pid, signal.SIGINT)
-    mirror.push()
+    mirror.push(final=True)
     if json.loads((job_dir / "status.json").read_text(encoding="utf-8"))["state"] == "succeeded":
         shutil.rmtree(scratch_root(job_dir.name), ignore_errors=True)  # the staged inputs too
     return child.returncode if child.returncode >= 0 else 128 - child.returncode  # by a signal
@@ -410,7 +418,6 @@ def _download(bucket: Bucket, url: BucketURL) -> Mirror:
     mirror.places = Places(pairs)
     shutil.rmtree(mirror.folder, ignore_errors=True)  # what an earlier run here left
     mirror.folder.mkdir(parents=True)
-    Workspace(root / "ws")
     for rel in listing:
         if _mirrored(rel) and not rel.startswith("outputs/"):
             target = mirror.folder / rel
@@ -419,7 +426,7 @@ def _download(bucket: Bucket, url: BucketURL) -> Mirror:
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 bucket.fs.get_file(mirror.key(rel), str(target))
-            mirror.sent[rel] = (target.stat().st_size, target.stat().st_mtime_ns)
+            mirror.sent[rel] = (target.stat().st_size, target.stat().st_mtime_ns, time.monotonic())
     events = _remote_events(mirror, listing)
     (mirror.folder / "events.jsonl").write_text(mirror.places.there("".join(events)), encoding="utf-8")
     mirror.remote_events = len(events)
