@@ -361,9 +361,10 @@ def run_from_bucket(url: str, resume: bool) -> int:
         # it dies with this process (a SIGKILL after the stop's grace period)
         child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                  preexec_fn=_die_with_parent, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    # Ray's stop signals every process of the job, the child too: this one keeps pushing
-    signal.signal(signal.SIGINT, lambda *_: _cancel_seen(mirror))
-    signal.signal(signal.SIGTERM, lambda *_: _cancel_seen(mirror))
+    # Ray's stop signals every process of the job, the child too: this one keeps pushing until
+    # the child has ended (or Ray's SIGKILL ends both)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     asked = False
     while child.poll() is None:
         time.sleep(POLL_S)
