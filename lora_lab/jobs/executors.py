@@ -5,11 +5,10 @@
   start within 15 minutes fails), so lora_lab's queue stays in front: a local dispatcher process
   waits until the cluster has the job's GPUs free, then submits ``python -m lora_lab.jobs JOB``
   under the job's id and exits (or, for a folder in the bucket, follows it). The job folder must
-  lie where every node sees it at the same
-  path (one box, or a shared network volume), or in the bucket (:mod:`.bucket_jobs`). A job over
-  several GPUs asks Ray for none for its own process: its Ray workers take them, one each (a
-  caption job's actors, :mod:`lora_lab.captioning.pool`; a train job's Ray Train workers,
-  :mod:`lora_lab.training.ray_train`).
+  lie where every node sees it at the same path (one box, or a shared network volume), or in the
+  bucket (:mod:`.bucket_jobs`). A job over several GPUs asks Ray for none for its own process:
+  its Ray workers take them, one each (a caption job's actors, :mod:`lora_lab.captioning.pool`;
+  a train job's Ray Train workers, :mod:`lora_lab.training.ray_train`).
 
 ``status.json`` records ``executor`` and, for Ray, its ``handle`` (the cluster's Jobs API address
 and the submission id). A Ray job is judged alive by its heartbeat, then by asking Ray; a
