@@ -84,6 +84,21 @@ def test_one_slot_runs_one_job_at_a_time_in_order(ws, tiny_models):
     assert started >= first.events()[-1]["time"]  # it started after the first one stopped
 
 
+def test_a_job_started_where_ctrl_c_is_ignored_still_hears_its_cancel(ws, tiny_models):
+    first = submit("train", long_run(tiny_models, name="first"), ws, slots=1)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under `nohup jupyter lab &`
+    try:
+        second = submit("train", {"config": config(tiny_models, save={"name": "second"}).to_dict()},
+                        ws, slots=1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    training(first)
+    assert second.view()["phase"] == "waiting for a free slot"
+    cancel(second)  # waiting for its slot, it has no Ctrl-C handler of its own
+    assert second.view()["state"] == "cancelled" and not second.events()[0].get("forced")
+    cancel(first, grace_s=30)
+
+
 def test_cancel_saves_a_checkpoint_and_resume_finishes(ws, tiny_models):
     job = submit("train", {"config": config(
         tiny_models, train={"max_steps": 400}, save={"name": "resumed"}).to_dict()}, ws)

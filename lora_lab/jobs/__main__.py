@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--executor", choices=["ray"],
                         help="submit it to a Ray cluster once the cluster has its GPUs free")
     args = parser.parse_args(argv)
+    # a cancel is a Ctrl-C: heard even where whoever started the server ignored it (a pod's
+    # `nohup jupyter lab &` does, and every process started from it inherits that)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if "://" in args.job:  # a Ray worker's: the job's folder is in the bucket
         try:
             return run_from_bucket(args.job, args.resume)
