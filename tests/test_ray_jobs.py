@@ -103,7 +103,9 @@ def test_a_worker_killed_mid_job_reads_interrupted_and_resumes_from_its_checkpoi
 
 
 def test_a_caption_job_on_ray_killed_mid_way_resumes_with_nothing_lost_or_doubled(
-        on_ray, cli, tiny_caption, tmp_path):
+        on_ray, folders, cli, tiny_caption, tmp_path):
+    """With the folder in the bucket, the worker captions a copy of its own: each caption
+    comes back here through the bucket, into this dataset's journal entry for the batch."""
     cli("dataset", "ingest", forty_captioned(tmp_path), "--name", "many")
     cli("jobs", "submit", "caption", "many", "--mode", "append", "--model",
         tiny_caption["caption_model"], "--mmproj", tiny_caption["caption_mmproj"],
@@ -114,11 +116,13 @@ def test_a_caption_job_on_ray_killed_mid_way_resumes_with_nothing_lost_or_double
     assert _wait(job, lambda v: v["state"] != "running")["state"] == "interrupted"
     ds = Dataset.open("many", on_ray)
     assert 0 < len(ds.journal.last()[1]["changes"]) < 40, "killed too late to test a resume"
+    assert ("url" in job.view()["handle"]) == (folders == "bucket")
 
     cli("jobs", "resume", job.id)
     view = _wait(job, lambda v: v["state"] not in ("queued", "running"))
     assert view["state"] == "succeeded" and view["executor"] == "ray", job.log_path.read_text()
     assert_each_appended_once(ds)
+    assert ds.index.get("img00.jpg")["caption_model"] == view["model"]  # the source came too
 
 
 def test_a_job_asking_for_more_gpus_than_the_cluster_has_waits_saying_why(on_ray, tiny_models):

@@ -80,7 +80,7 @@ class Dataset:
     # -- opening -------------------------------------------------------------------------------
     @classmethod
     def open(cls, name: str, workspace: Workspace | None = None) -> Dataset:
-        path = _dataset_path(name, workspace)
+        path = dataset_path(name, workspace)
         if not path.is_dir():
             raise NotFound(f"dataset {name!r} does not exist (see `lora-lab dataset list`)")
         ds = cls(path)
@@ -89,7 +89,7 @@ class Dataset:
 
     @classmethod
     def create(cls, name: str, workspace: Workspace | None = None) -> Dataset:
-        path = _dataset_path(name, workspace)
+        path = dataset_path(name, workspace)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             path.mkdir()  # atomic: of two creators at once, exactly one gets here
@@ -361,7 +361,7 @@ class Dataset:
         self.index.upsert(rows)
 
 
-def _dataset_path(name: str, workspace: Workspace | None) -> Path:
+def dataset_path(name: str, workspace: Workspace | None) -> Path:
     ws = workspace or Workspace()
     return ws.resolve(check_name(name), ws.datasets)
 

@@ -40,11 +40,14 @@ from typing import Any
 
 from .. import atomic
 from ..bucket import Bucket, BucketURL, configured_url, open_bucket, within
+from ..datasets.dataset import META, dataset_path
 from ..errors import LoraLabError
 from ..jobdir import JobRecord
 from ..workspace import Workspace
+from . import bucket_captions
 
 ENV_JOBS_URL = "LORA_LAB_JOBS_URL"
+_INPUT_ENV = ("LORA_LAB_CAPTION_MODEL", "LORA_LAB_CAPTION_MMPROJ")  # inputs named by environment
 POLL_S = 0.5
 RESEND_S = 5.0  # a file pushed already and changed since waits this long to go again
 _SEGMENT = re.compile(r"^events/(\d{6,})\.jsonl$")
@@ -67,12 +70,12 @@ def check(kind: str, params: Any, url: str | None = None) -> Bucket | None:
     if url is None:
         return None
     unset = f"; run it on a cluster that shares the workspace's filesystem (unset ${ENV_JOBS_URL})"
-    if kind != "train":
-        raise LoraLabError(f"a {kind} job cannot keep its folder in the bucket: it writes into this "
-                           f"box's workspace{unset}, or here")
+    if kind not in ("train", "caption"):
+        raise LoraLabError(f"a {kind} job cannot keep its folder in the bucket: it runs on this "
+                           f"box{unset}, or here")
     if isinstance(params, dict) and params.get("gpus", 1) != 1:
-        raise LoraLabError("a train job on several GPUs cannot keep its folder in the bucket yet: "
-                           f"its ranks may run on nodes that have no copy of it{unset}")
+        raise LoraLabError(f"a {kind} job on several GPUs cannot keep its folder in the bucket yet: "
+                           f"its Ray workers may run on nodes that have no copy of its inputs{unset}")
     within(url, configured_url())
     return open_bucket()
 
@@ -118,6 +121,7 @@ class Mirror:
     remote_events: int | None = None  # events the bucket holds
     targets: tuple[Path, ...] = ()  # where pulled LoRA files may go: the workspace, output_dir
     status_text: str = ""  # the status last pulled
+    extra: dict[str, Path] = field(default_factory=dict)  # rel -> a file outside the folder, pushed too
 
     def key(self, rel: str) -> str:
         return f"{self.url.bucket}/{self.url.key(rel)}"
@@ -146,10 +150,10 @@ class Mirror:
 
     def _push_files(self, final: bool) -> None:
         files = {rel: p for rel, p in _files(self.folder).items() if rel not in _TRANSLATED}
-        for rel, path in files.items():
+        for rel, path in {**files, **self.extra}.items():
             self._send(rel, path, final)
         for gone in [r for r in self.sent if r not in files and r not in _TRANSLATED and
-                     not r.startswith("outputs/")]:
+                     r not in self.extra and not r.startswith("outputs/")]:
             with contextlib.suppress(FileNotFoundError):  # a rotated checkpoint
                 self.bucket.fs.rm_file(self.key(gone))
             del self.sent[gone]
@@ -181,10 +185,11 @@ class Mirror:
             self.remote_events += len(lines)
 
     # -- the bucket to this side -----------------------------------------------------------------
-    def pull(self) -> None:
+    def pull(self, received: Callable[[], None] = lambda: None) -> None:
         """What the worker wrote since the last pull: files, LoRA files, events, then the status.
         The status is read before the listing: whatever it names was pushed before it, so is
-        listed."""
+        listed. ``received()`` runs before the status is replaced (a caption job's captions are
+        in the dataset when it reads succeeded)."""
         status = self.places.there(self.bucket.fs.cat_file(self.key("status.json")).decode())
         listing = self.listing()
         for rel, info in listing.items():
@@ -199,6 +204,7 @@ class Mirror:
                     any(lora.is_relative_to(t) for t in self.targets):
                 self._fetch(rel, listing[rel], lora)
         self._pull_events(listing)
+        received()
         if status != self.status_text:
             atomic.write_text(self.folder / "status.json", status)
             self.status_text = status
@@ -284,7 +290,7 @@ def upload_for_run(job: JobRecord, url: str, resume: bool) -> Mirror:
     """Put the job's folder in the bucket, with its inputs the first time, before the worker
     starts: the worker sees the status and events as they are here, and no stale cancel."""
     bucket = open_bucket()
-    output_dir = job.spec()["params"]["config"]["save"].get("output_dir")
+    output_dir = _output_dir(job.spec())
     mirror = Mirror(bucket, within(url, configured_url()), job.path,
                     targets=(job.workspace.root, *([Path(output_dir)] if output_dir else [])))
     if not resume:
@@ -296,13 +302,14 @@ def upload_for_run(job: JobRecord, url: str, resume: bool) -> Mirror:
     return mirror
 
 
-def follow(mirror: Mirror, running: Callable[[], bool]) -> None:
-    """Pull the worker's writes every half second while ``running()``, then once more."""
+def follow(mirror: Mirror, running: Callable[[], bool], received: Callable[[], None] = lambda: None) -> None:
+    """Pull the worker's writes every half second while ``running()``, then once more
+    (``received``: see :meth:`Mirror.pull`)."""
     while running():
         time.sleep(POLL_S)
         with contextlib.suppress(OSError, ValueError):  # a dropped connection: next time
-            mirror.pull()
-    mirror.pull()
+            mirror.pull(received)
+    mirror.pull(received)
 
 
 def request_cancel(url: str) -> None:
@@ -320,25 +327,42 @@ def _stage_inputs(mirror: Mirror, job: JobRecord) -> None:
     shared = f"{mirror.url.bucket}/{mirror.url.prefix.rsplit('/', 1)[0]}/inputs"
     inputs = []
     for path in _inputs(job.spec(), ws):
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        files = _input_files(path)
         identity = [str(path)] + [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
         key = f"{shared}/{hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]}-{path.name}"
         if not mirror.bucket.fs.exists(f"{key}.complete"):
-            if path.is_dir():
-                mirror.bucket.fs.put(str(path) + "/", key + "/", recursive=True)
-            else:
-                mirror.bucket.fs.put_file(str(path), f"{key}/{path.name}")
+            names = [str(f.relative_to(path)) for f in files] if path.is_dir() else [path.name]
+            mirror.bucket.fs.put([str(f) for f in files], [f"{key}/{n}" for n in names])
             mirror.bucket.fs.pipe_file(f"{key}.complete", b"")  # the upload finished
         inputs.append({"path": str(path), "key": key, "dir": path.is_dir()})
-    output_dir = job.spec()["params"]["config"]["save"].get("output_dir")
+    output_dir = _output_dir(job.spec())
     places = {"root": str(ws.root), "inputs": inputs,
-              "outputs": [output_dir] if output_dir and not Path(output_dir).is_relative_to(ws.root) else []}
+              "outputs": [output_dir] if output_dir and not Path(output_dir).is_relative_to(ws.root) else [],
+              "env": {k: os.environ[k] for k in _INPUT_ENV if os.environ.get(k)}}
     mirror.bucket.fs.pipe_file(mirror.key("places.json"), json.dumps(places, indent=2).encode())
 
 
+def _input_files(path: Path) -> list[Path]:
+    """A file, or a folder's files but a dataset's own cache (index, thumbnails, journal)."""
+    if not path.is_dir():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and META not in p.relative_to(path).parts)
+
+
+def _output_dir(spec: dict[str, Any]) -> str | None:
+    return spec["params"]["config"]["save"].get("output_dir") if spec["kind"] == "train" else None
+
+
 def _inputs(spec: dict[str, Any], ws: Workspace) -> list[Path]:
-    """The local files and folders a train job reads: base model parts, adapter, datasets."""
-    cfg = spec["params"]["config"]
+    """The local files and folders a job reads: a train job's base model parts, adapter and
+    datasets; a caption job's dataset and model files."""
+    params = spec["params"]
+    if spec["kind"] == "caption":
+        from ..captioning.llama import model_paths
+
+        files = [] if params["server"] else model_paths(params["model"], params["mmproj"], ws)
+        return [dataset_path(params["dataset"], ws), *(p.resolve() for p in files)]
+    cfg = params["config"]
     named = [cfg["model"].get(k) for k in ("base", "vae", "config", "adapter")]
     paths = [Path(p) for p in named if isinstance(p, str) and p.startswith("/") and Path(p).exists()]
     for section in ("dataset", "validation"):
@@ -354,13 +378,20 @@ def run_from_bucket(url: str, resume: bool) -> int:
     and its inputs, run it as a child process while pushing what changes, push the end. The
     scratch stays for a resume until the job succeeds."""
     parsed = within(url, configured_url())  # refused before anything is read or written
-    mirror = _download(open_bucket(), parsed)
+    mirror, env = _download(open_bucket(), parsed)
     job_dir = mirror.folder
+    job = JobRecord(job_dir)
+    if job.spec()["kind"] == "caption":  # it captions this node's copy: the captions go back too
+        ds = bucket_captions.dataset_of(job.spec(), job.workspace)
+        bucket_captions.restore(job_dir, ds)
+        mirror.extra = bucket_captions.worker_files(ds)
+        ds.index.close()
     cmd = [sys.executable, "-m", "lora_lab.jobs", str(job_dir), "--slots", "0"] + (["--resume"] if resume else [])
     with open(job_dir / "log.txt", "ab") as log:
         # it dies with this process (a SIGKILL after the stop's grace period)
         child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 preexec_fn=_die_with_parent, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                 preexec_fn=_die_with_parent,
+                                 env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
     # Ray's stop signals every process of the job, the child too: this one keeps pushing until
     # the child has ended (or Ray's SIGKILL ends both)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -399,8 +430,9 @@ def scratch_root(job_id: str) -> Path:
     return Path(tempfile.gettempdir()) / "lora-lab-jobs" / job_id
 
 
-def _download(bucket: Bucket, url: BucketURL) -> Mirror:
-    """The job folder and its inputs in a fresh scratch workspace; the mirror that pushes back."""
+def _download(bucket: Bucket, url: BucketURL) -> tuple[Mirror, dict[str, str]]:
+    """The job folder and its inputs in a fresh scratch workspace: the mirror that pushes back,
+    and the environment that names inputs, in this node's paths."""
     job_id = url.prefix.rsplit("/", 1)[-1]
     root = scratch_root(job_id)
     mirror = Mirror(bucket, url, root / "ws" / "jobs" / job_id)
@@ -431,7 +463,7 @@ def _download(bucket: Bucket, url: BucketURL) -> Mirror:
     events = _remote_events(mirror, listing)
     (mirror.folder / "events.jsonl").write_text(mirror.places.there("".join(events)), encoding="utf-8")
     mirror.remote_events = len(events)
-    return mirror
+    return mirror, {k: mirror.places.there(v) for k, v in places.get("env", {}).items()}
 
 
 def _fetch_input(bucket: Bucket, key: str, there: Path, is_dir: bool) -> None:

@@ -34,6 +34,7 @@ from ..jobdir import ACTIVE, JobRecord, list_jobs, pid_alive
 from ..jobdir.record import ray_submission
 from ..workspace import Workspace
 from . import bucket_jobs
+from .bucket_captions import CaptionsBack
 from .kinds import kind_of
 
 EXECUTORS = ("local", "ray")
@@ -129,11 +130,23 @@ def dispatch(job: JobRecord, resume: bool) -> None:
                 job.set_status("queued", phase="waiting for the Ray cluster", reason=reason)
             time.sleep(POLL_S)
     if mirror:  # the job's folder lives in the bucket: bring the worker's writes here
-        sid = job.status()["handle"]["submission_id"]
-        bucket_jobs.follow(mirror, lambda: ray_jobs.state(address, sid) in ray_jobs.RAY_ACTIVE)
-        if job.status()["state"] in ACTIVE:  # it ended before the job could say why: Ray's log
-            with open(job.log_path, "a", encoding="utf-8") as log:
-                log.write(ray_jobs.logs(address, sid)[-20000:])
+        _follow(job, mirror, address)
+
+
+def _follow(job: JobRecord, mirror: bucket_jobs.Mirror, address: str) -> None:
+    """Pull the worker's writes until its Ray job ends; a caption job's captions go into the
+    dataset here as they come."""
+    sid = job.status()["handle"]["submission_id"]
+    captions = CaptionsBack(job) if job.spec()["kind"] == "caption" else None
+    try:
+        bucket_jobs.follow(mirror, lambda: ray_jobs.state(address, sid) in ray_jobs.RAY_ACTIVE,
+                           captions.apply if captions else lambda: None)
+    finally:
+        if captions:
+            captions.close()
+    if job.status()["state"] in ACTIVE:  # it ended before the job could say why: Ray's log
+        with open(job.log_path, "a", encoding="utf-8") as log:
+            log.write(ray_jobs.logs(address, sid)[-20000:])
 
 
 def _wait_reason(job: JobRecord, address: str, need: int) -> str | None:
