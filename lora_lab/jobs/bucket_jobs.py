@@ -8,11 +8,12 @@ With ``$LORA_LAB_JOBS_URL`` set (``s3://BUCKET/PREFIX/jobs``, inside the configu
                                stores cannot append); an ``events.jsonl`` object is read as well
     log.txt, checkpoints/...   the folder's other files, each uploaded whole after its local write
     outputs/<path>             LoRA files the job wrote outside its folder, keyed by their path
+    captions/...               a caption job's journal entry and caption sources (:mod:`.bucket_captions`)
     places.json                where the inputs below lie here, where the outputs go
     cancel-requested           a cancel's word to the worker
 
-and beside the jobs, ``JOBS_URL/inputs/DIGEST-NAME/``: the base model, dataset ... a spec names,
-staged for the workers, one copy while the files stay the same.
+and beside the jobs, ``JOBS_URL/inputs/DIGEST-NAME/``: the base model, dataset, caption model ...
+a spec names, staged for the workers, one copy while the files stay the same.
 
 The bucket speaks in this box's paths; the worker runs the job in a scratch workspace and
 translates paths both ways (:class:`Places`). The dispatcher here uploads the folder and the
