@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from test_train import config
 from lora_lab import atomic
 from lora_lab.bucket import open_bucket
 from lora_lab.datasets import Dataset
-from lora_lab.jobdir import JobRecord, list_jobs
+from lora_lab.jobdir import JobRecord, list_jobs, pid_alive
 from lora_lab.jobs.bucket_jobs import Mirror, Places, job_url, scratch_root, upload_for_run
 
 
@@ -101,6 +102,29 @@ def test_a_caption_job_in_the_bucket_writes_here_through_the_journal_keeps_an_ed
     assert ds.index.get("img00.jpg")["caption_model"] == view["model"]
     cli("dataset", "edit", "many", "--undo")  # the run is one undo step here
     assert [ds.caption(f"img{i:02d}.jpg") for i in range(39)] == [f"orig{i:02d}" for i in range(39)]
+
+
+def test_a_job_whose_follower_here_died_is_followed_again_by_jobs_list(
+        on_ray, in_bucket, cli, tiny_models, tmp_path):
+    """This box restarted while the job ran on the cluster: `jobs list` (or the server's start)
+    starts a process that pulls its writes again, and only one."""
+    cli("jobs", "submit", "train", _train_config(tiny_models, tmp_path, steps=300))
+    job = _only_job(on_ray)
+    _wait(job, lambda v: _trained(job) >= 5)
+    dispatcher = int((job.path / ".following").read_text())
+    os.kill(dispatcher, signal.SIGKILL)
+    while pid_alive(dispatcher):
+        time.sleep(0.05)
+    assert job.view()["state"] == "running"  # Ray runs it on
+    _, out, err = cli("jobs", "list")
+    assert f"following {job.id} on the Ray cluster again" in err
+    assert cli("jobs", "list")[2] == ""  # followed: not twice
+    view = _wait(job, lambda v: v["state"] not in ("queued", "running"))
+    assert view["state"] == "succeeded", job.log_path.read_text()[-3000:]
+    steps = [e["step"] for e in job.events() if e["type"] == "progress"]
+    assert steps == list(range(1, 301))  # each step's event here once
+    assert [f["step"] for f in view["loras"]] == [50, 100, 150, 200, 250, None]
+    assert all(not f.get("missing") for f in view["loras"])
 
 
 @pytest.mark.parametrize("change, expected", [

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..jobdir import STATES, JobFollower, JobRecord, open_job
 from ..jobs import KINDS, LORA_CHOICES, cancel, delete, job_summaries, job_summary, resume, submit
-from ..jobs.executors import EXECUTORS
+from ..jobs.executors import EXECUTORS, reattach
 from ..jobs.summary import COLUMNS, cells, format_bytes, table
 from ..training.tracking import TENSORBOARD, tensorboard_command
+from ..workspace import Workspace
 from .caption_cmds import add_caption_arguments, caption_args
 from .output import add_json_flag, emit, workspace
 
@@ -98,6 +100,7 @@ def _submitted(args: argparse.Namespace, job: JobRecord) -> None:
 
 def cmd_list(args: argparse.Namespace) -> None:
     ws = workspace(args)
+    _reattach(ws)
     rows = [{**s, "bytes": JobRecord(ws.jobs / s["id"]).disk_bytes()}
             for s in job_summaries(ws, state=args.state, kind=args.kind)]
     if not rows:
@@ -114,6 +117,12 @@ LIST_COLUMNS = (*COLUMNS[:-1], "size", COLUMNS[-1])  # the reason last: the long
 def _cells(summary: dict[str, Any]) -> dict[str, str]:
     """A summary's table cells, with the size of its folder."""
     return {**cells(summary), "size": format_bytes(summary["bytes"])}
+
+
+def _reattach(ws: Workspace) -> None:
+    """Follow again the bucket jobs nothing here follows (this box restarted while they ran)."""
+    for job in reattach(ws):
+        print(f"following {job.id} on the Ray cluster again", file=sys.stderr)
 
 
 def cmd_show(args: argparse.Namespace) -> None:
@@ -152,7 +161,9 @@ def _lora_line(f: dict[str, Any]) -> str:
 
 
 def cmd_logs(args: argparse.Namespace) -> None:
-    job = open_job(args.id, workspace(args))
+    ws = workspace(args)
+    _reattach(ws)
+    job = open_job(args.id, ws)
     follower = JobFollower(job)
     if args.follow:
         messages: Iterable[dict[str, Any]] = follower.follow(FOLLOW_POLL_S)

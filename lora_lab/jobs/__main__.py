@@ -1,11 +1,13 @@
-"""``python -m lora_lab.jobs JOB_DIR|URL [--resume] [--slots N] [--executor ray]``: the process
-of one background job.
+"""``python -m lora_lab.jobs JOB_DIR|URL [--resume] [--slots N] [--executor ray [--follow]]``:
+the process of one background job.
 
 The job runner starts it detached; it waits its turn for a GPU slot, then runs the job its
 spec describes (directly, or through the notebook the spec names) with its output in log.txt.
 With ``--executor ray`` it is the job's dispatcher instead: it submits the job to the Ray
 cluster, whose process runs this module again with ``--slots 0``: with the job's folder, or
 with its URL in the bucket (:mod:`.bucket_jobs`), which it downloads and runs in a scratch copy.
+With ``--follow`` too, it only pulls such a job's writes here again, its dispatcher gone
+(:func:`.executors.reattach` starts it).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from ..errors import LoraLabError
 from ..jobdir import ACTIVE, JobRecord
 from .bucket_jobs import run_from_bucket
 from .execute import run_job, run_notebook
-from .executors import dispatch
+from .executors import dispatch, refollow
 from .kinds import kind_of
 from .slots import holding_slots
 
@@ -36,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="jobs that may run at once (0: take none, the executor gave its GPUs)")
     parser.add_argument("--executor", choices=["ray"],
                         help="submit it to a Ray cluster once the cluster has its GPUs free")
+    parser.add_argument("--follow", action="store_true",
+                        help="with --executor ray: pull the writes of the job, submitted already "
+                             "with its folder in the bucket, here again until it ends")
     args = parser.parse_args(argv)
     # a cancel is a Ctrl-C: heard even where whoever started the server ignored it (a pod's
     # `nohup jupyter lab &` does, and every process started from it inherits that)
@@ -47,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lora-lab: error: {e}", flush=True)
             return 1
     job = JobRecord(Path(args.job).resolve())
+    if args.follow:  # its dispatcher is gone; the job runs on
+        refollow(job)
+        return 0
     ws = job.workspace
     os.nice(NICENESS)
     job.set_status("queued", pgid=os.getpgrp())

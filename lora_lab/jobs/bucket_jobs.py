@@ -53,7 +53,8 @@ POLL_S = 0.5
 RESEND_S = 5.0  # a file pushed already and changed since waits this long to go again
 _SEGMENT = re.compile(r"^events/(\d{6,})\.jsonl$")
 _TRANSLATED = ("spec.json", "status.json")  # the JSON files that name paths
-_NOT_MIRRORED = ("events.jsonl", "cancel-requested", "places.json")
+FOLLOWING = ".following"  # held by the process on this box that pulls the job's writes
+_NOT_MIRRORED = ("events.jsonl", "cancel-requested", "places.json", FOLLOWING)
 _SHARED_ENV = ("LORA_LAB_BUCKET", "LORA_LAB_BUCKET_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")
 
@@ -287,17 +288,27 @@ def job_url(job_id: str) -> str:
     return f"{jobs_url()}/{job_id}"
 
 
+def mirror_of(job: JobRecord, url: str) -> Mirror:
+    """The mirror that brings the job's writes here; the files this copy holds already (by
+    size) are not fetched again."""
+    output_dir = _output_dir(job.spec())
+    mirror = Mirror(open_bucket(), within(url, configured_url()), job.path,
+                    targets=(job.workspace.root, *([Path(output_dir)] if output_dir else [])))
+    for rel, info in mirror.listing().items():
+        with contextlib.suppress(OSError):
+            if (job.path / rel).stat().st_size == int(info["size"]):
+                mirror.got[rel] = info.get("ETag")
+    return mirror
+
+
 def upload_for_run(job: JobRecord, url: str, resume: bool) -> Mirror:
     """Put the job's folder in the bucket, with its inputs the first time, before the worker
     starts: the worker sees the status and events as they are here, and no stale cancel."""
-    bucket = open_bucket()
-    output_dir = _output_dir(job.spec())
-    mirror = Mirror(bucket, within(url, configured_url()), job.path,
-                    targets=(job.workspace.root, *([Path(output_dir)] if output_dir else [])))
+    mirror = mirror_of(job, url)
     if not resume:
         _stage_inputs(mirror, job)
     with contextlib.suppress(FileNotFoundError):
-        bucket.fs.rm_file(mirror.key("cancel-requested"))
+        mirror.bucket.fs.rm_file(mirror.key("cancel-requested"))
     mirror.push(files=not resume)  # a resumed job's files are there already (pulled from there)
     mirror.got = {rel: info.get("ETag") for rel, info in mirror.listing().items()}
     return mirror

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .. import cluster, ray_jobs
 from ..errors import LoraLabError, Unavailable
@@ -63,7 +63,7 @@ def check_executor(name: str | None, ws: Workspace) -> str:
 def start(job: JobRecord, executor: str, *, resume: bool, slots: int) -> None:
     """Start the job's local process: the job itself, or (Ray) the dispatcher that submits it."""
     fields: dict[str, Any] = {"executor": executor, "handle": None}
-    cmd = [sys.executable, "-m", "lora_lab.jobs", str(job.path), "--slots", str(slots)]
+    cmd = ["--slots", str(slots)]
     if executor == "ray":
         url = (job.status().get("handle") or {}).get("url") if resume else bucket_jobs.jobs_url() and \
             bucket_jobs.job_url(job.id)
@@ -72,14 +72,21 @@ def start(job: JobRecord, executor: str, *, resume: bool, slots: int) -> None:
         cmd += ["--executor", "ray"]
     # pid = ours until the child writes its own: "queued", not "interrupted", meanwhile
     job.set_status("queued", queued_at=time.time(), error=None, phase=None, progress=None, **fields)
-    cmd += ["--resume"] if resume else []
-    with open(job.log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=job.path,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    threading.Thread(target=proc.wait, daemon=True).start()  # reap it: no zombie to mistake for alive
+    proc = _spawn(job, cmd + (["--resume"] if resume else []))
     if job.status().get("pid") == os.getpid():
         job.set_status("queued", pid=proc.pid, pgid=proc.pid)
+
+
+def _spawn(job: JobRecord, args: list[str], keep: int | None = None) -> subprocess.Popen:
+    """``python -m lora_lab.jobs JOB ARGS``, detached, its output in the job's log; ``keep``: a
+    file descriptor it inherits (a lock it then holds)."""
+    cmd = [sys.executable, "-m", "lora_lab.jobs", str(job.path), *args]
+    with open(job.log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=job.path, pass_fds=() if keep is None else (keep,),
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    threading.Thread(target=proc.wait, daemon=True).start()  # reap it: no zombie to mistake for alive
+    return proc
 
 
 def stop(job: JobRecord, view: dict[str, Any], grace_s: float) -> None:
@@ -110,11 +117,20 @@ def _ended(address: str, sid: str, timeout: float) -> None:
 
 def dispatch(job: JobRecord, resume: bool) -> None:
     """The Ray dispatcher's work: wait until the cluster has the job's GPUs free (a job asking
-    for more than the cluster has waits, saying why), submit it, and return once Ray runs it."""
+    for more than the cluster has waits, saying why), submit it, and return once Ray runs it;
+    with its folder in the bucket, once it ended, having pulled its writes here meanwhile."""
+    following = job.status()["handle"].get("url")  # its folder in the bucket: followed from here
+    # held to the end: nothing re-attaches while this one lives
+    with _following(job, wait=True) if following else contextlib.nullcontext():
+        mirror = _wait_and_submit(job, resume)
+        if mirror:
+            _follow(job, mirror, job.status()["handle"]["address"])
+
+
+def _wait_and_submit(job: JobRecord, resume: bool) -> bucket_jobs.Mirror | None:
     status = job.status()
     address, need = status["handle"]["address"], _gpus(job)
-    ws = job.workspace
-    lock_path = ws.jobs / ".slots" / "ray.lock"
+    lock_path = job.workspace.jobs / ".slots" / "ray.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with job.heartbeat(), open(lock_path, "w") as lock:
         while True:
@@ -123,14 +139,53 @@ def dispatch(job: JobRecord, resume: bool) -> None:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # one dispatcher submits at a time: no two
                 reason = _wait_reason(job, address, need)  # take the same free GPUs
                 if reason is None:
-                    mirror = _submit(job, address, need, resume)
-                    break
+                    return _submit(job, address, need, resume)
                 fcntl.flock(lock, fcntl.LOCK_UN)
             if job.status().get("reason") != reason:
                 job.set_status("queued", phase="waiting for the Ray cluster", reason=reason)
             time.sleep(POLL_S)
-    if mirror:  # the job's folder lives in the bucket: bring the worker's writes here
-        _follow(job, mirror, address)
+
+
+def reattach(ws: Workspace) -> list[JobRecord]:
+    """Follow again each job on the Ray cluster with its folder in the bucket that nothing here
+    follows any more (this box restarted while it ran): a process that pulls its writes as its
+    dispatcher did, until it ends. Returns those jobs."""
+    started = []
+    for job in list_jobs(ws):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            status = job.status()
+            if status["state"] in ACTIVE and ray_submission(status) and status["handle"].get("url"):
+                held = _following(job, wait=False)
+                if held:
+                    with held:  # the follower inherits it: held without a gap
+                        _spawn(job, ["--executor", "ray", "--follow"], keep=held.fileno())
+                    started.append(job)
+    return started
+
+
+def refollow(job: JobRecord) -> None:
+    """A re-attached follower's work (see :func:`reattach`, which holds the follow lock for it)."""
+    with open(job.path / bucket_jobs.FOLLOWING, "r+") as f:  # in place: the lock is on this file
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+    handle = job.status()["handle"]
+    _follow(job, bucket_jobs.mirror_of(job, handle["url"]), handle["address"])
+
+
+def _following(job: JobRecord, wait: bool) -> IO[str] | None:
+    """The job's follow lock, held (a file to close to let go) with this process's id in it,
+    or None when another process holds it."""
+    f = open(job.path / bucket_jobs.FOLLOWING, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        f.close()
+        return None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def _follow(job: JobRecord, mirror: bucket_jobs.Mirror, address: str) -> None:

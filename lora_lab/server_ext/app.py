@@ -24,7 +24,7 @@ from traitlets import Int, List, TraitError, Unicode, default, validate
 from .. import __version__
 from ..confine import server_prefix
 from ..errors import LoraLabError
-from ..jobs.executors import EXECUTORS
+from ..jobs.executors import EXECUTORS, reattach
 from ..served import export_server
 from ..workspace import Workspace, default_root
 from . import (
@@ -180,6 +180,8 @@ class LoraLabApp(ExtensionApp):
         self.log.info("lora_lab %s: workspace %s, %d GPU slot(s), jobs run %s by default",
                       __version__, self.services.ws.root, self.gpu_slots,
                       "on the Ray cluster" if self.executor == "ray" else "on this box")
+        for job in reattach(self.services.ws):  # the box restarted while they ran on the cluster
+            self.log.info("lora_lab: following job %s on the Ray cluster again", job.id)
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(routes())
