@@ -3,6 +3,7 @@ killed and resumed through the CLI as on this box, with lora_lab's queue in fron
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import time
@@ -179,6 +180,25 @@ async def test_rest_runs_a_job_on_ray_and_its_stream_follows_it_to_the_end(
     assert view["executor"] == "ray" and view["handle"]["submission_id"] == accepted["id"]
     assert ("url" in view["handle"]) == (folders == "bucket")
     assert not view["loras"][-1].get("missing")  # the LoRA file is here, wherever it was written
+
+
+async def test_rest_captions_on_ray_and_its_stream_follows_it_to_the_end(
+        on_ray, folders, api, jp_ws_fetch, cli, tiny_caption):  # noqa: F811
+    cli("dataset", "ingest", tiny_caption["samples"], "--name", "pics")
+    for key in ("caption_model", "caption_mmproj"):  # a request names model files inside the workspace
+        shutil.copy(tiny_caption[key], on_ray.models / tiny_caption[key].name)
+    code, accepted = await api("jobs", method="POST", body={"kind": "caption", "executor": "ray", "params": {
+        "dataset": "pics", "model": f"models/{tiny_caption['caption_model'].name}",
+        "mmproj": f"models/{tiny_caption['caption_mmproj'].name}", "max_tokens": 16}})
+    assert code == 202, accepted
+    messages = await read_stream(jp_ws_fetch, accepted["id"], until=lambda ms: ms[-1]["type"] == "end")
+    assert messages[-1]["state"] == "succeeded", messages[-6:]
+    done = next(m for m in messages if m["type"] == "done")
+    ds = Dataset.open("pics", on_ray)
+    assert done["captioned"] > 0 and done["captioned"] + done["already_done"] == len(ds)
+    assert all(ds.caption(f) for f in ds.select(None))  # here, whichever node captioned them
+    code, view = await api("jobs", accepted["id"])
+    assert ("url" in view["handle"]) == (folders == "bucket")
 
 
 def test_the_launcher_trains_on_ray_and_its_monitor_follows(on_ray, folders, tiny_models):
