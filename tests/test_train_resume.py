@@ -147,3 +147,23 @@ def test_two_data_parallel_processes_on_cpu(ws, tiny_models, tmp_path):
     assert [e["step"] for e in job.events() if e["type"] == "progress"] == [1, 2, 3]
     assert [e["type"] for e in job.events()].count("done") == 1
     assert load_file(out["output"])
+
+
+@pytest.mark.parametrize("on_gpu, same", [(False, False), (True, True)])
+def test_threads_are_a_cpu_runs_setting_only(tiny_models, on_gpu, same):
+    """A CPU run's sums change with its thread count, so its checkpoint resumes only with the
+    same count; a GPU run's resume on a node with other cores (a Ray cluster's) too."""
+    from types import SimpleNamespace
+
+    from lora_lab.training.trainer_checkpoints import TrainerCheckpoints
+
+    run = SimpleNamespace(cfg=config(tiny_models), acc=SimpleNamespace(num_processes=1), on_gpu=on_gpu)
+    before = torch.get_num_threads()
+    try:
+        prints = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            prints.append(TrainerCheckpoints._fingerprint(run))
+    finally:
+        torch.set_num_threads(before)
+    assert (prints[0] == prints[1]) == same

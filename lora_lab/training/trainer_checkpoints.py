@@ -58,7 +58,7 @@ class TrainerCheckpoints:
             raise LoraLabError(f"cannot resume from {path.name}: the training settings changed "
                                "since it was saved (only [sample], [validation] but the images it holds "
                                "out, and save.every_n_steps/keep_last may change, and the process "
-                               "and thread counts must match)")
+                               "count must match, and on the CPU the thread count)")
         try:
             saved = torch.load(path / "training.pt", weights_only=True)
             saved["rng"] = torch.load(path / f"rng-{self.acc.process_index}.pt", weights_only=True)
@@ -91,7 +91,10 @@ class TrainerCheckpoints:
         held = d.pop("validation")  # only the images it holds out change what is learned
         if held["split"] or held["images"]:
             d["held_out"] = [held["split"], held["images"]]
-        return f"{stable_seed(d, self.acc.num_processes, torch.get_num_threads()):08x}"
+        # CPU threads change a CPU run's sums, not a GPU run's: that one resumes on a node with
+        # other cores (a Ray cluster's)
+        threads = 0 if self.on_gpu else torch.get_num_threads()
+        return f"{stable_seed(d, self.acc.num_processes, threads):08x}"
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
