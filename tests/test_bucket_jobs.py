@@ -186,6 +186,28 @@ def test_events_in_segments_and_an_old_events_jsonl_are_joined_in_order(bucket_e
     assert [e.get("n") for e in read] == [1, 2, None, 4, 5]
 
 
+def test_a_status_saying_the_job_ended_goes_after_every_file_in_full(bucket_env, tmp_path):
+    """A growing file waits a few seconds between uploads, but not past the job's end: whoever
+    reads the end finds it whole (a caption job's journal, its last captions)."""
+    from lora_lab.bucket import parse_url
+
+    bucket = open_bucket()
+    mirror = Mirror(bucket, parse_url(f"{bucket_env.url}/jobs/20261207-101500123-caption-abcdef"),
+                    tmp_path / "job")
+    mirror.folder.mkdir()
+    (mirror.folder / "status.json").write_text('{"state": "running"}')
+    (mirror.folder / "log.txt").write_text("a\n")
+    mirror.push()
+    with open(mirror.folder / "log.txt", "a") as log:
+        log.write("b\n")
+    mirror.push()
+    assert bucket.fs.cat_file(mirror.key("log.txt")) == b"a\n"  # sent again within seconds
+    (mirror.folder / "status.json").write_text('{"state": "succeeded"}')
+    mirror.push()
+    assert bucket.fs.cat_file(mirror.key("log.txt")) == b"a\nb\n"
+    assert json.loads(bucket.fs.cat_file(mirror.key("status.json")))["state"] == "succeeded"
+
+
 def test_places_translate_whole_path_segments_only():
     places = Places([("/root/ws", "/tmp/x/ws"), ("/data/photos", "/tmp/x/inputs/1/photos")])
     text = json.dumps({"a": "/root/ws/loras/a.safetensors", "b": "/root/ws2/c", "c": "/data/photos",

@@ -43,7 +43,7 @@ from .. import atomic
 from ..bucket import Bucket, BucketURL, configured_url, open_bucket, within
 from ..datasets.dataset import META, dataset_path
 from ..errors import LoraLabError
-from ..jobdir import JobRecord
+from ..jobdir import ACTIVE, JobRecord
 from ..workspace import Workspace
 from . import bucket_captions
 
@@ -143,7 +143,9 @@ class Mirror:
         """The folder's changed files, then its LoRA files, its new events and last its status,
         so that whoever reads an event or the status finds the files they name. A file that
         keeps growing (log.txt, TensorBoard's) goes again at most every :data:`RESEND_S`,
-        except in the ``final`` push; without ``files``, only the events and the record."""
+        except in the ``final`` push, or once the status says the job ended (a caption job's
+        journal must be whole by then); without ``files``, only the events and the record."""
+        final = final or _ended(self.folder / "status.json")
         if files:
             self._push_files(final)
         self._push_events()
@@ -266,6 +268,13 @@ def _files(folder: Path) -> dict[str, Path]:
     found = {str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file()}
     mirrored = [rel for rel in found if _mirrored(rel)]
     return {rel: found[rel] for rel in sorted(mirrored, key=lambda r: (Path(r).name == "state.json", r))}
+
+
+def _ended(status: Path) -> bool:
+    try:
+        return json.loads(status.read_text(encoding="utf-8"))["state"] not in ACTIVE
+    except (FileNotFoundError, ValueError, KeyError):
+        return False
 
 
 def _outputs(status: Path, folder: Path) -> list[Path]:
