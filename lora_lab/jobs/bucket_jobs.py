@@ -19,6 +19,10 @@ translates paths both ways (:class:`Places`). The dispatcher here uploads the fo
 inputs before it submits (:func:`upload_for_run`), then pulls what the worker writes until the
 Ray job ends (:func:`follow`); the worker (:func:`run_from_bucket`) downloads them, runs the job
 as a child process and pushes what changed every half second, and once more at the end.
+
+A train job on several GPUs runs as Ray Train workers (:mod:`lora_lab.training.ray_train`): rank 0,
+placed on the worker's node, alone writes the folder; ranks on other nodes fetch only the inputs,
+to the same scratch paths (:func:`stage_inputs`).
 """
 from __future__ import annotations
 

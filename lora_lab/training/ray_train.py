@@ -9,6 +9,13 @@ take them. It passes the ranks' events on as :func:`.job.launch` does, and turns
 Ctrl-C into a flag every worker reads between steps (a Ray worker gets no signal of its own),
 so the ranks save one checkpoint together, from which a resume with the same number of workers
 continues exactly. Ray is imported only here, when such a job runs.
+
+Only rank 0 reads and writes the job folder (a checkpoint's RNG states are gathered to it, a
+resume's state sent from it: :mod:`.trainer_checkpoints`), so the other ranks need no copy of it.
+With the folder in the bucket (:mod:`lora_lab.jobs.bucket_jobs`), the copy pushed there is the
+one in the Ray job's scratch workspace, on its node: Ray Train's first worker is placed on that
+node, which makes rank 0 one of its workers, and workers on other nodes stage the inputs from the
+bucket at the same scratch paths first.
 """
 from __future__ import annotations
 
