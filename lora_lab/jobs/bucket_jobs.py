@@ -20,10 +20,15 @@ translates paths both ways (:class:`Places`). The dispatcher here uploads the fo
 inputs before it submits (:func:`upload_for_run`), then pulls what the worker writes until the
 Ray job ends (:func:`follow`); the worker (:func:`run_from_bucket`) downloads them, runs the job
 as a child process and pushes what changed every half second, and once more at the end.
+
+A train job on several GPUs runs as Ray Train workers (:mod:`lora_lab.training.ray_train`): rank 0,
+placed on the worker's node, alone writes the folder; ranks on other nodes fetch only the inputs,
+to the same scratch paths (:func:`stage_inputs`).
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -75,9 +80,9 @@ def check(kind: str, params: Any, url: str | None = None) -> Bucket | None:
     if kind not in ("train", "caption"):
         raise LoraLabError(f"a {kind} job cannot keep its folder in the bucket: it runs on this "
                            f"box{unset}, or here")
-    if isinstance(params, dict) and params.get("gpus", 1) != 1:
-        raise LoraLabError(f"a {kind} job on several GPUs cannot keep its folder in the bucket yet: "
-                           f"its Ray workers may run on nodes that have no copy of its inputs{unset}")
+    if kind == "caption" and isinstance(params, dict) and params.get("gpus", 1) != 1:
+        raise LoraLabError("a caption job on several GPUs cannot keep its folder in the bucket yet: "
+                           f"its captioner actors may run on nodes that have no copy of its model{unset}")
     within(url, configured_url())
     return open_bucket()
 
@@ -412,7 +417,7 @@ def run_from_bucket(url: str, resume: bool) -> int:
         # it dies with this process (a SIGKILL after the stop's grace period)
         child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                  preexec_fn=_die_with_parent,
-                                 env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
+                                 env={**os.environ, **env, "PYTHONUNBUFFERED": "1", ENV_JOB_URL: url})
     # Ray's stop signals every process of the job, the child too: this one keeps pushing until
     # the child has ended (or Ray's SIGKILL ends both)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -461,13 +466,7 @@ def _download(bucket: Bucket, url: BucketURL) -> tuple[Mirror, dict[str, str]]:
     if "spec.json" not in listing:
         raise LoraLabError(f"no job folder at {url} (no spec.json there)")
     places = json.loads(bucket.fs.cat_file(mirror.key("places.json")))
-    pairs = [(places["root"], str(root / "ws"))]
-    for entry in places["inputs"]:
-        here = Path(entry["path"])
-        there = root / "ws" / here.relative_to(places["root"]) if here.is_relative_to(places["root"]) \
-            else root / "inputs" / Path(entry["key"]).name / here.name
-        _fetch_input(bucket, entry["key"], there, entry["dir"])
-        pairs.append((entry["path"], str(there)))
+    pairs = [(places["root"], str(root / "ws")), *_fetch_inputs(bucket, places, root)]
     pairs += [(out, str(root / "outputs" / str(n))) for n, out in enumerate(places["outputs"])]
     mirror.places = Places(pairs)
     shutil.rmtree(mirror.folder, ignore_errors=True)  # what an earlier run here left
@@ -487,6 +486,18 @@ def _download(bucket: Bucket, url: BucketURL) -> tuple[Mirror, dict[str, str]]:
     return mirror, {k: mirror.places.there(v) for k, v in places.get("env", {}).items()}
 
 
+def _fetch_inputs(bucket: Bucket, places: dict[str, Any], root: Path) -> list[tuple[str, str]]:
+    """The inputs ``places`` lists, in place under the scratch ``root``: (here, there) pairs."""
+    pairs = []
+    for entry in places["inputs"]:
+        here = Path(entry["path"])
+        there = root / "ws" / here.relative_to(places["root"]) if here.is_relative_to(places["root"]) \
+            else root / "inputs" / Path(entry["key"]).name / here.name
+        _fetch_input(bucket, entry["key"], there, entry["dir"])
+        pairs.append((entry["path"], str(there)))
+    return pairs
+
+
 def _fetch_input(bucket: Bucket, key: str, there: Path, is_dir: bool) -> None:
     """An input in place on this node; what an earlier run put there with the same sizes stays."""
     found = bucket.fs.find(key, detail=True)
@@ -499,3 +510,22 @@ def _fetch_input(bucket: Bucket, key: str, there: Path, is_dir: bool) -> None:
         tmp = target.parent / f".{target.name}.tmp"
         bucket.fs.get_file(name, str(tmp))
         os.replace(tmp, target)
+
+
+# -- the other nodes of a run on several of them (Ray Train's ranks) ---------------------------
+ENV_JOB_URL = "LORA_LAB_JOB_FOLDER_URL"  # set for the job the worker runs: its folder's URL
+
+
+def stage_inputs(url: str) -> Path:
+    """The inputs of the job whose folder is at ``url`` (not the folder: rank 0 alone writes it,
+    on the worker's node) in this node's scratch workspace, at the paths the worker gave them on
+    its own node; files already there with the same sizes stay. The scratch root."""
+    bucket = open_bucket()
+    parsed = within(url, configured_url())
+    root = scratch_root(parsed.prefix.rsplit("/", 1)[-1])
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".staging.lock", "w") as lock:  # one download for the ranks on this node
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        places = json.loads(bucket.fs.cat_file(f"{parsed.bucket}/{parsed.key('places.json')}"))
+        _fetch_inputs(bucket, places, root)
+    return root

@@ -9,10 +9,18 @@ take them. It passes the ranks' events on as :func:`.job.launch` does, and turns
 Ctrl-C into a flag every worker reads between steps (a Ray worker gets no signal of its own),
 so the ranks save one checkpoint together, from which a resume with the same number of workers
 continues exactly. Ray is imported only here, when such a job runs.
+
+Only rank 0 reads and writes the job folder (a checkpoint's RNG states are gathered to it, a
+resume's state sent from it: :mod:`.trainer_checkpoints`), so the other ranks need no copy of it.
+With the folder in the bucket (:mod:`lora_lab.jobs.bucket_jobs`), the copy pushed there is the
+one in the Ray job's scratch workspace, on its node: Ray Train's first worker is placed on that
+node, which makes rank 0 one of its workers, and workers on other nodes stage the inputs from the
+bucket at the same scratch paths first.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -21,6 +29,7 @@ from typing import Any
 from ..cluster import require_ray
 from ..errors import LoraLabError, Unavailable
 from ..jobdir import JobRecord
+from ..jobs.bucket_jobs import ENV_JOB_URL, scratch_root, stage_inputs, worker_env
 from ..ray_jobs import JOB_ENV
 from .config import TrainConfig
 from .gpu import pick_device
@@ -28,6 +37,7 @@ from .job import OnEvent, new_events, pass_on, rank_threads, recorded_result, tr
 from .outputs import TrainResult
 
 STOP_POLL_S = 0.5  # how often a worker asks whether the job was asked to stop
+NODE_ID_LABEL = "ray.io/node-id"  # every Ray node's label: its id
 
 
 def in_ray_job() -> bool:
@@ -45,22 +55,34 @@ def train_on_ray(job: JobRecord, gpus: int, resume: bool, on_event: OnEvent = No
     except ImportError as e:  # Ray without its train extra (pandas, pyarrow)
         raise Unavailable(f"training on {gpus} GPUs of a Ray cluster needs Ray Train ({e}): "
                           f"pip install 'ray[train]=={ray.__version__}' on every node") from None
-    on_gpu, _ = pick_device(TrainConfig.from_dict(job.spec()["params"]["config"]).train.device)
+    config = job.spec()["params"]["config"]
+    on_gpu, _ = pick_device(TrainConfig.from_dict(config).train.device)
     ray.init(ignore_reinit_error=True)  # the cluster the Ray job runs on ($RAY_ADDRESS)
     flag = ray.remote(num_cpus=0)(StopFlag).remote()
+    url, node = os.environ.get(ENV_JOB_URL), ray.get_runtime_context().get_node_id()
     trainer = TorchTrainer(
-        _worker, train_loop_config={"job": str(job.path), "resume": resume, "stop": flag,
-                                    "threads": rank_threads()},
+        _worker, train_loop_config={"job": str(job.path), "config": config, "resume": resume,
+                                    "stop": flag, "threads": rank_threads(), "url": url, "node": node},
         torch_config=TorchConfig(backend="nccl" if on_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=gpus, use_gpu=on_gpu),  # a GPU each, or a CPU
+        scaling_config=ScalingConfig(num_workers=gpus, use_gpu=on_gpu,  # a GPU each, or a CPU
+                                     label_selector=_rank_0_here(node, gpus) if url else None),
         run_config=RunConfig(name=os.environ[JOB_ENV], storage_path=str(job.path / "ray"),
-                             failure_config=FailureConfig(max_failures=0)))
+                             failure_config=FailureConfig(max_failures=0),
+                             worker_runtime_env={"env_vars": worker_env()} if url else None))
     started = {"type": "log", "level": "info", "message": f"{gpus} Ray Train workers on "
                f"{'GPUs (nccl)' if on_gpu else 'CPUs (gloo)'}"}
     job.event(started)
     if on_event:
         on_event(started)
     return _outcome(job, gpus, *_fit_passing_events(trainer, flag, job, on_event))
+
+
+def _rank_0_here(node: str, workers: int) -> list[dict[str, str]]:
+    """Ray Train's placement for a job whose folder is in the bucket: the first worker on this
+    node, the Ray job's, whose scratch copy of the folder is the one pushed to the bucket. Ray
+    Train ranks the workers node by node, the first worker's node first, so rank 0 (which alone
+    writes the folder) is one of this node's workers."""
+    return [{NODE_ID_LABEL: node}] + [{}] * (workers - 1)
 
 
 def _fit_passing_events(trainer: Any, flag: Any, job: JobRecord, on_event: OnEvent
@@ -106,21 +128,29 @@ def _fit(trainer: Any, failure: list[BaseException], ended: threading.Event) -> 
 
 def _worker(params: dict[str, Any]) -> None:
     """One rank, as ``python -m lora_lab.training JOB`` is one under ``accelerate launch``."""
+    import ray
     import torch
 
     threads = params["threads"]
     os.environ["OMP_NUM_THREADS"] = str(threads)  # Accelerate reads it, as under accelerate launch
     torch.set_num_threads(threads)
+    # a node other than the Ray job's, with the folder in the bucket: the inputs staged here, at
+    # the paths they have there; the job folder is rank 0's alone, on the Ray job's node
+    elsewhere = params["url"] and ray.get_runtime_context().get_node_id() != params["node"]
+    if elsewhere:
+        stage_inputs(params["url"])
     job = JobRecord(Path(params["job"]))
     stop, done = threading.Event(), threading.Event()
     threading.Thread(target=_watch, args=(params["stop"], stop, done), daemon=True).start()
     try:
-        train(TrainConfig.from_dict(job.spec()["params"]["config"]), job, resume=params["resume"],
+        train(TrainConfig.from_dict(params["config"]), job, resume=params["resume"],
               workspace=job.workspace, stop=stop)
     except KeyboardInterrupt:
-        pass  # stopped as asked, after a checkpoint: rank 0 recorded it
+        return  # stopped as asked, after a checkpoint: rank 0 recorded it
     finally:
         done.set()
+    if elsewhere:  # trained to the end: nothing resumes from this node's copy of the inputs
+        shutil.rmtree(scratch_root(job.id), ignore_errors=True)
 
 
 def _watch(flag: Any, stop: threading.Event, done: threading.Event) -> None:

@@ -42,6 +42,10 @@ class TextCache:
                 self.misses += 1
             _save_atomic(self._encode(caption), path)
 
+    def missing(self, captions: list[str]) -> list[str]:
+        """Those of ``captions`` that have no cache file."""
+        return [c for c in captions if not self._path(c).is_file()]
+
     def get(self, caption: str) -> Conditioning:
         """A cached caption's conditioning, on the CPU (the objective moves it)."""
         return torch.load(self._path(caption), weights_only=True)

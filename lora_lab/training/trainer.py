@@ -208,6 +208,9 @@ class Trainer(TrainerOutputs, TrainerCheckpoints, TrainerValidation):
         rank, world = self.acc.process_index, self.acc.num_processes
         try:
             self.text_cache.fill(captions[rank::world])
+            self.acc.wait_for_everyone()
+            # the other ranks' share, where this rank's node does not share their cache folder
+            self.text_cache.fill(self.text_cache.missing(captions))
         except OSError as e:
             raise LoraLabError(f"could not write the text cache in {self.text_cache.cache_dir} ({e}); "
                                "free some space, or set dataset.cache_text = false") from None
@@ -216,7 +219,6 @@ class Trainer(TrainerOutputs, TrainerCheckpoints, TrainerValidation):
             self.prompts, self.val_prompts = (
                 [self.spec.prompt_inputs(self.base.pipeline, p, s.negative, s.guidance, self.acc.device)
                  for p in prompts] for prompts in (s.prompts, self.cfg.validation.prompts))
-        self.acc.wait_for_everyone()
         if not self.keep_text_encoders:
             free_text_encoders(self.spec, self.base.pipeline)
 
@@ -298,8 +300,8 @@ class Trainer(TrainerOutputs, TrainerCheckpoints, TrainerValidation):
         loss = shared[0].item() / world
         if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
-            last = checkpoints.latest(self.job.path / "checkpoints")
-            kept = f"the last good checkpoint is {last[0].name}" if last else "no checkpoint was saved"
+            done = checkpoints.complete(self.job.path / "checkpoints")  # read only: any rank
+            kept = f"the last good checkpoint is {done[-1].name}" if done else "no checkpoint was saved"
             raise LoraLabError(f"the loss became {loss} at step {step + 1}, so training stopped "
                                f"before that update; {kept}. Lower train.lr, or check the base "
                                "model and mixed precision")

@@ -17,18 +17,19 @@ class TrainerCheckpoints:
     """Saving and reading back checkpoints (a mixin: it reads the Trainer's state)."""
 
     def _checkpoint(self, step: int) -> None:
+        from accelerate.utils import gather_object
+
         root = self.job.path / "checkpoints"
         tmp = root / f"step-{step:06d}.tmp"
+        # rank 0 writes every rank's RNG state: the other ranks may run on nodes without the folder
+        rngs = gather_object([_rng_state()])
         try:
             if self.main:
                 checkpoints.staging(root, step)
-            self.acc.wait_for_everyone()
-            torch.save(_rng_state(), tmp / f"rng-{self.acc.process_index}.pt")
-            if self.main:
+                for rank, rng in enumerate(rngs):
+                    torch.save(rng, tmp / f"rng-{rank}.pt")
                 torch.save({"adapters": self._adapter_state(), "optimizer": self.optimizer.state_dict(),
                             "scheduler": self.lr_scheduler.state_dict()}, tmp / "training.pt")
-            self.acc.wait_for_everyone()
-            if self.main:
                 state = {"step": step, "family": self.family, "config": self._fingerprint()}
                 if self.validating:
                     state["validation"] = self._validation_state()
@@ -38,6 +39,7 @@ class TrainerCheckpoints:
             last = checkpoints.latest(root)
             kept = f"{last[0].name} is intact" if last else "there is no earlier one"
             raise LoraLabError(f"could not save the checkpoint at step {step} ({e}); {kept}") from None
+        self.acc.wait_for_everyone()  # no rank ends (a stop) before the checkpoint is complete
         if self.main:
             self.emit({"type": "checkpoint", "step": step,
                        "path": str(final.relative_to(self.job.path))})
@@ -47,6 +49,26 @@ class TrainerCheckpoints:
                  if v.requires_grad} for m in self.models]
 
     def _read_checkpoint(self) -> tuple[Path, dict[str, Any], dict[str, Any]] | None:
+        """The latest checkpoint as rank 0 reads it from the job folder, sent to every rank
+        (the others may run on nodes without the folder), each with its own RNG state."""
+        from accelerate.utils import broadcast_object_list
+
+        found: Any = None
+        if self.main:
+            try:
+                found = self._load_checkpoint()
+            except LoraLabError as e:
+                found = str(e)  # every rank raises it: none waits for the others in vain
+        found = broadcast_object_list([found])[0]
+        if isinstance(found, str):
+            raise LoraLabError(found)
+        if found is None:
+            return None
+        path, state, saved = found
+        saved["rng"] = saved.pop("rngs")[self.acc.process_index]
+        return path, state, saved
+
+    def _load_checkpoint(self) -> tuple[Path, dict[str, Any], dict[str, Any]] | None:
         found = checkpoints.latest(self.job.path / "checkpoints")
         if found is None:
             return None
@@ -59,9 +81,10 @@ class TrainerCheckpoints:
                                "since it was saved (only [sample], [validation] but the images it holds "
                                "out, and save.every_n_steps/keep_last may change, and the process "
                                "count must match, and on the CPU the thread count)")
-        try:
-            saved = torch.load(path / "training.pt", weights_only=True)
-            saved["rng"] = torch.load(path / f"rng-{self.acc.process_index}.pt", weights_only=True)
+        try:  # on the CPU: sent to the other ranks, then placed where each rank trains
+            saved = torch.load(path / "training.pt", map_location="cpu", weights_only=True)
+            saved["rngs"] = [torch.load(path / f"rng-{rank}.pt", weights_only=True)
+                             for rank in range(self.acc.num_processes)]
         except Exception as e:  # torch raises many types for a damaged file
             raise LoraLabError(f"checkpoint {path} is damaged ({str(e).splitlines()[0]}); "
                                "delete that folder to resume from the one before it") from None
