@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from test_caption_batch import forty_captioned
@@ -21,7 +22,17 @@ from lora_lab import atomic
 from lora_lab.bucket import open_bucket
 from lora_lab.datasets import Dataset
 from lora_lab.jobdir import JobRecord, list_jobs, pid_alive
-from lora_lab.jobs.bucket_jobs import Mirror, Places, job_url, scratch_root, stage_inputs, upload_for_run
+from lora_lab.jobs import check_params
+from lora_lab.jobs.bucket_jobs import (
+    ENV_JOB_URL,
+    Mirror,
+    Places,
+    job_url,
+    on_any_node,
+    scratch_root,
+    stage_inputs,
+    upload_for_run,
+)
 
 
 @pytest.fixture
@@ -151,13 +162,32 @@ def test_a_job_folder_url_outside_the_bucket_prefix_is_refused(on_ray, in_bucket
     assert not scratch_root("20261207-101500123-train-abcdef").exists()
 
 
-def test_a_caption_job_on_several_gpus_cannot_keep_its_folder_in_the_bucket_yet(
-        on_ray, in_bucket, cli, tiny_models, tiny_caption):
-    cli("dataset", "ingest", tiny_models["samples"], "--name", "holiday")
-    line = cli.fails("jobs", "submit", "caption", "holiday", "--gpus", "2", "--model",
-                     tiny_caption["caption_model"], "--mmproj", tiny_caption["caption_mmproj"])
-    assert "caption job on several GPUs cannot keep its folder in the bucket" in line
-    assert list_jobs(on_ray) == []
+def test_a_captioner_actor_on_another_node_stages_the_model_alone(bucket_env, ws, cli,
+                                                                  tiny_caption, monkeypatch):
+    """A caption job on several GPUs, its folder in the bucket: an actor on a node without the
+    model fetches the GGUF pair before loading it; the images it gets as bytes stay behind."""
+    monkeypatch.setenv("LORA_LAB_JOBS_URL", f"{bucket_env.url}/jobs")
+    cli("dataset", "ingest", tiny_caption["samples"], "--name", "pics")
+    params = check_params("caption", {"dataset": "pics", "gpus": 2, "model": str(tiny_caption["caption_model"]),
+                                      "mmproj": str(tiny_caption["caption_mmproj"])}, ws, local=False)
+    job = JobRecord.create("caption", params, ws)
+    upload_for_run(job, job_url(job.id), resume=False)
+    root = scratch_root(job.id)
+    places = json.loads(open_bucket().fs.cat_file(f"{job_url(job.id)[5:]}/places.json"))
+    models = [root / "inputs" / Path(e["key"]).name / Path(e["path"]).name
+              for e in places["inputs"] if e["path"].endswith(".gguf")]
+    monkeypatch.setenv(ENV_JOB_URL, job_url(job.id))  # as the worker sets it for the job's process
+    try:
+        make = on_any_node(lambda: "loaded", models)
+        assert len(models) == 2 and not any(m.exists() for m in models)
+        assert make() == "loaded"
+        assert [m.read_bytes() for m in models] == [tiny_caption[k].read_bytes()
+                                                    for k in ("caption_model", "caption_mmproj")]
+        assert not (root / "ws" / "datasets").exists()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    monkeypatch.delenv(ENV_JOB_URL)
+    assert on_any_node(len, models) is len  # a job with its folder on a shared filesystem
 
 
 def test_events_in_segments_and_an_old_events_jsonl_are_joined_in_order(bucket_env, tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from test_caption_batch import assert_each_appended_once, forty_captioned
-from test_ray_jobs import _only_job, _wait, on_ray  # noqa: F401 (fixture)
+from test_ray_jobs import _only_job, _wait, folders, on_ray  # noqa: F401 (fixtures)
 
 from lora_lab.captioning.batch import CaptionSettings, caption_dataset
 from lora_lab.datasets import Dataset
@@ -40,8 +40,9 @@ def _answered(job: JobRecord) -> dict[str, int]:
 
 
 def test_a_two_gpu_caption_job_on_ray_captions_every_image_through_two_actors(
-        on_ray, cli, tiny_caption, tmp_path):  # noqa: F811
+        on_ray, folders, cli, tiny_caption, tmp_path):  # noqa: F811
     job = _caption_on_two_gpus(on_ray, cli, tiny_caption, tmp_path)
+    assert ("url" in job.view()["handle"]) == (folders == "bucket")
     view = _wait(job, lambda v: v["state"] not in ("queued", "running"))
     assert view["state"] == "succeeded" and view["executor"] == "ray", job.log_path.read_text()[-3000:]
     assert_each_appended_once(Dataset.open("many", on_ray))

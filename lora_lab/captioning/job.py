@@ -129,11 +129,14 @@ def captioner_of(params: dict[str, Any], workspace: Workspace | None = None,
     """The engine ``params`` name; ``on_notice`` hears of a caption server left out mid-run,
     and of each actor of a pool over several GPUs (its model loaded, the images it answered)."""
     if params.get("gpus", 1) > 1:  # older specs have no gpus
+        from ..jobs.bucket_jobs import on_any_node
         from .llama import model_name, model_paths
         from .pool import CaptionPool
 
-        one = functools.partial(captioner_of, {**params, "gpus": 1}, workspace)  # each actor's
-        return CaptionPool(one, model_name(*model_paths(params["model"], params["mmproj"], workspace)),
+        model, mmproj = model_paths(params["model"], params["mmproj"], workspace)
+        one = functools.partial(captioner_of, {**params, "gpus": 1, "model": str(model),
+                                               "mmproj": str(mmproj)}, workspace)  # each actor's
+        return CaptionPool(on_any_node(one, (model, mmproj)), model_name(model, mmproj),
                            params["gpus"], on_notice=on_notice)
     if params["server"]:
         from .openai_server import OpenAIServerCaptioner

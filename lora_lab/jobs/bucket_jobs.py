@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -39,10 +40,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import atomic
 from ..bucket import Bucket, BucketURL, configured_url, open_bucket, within
@@ -53,6 +54,7 @@ from ..workspace import Workspace
 from . import bucket_captions
 
 ENV_JOBS_URL = "LORA_LAB_JOBS_URL"
+T = TypeVar("T")
 _INPUT_ENV = ("LORA_LAB_CAPTION_MODEL", "LORA_LAB_CAPTION_MMPROJ")  # inputs named by environment
 POLL_S = 0.5
 RESEND_S = 5.0  # a file pushed already and changed since waits this long to go again
@@ -80,9 +82,6 @@ def check(kind: str, params: Any, url: str | None = None) -> Bucket | None:
     if kind not in ("train", "caption"):
         raise LoraLabError(f"a {kind} job cannot keep its folder in the bucket: it runs on this "
                            f"box{unset}, or here")
-    if kind == "caption" and isinstance(params, dict) and params.get("gpus", 1) != 1:
-        raise LoraLabError("a caption job on several GPUs cannot keep its folder in the bucket yet: "
-                           f"its captioner actors may run on nodes that have no copy of its model{unset}")
     within(url, configured_url())
     return open_bucket()
 
@@ -486,14 +485,17 @@ def _download(bucket: Bucket, url: BucketURL) -> tuple[Mirror, dict[str, str]]:
     return mirror, {k: mirror.places.there(v) for k, v in places.get("env", {}).items()}
 
 
-def _fetch_inputs(bucket: Bucket, places: dict[str, Any], root: Path) -> list[tuple[str, str]]:
-    """The inputs ``places`` lists, in place under the scratch ``root``: (here, there) pairs."""
+def _fetch_inputs(bucket: Bucket, places: dict[str, Any], root: Path,
+                  only: Collection[str] | None = None) -> list[tuple[str, str]]:
+    """The inputs ``places`` lists (``only``: those at these paths), in place under the scratch
+    ``root``: (here, there) pairs."""
     pairs = []
     for entry in places["inputs"]:
         here = Path(entry["path"])
         there = root / "ws" / here.relative_to(places["root"]) if here.is_relative_to(places["root"]) \
             else root / "inputs" / Path(entry["key"]).name / here.name
-        _fetch_input(bucket, entry["key"], there, entry["dir"])
+        if only is None or str(there) in only:
+            _fetch_input(bucket, entry["key"], there, entry["dir"])
         pairs.append((entry["path"], str(there)))
     return pairs
 
@@ -516,10 +518,11 @@ def _fetch_input(bucket: Bucket, key: str, there: Path, is_dir: bool) -> None:
 ENV_JOB_URL = "LORA_LAB_JOB_FOLDER_URL"  # set for the job the worker runs: its folder's URL
 
 
-def stage_inputs(url: str) -> Path:
+def stage_inputs(url: str, only: Collection[str] | None = None) -> Path:
     """The inputs of the job whose folder is at ``url`` (not the folder: rank 0 alone writes it,
     on the worker's node) in this node's scratch workspace, at the paths the worker gave them on
-    its own node; files already there with the same sizes stay. The scratch root."""
+    its own node (``only``: those of these paths); files already there with the same sizes
+    stay. The scratch root."""
     bucket = open_bucket()
     parsed = within(url, configured_url())
     root = scratch_root(parsed.prefix.rsplit("/", 1)[-1])
@@ -527,5 +530,20 @@ def stage_inputs(url: str) -> Path:
     with open(root / ".staging.lock", "w") as lock:  # one download for the ranks on this node
         fcntl.flock(lock, fcntl.LOCK_EX)
         places = json.loads(bucket.fs.cat_file(f"{parsed.bucket}/{parsed.key('places.json')}"))
-        _fetch_inputs(bucket, places, root)
+        _fetch_inputs(bucket, places, root, only)
     return root
+
+
+def on_any_node(make: Callable[[], T], inputs: Iterable[Path]) -> Callable[[], T]:
+    """``make``, to run in a Ray actor of the job this process runs: with its folder in the
+    bucket, an actor on a node without ``inputs`` (a caption model) stages them first, with the
+    bucket's settings this process has."""
+    url = os.environ.get(ENV_JOB_URL)
+    return functools.partial(_staged, url, worker_env(), [str(p) for p in inputs], make) if url else make
+
+
+def _staged(url: str, env: dict[str, str], inputs: list[str], make: Callable[[], T]) -> T:
+    if not all(Path(p).exists() for p in inputs):  # another node than the job's
+        os.environ.update(env)
+        stage_inputs(url, inputs)
+    return make()
