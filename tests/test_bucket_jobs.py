@@ -21,12 +21,14 @@ from test_train import config
 from lora_lab import atomic
 from lora_lab.bucket import open_bucket
 from lora_lab.datasets import Dataset
+from lora_lab.errors import LoraLabError
 from lora_lab.jobdir import JobRecord, list_jobs, pid_alive
 from lora_lab.jobs import check_params
 from lora_lab.jobs.bucket_jobs import (
     ENV_JOB_URL,
     Mirror,
     Places,
+    check,
     job_url,
     on_any_node,
     scratch_root,
@@ -160,6 +162,13 @@ def test_a_job_folder_url_outside_the_bucket_prefix_is_refused(on_ray, in_bucket
                             capture_output=True, text=True, timeout=60)
     assert worker.returncode == 1 and "outside the configured bucket" in worker.stdout
     assert not scratch_root("20261207-101500123-train-abcdef").exists()
+
+
+def test_a_model_download_cannot_keep_its_folder_in_the_bucket(bucket_env, monkeypatch):
+    monkeypatch.setenv("LORA_LAB_JOBS_URL", f"{bucket_env.url}/jobs")
+    with pytest.raises(LoraLabError, match="a pull job cannot keep its folder in the bucket"):
+        check("pull")
+    assert check("caption") is not None and check("train") is not None
 
 
 def test_a_captioner_actor_on_another_node_stages_the_model_alone(bucket_env, ws, cli,

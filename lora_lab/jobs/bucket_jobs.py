@@ -23,7 +23,8 @@ as a child process and pushes what changed every half second, and once more at t
 
 A train job on several GPUs runs as Ray Train workers (:mod:`lora_lab.training.ray_train`): rank 0,
 placed on the worker's node, alone writes the folder; ranks on other nodes fetch only the inputs,
-to the same scratch paths (:func:`stage_inputs`).
+to the same scratch paths (:func:`stage_inputs`), as a caption job's actors there fetch its
+model (:func:`on_any_node`).
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def jobs_url() -> str | None:
     return os.environ.get(ENV_JOBS_URL, "").strip().rstrip("/") or None
 
 
-def check(kind: str, params: Any, url: str | None = None) -> Bucket | None:
+def check(kind: str, url: str | None = None) -> Bucket | None:
     """For a job on Ray: the bucket its folder (``url``, default under :func:`jobs_url`) goes to,
     that URL inside the configured bucket and the credentials proven, before any job exists or
     resumes; None when folders lie on a shared filesystem."""

@@ -12,7 +12,8 @@
 
 ``status.json`` records ``executor`` and, for Ray, its ``handle`` (the cluster's Jobs API address
 and the submission id). A Ray job is judged alive by its heartbeat, then by asking Ray; a
-process id only ever counts for a process on this box.
+process id only ever counts for a process on this box. A job whose folder is in the bucket and
+whose dispatcher is gone (this box restarted) gets a follower of its own (:func:`reattach`).
 """
 from __future__ import annotations
 
@@ -63,16 +64,16 @@ def check_executor(name: str | None, ws: Workspace) -> str:
 def start(job: JobRecord, executor: str, *, resume: bool, slots: int) -> None:
     """Start the job's local process: the job itself, or (Ray) the dispatcher that submits it."""
     fields: dict[str, Any] = {"executor": executor, "handle": None}
-    cmd = ["--slots", str(slots)]
+    args = ["--slots", str(slots)]
     if executor == "ray":
         url = (job.status().get("handle") or {}).get("url") if resume else bucket_jobs.jobs_url() and \
             bucket_jobs.job_url(job.id)
         fields["handle"] = {"address": cluster.dashboard_url(job.workspace), "submission_id": None,
                             **({"url": url} if url else {})}
-        cmd += ["--executor", "ray"]
+        args += ["--executor", "ray"]
     # pid = ours until the child writes its own: "queued", not "interrupted", meanwhile
     job.set_status("queued", queued_at=time.time(), error=None, phase=None, progress=None, **fields)
-    proc = _spawn(job, cmd + (["--resume"] if resume else []))
+    proc = _spawn(job, args + (["--resume"] if resume else []))
     if job.status().get("pid") == os.getpid():
         job.set_status("queued", pid=proc.pid, pgid=proc.pid)
 
@@ -119,9 +120,8 @@ def dispatch(job: JobRecord, resume: bool) -> None:
     """The Ray dispatcher's work: wait until the cluster has the job's GPUs free (a job asking
     for more than the cluster has waits, saying why), submit it, and return once Ray runs it;
     with its folder in the bucket, once it ended, having pulled its writes here meanwhile."""
-    following = job.status()["handle"].get("url")  # its folder in the bucket: followed from here
-    # held to the end: nothing re-attaches while this one lives
-    with _following(job, wait=True) if following else contextlib.nullcontext():
+    in_bucket = job.status()["handle"].get("url")  # then followed from here: no re-attach meanwhile
+    with _following(job, wait=True) if in_bucket else contextlib.nullcontext():
         mirror = _wait_and_submit(job, resume)
         if mirror:
             _follow(job, mirror, job.status()["handle"]["address"])

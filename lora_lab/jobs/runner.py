@@ -38,7 +38,7 @@ def submit(kind: str, params: dict[str, Any], workspace: Workspace | None = None
     ws = workspace or Workspace()
     executor = check_executor(executor, ws)
     if executor == "ray":
-        bucket_jobs.check(kind, params)
+        bucket_jobs.check(kind)
     params = check_params(kind, params, ws, base, local=executor == "local")
     if notebook is not None:
         notebook = Path(notebook).expanduser().resolve()
@@ -72,8 +72,7 @@ def resume(job: JobRecord, *, slots: int | None = None) -> JobRecord:
     status = job.status()
     executor = check_executor(status.get("executor", "local"), job.workspace)
     if (status.get("handle") or {}).get("url"):
-        spec = job.spec()
-        bucket_jobs.check(spec["kind"], spec["params"], status["handle"]["url"])
+        bucket_jobs.check(job.spec()["kind"], status["handle"]["url"])
     start(reopen(job), executor, resume=True, slots=slots or gpu_slots())
     return job
 
