@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ from lora_lab.jobs.bucket_jobs import (
     stage_inputs,
     upload_for_run,
 )
+from lora_lab.jobs.executors import reattach
 
 
 @pytest.fixture
@@ -138,6 +140,17 @@ def test_a_job_whose_follower_here_died_is_followed_again_by_jobs_list(
     assert steps == list(range(1, 301))  # each step's event here once
     assert [f["step"] for f in view["loras"]] == [50, 100, 150, 200, 250, None]
     assert all(not f.get("missing") for f in view["loras"])
+
+
+def test_a_job_the_cluster_no_longer_knows_gets_no_follower(ws, tiny_models):
+    """Its cluster gone (or restarted): `jobs list` starts nothing, however often it runs."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"http://127.0.0.1:{s.getsockname()[1]}"
+    job = JobRecord.create("train", {"config": config(tiny_models).to_dict(), "gpus": 1}, ws)
+    job.set_status("running", executor="ray", handle={
+        "address": address, "submission_id": job.id, "url": f"s3://b/lab/jobs/{job.id}"})
+    assert reattach(ws) == [] and not (job.path / ".following").exists()
 
 
 @pytest.mark.parametrize("change, expected", [

@@ -148,19 +148,25 @@ def _wait_and_submit(job: JobRecord, resume: bool) -> bucket_jobs.Mirror | None:
 
 def reattach(ws: Workspace) -> list[JobRecord]:
     """Follow again each job on the Ray cluster with its folder in the bucket that nothing here
-    follows any more (this box restarted while it ran): a process that pulls its writes as its
-    dispatcher did, until it ends. Returns those jobs."""
+    follows any more (this box restarted while it ran, or before its end was pulled): a process
+    that pulls its writes as its dispatcher did, until it ends. Returns those jobs."""
     started = []
     for job in list_jobs(ws):
         with contextlib.suppress(OSError, ValueError, KeyError):
-            status = job.status()
-            if status["state"] in ACTIVE and ray_submission(status) and status["handle"].get("url"):
-                held = _following(job, wait=False)
-                if held:
-                    with held:  # the follower inherits it: held without a gap
-                        _spawn(job, ["--executor", "ray", "--follow"], keep=held.fileno())
-                    started.append(job)
+            held = _following(job, wait=False) if _followable(job.status()) else None
+            if held:
+                with held:  # the follower inherits it: held without a gap
+                    _spawn(job, ["--executor", "ray", "--follow"], keep=held.fileno())
+                started.append(job)
     return started
+
+
+def _followable(status: dict[str, Any]) -> bool:
+    """A job not ended here, on the Ray cluster with its folder in the bucket, that the cluster
+    knows (one gone or restarted has nothing to follow)."""
+    sid = ray_submission(status)
+    return bool(status["state"] in ACTIVE and sid and status["handle"].get("url")) and \
+        ray_jobs.state(status["handle"]["address"], sid) is not None
 
 
 def refollow(job: JobRecord) -> None:
