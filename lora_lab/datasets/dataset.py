@@ -362,6 +362,7 @@ class Dataset:
 
 
 def dataset_path(name: str, workspace: Workspace | None) -> Path:
+    """The folder of dataset ``name`` in the workspace (a name that leads out of it is refused)."""
     ws = workspace or Workspace()
     return ws.resolve(check_name(name), ws.datasets)
 
