@@ -62,19 +62,25 @@ class CaptionsBack:
         self.job, self.ds = job, dataset_of(job.spec(), job.workspace)
         self.entry: Entry | None = None
         self.applied = 0  # the worker's journal lines dealt with
+        self.pulled: list[tuple[int, int] | None] = []  # the pulled files as last read
         self.finished = False
 
     def apply(self) -> None:
-        if self.finished:
+        """Write what the pulls brought; nothing is read again while the pulled files stay."""
+        pulled = [_stamp(self.job.path / rel) for rel in (JOURNAL, SOURCES)]
+        if self.finished or pulled[0] is None or pulled == self.pulled:
             return
-        try:
-            worker = read_entry(self.job.path / JOURNAL)
-        except FileNotFoundError:
-            return
-        sources = self._sources()
+        worker = read_entry(self.job.path / JOURNAL)
         if self.entry is None:
             self.entry = self._open(worker)
-        for file, before, after in worker["changes"][self.applied:]:
+        self._write(worker["changes"][self.applied:], self._sources())
+        self.pulled = pulled
+        if worker["done"] and self.applied == len(worker["changes"]):
+            self.entry.finish()
+            self.finished = True
+
+    def _write(self, changes: list[list[Any]], sources: dict[tuple[str, str], dict[str, Any]]) -> None:
+        for file, before, after in changes:
             source = sources.get((file, etag(after.strip())))
             if source is None:  # its source line comes with a later push
                 return
@@ -82,9 +88,6 @@ class CaptionsBack:
                 # False: edited here while the model worked; that edit is kept, as on this box
                 self.ds.write_caption(self.entry, file, before, after, source)
             self.applied += 1
-        if worker["done"]:
-            self.entry.finish()
-            self.finished = True
 
     def close(self) -> None:
         """Let go of the entry: finished, or left for a resume to continue."""
@@ -112,3 +115,11 @@ class CaptionsBack:
             file, tag = d.pop("file"), d.pop("etag")
             sources[(file, tag)] = d
         return sources
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns

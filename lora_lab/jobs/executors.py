@@ -172,8 +172,7 @@ def _followable(status: dict[str, Any]) -> bool:
 def refollow(job: JobRecord) -> None:
     """A re-attached follower's work (see :func:`reattach`, which holds the follow lock for it)."""
     with open(job.path / bucket_jobs.FOLLOWING, "r+") as f:  # in place: the lock is on this file
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
+        _sign(f)
     handle = job.status()["handle"]
     _follow(job, bucket_jobs.mirror_of(job, handle["url"]), handle["address"])
 
@@ -187,11 +186,16 @@ def _following(job: JobRecord, wait: bool) -> IO[str] | None:
     except BlockingIOError:
         f.close()
         return None
+    _sign(f)
+    return f
+
+
+def _sign(f: IO[str]) -> None:
+    """The follow lock's file names the process that holds it."""
     f.seek(0)
     f.truncate()
     f.write(f"{os.getpid()}\n")
     f.flush()
-    return f
 
 
 def _follow(job: JobRecord, mirror: bucket_jobs.Mirror, address: str) -> None:
