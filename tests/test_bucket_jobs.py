@@ -259,6 +259,38 @@ def test_a_status_saying_the_job_ended_goes_after_every_file_in_full(bucket_env,
     assert json.loads(bucket.fs.cat_file(mirror.key("status.json")))["state"] == "succeeded"
 
 
+def test_a_status_the_job_writes_during_a_push_goes_after_the_files_it_names(
+        bucket_env, tmp_path, monkeypatch):
+    """The job may write its last LoRA and its end while a push is under way: that push sends
+    the status it read first, and the next one the end, after the LoRA and the whole log."""
+    from lora_lab.bucket import parse_url
+
+    bucket = open_bucket()
+    mirror = Mirror(bucket, parse_url(f"{bucket_env.url}/jobs/20261207-101500123-train-abcdef"),
+                    tmp_path / "job")
+    mirror.folder.mkdir()
+    status, log, lora = mirror.folder / "status.json", mirror.folder / "log.txt", tmp_path / "out.safetensors"
+    status.write_text('{"state": "running"}')
+    log.write_text("a\n")
+    mirror.push()
+    push_events = mirror._push_events
+
+    def the_job_ends_meanwhile() -> None:
+        lora.write_bytes(b"lora")
+        log.write_text("a\nb\n")
+        status.write_text(json.dumps({"state": "succeeded", "output": str(lora)}))
+        push_events()
+
+    monkeypatch.setattr(mirror, "_push_events", the_job_ends_meanwhile)
+    mirror.push()
+    assert json.loads(bucket.fs.cat_file(mirror.key("status.json")))["state"] == "running"
+    monkeypatch.setattr(mirror, "_push_events", push_events)
+    mirror.push()
+    assert json.loads(bucket.fs.cat_file(mirror.key("status.json")))["state"] == "succeeded"
+    assert bucket.fs.cat_file(mirror.key("outputs/" + str(lora).lstrip("/"))) == b"lora"
+    assert bucket.fs.cat_file(mirror.key("log.txt")) == b"a\nb\n"
+
+
 def test_places_translate_whole_path_segments_only():
     places = Places([("/root/ws", "/tmp/x/ws"), ("/data/photos", "/tmp/x/inputs/1/photos")])
     text = json.dumps({"a": "/root/ws/loras/a.safetensors", "b": "/root/ws2/c", "c": "/data/photos",

@@ -145,19 +145,24 @@ class Mirror:
 
     # -- this side to the bucket -----------------------------------------------------------------
     def push(self, files: bool = True, final: bool = False) -> None:
-        """The folder's changed files, then its LoRA files, its new events and last its status,
-        so that whoever reads an event or the status finds the files they name. A file that
-        keeps growing (log.txt, TensorBoard's) goes again at most every :data:`RESEND_S`,
-        except in the ``final`` push, or once the status says the job ended (a caption job's
-        journal must be whole by then); without ``files``, only the events and the record."""
-        final = final or _ended(self.folder / "status.json")
+        """The folder's changed files, then its LoRA files, its new events and last its record
+        (spec, status), so that whoever reads an event or the status finds the files they name.
+        The record is read once, first: a status the job writes meanwhile goes next time, after
+        what it names. A file that keeps growing (log.txt, TensorBoard's) goes again at most
+        every :data:`RESEND_S`, except in the ``final`` push, or once the status says the job
+        ended (a caption job's journal must be whole by then); without ``files``, only the
+        events and the record."""
+        record = {rel: _snapshot(self.folder / rel) for rel in _TRANSLATED}
+        status = _parsed(record["status.json"])
+        final = final or status.get("state", "queued") not in ACTIVE
         if files:
-            self._push_files(final)
+            self._push_files(final, _outputs_of(status, self.folder))
         self._push_events()
-        for rel in _TRANSLATED:
-            self._send(rel, self.folder / rel, final=True)
+        for rel, snapshot in record.items():
+            if snapshot:
+                self._send_text(rel, *snapshot)
 
-    def _push_files(self, final: bool) -> None:
+    def _push_files(self, final: bool, outputs: list[Path]) -> None:
         files = {rel: p for rel, p in _files(self.folder).items() if rel not in _TRANSLATED}
         for rel, path in {**files, **self.extra}.items():
             self._send(rel, path, final)
@@ -166,7 +171,7 @@ class Mirror:
             with contextlib.suppress(FileNotFoundError):  # a rotated checkpoint
                 self.bucket.fs.rm_file(self.key(gone))
             del self.sent[gone]
-        for lora in _outputs(self.folder / "status.json", self.folder):
+        for lora in outputs:
             self._send("outputs/" + self.places.here(str(lora)).lstrip("/"), lora, final)
 
     def _send(self, rel: str, path: Path, final: bool) -> None:
@@ -178,11 +183,13 @@ class Mirror:
         if before and (before[:2] == (st.st_size, st.st_mtime_ns) or
                        not final and time.monotonic() - before[2] < RESEND_S):
             return
-        if rel in _TRANSLATED:
-            self.bucket.fs.pipe_file(self.key(rel), self.places.here(path.read_text(encoding="utf-8")).encode())
-        else:
-            self.bucket.fs.put_file(str(path), self.key(rel))
+        self.bucket.fs.put_file(str(path), self.key(rel))
         self.sent[rel] = (st.st_size, st.st_mtime_ns, time.monotonic())
+
+    def _send_text(self, rel: str, st: os.stat_result, text: str) -> None:
+        if self.sent.get(rel, ())[:2] != (st.st_size, st.st_mtime_ns):
+            self.bucket.fs.pipe_file(self.key(rel), self.places.here(text).encode())
+            self.sent[rel] = (st.st_size, st.st_mtime_ns, time.monotonic())
 
     def _push_events(self) -> None:
         if self.remote_events is None:
@@ -275,18 +282,20 @@ def _files(folder: Path) -> dict[str, Path]:
     return {rel: found[rel] for rel in sorted(mirrored, key=lambda r: (Path(r).name == "state.json", r))}
 
 
-def _ended(status: Path) -> bool:
+def _snapshot(path: Path) -> tuple[os.stat_result, str] | None:
+    """A file's stat and text, stat first: a file replaced in between looks changed next time."""
     try:
-        return json.loads(status.read_text(encoding="utf-8"))["state"] not in ACTIVE
-    except (FileNotFoundError, ValueError, KeyError):
-        return False
+        return path.stat(), path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
 
 
-def _outputs(status: Path, folder: Path) -> list[Path]:
+def _parsed(snapshot: tuple[os.stat_result, str] | None) -> dict[str, Any]:
     try:
-        return _outputs_of(json.loads(status.read_text(encoding="utf-8")), folder)
-    except (FileNotFoundError, ValueError):
-        return []
+        record = json.loads(snapshot[1]) if snapshot else {}
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _outputs_of(status: dict[str, Any], folder: Path) -> list[Path]:
